@@ -1,0 +1,250 @@
+"""Settings: everything comes from the environment, with embedded defaults.
+
+Every variable is documented in README.md ("Configuration"). Everything the app writes lives
+under DATA_DIR (default ./var/): the SQLite database, the generated dev secret key, the demo
+repository, the agents' worktrees, logs and the audit signing key.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from controlroom.env import env_bool, env_float, env_int, env_list, env_str
+
+# LiteLLM must never reach for the network (its cost map) at import or run time.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var"))).expanduser().resolve()
+RUN_DIR = DATA_DIR / "run"
+for _sub in ("", "run", "logs", "worktrees", "repos", "audit"):
+    (DATA_DIR / _sub).mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DEBUG", False)
+PRODUCTION = env_bool("PRODUCTION", False)
+
+
+def _secret_key() -> str:
+    key = env_str("SECRET_KEY")
+    if key:
+        return key
+    if PRODUCTION:
+        raise ImproperlyConfigured("SECRET_KEY: must be set when PRODUCTION=true")
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "reviews",
+    "agents",
+    "controlroom",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "controlroom.urls"
+ASGI_APPLICATION = "controlroom.asgi.application"
+AUTH_USER_MODEL = "agents.User"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "canvas"
+LOGOUT_REDIRECT_URL = "login"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    }
+]
+
+
+def _database() -> dict:
+    url = env_str("DATABASE_URL")
+    if not url:
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "controlroom.sqlite3",
+            "OPTIONS": {
+                # WAL lets readers (pages) proceed while workers write; IMMEDIATE takes the
+                # write lock at BEGIN so concurrent writers queue instead of deadlocking.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+            "TEST": {"NAME": str(DATA_DIR / "test.sqlite3")},
+        }
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except Exception as exc:  # dj-database-url raises bare ValueError/KeyError on bad URLs
+        raise ImproperlyConfigured(f"DATABASE_URL: cannot parse it ({exc})") from None
+    if not config.get("ENGINE"):
+        raise ImproperlyConfigured("DATABASE_URL: unknown scheme (use postgres://… or sqlite:///…)")
+    if config["ENGINE"].endswith("postgresql"):
+        config.setdefault("OPTIONS", {})["connect_timeout"] = 5
+    return config
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def _redis_url() -> str:
+    url = env_str("REDIS_URL")
+    if url:
+        return url
+    # The start command launches a private Redis and writes its URL here, so that
+    # management commands run beside it reach the same Redis without configuration.
+    url_file = RUN_DIR / "redis.url"
+    if url_file.exists():
+        return url_file.read_text().strip()
+    return "redis://127.0.0.1:6379/0"
+
+
+REDIS_URL = _redis_url()
+if not REDIS_URL.startswith(("redis://", "rediss://")):
+    raise ImproperlyConfigured(f"REDIS_URL: expected redis://host:port/db, got {REDIS_URL!r}")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env_str("REDIS_PREFIX", "cr"),
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        # Pub/sub layer: one PUBLISH per group send, whatever the number of viewers.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("REDIS_PREFIX", "cr")},
+    }
+}
+
+# --- Celery ---------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_MAX_TASKS_PER_CHILD", 500, minimum=1)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Longer than any agent step (CELERY_STEP_TIME_LIMIT), so a slow step is never redelivered
+    # while still running; a killed worker's step is redelivered after this.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 900, minimum=30),
+    "priority_steps": list(range(10)),
+    "sep": ":",
+    "queue_order_strategy": "priority",
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+}
+CELERY_TASK_DEFAULT_PRIORITY = 5
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(RUN_DIR / "celerybeat-schedule")
+
+# --- Control room behaviour -----------------------------------------------------------
+CONTROLROOM = {
+    "WORKTREES_DIR": DATA_DIR / "worktrees",
+    "REPOS_DIR": DATA_DIR / "repos",
+    "DEFAULT_MODEL": env_str("DEFAULT_MODEL", "sim/engineer"),
+    "SIM_PACING_S": env_float("SIM_PACING_S", 0.0, minimum=0.0),
+    "STEP_TIME_LIMIT_S": env_int("CELERY_STEP_TIME_LIMIT", 300, minimum=10),
+    "MODEL_TIMEOUT_S": env_float("MODEL_TIMEOUT_S", 60.0, minimum=1.0),
+    "MODEL_RETRIES": env_int("MODEL_RETRIES", 2, minimum=0),
+    "STALE_AFTER_S": env_int("STALE_AFTER_S", 120, minimum=5),
+    "CONTEXT_TOKEN_LIMIT": env_int("CONTEXT_TOKEN_LIMIT", 24000, minimum=1000),
+    "STEPS_PER_ITERATION": env_int("STEPS_PER_ITERATION", 30, minimum=2),
+    "COMMAND_TIMEOUT_S": env_int("COMMAND_TIMEOUT_S", 120, minimum=1),
+    "OUTPUT_CAP_BYTES": env_int("OUTPUT_CAP_BYTES", 64_000, minimum=1024),
+    "SANDBOX": env_str("SANDBOX", "auto"),  # auto | bwrap | none
+    "HEALTHZ_TOKEN": env_str("HEALTHZ_TOKEN"),
+    "LIVE_COALESCE_MS": env_int("LIVE_COALESCE_MS", 250, minimum=0),
+    "AUDIT_CHECKPOINT_EVERY_S": env_int("AUDIT_CHECKPOINT_EVERY_S", 300, minimum=10),
+}
+if CONTROLROOM["SANDBOX"] not in {"auto", "bwrap", "none"}:
+    raise ImproperlyConfigured(f"SANDBOX: expected auto, bwrap or none, got {CONTROLROOM['SANDBOX']!r}")
+
+
+def _audit_key() -> bytes:
+    """The checkpoint signing key. Never stored in the database."""
+    key = env_str("AUDIT_SIGNING_KEY")
+    if key:
+        return key.encode()
+    if PRODUCTION:
+        raise ImproperlyConfigured("AUDIT_SIGNING_KEY: must be set when PRODUCTION=true")
+    key_file = DATA_DIR / "audit" / "signing.key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_hex(32))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip().encode()
+
+
+AUDIT_SIGNING_KEY = _audit_key()
+
+# --- i18n / static --------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"LiteLLM": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+}

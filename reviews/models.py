@@ -1,0 +1,87 @@
+"""The audit log (bottom layer) and review decisions on agent output.
+
+AuditEvent and Checkpoint are append-only: the database refuses UPDATE and DELETE on them
+(triggers created in migrations). They hold plain ids, not foreign keys, so the log never
+depends on, cascades with, or blocks the deletion of the rows it describes.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class AuditEvent(models.Model):
+    class Actor(models.TextChoices):
+        AGENT = "agent", "Agent"
+        USER = "user", "Human"
+        SYSTEM = "system", "System"
+
+    chain = models.CharField(max_length=40)
+    seq = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    kind = models.CharField(max_length=48, db_index=True)
+    actor_type = models.CharField(max_length=8, choices=Actor.choices)
+    actor_user_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    actor_session_id = models.BigIntegerField(null=True, blank=True)
+    actor_label = models.CharField(max_length=150, blank=True)
+    on_behalf_of_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    on_behalf_of_label = models.CharField(max_length=150, blank=True)
+    grant_id = models.BigIntegerField(null=True, blank=True)
+    provenance = models.CharField(max_length=16, blank=True)  # human / rule / mode / guard / budget / ...
+    session_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    pod_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    payload = models.JSONField(default=dict)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="gap_free_chain_sequence")]
+        indexes = [
+            models.Index(fields=["session_id", "id"]),
+            models.Index(fields=["on_behalf_of_id", "created_at"]),
+            models.Index(fields=["kind", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain}#{self.seq} {self.kind}"
+
+
+class ChainHead(models.Model):
+    """The latest (seq, hash) of each chain: the row writers lock to append. Not evidence itself
+    (checkpoints are): verification recomputes everything from the events."""
+
+    chain = models.CharField(max_length=40, primary_key=True)
+    seq = models.PositiveBigIntegerField(default=0)
+    hash = models.CharField(max_length=64)
+
+
+class Checkpoint(models.Model):
+    """Signed chain heads (HMAC-SHA256, key outside the database)."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=80, blank=True)
+    heads = models.JSONField(default=dict)  # {chain: [seq, hash]}
+    signature = models.CharField(max_length=128)
+
+    class Meta:
+        ordering = ["id"]
+
+
+class Review(models.Model):
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "Approve and merge"
+        REQUEST_CHANGES = "request_changes", "Request changes"
+        REJECT = "reject", "Reject"
+        REVERT = "revert", "Revert"
+
+    session = models.ForeignKey("agents.AgentSession", on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
+    decision = models.CharField(max_length=20, choices=Decision.choices)
+    comment = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)  # merge commit, conflicts, archive ref ...
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["created_at"]
