@@ -185,6 +185,12 @@ class AgentSession(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     version = models.PositiveBigIntegerField(default=1)
 
+    hold = models.CharField(
+        max_length=8, blank=True,
+        help_text="Which stop switch parked this session: fleet, pod or user (empty when none).",
+    )
+    idle_steps = models.PositiveSmallIntegerField(default=0)
+    tags = models.JSONField(default=list, blank=True)
     handoff = models.JSONField(default=dict, blank=True)
     summary = models.TextField(blank=True)
     review_state = models.CharField(max_length=20, choices=ReviewState.choices, default=ReviewState.NONE)
@@ -253,7 +259,7 @@ class Grant(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     revoke_reason = models.CharField(max_length=500, blank=True)
-    supersedes = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by")
+    supersedes = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="superseded_by")
 
     class Meta:
         ordering = ["session", "-version"]
@@ -377,7 +383,7 @@ class Escalation(models.Model):
         EXPIRED = "expired", "Expired (denied)"
 
     session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="escalations")
-    grant = models.ForeignKey(Grant, on_delete=models.PROTECT, related_name="escalations")
+    grant = models.ForeignKey(Grant, on_delete=models.CASCADE, related_name="escalations")
     tool_call = models.ForeignKey(ToolCall, null=True, blank=True, on_delete=models.SET_NULL, related_name="escalations")
     tool = models.CharField(max_length=80)
     action = models.TextField()

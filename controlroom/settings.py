@@ -21,7 +21,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var"))).expanduser().resolve()
 RUN_DIR = DATA_DIR / "run"
-for _sub in ("", "run", "logs", "worktrees", "repos", "audit"):
+for _sub in ("", "run", "logs", "worktrees", "repos", "audit", "static"):
     (DATA_DIR / _sub).mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
@@ -169,7 +169,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_MAX_TASKS_PER_CHILD", 500, minimum=1)
-CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Longer than any agent step (CELERY_STEP_TIME_LIMIT), so a slow step is never redelivered
@@ -188,7 +188,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(RUN_DIR / "celerybeat-schedule")
 
 # --- Control room behaviour -----------------------------------------------------------
 CONTROLROOM = {
-    "WORKTREES_DIR": DATA_DIR / "worktrees",
+    "WORKTREES_DIR": Path(env_str("WORKTREES_DIR", str(DATA_DIR / "worktrees"))),
     "REPOS_DIR": DATA_DIR / "repos",
     "DEFAULT_MODEL": env_str("DEFAULT_MODEL", "sim/engineer"),
     "SIM_PACING_S": env_float("SIM_PACING_S", 0.0, minimum=0.0),
@@ -247,4 +247,12 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"LiteLLM": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "agents-tick": {"task": "agents.tasks.tick", "schedule": float(env_int("TICK_EVERY_S", 5, minimum=1))},
+    "audit-checkpoint": {
+        "task": "reviews.tasks.audit_checkpoint",
+        "schedule": float(CONTROLROOM["AUDIT_CHECKPOINT_EVERY_S"]),
+    },
 }

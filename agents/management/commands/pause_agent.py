@@ -1,0 +1,8 @@
+from agents import services
+from agents.management.commands._control import ControlCommand
+
+
+class Command(ControlCommand):
+    help = "Paused an agent session (its STO, the pod lead or a manager)."
+    service = staticmethod(services.session_pause)
+    verb = "paused"

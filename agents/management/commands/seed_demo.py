@@ -1,0 +1,145 @@
+"""Demo data: ~20 pods of 3–5 people, a manager and a leader, a real demo repository, and N
+agent sessions (default 100) with Single Task Owners and grants. Idempotent."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, time as dtime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.utils import timezone
+
+from agents import services
+from agents.demo_repo import DEMO_TASKS, create_demo_repo
+from agents.models import AgentSession, Pod, PodMembership, Repository, User
+
+POD_NAMES = [
+    "Payments", "Search", "Checkout", "Identity", "Mobile", "Growth", "Billing", "Catalog", "Platform", "Data",
+    "Notifications", "Onboarding", "Reliability", "Security", "Support Tools", "Pricing", "Inventory", "Shipping",
+    "Analytics", "Developer Experience",
+]
+FIRST_NAMES = [
+    "ada", "alan", "barbara", "brian", "carol", "dennis", "edsger", "frances", "grace", "guido", "hedy", "ivan",
+    "jean", "ken", "linus", "margaret", "niklaus", "ole", "radia", "rob", "sophie", "tim", "ursula", "vint",
+    "whitfield", "xiao", "yukihiro", "zhang", "anita", "bjarne", "charles", "donald", "ellen", "fran", "gerald",
+    "hal", "irene", "james", "katherine", "leslie", "mary", "nancy", "peter", "rasmus", "shafi", "tony", "valerie",
+    "william", "yoshua", "zoe", "adele", "bob", "cynthia", "dana", "erik", "fei", "gwen", "herb", "ines", "joan",
+    "kurt", "lynn", "mike", "nadia", "omar", "pat", "quinn", "ravi", "sara", "tom", "uma", "victor", "wendy", "yara",
+    "zach", "alice", "bruno", "chen", "diego", "emma",
+]
+# Which simulated engineers try something their grant refuses or escalates (and what).
+PERSONA_CYCLE = ["engineer", "engineer", "pusher", "engineer", "networker", "engineer", "reader", "engineer",
+                 "ci-editor", "engineer", "engineer", "deleter"]
+DEMO_TAG = "demo"
+
+
+def demo_password() -> str:
+    return os.environ.get("DEMO_PASSWORD") or "controlroom"
+
+
+class Command(BaseCommand):
+    help = "Create demo pods, people, a demo git repository and N agent sessions (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--agents", type=int, default=100)
+        parser.add_argument("--password", default=None, help="password for every demo user (default $DEMO_PASSWORD or 'controlroom')")
+        parser.add_argument("--reset", action="store_true", help="delete the demo sessions and their worktrees first")
+        parser.add_argument("--no-start", action="store_true", help="create the sessions without enqueuing their first step")
+
+    def handle(self, *args, agents, password, reset, no_start, **options):
+        if agents < 0:
+            raise CommandError("--agents must be zero or more")
+        password = password or demo_password()
+        repo_path = create_demo_repo(settings.CONTROLROOM["REPOS_DIR"] / "demo-shop")
+        repository, _ = Repository.objects.get_or_create(
+            name="demo-shop", defaults={"path": str(repo_path), "default_branch": "main"}
+        )
+        if reset:
+            self._reset()
+        manager, pods = self._people(password)
+        existing = self._demo_count()
+        created = 0
+        now = timezone.now()
+        tonight = timezone.make_aware(datetime.combine(timezone.localdate(), dtime(22, 0)))
+        if tonight < now:
+            tonight += timedelta(days=1)
+        for index in range(existing, agents):
+            pod, members = pods[index % len(pods)]
+            sto = members[(index // len(pods)) % len(members)]
+            task = DEMO_TASKS[index % len(DEMO_TASKS)]
+            persona = PERSONA_CYCLE[index % len(PERSONA_CYCLE)]
+            scheduled = index % 17 == 16  # a few sessions wait for tonight's window
+            spec = self._grant(index, persona, now, tonight if scheduled else None)
+            with transaction.atomic():
+                services.session_launch(
+                    pod=pod, sto=sto, goal=task["title"], by=manager, repository=repository,
+                    name=task["title"], success_criteria=task.get("criteria", "the tests pass"),
+                    task_type=task.get("task_type", "feature"), priority=index % 4, model=f"sim/{persona}", seed=index,
+                    tags=[DEMO_TAG, f"persona:{persona}"], grant=spec, delegator=sto if spec.mode != "autonomous" else manager,
+                    start=not no_start,
+                )
+            created += 1
+        total = self._demo_count()
+        self.stdout.write(f"demo: {len(pods)} pods, {User.objects.count()} users, {total} demo sessions ({created} new)")
+        self.stdout.write(f"login: manager / {password}   (leader: leader / {password}; pod members: e.g. {pods[0][1][0].username} / {password})")
+
+    @staticmethod
+    def _demo_count() -> int:
+        # JSON containment lookups are not portable to SQLite; the fleet is small enough to count here.
+        return sum(1 for tags in AgentSession.objects.values_list("tags", flat=True) if DEMO_TAG in (tags or []))
+
+    def _grant(self, index: int, persona: str, now, tonight) -> services.GrantSpec:
+        allow = ("Bash(python -m pytest *)", "Bash(pytest *)", "Bash(git status *)", "Bash(git diff *)", "Bash(ls *)", "Git(commit)")
+        deny = ("Bash(git push *)", "Read(**/.env*)", "Edit(**/.env*)")
+        mode = "autonomous" if index % 5 == 4 else "edits"
+        budget_steps = 4 if index % 23 == 22 else 60
+        window = dict(not_before=tonight, expires_at=tonight + timedelta(hours=8)) if tonight else dict(not_before=now, hours=8.0)
+        return services.GrantSpec(
+            mode=mode, allow=allow, deny=deny, ask=("Net(*)",) if mode == "autonomous" else (),
+            max_steps=budget_steps, max_cost_usd=Decimal("5.00"), max_tokens=400_000,
+            on_unanswered="deny" if index % 13 == 12 else "wait",
+            justification="overnight demo fleet", **window,
+        )
+
+    def _people(self, password: str):
+        manager = self._user("manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True)
+        self._user("leader", "Lee", "Leader", User.Role.LEADER, password)
+        pods = []
+        name_index = 0
+        for pod_index, pod_name in enumerate(POD_NAMES):
+            pod, _ = Pod.objects.get_or_create(slug=pod_name.lower().replace(" ", "-"), defaults={"name": pod_name})
+            size = 3 + (pod_index % 3)  # 3–5 people
+            members = []
+            for member_index in range(size):
+                first = FIRST_NAMES[name_index % len(FIRST_NAMES)]
+                username = f"{first}" if name_index < len(FIRST_NAMES) else f"{first}{name_index}"
+                name_index += 1
+                user = self._user(username, first.capitalize(), pod_name, User.Role.MEMBER, password)
+                role = PodMembership.Role.LEAD if member_index == 0 else PodMembership.Role.MEMBER
+                PodMembership.objects.get_or_create(user=user, pod=pod, defaults={"role": role})
+                members.append(user)
+            pods.append((pod, members))
+        return manager, pods
+
+    @staticmethod
+    def _user(username, first, last, role, password, **flags) -> User:
+        user, created = User.objects.get_or_create(
+            username=username, defaults={"first_name": first, "last_name": last, "role": role, **flags}
+        )
+        if created or not user.has_usable_password():
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        return user
+
+    def _reset(self) -> None:
+        from agents.runtime.worktrees import remove_worktree
+
+        demo = [s for s in AgentSession.objects.select_related("repository") if DEMO_TAG in (s.tags or [])]
+        for session in demo:
+            if session.worktree_path and os.path.exists(session.worktree_path):
+                remove_worktree(repo_path=Path(session.repository.path), worktree_path=Path(session.worktree_path))
+        AgentSession.objects.filter(pk__in=[s.pk for s in demo]).delete()
+        self.stdout.write(f"reset: removed {len(demo)} demo sessions (their audit events stay: the log is append-only)")

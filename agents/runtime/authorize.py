@@ -1,0 +1,74 @@
+"""``authorize(session, tool_call)``: the one gate every tool call passes.
+
+It gathers the facts from the database (grant, stop switches, budget, human approvals for this
+exact action) into an ``EvalContext`` and asks the pure evaluator (agents/permissions.py), which
+decides without touching the database and fails closed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from agents import permissions
+from agents.models import AgentSession, Escalation, FleetControl, Grant, Pod
+from agents.runtime.sandbox import sandbox_available
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    name: str
+    args: dict
+
+
+def budget_exhausted(*, session: AgentSession, grant: Grant, now=None) -> str | None:
+    """A readable reason when a budget of the grant is used up, else None."""
+    now = now or timezone.now()
+    if grant.max_steps is not None and session.steps >= grant.max_steps:
+        return f"budget: max steps ({grant.max_steps}) reached"
+    if grant.max_tokens is not None and session.tokens >= grant.max_tokens:
+        return f"budget: max tokens ({grant.max_tokens:,}) reached ({session.tokens:,} used)"
+    if grant.max_cost_usd is not None and session.cost_usd >= grant.max_cost_usd:
+        return f"budget: max cost (${grant.max_cost_usd}) reached (${session.cost_usd:.4f} spent)"
+    if grant.max_wall_seconds is not None and session.started_at is not None:
+        elapsed = (now - session.started_at).total_seconds()
+        if elapsed >= grant.max_wall_seconds:
+            return f"budget: max wall time ({grant.max_wall_seconds}s) reached"
+    if grant.max_tool_calls is not None and session.tool_calls >= grant.max_tool_calls:
+        return f"budget: max tool calls ({grant.max_tool_calls}) reached"
+    return None
+
+
+def grant_view(grant: Grant) -> permissions.GrantView:
+    return permissions.GrantView(
+        id=grant.pk, version=grant.version, mode=grant.mode, allow=tuple(grant.allow), ask=tuple(grant.ask),
+        deny=tuple(grant.deny), not_before=grant.not_before, expires_at=grant.expires_at, revoked=grant.is_revoked,
+    )
+
+
+def build_context(*, session: AgentSession, grant: Grant | None, now=None, check_budget: bool = True) -> permissions.EvalContext:
+    now = now or timezone.now()
+    approvals = frozenset(
+        Escalation.objects.filter(
+            session=session, state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True
+        ).values_list("action_hash", flat=True)
+    )
+    return permissions.EvalContext(
+        worktree=str(Path(session.worktree_path)),
+        now=now,
+        grant=grant_view(grant) if grant else None,
+        fleet_stopped=FleetControl.objects.filter(pk=1, stopped=True).exists(),
+        pod_paused=Pod.objects.filter(pk=session.pod_id, paused=True).exists(),
+        session_stopped=AgentSession.objects.filter(pk=session.pk, status__in=["paused", "cancelled"]).exists(),
+        delegator_active=bool(grant and grant.delegator.is_active),
+        budget_exhausted=budget_exhausted(session=session, grant=grant, now=now) if (grant and check_budget) else None,
+        sandbox_available=sandbox_available(settings.CONTROLROOM["SANDBOX"]),
+        approved_action_hashes=approvals,
+    )
+
+
+def authorize(session: AgentSession, tool_call: ToolCallRequest, *, grant: Grant | None) -> permissions.Decision:
+    context = build_context(session=session, grant=grant)
+    return permissions.evaluate(tool_call.name, tool_call.args, context)

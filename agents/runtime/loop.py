@@ -1,0 +1,662 @@
+"""One step of one agent session. Called by the Celery task ``agents.tasks.agent_step``.
+
+    claim (conditional UPDATE lease) ─► checks (stop switches, grant window, WIP, budget)
+      ─► worktree ─► context ─► model (LiteLLM; answer stored on the step record)
+      ─► for each tool call: parse ─► authorize ─► record intent ─► execute ─► record result
+      ─► finish the step (counters, status, audit, version) ─► after commit: broadcast, enqueue next
+
+Idempotence: a step is identified by (session, number). A redelivered step reuses the stored
+model answer and the recorded tool calls; a tool call whose intent was recorded but whose result
+was not (the worker died while running it) is marked *interrupted* and never run again.
+The lease (renewed by a heartbeat thread) keeps two workers from running one session at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import F, Max, Q
+from django.utils import timezone
+from django.utils.text import Truncator
+
+from agents import services, tools
+from agents.dispatch import enqueue_step_on_commit
+from agents.events import send_on_commit
+from agents.models import (
+    AgentSession, AgentStep, Escalation, Grant, ReviewState, Status, ToolCall, TranscriptEntry,
+)
+from agents.runtime import model as model_client
+from agents.runtime import worktrees
+from agents.runtime.authorize import ToolCallRequest, authorize, budget_exhausted
+from agents.runtime.sandbox import sandbox_available
+from agents.selectors import active_grant
+from reviews.audit import record
+
+logger = logging.getLogger(__name__)
+
+MAX_IDLE_STEPS = 3
+MAX_MODEL_ATTEMPTS = 4
+
+
+def lease_seconds() -> int:
+    return int(os.environ.get("STEP_LEASE_S", "20"))
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+@dataclass
+class StepOutcome:
+    result: str  # done / not-claimed / stale / retry / parked / failed / gone
+    retry_in: float | None = None
+    detail: str = ""
+
+
+class _Heartbeat:
+    """Renews the lease and heartbeat while a step runs (model calls and commands can be slow)."""
+
+    def __init__(self, session_id: int, owner: str) -> None:
+        self.session_id, self.owner = session_id, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{session_id}", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = max(1.0, lease_seconds() / 4)
+        try:
+            while not self._stop.wait(interval):
+                now = timezone.now()
+                AgentSession.objects.filter(pk=self.session_id, lease_owner=self.owner).update(
+                    lease_until=now + timedelta(seconds=lease_seconds()), heartbeat_at=now
+                )
+        except Exception:
+            logger.warning("heartbeat for session %s failed", self.session_id, exc_info=True)
+        finally:
+            close_old_connections()
+
+
+def _claim(session_id: int, step: int, owner: str) -> StepOutcome | None:
+    now = timezone.now()
+    claimed = (
+        AgentSession.objects.filter(pk=session_id, steps=step - 1, status__in=[Status.QUEUED, Status.RUNNING])
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds()), heartbeat_at=now)
+    )
+    if claimed:
+        return None
+    row = AgentSession.objects.filter(pk=session_id).values("steps", "status", "lease_until").first()
+    if row is None:
+        return StepOutcome("gone")
+    if row["steps"] >= step or row["status"] not in (Status.QUEUED, Status.RUNNING):
+        return StepOutcome("stale", detail=f"session at step {row['steps']}, {row['status']}")
+    if row["steps"] < step - 1:
+        return StepOutcome("stale", detail="an earlier step is still to run")
+    remaining = (row["lease_until"] - now).total_seconds() if row["lease_until"] else 1
+    return StepOutcome("retry", retry_in=max(1.0, remaining + 0.5), detail="another worker holds the session")
+
+
+def _release(session_id: int, owner: str) -> None:
+    AgentSession.objects.filter(pk=session_id, lease_owner=owner).update(lease_owner="", lease_until=None)
+
+
+def run_step(session_id: int, step: int, *, owner: str | None = None) -> StepOutcome:
+    owner = owner or worker_id()
+    refusal = _claim(session_id, step, owner)
+    if refusal is not None:
+        return refusal
+    try:
+        with _Heartbeat(session_id, owner):
+            return _Step(session_id, step, owner).run()
+    finally:
+        _release(session_id, owner)
+
+
+def _sha(text: str | bytes) -> str:
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
+
+
+def _summarize(text: str, limit: int = 240) -> str:
+    return Truncator(" ".join(text.split())).chars(limit)
+
+
+class _Step:
+    def __init__(self, session_id: int, number: int, owner: str) -> None:
+        self.session_id, self.number, self.owner = session_id, number, owner
+        self.timings: dict[str, float] = {"authorize": 0.0, "tool": 0.0, "record": 0.0}
+        self.session: AgentSession = AgentSession.objects.select_related("pod", "sto", "repository").get(pk=session_id)
+        self.grant: Grant | None = None
+
+    # -- helpers --------------------------------------------------------------------------
+    def refresh(self) -> None:
+        self.session.refresh_from_db()
+
+    def park(self, status: str, reason: str, *, hold: str = "", event: str | None = None, payload: dict | None = None) -> StepOutcome:
+        with transaction.atomic():
+            session = AgentSession.objects.select_for_update().select_related("pod").get(pk=self.session_id)
+            services.set_status(session, status, reason=reason, agent=True, hold=hold or session.hold,
+                                current_activity=_summarize(reason, 200))
+            if event:
+                record(event, session=session, agent=True, on_behalf_of=self.grant.delegator if self.grant else None,
+                       grant=self.grant, payload=payload or {"reason": reason})
+        return StepOutcome("parked", detail=reason)
+
+    def stop_switch(self) -> tuple[str, str] | None:
+        """(hold, reason) when a stop switch applies to this session now."""
+        from agents.models import FleetControl, Pod
+
+        if FleetControl.objects.filter(pk=1, stopped=True).exists():
+            return "fleet", "fleet stopped"
+        if Pod.objects.filter(pk=self.session.pod_id, paused=True).exists():
+            return "pod", "pod paused"
+        status = AgentSession.objects.filter(pk=self.session_id).values_list("status", flat=True).first()
+        if status not in (Status.QUEUED, Status.RUNNING):
+            return "user", f"session {status}"
+        return None
+
+    # -- the step ----------------------------------------------------------------------------
+    def run(self) -> StepOutcome:
+        session = self.session
+        now = timezone.now()
+        switch = self.stop_switch()
+        if switch:
+            hold, reason = switch
+            if hold == "user":
+                return StepOutcome("stale", detail=reason)
+            return self.park(Status.PAUSED, reason, hold=hold)
+        self.grant = active_grant(session=session)
+        grant = self.grant
+        if grant is None:
+            return self.park(Status.BLOCKED, "no active grant: issue one to continue")
+        if now < grant.not_before:
+            if session.status != Status.QUEUED or not session.status_reason.startswith("grant window"):
+                with transaction.atomic():
+                    services.set_status(
+                        AgentSession.objects.select_for_update().get(pk=self.session_id), Status.QUEUED,
+                        reason=f"grant window opens at {timezone.localtime(grant.not_before):%Y-%m-%d %H:%M %Z}", agent=True,
+                    )
+            return StepOutcome("parked", detail="waiting for the grant window")
+        if now >= grant.expires_at:
+            return self._expire(grant)
+        if session.steps == 0 and session.status == Status.QUEUED and session.pod.review_wip_limit:
+            waiting = AgentSession.objects.filter(
+                pod_id=session.pod_id, status=Status.SUCCEEDED, review_state=ReviewState.NONE
+            ).count()
+            if waiting >= session.pod.review_wip_limit:
+                reason = f"review WIP limit: {waiting} sessions of {session.pod.name} await review (limit {session.pod.review_wip_limit})"
+                if session.status_reason != reason:
+                    with transaction.atomic():
+                        services.set_status(AgentSession.objects.select_for_update().get(pk=self.session_id),
+                                            Status.QUEUED, reason=reason, agent=True)
+                return StepOutcome("parked", detail=reason)
+        exhausted = budget_exhausted(session=session, grant=grant, now=now)
+        if exhausted:
+            return self.park(Status.BLOCKED, exhausted, event="budget.exhausted", payload={"reason": exhausted})
+        if session.status == Status.QUEUED:
+            with transaction.atomic():
+                locked = AgentSession.objects.select_for_update().get(pk=self.session_id)
+                services.set_status(locked, Status.RUNNING, reason="", agent=True, current_activity="starting")
+            self.refresh()
+        try:
+            base_commit = worktrees.ensure_worktree(
+                repo_path=Path(session.repository.path), base_branch=session.base_branch,
+                branch=session.branch, worktree_path=Path(session.worktree_path),
+            )
+        except worktrees.WorktreeError as exc:
+            return self.park(Status.FAILED, f"worktree: {exc}", event="session.error", payload={"error": str(exc)})
+        if not session.base_commit:
+            AgentSession.objects.filter(pk=self.session_id).update(base_commit=base_commit)
+            session.base_commit = base_commit
+        self._maybe_new_iteration()
+        record_row, reply_message = self._model_turn()
+        if record_row is None:
+            return reply_message  # an outcome: retry or failure
+        return self._tools_and_finish(record_row, reply_message)
+
+    def _expire(self, grant: Grant) -> StepOutcome:
+        reason = services.session_block_expired(session=self.session)
+        return StepOutcome("parked", detail=reason)
+
+    # -- context ------------------------------------------------------------------------------
+    def _maybe_new_iteration(self) -> None:
+        session = self.session
+        config = settings.CONTROLROOM
+        steps_in_iteration = session.steps - session.iteration_started_step
+        last_tokens = (
+            AgentStep.objects.filter(session=session, iteration=session.iteration, state=AgentStep.State.DONE)
+            .order_by("-number").values_list("tokens_in", flat=True).first() or 0
+        )
+        if steps_in_iteration < config["STEPS_PER_ITERATION"] and last_tokens < config["CONTEXT_TOKEN_LIMIT"]:
+            return
+        if AgentStep.objects.filter(session=session, number=self.number).exclude(response=None).exists():
+            return  # a redelivered step keeps the context its model answer was made in
+        reason = f"context of {last_tokens} tokens" if last_tokens >= config["CONTEXT_TOKEN_LIMIT"] else f"{steps_in_iteration} steps"
+        start_iteration(session=session, reason=reason)
+        self.refresh()
+
+    def _messages(self) -> list[dict]:
+        entries = TranscriptEntry.objects.filter(session_id=self.session_id, iteration=self.session.iteration).order_by("seq")
+        return [model_client.to_openai_message(entry.as_message()) for entry in entries]
+
+    # -- model --------------------------------------------------------------------------------
+    def _model_turn(self):
+        session = self.session
+        step_row, created = AgentStep.objects.get_or_create(
+            session=session, number=self.number,
+            defaults={"iteration": session.iteration, "worker": self.owner, "started_at": timezone.now()},
+        )
+        if not created:
+            AgentStep.objects.filter(pk=step_row.pk).update(attempts=F("attempts") + 1, worker=self.owner)
+            step_row.refresh_from_db()
+        if step_row.response is not None:
+            return step_row, step_row.response
+        messages = self._messages()
+        try:
+            reply = model_client.complete(
+                model=session.model, messages=messages, tools=tools.TOOL_SCHEMAS, api_base=session.api_base,
+                api_key_env=session.api_key_env, fallbacks=session.fallback_models, seed=session.seed + self.number,
+            )
+        except model_client.ModelError as exc:
+            return None, self._model_failed(step_row, exc)
+        t0 = time.monotonic()
+        with transaction.atomic():
+            AgentStep.objects.filter(pk=step_row.pk).update(
+                response=reply.message, state=AgentStep.State.MODEL_DONE, model=reply.model,
+                tokens_in=reply.tokens_in, tokens_out=reply.tokens_out, cost_usd=reply.cost_usd, latency_ms=reply.latency_ms,
+                error="",
+            )
+            self._append_transcript(role="assistant", content=reply.message["content"], tool_calls=reply.message["tool_calls"] or None)
+            AgentSession.objects.filter(pk=self.session_id).update(
+                tokens_in=F("tokens_in") + reply.tokens_in, tokens_out=F("tokens_out") + reply.tokens_out,
+                cost_usd=F("cost_usd") + (reply.cost_usd or Decimal("0")),
+                cost_unknown_calls=F("cost_unknown_calls") + (1 if reply.cost_usd is None else 0),
+                heartbeat_at=timezone.now(),
+            )
+            record(
+                "model.call", session=session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
+                payload={
+                    "step": self.number, "model": reply.model, "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out,
+                    "cost_usd": reply.cost_usd, "cost_known": reply.cost_usd is not None, "latency_ms": reply.latency_ms,
+                    "prompt_sha256": _sha(repr(messages)), "response_sha256": _sha(repr(reply.message)),
+                    "response": reply.message,
+                },
+            )
+        self.timings["record"] += time.monotonic() - t0
+        step_row.refresh_from_db()
+        return step_row, reply.message
+
+    def _model_failed(self, step_row: AgentStep, exc: model_client.ModelError) -> StepOutcome:
+        attempts = step_row.attempts
+        final = not exc.transient or attempts >= MAX_MODEL_ATTEMPTS
+        with transaction.atomic():
+            AgentStep.objects.filter(pk=step_row.pk).update(error=str(exc), state=AgentStep.State.FAILED if final else AgentStep.State.STARTED)
+            record("model.error", session=self.session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
+                   payload={"step": self.number, "error": str(exc), "attempt": attempts, "transient": exc.transient, "final": final})
+        if final:
+            # the step record of a failed model call is discarded so a later resume can retry it
+            AgentStep.objects.filter(pk=step_row.pk).delete()
+            return self.park(Status.FAILED, f"model error after {attempts} attempt(s): {exc}")
+        with transaction.atomic():
+            services._bump(AgentSession.objects.select_for_update().get(pk=self.session_id),
+                           current_activity=_summarize(f"model error, retrying: {exc}", 200))
+        return StepOutcome("retry", retry_in=min(60.0, 2.0 ** attempts), detail=str(exc))
+
+    def _append_transcript(self, *, role: str, content: str, tool_calls=None, tool_call_id: str = "", name: str = "") -> None:
+        append_transcript(session_id=self.session_id, iteration=self.session.iteration, step=self.number, role=role,
+                          content=content, tool_calls=tool_calls, tool_call_id=tool_call_id, name=name)
+
+    # -- tools --------------------------------------------------------------------------------
+    def _tools_and_finish(self, step_row: AgentStep, message: dict) -> StepOutcome:
+        calls = message.get("tool_calls") or []
+        finished_summary: str | None = None
+        block_reason: str | None = None
+        for index, call in enumerate(calls):
+            outcome = self._one_tool_call(step_row, index, call)
+            if isinstance(outcome, StepOutcome):
+                return outcome  # parked (stop switch or escalation): the step resumes from here later
+            kind, value = outcome
+            if kind == "finish":
+                finished_summary = value
+            elif kind == "block":
+                block_reason = value
+                break
+        return self._complete_step(step_row, calls, finished_summary, block_reason)
+
+    def _one_tool_call(self, step_row: AgentStep, index: int, call: dict):
+        existing = ToolCall.objects.filter(step=step_row, index=index).first()
+        if existing and existing.state in (ToolCall.State.DONE, ToolCall.State.ERROR, ToolCall.State.DENIED, ToolCall.State.INTERRUPTED):
+            if existing.name == "finish" and existing.state == ToolCall.State.DONE:
+                return ("finish", existing.result)
+            return ("ok", None)
+        if existing and existing.state == ToolCall.State.INTENDED:
+            with transaction.atomic():
+                ToolCall.objects.filter(pk=existing.pk).update(
+                    state=ToolCall.State.INTERRUPTED, finished_at=timezone.now(),
+                    result="interrupted: the worker stopped while this ran; it was not run again",
+                )
+                self._append_transcript(role="tool", tool_call_id=existing.call_id, name=existing.name,
+                                        content="error: interrupted (the worker stopped while this ran); it was not run again. Check the state before retrying.")
+                record("tool.interrupted", session=self.session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
+                       payload={"step": self.number, "index": index, "tool": existing.name, "action": existing.action})
+            return ("ok", None)
+        switch = self.stop_switch()
+        if switch:
+            hold, reason = switch
+            if hold == "user":
+                return StepOutcome("parked", detail=reason)
+            return self.park(Status.PAUSED, reason, hold=hold)
+        # the grant may have changed (allow always, revocation) while we waited
+        self.grant = active_grant(session=self.session)
+        self.refresh()
+        name, raw = call.get("name", ""), call.get("arguments", "")
+        raw_hash = _sha(raw if isinstance(raw, str) else repr(raw))
+        try:
+            args = tools.parse_arguments(name, raw)
+        except tools.ToolArgumentError as exc:
+            return self._tool_error(step_row, index, call, raw_hash, f"invalid arguments: {exc}")
+        t0 = time.monotonic()
+        if self.grant is None:
+            decision = None
+        else:
+            decision = authorize(self.session, ToolCallRequest(name=name, args=args), grant=self.grant)
+        self.timings["authorize"] += time.monotonic() - t0
+        if decision is None:
+            return self._deny(step_row, index, call, args, raw_hash, None, "no active grant", block=True)
+        action = decision.action
+        if decision.decision == "ask":
+            escalation = (
+                Escalation.objects.filter(session=self.session, action_hash=action.hash, tool_call__step=step_row, tool_call__index=index)
+                .order_by("-pk").first() if action else None
+            )
+            if escalation and escalation.state == Escalation.State.DENIED:
+                return self._deny(step_row, index, call, args, raw_hash, decision,
+                                  f"denied by {escalation.decided_by.username if escalation.decided_by else 'a human'}: {escalation.decision_reason or 'no reason given'}",
+                                  provenance="human", existing=existing)
+            if escalation and escalation.state == Escalation.State.EXPIRED:
+                return self._deny(step_row, index, call, args, raw_hash, decision, "nobody answered before the grant expired",
+                                  provenance="expired", existing=existing)
+            if self.grant.on_unanswered == Grant.OnUnanswered.DENY:
+                return self._escalate(step_row, index, call, args, raw_hash, decision, existing, deny_now=True)
+            return self._escalate(step_row, index, call, args, raw_hash, decision, existing)
+        if decision.decision == "deny":
+            block = decision.reason_type in ("expired", "revoked")
+            return self._deny(step_row, index, call, args, raw_hash, decision, decision.reason, block=block, existing=existing)
+        return self._execute(step_row, index, call, args, raw_hash, decision, existing)
+
+    def _tool_row(self, step_row, index, call, args, raw_hash, decision, state, existing=None, **extra) -> ToolCall:
+        action = decision.action if decision else None
+        values = dict(
+            session=self.session, call_id=str(call.get("id", ""))[:120], name=str(call.get("name", ""))[:80],
+            arguments=args, raw_arguments_hash=raw_hash, action=action.text if action else "",
+            action_hash=action.hash if action else "", decision=decision.decision if decision else "deny",
+            reason_type=decision.reason_type if decision else "revoked", reason=decision.reason if decision else "no active grant",
+            rule=decision.rule if decision else "", grant=self.grant, state=state, **extra,
+        )
+        if existing:
+            ToolCall.objects.filter(pk=existing.pk).update(**values)
+            existing.refresh_from_db()
+            return existing
+        return ToolCall.objects.create(step=step_row, index=index, **values)
+
+    def _audit_tool(self, row: ToolCall, *, provenance: str, result: str = "") -> None:
+        record(
+            "tool.call", session=self.session, agent=True, on_behalf_of=self.grant.delegator if self.grant else None,
+            grant=self.grant, provenance=provenance,
+            payload={
+                "step": self.number, "index": row.index, "tool": row.name, "action": row.action, "action_hash": row.action_hash,
+                "decision": row.decision, "reason_type": row.reason_type, "reason": row.reason, "rule": row.rule,
+                "state": row.state, "result": _summarize(result or row.result, 400), "exit_code": row.exit_code,
+                "duration_ms": row.duration_ms, "arguments_sha256": row.raw_arguments_hash,
+            },
+        )
+
+    def _tool_error(self, step_row, index, call, raw_hash, message) -> tuple[str, None]:
+        with transaction.atomic():
+            row = ToolCall.objects.create(
+                step=step_row, index=index, session=self.session, call_id=str(call.get("id", ""))[:120],
+                name=str(call.get("name", ""))[:80], arguments=None, raw_arguments_hash=raw_hash, decision="deny",
+                reason_type="error", reason=message, grant=self.grant, state=ToolCall.State.ERROR, result=message,
+                finished_at=timezone.now(),
+            )
+            self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name, content=f"error: {message}")
+            self._audit_tool(row, provenance="error")
+        return ("ok", None)
+
+    def _deny(self, step_row, index, call, args, raw_hash, decision, reason, *, block=False, provenance=None, existing=None):
+        with transaction.atomic():
+            row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.DENIED, existing,
+                                 result=f"denied: {reason}", finished_at=timezone.now())
+            if provenance == "human" or provenance == "expired":
+                ToolCall.objects.filter(pk=row.pk).update(reason_type=provenance, reason=reason, decision="deny")
+                row.refresh_from_db()
+            self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}")
+            self._audit_tool(row, provenance=provenance or (decision.reason_type if decision else "revoked"))
+        if block:
+            return ("block", reason)
+        return ("ok", None)
+
+    def _escalate(self, step_row, index, call, args, raw_hash, decision, existing, *, deny_now=False):
+        action = decision.action
+        suggestions = [] if decision.reason_type == "guard" else suggested_rules(action)
+        with transaction.atomic():
+            row = self._tool_row(step_row, index, call, args, raw_hash, decision,
+                                 ToolCall.State.DENIED if deny_now else ToolCall.State.ESCALATED, existing)
+            escalation = Escalation.objects.create(
+                session=self.session, grant=self.grant, tool_call=row, tool=row.name, action=action.text,
+                action_hash=action.hash, reason=decision.reason, rule="\n".join(suggestions),
+                state=Escalation.State.DENIED if deny_now else Escalation.State.OPEN,
+                decision_reason="nobody may be awake: the grant denies unanswered questions at once" if deny_now else "",
+                decided_at=timezone.now() if deny_now else None,
+            )
+            record("escalation.opened", session=self.session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
+                   provenance=decision.reason_type,
+                   payload={"escalation": escalation.pk, "tool": row.name, "action": action.text, "action_hash": action.hash,
+                            "reason": decision.reason, "rule": decision.rule, "on_unanswered": self.grant.on_unanswered})
+            if deny_now:
+                ToolCall.objects.filter(pk=row.pk).update(result="denied: needs approval and the grant denies unanswered questions")
+                self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name,
+                                        content=f"denied: this needs a human's approval ({decision.reason}) and nobody is available; carry on without it")
+                self._audit_tool(row, provenance="guard")
+        if deny_now:
+            return ("ok", None)
+        from agents.notify import notify_needs_human_on_commit
+
+        with transaction.atomic():
+            session = AgentSession.objects.select_for_update().get(pk=self.session_id)
+            services.set_status(session, Status.NEEDS_APPROVAL, reason=f"asks: {action.text}"[:480], agent=True,
+                                current_activity=_summarize(f"waiting for approval: {action.text}", 200))
+            notify_needs_human_on_commit(session_id=self.session_id, escalation_id=escalation.pk)
+        return StepOutcome("parked", detail="needs approval")
+
+    def _execute(self, step_row, index, call, args, raw_hash, decision, existing):
+        grant = self.grant
+        t0 = time.monotonic()
+        with transaction.atomic():
+            limit = Q() if grant.max_tool_calls is None else Q(tool_calls__lt=grant.max_tool_calls)
+            reserved = AgentSession.objects.filter(limit, pk=self.session_id).update(tool_calls=F("tool_calls") + 1)
+            if not reserved:
+                reason = f"budget: max tool calls ({grant.max_tool_calls}) reached"
+                row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.DENIED, existing,
+                                     result=f"denied: {reason}", finished_at=timezone.now())
+                ToolCall.objects.filter(pk=row.pk).update(decision="deny", reason_type="budget", reason=reason)
+                row.refresh_from_db()
+                self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}")
+                self._audit_tool(row, provenance="budget")
+                return ("block", reason)
+            provenance = decision.reason_type
+            if decision.reason_type == "human":
+                consumed = Escalation.objects.filter(
+                    session=self.session, action_hash=decision.action.hash, state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True
+                ).order_by("pk").first()
+                if consumed is None or not Escalation.objects.filter(pk=consumed.pk, consumed_at__isnull=True).update(consumed_at=timezone.now()):
+                    raise RuntimeError("approval vanished")  # cannot happen under the lease; fail closed
+            row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.INTENDED, existing)
+            services._bump(AgentSession.objects.select_for_update().get(pk=self.session_id),
+                           current_activity=_summarize(f"{row.name}: {row.action}", 200), heartbeat_at=timezone.now())
+        self.timings["record"] += time.monotonic() - t0
+        t1 = time.monotonic()
+        result = tools.execute(
+            row.name, args, worktree=Path(self.session.worktree_path),
+            trailers={"Agent-Session": str(self.session_id), "Delegated-By": grant.delegator.username, "Grant": str(grant.pk)},
+            allow_network=any(rule.startswith("Net(") for rule in grant.allow),
+            timeout_s=min(int(args.get("timeout_s") or settings.CONTROLROOM["COMMAND_TIMEOUT_S"]), settings.CONTROLROOM["COMMAND_TIMEOUT_S"]),
+            output_cap=settings.CONTROLROOM["OUTPUT_CAP_BYTES"], sandbox=settings.CONTROLROOM["SANDBOX"],
+            author=(f"Agent #{self.session_id}", f"agent-{self.session_id}@controlroom.invalid"),
+        )
+        self.timings["tool"] += time.monotonic() - t1
+        t2 = time.monotonic()
+        with transaction.atomic():
+            ToolCall.objects.filter(pk=row.pk).update(
+                state=ToolCall.State.DONE if result.ok else ToolCall.State.ERROR,
+                result=Truncator(result.output).chars(20000), exit_code=result.exit_code, duration_ms=result.duration_ms,
+                finished_at=timezone.now(),
+            )
+            row.refresh_from_db()
+            self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name,
+                                    content=result.output if result.ok else f"error: {result.output}")
+            self._audit_tool(row, provenance=provenance, result=result.summary or result.output)
+            session_changes = {}
+            if "handoff" in result.data:
+                session_changes["handoff"] = result.data["handoff"]
+            if "sha" in result.data:
+                record("git.commit", session=self.session, agent=True, on_behalf_of=grant.delegator, grant=grant,
+                       payload={"sha": result.data["sha"], "message": args.get("message", ""), "branch": self.session.branch})
+            if row.name == "run_command" and result.exit_code is not None and _looks_like_tests(args.get("command", "")):
+                record("tests.run", session=self.session, agent=True, on_behalf_of=grant.delegator, grant=grant,
+                       payload={"command": args.get("command", ""), "exit_code": result.exit_code,
+                                "passed": result.exit_code == 0, "summary": result.summary})
+            if session_changes:
+                AgentSession.objects.filter(pk=self.session_id).update(**session_changes)
+        self.timings["record"] += time.monotonic() - t2
+        if row.name == "finish" and result.ok:
+            return ("finish", result.data.get("finish", args.get("summary", "")))
+        return ("ok", None)
+
+    # -- end of step -----------------------------------------------------------------------------
+    def _complete_step(self, step_row: AgentStep, calls: list, finished_summary: str | None, block_reason: str | None) -> StepOutcome:
+        t0 = time.monotonic()
+        with transaction.atomic():
+            session = AgentSession.objects.select_for_update().select_related("pod").get(pk=self.session_id)
+            if session.steps >= self.number:
+                return StepOutcome("stale", detail="step already completed")
+            idle = 0 if calls else session.idle_steps + 1
+            if not calls:
+                self._append_transcript(role="user", content="Use the tools to make progress; call finish with a summary when the goal is met.")
+            AgentStep.objects.filter(pk=step_row.pk).update(state=AgentStep.State.DONE, finished_at=timezone.now(), timings=self.timings)
+            changes = dict(steps=self.number, idle_steps=idle, heartbeat_at=timezone.now())
+            next_status, reason = Status.RUNNING, ""
+            if finished_summary is not None:
+                next_status, reason = Status.SUCCEEDED, "finished"
+                changes["summary"] = finished_summary
+                changes["current_activity"] = _summarize(f"done: {finished_summary}", 200)
+            elif block_reason:
+                next_status, reason = Status.BLOCKED, block_reason
+                changes["current_activity"] = _summarize(block_reason, 200)
+            elif idle >= MAX_IDLE_STEPS:
+                next_status, reason = Status.FAILED, f"the model answered {idle} times without using a tool"
+            if session.status != Status.RUNNING and next_status == Status.RUNNING:
+                next_status = session.status  # paused/cancelled meanwhile
+            for key, value in changes.items():
+                setattr(session, key, value)
+            session.save(update_fields=list(changes.keys()))
+            if next_status != session.status or reason:
+                services.set_status(session, next_status, reason=reason, agent=True)
+            else:
+                send_on_commit(session.pk)
+            if next_status == Status.RUNNING:
+                enqueue_step_on_commit(session_id=session.pk, step=self.number + 1, priority=session.priority)
+            if next_status in (Status.SUCCEEDED, Status.FAILED):
+                transaction.on_commit(lambda: _checkpoint_quietly(self.session_id))
+        self.timings["record"] += time.monotonic() - t0
+        return StepOutcome("done", detail=next_status)
+
+
+def _checkpoint_quietly(session_id: int) -> None:
+    from reviews.chain import checkpoint_create
+
+    try:
+        with transaction.atomic():
+            checkpoint_create(reason=f"session {session_id} ended")
+    except Exception:
+        logger.warning("checkpoint after session %s failed", session_id, exc_info=True)
+
+
+def _looks_like_tests(command: str) -> bool:
+    return any(word in command for word in ("pytest", "unittest", "npm test", "make test", "tox", "go test", "cargo test"))
+
+
+def suggested_rules(action) -> list[str]:
+    """The rules that 'allow always' adds: exactly the resources that asked, nothing broader."""
+    rules = []
+    for resource in action.resources if action else ():
+        if resource.kind in ("Read", "Edit", "Bash", "Net"):
+            rules.append(f"{resource.kind}({resource.value})")
+        elif resource.kind == "Git":
+            rules.append(f"Git({resource.value})")
+    return list(dict.fromkeys(rules))
+
+
+def append_transcript(*, session_id: int, iteration: int, step: int, role: str, content: str,
+                      tool_calls=None, tool_call_id: str = "", name: str = "") -> TranscriptEntry:
+    last = TranscriptEntry.objects.filter(session_id=session_id).aggregate(m=Max("seq"))["m"] or 0
+    return TranscriptEntry.objects.create(
+        session_id=session_id, seq=last + 1, iteration=iteration, step=step, role=role, content=content or "",
+        tool_calls=tool_calls, tool_call_id=tool_call_id, name=name,
+    )
+
+
+def git_log_summary(session: AgentSession, limit: int = 20) -> str:
+    import git
+
+    try:
+        repo = git.Repo(session.worktree_path)
+        base = session.base_commit or session.base_branch
+        text = repo.git.log("--oneline", f"-{limit}", f"{base}..HEAD", kill_after_timeout=10)
+        return text or "(no commits yet)"
+    except Exception as exc:  # a missing worktree must not stop a fresh iteration
+        return f"(git log unavailable: {type(exc).__name__})"
+
+
+def start_iteration(*, session: AgentSession, reason: str, extra: str = "", by=None) -> None:
+    """Begin a fresh context: goal, latest handoff note, the branch's git log, and any extra note."""
+    with transaction.atomic():
+        session = AgentSession.objects.select_for_update().select_related("repository").get(pk=session.pk)
+        iteration = session.iteration + 1
+        handoff = session.handoff or {}
+        handoff_text = (
+            f"Latest handoff note: status {handoff.get('status', '?')}; next action: {handoff.get('next_action', '?')}; "
+            f"do not: {'; '.join(handoff.get('do_not') or []) or 'nothing listed'}."
+            if handoff else "No handoff note yet."
+        )
+        brief = services.initial_brief(
+            session,
+            extra="\n\n".join(filter(None, [
+                f"This is iteration {iteration}: a fresh context. {handoff_text}",
+                "Commits on your branch so far (git log --oneline):\n" + git_log_summary(session),
+                extra,
+            ])),
+        )
+        AgentSession.objects.filter(pk=session.pk).update(iteration=iteration, iteration_started_step=session.steps)
+        append_transcript(session_id=session.pk, iteration=iteration, step=session.steps, role="system", content=services.SYSTEM_PROMPT)
+        append_transcript(session_id=session.pk, iteration=iteration, step=session.steps, role="user", content=brief)
+        record("session.iteration", session=session, user=by, agent=by is None,
+               payload={"iteration": iteration, "reason": reason, "extra": extra})
+        send_on_commit(session.pk)

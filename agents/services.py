@@ -1,0 +1,520 @@
+"""Writes. Every state change of the fleet goes through a function here: keyword-only, atomic,
+and it writes its audit event in the same transaction (``reviews.audit.record``). Live updates
+and step enqueues happen after commit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.text import Truncator
+
+from agents import authority, permissions
+from agents.dispatch import enqueue_step_on_commit
+from agents.events import send_on_commit
+from agents.models import (
+    AgentSession, Escalation, FleetControl, Grant, Pod, PodMembership, Repository, Status, TaskType,
+    TERMINAL_STATUSES, TranscriptEntry, User,
+)
+from agents.selectors import active_grant
+from reviews.audit import record
+
+
+@dataclass(frozen=True)
+class GrantSpec:
+    """What a human delegates. Validated by ``grant_spec_errors``."""
+
+    mode: str = Grant.Mode.EDITS
+    allow: tuple[str, ...] = ()
+    ask: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    max_steps: int | None = 200
+    max_tokens: int | None = None
+    max_cost_usd: Decimal | None = None
+    max_wall_seconds: int | None = None
+    max_tool_calls: int | None = None
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    hours: float = 8.0
+    on_unanswered: str = Grant.OnUnanswered.WAIT
+    justification: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def grant_spec_errors(spec: GrantSpec) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    if spec.mode not in Grant.Mode.values:
+        errors["mode"] = f"Unknown mode {spec.mode!r}; use one of {', '.join(Grant.Mode.values)}."
+    try:
+        permissions.validate_rules(allow=list(spec.allow), ask=list(spec.ask), deny=list(spec.deny))
+    except permissions.RuleError as exc:
+        errors["rules"] = str(exc)
+    if spec.not_before and spec.expires_at and spec.expires_at <= spec.not_before:
+        errors["expires_at"] = "The grant must end after it starts."
+    if spec.on_unanswered not in Grant.OnUnanswered.values:
+        errors["on_unanswered"] = "Use wait or deny."
+    for name in ("max_steps", "max_tokens", "max_wall_seconds", "max_tool_calls"):
+        value = getattr(spec, name)
+        if value is not None and value < 1:
+            errors[name] = "Must be at least 1 (or empty for no limit)."
+    if spec.max_cost_usd is not None and spec.max_cost_usd <= 0:
+        errors["max_cost_usd"] = "Must be positive (or empty for no limit)."
+    return errors
+
+
+def _grant_payload(grant: Grant) -> dict:
+    return {
+        "grant": grant.pk, "version": grant.version, "delegator": grant.delegator.username, "mode": grant.mode,
+        "allow": grant.allow, "ask": grant.ask, "deny": grant.deny,
+        "budget": {
+            "max_steps": grant.max_steps, "max_tokens": grant.max_tokens,
+            "max_cost_usd": grant.max_cost_usd, "max_wall_seconds": grant.max_wall_seconds,
+            "max_tool_calls": grant.max_tool_calls,
+        },
+        "not_before": grant.not_before, "expires_at": grant.expires_at,
+        "on_unanswered": grant.on_unanswered, "justification": grant.justification,
+    }
+
+
+def _bump(session: AgentSession, **changes) -> None:
+    """Apply field changes, bump the version, save, and schedule the live update."""
+    for key, value in changes.items():
+        setattr(session, key, value)
+    session.version = F("version") + 1
+    session.updated_at = timezone.now()
+    session.save(update_fields=[*changes.keys(), "version", "updated_at"])
+    session.refresh_from_db(fields=["version"])
+    send_on_commit(session.pk)
+
+
+def set_status(session: AgentSession, status: str, *, reason: str = "", by: User | None = None,
+               agent: bool = False, **changes) -> None:
+    """Change a session's status with its audit event (inside the caller's transaction)."""
+    previous = session.status
+    if status == Status.RUNNING and not session.started_at:
+        changes["started_at"] = timezone.now()
+    if status in TERMINAL_STATUSES and not session.finished_at:
+        changes["finished_at"] = timezone.now()
+    _bump(session, status=status, status_reason=Truncator(reason).chars(480), **changes)
+    if previous != status:
+        record(
+            "session.status", session=session, user=by, agent=agent and by is None,
+            payload={"from": previous, "to": status, "reason": reason},
+        )
+
+
+# --- pods and people ------------------------------------------------------------------
+
+@transaction.atomic
+def membership_set(*, pod: Pod, user: User, role: str, by: User) -> PodMembership:
+    authority.require(authority.refuse_pod_admin(user=by, pod_id=pod.pk))
+    if role not in PodMembership.Role.values:
+        raise ValidationError({"role": f"Unknown pod role {role!r}."})
+    membership, created = PodMembership.objects.update_or_create(user=user, pod=pod, defaults={"role": role})
+    record("pod.membership_set", user=by, pod_id=pod.pk,
+           payload={"pod": pod.slug, "member": user.username, "role": role, "created": created})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, pod: Pod, user: User, by: User) -> None:
+    authority.require(authority.refuse_pod_admin(user=by, pod_id=pod.pk))
+    owned = AgentSession.objects.filter(pod=pod, sto=user).exclude(status__in=TERMINAL_STATUSES).count()
+    if owned:
+        raise ValidationError(
+            f"{user.username} still owns {owned} open session(s) in {pod.name}: reassign them first."
+        )
+    deleted, _ = PodMembership.objects.filter(pod=pod, user=user).delete()
+    if deleted:
+        record("pod.membership_removed", user=by, pod_id=pod.pk, payload={"pod": pod.slug, "member": user.username})
+
+
+# --- sessions -------------------------------------------------------------------------
+
+SYSTEM_PROMPT = (
+    "You are a careful software engineer working alone, overnight, in a git worktree, under authority "
+    "delegated by a human. Use the tools to read, edit, run the tests and commit. Every action is "
+    "checked against your grant and recorded. When a tool is denied, do not try to get around it: "
+    "choose another way or write a handoff note. Commit your work with a clear message, write a "
+    "handoff note (write_handoff), then call finish with a short summary."
+)
+
+
+@transaction.atomic
+def session_launch(
+    *,
+    pod: Pod,
+    sto: User,
+    goal: str,
+    by: User,
+    repository: Repository,
+    base_branch: str = "",
+    name: str = "",
+    success_criteria: str = "",
+    task_type: str = TaskType.FEATURE,
+    priority: int = 2,
+    model: str = "",
+    api_base: str = "",
+    api_key_env: str = "",
+    fallback_models: list[str] | None = None,
+    seed: int = 0,
+    tags: list[str] | None = None,
+    grant: GrantSpec | None = None,
+    delegator: User | None = None,
+    start: bool = True,
+) -> AgentSession:
+    """Create a session, its first grant, and (after commit) enqueue its first step."""
+    authority.require(authority.refuse_launch(user=by, pod_id=pod.pk, sto=sto))
+    goal = (goal or "").strip()
+    errors: dict[str, str] = {}
+    if not goal:
+        errors["goal"] = "Give the agent a goal."
+    if task_type not in TaskType.values:
+        errors["task_type"] = f"Unknown task type {task_type!r}."
+    if priority not in (0, 1, 2, 3):
+        errors["priority"] = "Priority is P0 to P3."
+    spec = grant or GrantSpec()
+    errors.update(grant_spec_errors(spec))
+    if errors:
+        raise ValidationError(errors)
+    now = timezone.now()
+    session = AgentSession.objects.create(
+        pod=pod, sto=sto, created_by=by, goal=goal,
+        name=Truncator(name.strip() or goal.splitlines()[0]).chars(110),
+        success_criteria=success_criteria.strip(), task_type=task_type, priority=priority,
+        repository=repository, base_branch=base_branch or repository.default_branch,
+        model=model or settings.CONTROLROOM["DEFAULT_MODEL"], api_base=api_base, api_key_env=api_key_env,
+        fallback_models=list(fallback_models or []), seed=seed, tags=list(tags or []),
+        status=Status.QUEUED, status_reason="waiting for a worker", created_at=now, updated_at=now,
+    )
+    from agents.runtime.worktrees import branch_name
+
+    session.branch = branch_name(session.pk, session.name)
+    session.worktree_path = str(settings.CONTROLROOM["WORKTREES_DIR"] / f"s{session.pk}")
+    session.save(update_fields=["branch", "worktree_path"])
+    record(
+        "session.launched", session=session, user=by, on_behalf_of=sto,
+        payload={
+            "name": session.name, "goal": goal, "success_criteria": session.success_criteria,
+            "pod": pod.slug, "sto": sto.username, "model": session.model, "api_base": api_base,
+            "repository": repository.name, "base_branch": session.base_branch, "branch": session.branch,
+            "priority": priority, "task_type": task_type, "tags": session.tags,
+        },
+    )
+    _issue_grant(session=session, spec=spec, by=by, delegator=delegator or sto, previous=None)
+    TranscriptEntry.objects.create(session=session, seq=1, iteration=1, role="system", content=SYSTEM_PROMPT)
+    TranscriptEntry.objects.create(session=session, seq=2, iteration=1, role="user", content=initial_brief(session))
+    send_on_commit(session.pk)
+    if start:
+        enqueue_step_on_commit(session_id=session.pk, step=1, priority=priority)
+    return session
+
+
+def initial_brief(session: AgentSession, *, extra: str = "") -> str:
+    parts = [f"Goal: {session.goal}"]
+    if session.success_criteria:
+        parts.append(f"Success criteria: {session.success_criteria}")
+    parts.append(f"Repository: {session.repository.name}, your branch {session.branch} (from {session.base_branch}).")
+    if extra:
+        parts.append(extra)
+    return "\n\n".join(parts)
+
+
+def _issue_grant(*, session: AgentSession, spec: GrantSpec, by: User, delegator: User, previous: Grant | None) -> Grant:
+    authority.require(authority.refuse_delegation(delegator=delegator, session=session, mode=spec.mode))
+    if by.pk != delegator.pk:
+        # Issuing on someone else's authority needs authority over the session yourself.
+        authority.require(authority.refuse_session_control(user=by, session=session))
+    now = timezone.now()
+    not_before = spec.not_before or now
+    expires_at = spec.expires_at or (not_before + timedelta(hours=spec.hours))
+    grant = Grant.objects.create(
+        session=session, version=(previous.version + 1) if previous else 1, delegator=delegator, issued_by=by,
+        mode=spec.mode, allow=list(spec.allow), ask=list(spec.ask), deny=list(spec.deny),
+        max_steps=spec.max_steps, max_tokens=spec.max_tokens, max_cost_usd=spec.max_cost_usd,
+        max_wall_seconds=spec.max_wall_seconds, max_tool_calls=spec.max_tool_calls,
+        not_before=not_before, expires_at=expires_at, on_unanswered=spec.on_unanswered,
+        justification=spec.justification, issued_at=now, supersedes=previous,
+    )
+    record("grant.issued", session=session, user=by, on_behalf_of=delegator, grant=grant, payload=_grant_payload(grant))
+    return grant
+
+
+@transaction.atomic
+def grant_issue(*, session: AgentSession, spec: GrantSpec, by: User, delegator: User | None = None,
+                reason: str = "grant changed") -> Grant:
+    """Change a session's authority: revoke the current grant and issue the next version."""
+    errors = grant_spec_errors(spec)
+    if errors:
+        raise ValidationError(errors)
+    session = AgentSession.objects.select_for_update().get(pk=session.pk)
+    previous = active_grant(session=session)
+    if previous is not None:
+        _revoke(grant=previous, by=by, reason=f"superseded: {reason}")
+    grant = _issue_grant(session=session, spec=spec, by=by, delegator=delegator or (previous.delegator if previous else session.sto), previous=previous)
+    if session.status == Status.BLOCKED and session.hold == "":
+        # A new grant (more budget, a new window) lets a blocked session carry on.
+        set_status(session, Status.RUNNING, reason=f"unblocked by grant v{grant.version}", by=by)
+        enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
+    else:
+        _bump(session)
+    return grant
+
+
+def _revoke(*, grant: Grant, by: User, reason: str) -> None:
+    Grant.objects.filter(pk=grant.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_by=by, revoke_reason=Truncator(reason).chars(480)
+    )
+    record("grant.revoked", session=grant.session, user=by, on_behalf_of=grant.delegator, grant=grant,
+           payload={"grant": grant.pk, "version": grant.version, "reason": reason})
+
+
+@transaction.atomic
+def grant_revoke(*, grant: Grant, by: User, reason: str) -> None:
+    authority.require(authority.refuse_session_control(user=by, session=grant.session))
+    if not reason.strip():
+        raise ValidationError({"reason": "Say why the grant is revoked."})
+    _revoke(grant=grant, by=by, reason=reason)
+    _bump(grant.session)
+
+
+@transaction.atomic
+def sto_assign(*, session: AgentSession, new_sto: User, by: User) -> AgentSession:
+    """Reassign the Single Task Owner: only the pod lead or a manager; the new STO must be in the pod."""
+    authority.require(authority.refuse_pod_admin(user=by, pod_id=session.pod_id))
+    if not PodMembership.objects.filter(pod_id=session.pod_id, user=new_sto).exists():
+        raise ValidationError({"sto": f"{new_sto.username} is not a member of pod {session.pod.name}."})
+    session = AgentSession.objects.select_for_update().select_related("sto", "pod").get(pk=session.pk)
+    previous = session.sto
+    if previous.pk == new_sto.pk:
+        raise ValidationError({"sto": f"{new_sto.username} already owns this session."})
+    _bump(session, sto=new_sto)
+    record("session.sto_reassigned", session=session, user=by, on_behalf_of=new_sto,
+           payload={"from": previous.username, "to": new_sto.username})
+    return session
+
+
+@transaction.atomic
+def session_set_priority(*, session: AgentSession, priority: int, by: User) -> AgentSession:
+    if by.pk != session.sto_id:
+        authority.require(authority.refuse_pod_admin(user=by, pod_id=session.pod_id))
+    authority.require(authority.refuse_session_control(user=by, session=session))
+    if priority not in (0, 1, 2, 3):
+        raise ValidationError({"priority": "Priority is P0 to P3."})
+    previous = session.priority
+    _bump(session, priority=priority)
+    record("session.priority_set", session=session, user=by, payload={"from": previous, "to": priority})
+    return session
+
+
+# --- controls -------------------------------------------------------------------------
+
+def _locked(session: AgentSession) -> AgentSession:
+    return AgentSession.objects.select_for_update().select_related("pod", "sto").get(pk=session.pk)
+
+
+@transaction.atomic
+def session_pause(*, session: AgentSession, by: User, reason: str = "") -> AgentSession:
+    authority.require(authority.refuse_session_control(user=by, session=session))
+    session = _locked(session)
+    if session.is_terminal:
+        raise ValidationError(f"Session #{session.pk} has already ended ({session.status}).")
+    if session.status != Status.PAUSED:
+        set_status(session, Status.PAUSED, reason=reason or f"paused by {by.username}", by=by, hold="user")
+        record("session.paused", session=session, user=by, payload={"reason": reason})
+    return session
+
+
+@transaction.atomic
+def session_resume(*, session: AgentSession, by: User) -> AgentSession:
+    authority.require(authority.refuse_session_control(user=by, session=session))
+    session = _locked(session)
+    if session.status not in (Status.PAUSED, Status.BLOCKED):
+        raise ValidationError(f"Session #{session.pk} is {session.get_status_display().lower()}, not paused.")
+    if FleetControl.current().stopped:
+        raise ValidationError("The fleet is stopped: resume the fleet first.")
+    if session.pod.paused:
+        raise ValidationError(f"Pod {session.pod.name} is paused: resume the pod first.")
+    set_status(session, Status.RUNNING, reason=f"resumed by {by.username}", by=by, hold="")
+    record("session.resumed", session=session, user=by)
+    enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
+    return session
+
+
+@transaction.atomic
+def session_cancel(*, session: AgentSession, by: User, reason: str = "") -> AgentSession:
+    authority.require(authority.refuse_session_control(user=by, session=session))
+    session = _locked(session)
+    if session.is_terminal:
+        raise ValidationError(f"Session #{session.pk} has already ended ({session.status}).")
+    Escalation.objects.filter(session=session, state=Escalation.State.OPEN).update(
+        state=Escalation.State.DENIED, decided_by=by, decided_at=timezone.now(), decision_reason="session cancelled"
+    )
+    set_status(session, Status.CANCELLED, reason=reason or f"cancelled by {by.username}", by=by, hold="")
+    record("session.cancelled", session=session, user=by, payload={"reason": reason})
+    return session
+
+
+def _require_manager(by: User) -> None:
+    if by.role != User.Role.MANAGER and not by.is_superuser:
+        raise authority.NotAllowed("Only a manager may stop or resume the whole fleet.")
+
+
+@transaction.atomic
+def fleet_stop(*, by: User, reason: str = "") -> int:
+    """Halt every agent before its next tool call. Running steps see the switch and park their session."""
+    _require_manager(by)
+    control = FleetControl.current()
+    FleetControl.objects.filter(pk=control.pk).update(stopped=True, changed_by=by, changed_at=timezone.now(), reason=reason)
+    sessions = list(AgentSession.objects.select_for_update().filter(status__in=[Status.QUEUED, Status.RUNNING]))
+    for session in sessions:
+        set_status(session, Status.PAUSED, reason=f"fleet stopped by {by.username}", by=by, hold="fleet")
+    record("fleet.stopped", user=by, payload={"reason": reason, "sessions": [s.pk for s in sessions]})
+    return len(sessions)
+
+
+@transaction.atomic
+def fleet_resume(*, by: User) -> int:
+    _require_manager(by)
+    FleetControl.objects.filter(pk=FleetControl.current().pk).update(stopped=False, changed_by=by, changed_at=timezone.now(), reason="")
+    sessions = list(AgentSession.objects.select_for_update().select_related("pod").filter(status=Status.PAUSED, hold="fleet"))
+    resumed = []
+    for session in sessions:
+        if session.pod.paused:
+            _bump(session, hold="pod")
+            continue
+        set_status(session, Status.RUNNING, reason=f"fleet resumed by {by.username}", by=by, hold="")
+        enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
+        resumed.append(session.pk)
+    record("fleet.resumed", user=by, payload={"sessions": resumed})
+    return len(resumed)
+
+
+@transaction.atomic
+def pod_pause(*, pod: Pod, by: User, reason: str = "") -> int:
+    authority.require(authority.refuse_pod_admin(user=by, pod_id=pod.pk))
+    Pod.objects.filter(pk=pod.pk).update(paused=True)
+    sessions = list(AgentSession.objects.select_for_update().filter(pod=pod, status__in=[Status.QUEUED, Status.RUNNING]))
+    for session in sessions:
+        set_status(session, Status.PAUSED, reason=f"pod paused by {by.username}", by=by, hold="pod")
+    record("pod.paused", user=by, pod_id=pod.pk, payload={"pod": pod.slug, "reason": reason, "sessions": [s.pk for s in sessions]})
+    return len(sessions)
+
+
+@transaction.atomic
+def pod_resume(*, pod: Pod, by: User) -> int:
+    authority.require(authority.refuse_pod_admin(user=by, pod_id=pod.pk))
+    Pod.objects.filter(pk=pod.pk).update(paused=False)
+    stopped = FleetControl.current().stopped
+    sessions = list(AgentSession.objects.select_for_update().filter(pod=pod, status=Status.PAUSED, hold="pod"))
+    resumed = []
+    for session in sessions:
+        if stopped:
+            _bump(session, hold="fleet")
+            continue
+        set_status(session, Status.RUNNING, reason=f"pod resumed by {by.username}", by=by, hold="")
+        enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
+        resumed.append(session.pk)
+    record("pod.resumed", user=by, pod_id=pod.pk, payload={"pod": pod.slug, "sessions": resumed})
+    return len(resumed)
+
+
+@transaction.atomic
+def session_block_expired(*, session: AgentSession) -> str:
+    """The grant's window closed: deny what is still waiting for a human (listed for the morning)
+    and block the session with the reason."""
+    session = _locked(session)
+    grant = active_grant(session=session)
+    if grant is None:
+        reason = "no active grant: issue one to continue"
+    else:
+        reason = f"grant v{grant.version} expired at {timezone.localtime(grant.expires_at):%Y-%m-%d %H:%M %Z}"
+        for escalation in Escalation.objects.select_for_update().filter(session=session, state=Escalation.State.OPEN):
+            Escalation.objects.filter(pk=escalation.pk).update(
+                state=Escalation.State.EXPIRED, decided_at=timezone.now(),
+                decision_reason="the grant expired before anyone answered",
+            )
+            record("escalation.expired", session=session, on_behalf_of=grant.delegator, grant=grant, provenance="expired",
+                   payload={"escalation": escalation.pk, "action": escalation.action})
+        record("grant.expired", session=session, on_behalf_of=grant.delegator, grant=grant, provenance="expired",
+               payload={"grant": grant.pk, "expires_at": grant.expires_at})
+    if session.status not in TERMINAL_STATUSES:
+        set_status(session, Status.BLOCKED, reason=reason, current_activity=reason[:200])
+    return reason
+
+
+# --- escalations ----------------------------------------------------------------------
+
+DECISIONS = ("allow-once", "allow-always", "deny")
+
+
+def escalation_decide(*, escalation: Escalation, by: User, decision: str, reason: str = "") -> Escalation:
+    """A human answers an escalation. A refused attempt (leader, outsider, agent) is recorded too."""
+    if decision not in DECISIONS:
+        raise ValidationError({"decision": f"Unknown decision {decision!r}; use {', '.join(DECISIONS)}."})
+    refusal = authority.refuse_session_control(user=by, session=escalation.session)
+    if refusal:
+        with transaction.atomic():
+            record("escalation.refused", session=escalation.session, user=by, provenance="human",
+                   payload={"escalation": escalation.pk, "decision": decision, "refusal": refusal})
+        raise authority.NotAllowed(refusal)
+    if decision == "allow-always" and not escalation.rule:
+        raise ValidationError(
+            "This action asked because of a guard (protected path or a command that cannot be analysed): "
+            "it can be allowed once, not always."
+        )
+    return _escalation_decide(escalation=escalation, by=by, decision=decision, reason=reason)
+
+
+@transaction.atomic
+def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reason: str) -> Escalation:
+    escalation = Escalation.objects.select_for_update().select_related("grant", "session").get(pk=escalation.pk)
+    if escalation.state != Escalation.State.OPEN:
+        raise ValidationError(f"Escalation #{escalation.pk} was already decided ({escalation.get_state_display().lower()}).")
+    session = _locked(escalation.session)
+    now = timezone.now()
+    new_state = {
+        "allow-once": Escalation.State.ALLOWED_ONCE,
+        "allow-always": Escalation.State.ALLOWED_ALWAYS,
+        "deny": Escalation.State.DENIED,
+    }[decision]
+    Escalation.objects.filter(pk=escalation.pk).update(state=new_state, decided_by=by, decided_at=now, decision_reason=reason)
+    escalation.refresh_from_db()
+    record(
+        "escalation.decided", session=session, user=by, on_behalf_of=escalation.grant.delegator,
+        grant=escalation.grant, provenance="human",
+        payload={"escalation": escalation.pk, "decision": decision, "reason": reason, "action": escalation.action,
+                 "action_hash": escalation.action_hash, "tool": escalation.tool},
+    )
+    if decision == "allow-always":
+        grant = escalation.grant
+        rules = [line for line in escalation.rule.splitlines() if line.strip()]
+        rule = ", ".join(rules)
+        spec = GrantSpec(
+            mode=grant.mode, allow=tuple(dict.fromkeys([*grant.allow, *rules])), ask=tuple(grant.ask),
+            deny=tuple(grant.deny), max_steps=grant.max_steps, max_tokens=grant.max_tokens,
+            max_cost_usd=grant.max_cost_usd, max_wall_seconds=grant.max_wall_seconds,
+            max_tool_calls=grant.max_tool_calls, not_before=grant.not_before, expires_at=grant.expires_at,
+            on_unanswered=grant.on_unanswered, justification=f"allow always: {rule}",
+        )
+        if not grant.is_revoked:
+            _revoke(grant=grant, by=by, reason=f"superseded: allow always {rule}")
+        _issue_grant(session=session, spec=spec, by=by, delegator=by if by.role == User.Role.MANAGER else grant.delegator, previous=grant)
+    if session.status == Status.NEEDS_APPROVAL and not Escalation.objects.filter(session=session, state=Escalation.State.OPEN).exists():
+        set_status(session, Status.RUNNING, reason=f"{by.username}: {decision}", by=by)
+        enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
+    else:
+        _bump(session)
+    return escalation
+
+
+def record_refused_action(*, session: AgentSession, by: User, action: str, refusal: str) -> None:
+    """Record that someone tried an action on a session and was refused (own transaction)."""
+    with transaction.atomic():
+        record("session.action_refused", session=session, user=by, payload={"action": action, "refusal": refusal})

@@ -1,0 +1,97 @@
+"""Celery tasks: thin adapters that take ids, re-fetch, and call the runtime or a service."""
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+from agents import services
+from agents.dispatch import enqueue_step_now
+from agents.models import AgentSession, Escalation, Grant, Status
+from agents.runtime.loop import run_step
+
+logger = logging.getLogger(__name__)
+
+
+class WebhookTransientError(Exception):
+    pass
+
+
+@shared_task(
+    name="agents.tasks.agent_step", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
+    soft_time_limit=settings.CONTROLROOM["STEP_TIME_LIMIT_S"], time_limit=settings.CONTROLROOM["STEP_TIME_LIMIT_S"] + 30,
+)
+def agent_step(self, session_id: int, step: int) -> str:
+    """Run step ``step`` of a session. Idempotent: redelivery and duplicates are harmless."""
+    outcome = run_step(session_id, step, owner=f"{self.request.hostname}:{self.request.id}")
+    if outcome.result == "retry":
+        raise self.retry(countdown=outcome.retry_in or 2.0)
+    return f"{outcome.result}: {outcome.detail}"
+
+
+@shared_task(name="agents.tasks.tick", ignore_result=True, time_limit=120)
+def tick() -> dict:
+    """Periodic housekeeping (Celery beat, every few seconds):
+    - wake queued sessions whose grant window has opened (or whose pod's review queue has room);
+    - recover stale sessions: running, no live lease, heartbeat older than STALE_AFTER_S (a lost message
+      or a dead worker) → enqueue their next step again (the step number makes that harmless);
+    - block sessions whose grant expired while they waited for a human.
+    """
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
+    woken = recovered = 0
+    queued = AgentSession.objects.filter(status=Status.QUEUED).filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+    for session_id, steps, priority in queued.values_list("id", "steps", "priority"):
+        grant = Grant.objects.filter(session_id=session_id, revoked_at__isnull=True).order_by("-version").first()
+        if grant and grant.not_before <= now:
+            enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
+            woken += 1
+    stale = AgentSession.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before).filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    )
+    for session_id, steps, priority in stale.values_list("id", "steps", "priority"):
+        enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
+        recovered += 1
+    waiting = AgentSession.objects.filter(status=Status.NEEDS_APPROVAL, grants__revoked_at__isnull=True, grants__expires_at__lte=now).distinct()
+    expired = 0
+    for session in waiting:
+        services.session_block_expired(session=session)
+        expired += 1
+    return {"woken": woken, "recovered": recovered, "expired": expired}
+
+
+@shared_task(
+    name="agents.tasks.send_webhook", bind=True, autoretry_for=(WebhookTransientError,), retry_backoff=2,
+    retry_backoff_max=300, retry_jitter=False, max_retries=6, time_limit=30, ignore_result=True,
+)
+def send_webhook(self, session_id: int, escalation_id: int | None = None, reason: str = "") -> str:
+    session = AgentSession.objects.select_related("pod", "sto").filter(pk=session_id).first()
+    if session is None or not session.pod.webhook_url:
+        return "no webhook"
+    escalation = Escalation.objects.filter(pk=escalation_id).first() if escalation_id else None
+    what = f"asks to run `{escalation.action}`" if escalation else (reason or session.status_reason or session.status)
+    path = reverse("session_drawer", args=[session.pk])
+    text = f"[{session.pod.name}] #{session.pk} {session.name} (STO {session.sto.username}) needs you: {what} — {path}"
+    body = json.dumps({
+        "text": text, "session_id": session.pk, "pod": session.pod.slug, "sto": session.sto.username,
+        "status": session.status, "escalation_id": escalation_id, "url": path,
+    }).encode()
+    request = urllib.request.Request(session.pod.webhook_url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (URL set by a pod lead)
+            return f"sent: {response.status}"
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500 or exc.code == 429:
+            raise WebhookTransientError(f"HTTP {exc.code}") from None
+        logger.warning("webhook for pod %s refused: HTTP %s", session.pod.slug, exc.code)
+        return f"refused: {exc.code}"
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        raise WebhookTransientError(str(exc)) from None
