@@ -313,6 +313,15 @@ def session_set_priority(*, session: AgentSession, priority: int, by: User) -> A
     return session
 
 
+def tool_call_reserve(*, session_id: int, limit: int | None) -> bool:
+    """Take one unit of the tool-call budget, atomically (a conditional UPDATE): however many calls
+    race for the last units, exactly ``limit`` succeed."""
+    rows = AgentSession.objects.filter(pk=session_id)
+    if limit is not None:
+        rows = rows.filter(tool_calls__lt=limit)
+    return rows.update(tool_calls=F("tool_calls") + 1) == 1
+
+
 # --- controls -------------------------------------------------------------------------
 
 def _locked(session: AgentSession) -> AgentSession:

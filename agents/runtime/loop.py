@@ -490,9 +490,7 @@ class _Step:
         grant = self.grant
         t0 = time.monotonic()
         with transaction.atomic():
-            limit = Q() if grant.max_tool_calls is None else Q(tool_calls__lt=grant.max_tool_calls)
-            reserved = AgentSession.objects.filter(limit, pk=self.session_id).update(tool_calls=F("tool_calls") + 1)
-            if not reserved:
+            if not services.tool_call_reserve(session_id=self.session_id, limit=grant.max_tool_calls):
                 reason = f"budget: max tool calls ({grant.max_tool_calls}) reached"
                 row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.DENIED, existing,
                                      result=f"denied: {reason}", finished_at=timezone.now())
@@ -520,6 +518,7 @@ class _Step:
             timeout_s=min(int(args.get("timeout_s") or settings.CONTROLROOM["COMMAND_TIMEOUT_S"]), settings.CONTROLROOM["COMMAND_TIMEOUT_S"]),
             output_cap=settings.CONTROLROOM["OUTPUT_CAP_BYTES"], sandbox=settings.CONTROLROOM["SANDBOX"],
             author=(f"Agent #{self.session_id}", f"agent-{self.session_id}@controlroom.invalid"),
+            hide_paths=[settings.DATA_DIR], branch=self.session.branch, deny_read=tuple(grant.deny),
         )
         self.timings["tool"] += time.monotonic() - t1
         t2 = time.monotonic()
@@ -604,13 +603,18 @@ def _looks_like_tests(command: str) -> bool:
 
 
 def suggested_rules(action) -> list[str]:
-    """The rules that 'allow always' adds: exactly the resources that asked, nothing broader."""
+    """The rules that 'allow always' adds: exactly the action's resources, nothing broader. Empty when
+    one of them cannot be written as an exact rule (then the action can only be allowed once)."""
+    from agents.permissions import exact_rule
+
     rules = []
     for resource in action.resources if action else ():
-        if resource.kind in ("Read", "Edit", "Bash", "Net"):
-            rules.append(f"{resource.kind}({resource.value})")
-        elif resource.kind == "Git":
-            rules.append(f"Git({resource.value})")
+        if resource.kind == "Meta":
+            continue
+        rule = exact_rule(resource)
+        if rule is None:
+            return []
+        rules.append(rule)
     return list(dict.fromkeys(rules))
 
 
