@@ -12,11 +12,10 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from controlroom.localredis import free_port, start_local_redis
+from controlroom.localredis import start_local_redis
 
 _ROOT = Path(tempfile.mkdtemp(prefix="controlroom-test-"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -36,42 +35,13 @@ if not os.environ.get("REDIS_URL"):
     atexit.register(_redis.stop)
 
 
-def _pg_bin(name: str) -> str:
-    for candidate in (shutil.which(name), f"/usr/lib/postgresql/15/bin/{name}"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    if found:
-        return str(found[-1])
-    raise RuntimeError(f"PostgreSQL's {name} not found: install the postgresql package")
-
-
 def _start_postgres() -> str:
-    pgdata = _ROOT / "pg"
-    pgdata.mkdir(mode=0o700)
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(_ROOT, user="postgres")
-        shutil.chown(pgdata, user="postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run(
-        [*as_user, _pg_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True, stdout=subprocess.DEVNULL, timeout=120,
-    )
-    subprocess.run(
-        [*as_user, _pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(pgdata / "server.log"),
-         "-o", f"-p {port} -k {pgdata} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-         "start"],
-        check=True, stdout=subprocess.DEVNULL, timeout=90,
-    )
+    from controlroom.localpg import start_local_postgres
 
-    def stop() -> None:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-
-    atexit.register(stop)
-    return f"postgres://postgres@127.0.0.1:{port}/controlroom"
+    os.chmod(_ROOT, 0o711)  # the postgres system user must traverse it
+    server = start_local_postgres(workdir=_ROOT / "postgres")
+    atexit.register(server.stop)
+    return server.url
 
 
 if os.environ.get("CR_TEST_POSTGRES") == "1" and not os.environ.get("DATABASE_URL"):

@@ -119,12 +119,15 @@ def _release(session_id: int, owner: str) -> None:
 
 def run_step(session_id: int, step: int, *, owner: str | None = None) -> StepOutcome:
     owner = owner or worker_id()
+    started = time.monotonic()
     refusal = _claim(session_id, step, owner)
     if refusal is not None:
         return refusal
     try:
         with _Heartbeat(session_id, owner):
-            return _Step(session_id, step, owner).run()
+            runner = _Step(session_id, step, owner)
+            runner.timings["lock"] = time.monotonic() - started
+            return runner.run()
     finally:
         _release(session_id, owner)
 
@@ -141,7 +144,8 @@ def _summarize(text: str, limit: int = 240) -> str:
 class _Step:
     def __init__(self, session_id: int, number: int, owner: str) -> None:
         self.session_id, self.number, self.owner = session_id, number, owner
-        self.timings: dict[str, float] = {"authorize": 0.0, "tool": 0.0, "record": 0.0}
+        self.timings: dict[str, float] = {"lock": 0.0, "model": 0.0, "authorize": 0.0, "tool": 0.0, "record": 0.0}
+        self.t_start = time.monotonic()
         self.session: AgentSession = AgentSession.objects.select_related("pod", "sto", "repository").get(pk=session_id)
         self.grant: Grant | None = None
 
@@ -269,6 +273,7 @@ class _Step:
         if step_row.response is not None:
             return step_row, step_row.response
         messages = self._messages()
+        t_model = time.monotonic()
         try:
             reply = model_client.complete(
                 model=session.model, messages=messages, tools=tools.TOOL_SCHEMAS, api_base=session.api_base,
@@ -276,6 +281,7 @@ class _Step:
             )
         except model_client.ModelError as exc:
             return None, self._model_failed(step_row, exc)
+        self.timings["model"] = time.monotonic() - t_model
         t0 = time.monotonic()
         with transaction.atomic():
             AgentStep.objects.filter(pk=step_row.pk).update(
@@ -559,6 +565,7 @@ class _Step:
             idle = 0 if calls else session.idle_steps + 1
             if not calls:
                 self._append_transcript(role="user", content="Use the tools to make progress; call finish with a summary when the goal is met.")
+            self.timings["total"] = time.monotonic() - self.t_start + self.timings["lock"]
             AgentStep.objects.filter(pk=step_row.pk).update(state=AgentStep.State.DONE, finished_at=timezone.now(), timings=self.timings)
             changes = dict(steps=self.number, idle_steps=idle, heartbeat_at=timezone.now())
             next_status, reason = Status.RUNNING, ""

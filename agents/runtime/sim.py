@@ -320,7 +320,18 @@ class _Context:
 Plan = Generator[_Call, "str | None", None]
 
 
+_TYPE_HINTS = (
+    ("fix", ("fix", "bug", "failing", "broken")),
+    ("docs", ("doc", "readme")),
+    ("refactor", ("refactor", "clean up", "tidy")),
+    ("chore", ("chore", "config")),
+    ("tests", ("test", "coverage")),
+    ("feature", ("add", "feature", "implement", "support")),
+)
+
+
 def _choose_task(goal: str) -> tuple[dict, bool]:
+    """The catalogued task the goal names, else a stable pick from the goal (and whether it was named)."""
     lowered = goal.lower()
     for task in DEMO_TASKS:
         if task["title"].lower() == lowered.strip() or task["title"].lower() in lowered:
@@ -339,8 +350,15 @@ def _choose_task(goal: str) -> tuple[dict, bool]:
             best, best_score = task, score
     if best is not None and best_score >= 2:
         return best, True
+    # no task named: a stable pick from the goal alone (never the seed, which changes every step),
+    # among the tasks of the kind the goal asks for when it says ("fix the failing test" → a fix)
+    candidates = DEMO_TASKS
+    for task_type, hints in _TYPE_HINTS:
+        if any(re.search(rf"\b{hint}", lowered) for hint in hints):
+            candidates = [task for task in DEMO_TASKS if task["task_type"] == task_type] or DEMO_TASKS
+            break
     digest = hashlib.sha256(goal.encode("utf-8", "surrogatepass")).digest()
-    return DEMO_TASKS[int.from_bytes(digest[:4], "big") % len(DEMO_TASKS)], False
+    return candidates[int.from_bytes(digest[:4], "big") % len(candidates)], False
 
 
 def _notes_entry(ctx: _Context, *, heading: str, lines: list[str], numbered_heading: str = "") -> Plan:

@@ -75,6 +75,9 @@ def agent_env(author: tuple[str, str] | None = None) -> dict[str, str]:
     path = ":".join(dict.fromkeys(p for p in (bindir, "/usr/local/bin", "/usr/bin", "/bin") if p))
     return {
         "PATH": path, "HOME": "/tmp", "LANG": "C.UTF-8", "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1",
+        # The python on PATH is the control room's own: its pytest plugins (pytest-django set up for the
+        # control room, hypothesis, …) are not the repository's, so pytest must not autoload them.
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
         "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email,
     }
 

@@ -40,6 +40,7 @@ def test_a_sim_session_run_by_a_celery_worker_succeeds(fleet, celery_workers):
     assert f"Agent-Session: {session.pk}" in commit.message
 
 
+@pytest.mark.timeout(900)
 def test_a_hundred_sim_sessions_on_two_workers_never_run_one_session_twice_at_once(fleet, celery_workers):
     with transaction.atomic():
         sessions = []

@@ -1,0 +1,132 @@
+"""Control-room overhead per agent step, and fleet throughput on real Celery workers.
+
+Overhead = a step's wall time minus the model call and the tool's own run time: the lock (claim),
+the authorization, the recording (transactions + audit events) and the broadcast (rendering the
+tile once and publishing it). The offline model runs with zero pacing, so the model costs ~nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import Row, log, migrate, setup_django, summarize
+
+
+def _fleet():
+    from agents.demo_repo import create_demo_repo
+    from agents.models import Pod, PodMembership, Repository, User
+
+    from django.conf import settings
+
+    repo_path = create_demo_repo(Path(settings.DATA_DIR) / "repos" / "bench-demo")
+    repo, _ = Repository.objects.get_or_create(name="bench-demo", defaults={"path": str(repo_path)})
+    pod, _ = Pod.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+    lead, _ = User.objects.get_or_create(username="bench-lead", defaults={"role": "member"})
+    PodMembership.objects.get_or_create(pod=pod, user=lead, defaults={"role": "lead"})
+    return pod, lead, repo
+
+
+def _launch(count: int, *, start: bool) -> list[int]:
+    from django.db import transaction
+
+    from agents import services
+
+    pod, lead, repo = _fleet()
+    spec = services.GrantSpec(mode="edits", allow=("Bash(python -m pytest *)", "Git(commit)"))
+    ids = []
+    with transaction.atomic():
+        for index in range(count):
+            session = services.session_launch(pod=pod, sto=lead, goal=f"Bench {index}: fix the failing test in shopcart",
+                                              by=lead, repository=repo, grant=spec, seed=index, start=start)
+            ids.append(session.pk)
+    return ids
+
+
+def bench_overhead(sessions: int) -> None:
+    from agents import events
+    from agents.models import AgentSession, AgentStep, Status
+    from agents.runtime.loop import run_step
+
+    broadcasts: list[float] = []
+    real_broadcast = events.broadcast_session
+
+    def timed_broadcast(session_id: int) -> None:
+        started = time.perf_counter()
+        real_broadcast(session_id)
+        broadcasts.append(time.perf_counter() - started)
+
+    events.broadcast_session = timed_broadcast
+    ids = _launch(sessions, start=False)
+    log(f"step overhead: running {sessions} sim sessions in-process")
+    for session_id in ids:
+        for _ in range(60):
+            session = AgentSession.objects.get(pk=session_id)
+            if session.status not in (Status.QUEUED, Status.RUNNING):
+                break
+            run_step(session_id, session.steps + 1, owner="bench")
+    events.broadcast_session = real_broadcast
+    timings = [t for t in AgentStep.objects.filter(session_id__in=ids, state="done").values_list("timings", flat=True) if t]
+    per_phase = {name: [t.get(name, 0.0) * 1000 for t in timings] for name in ("lock", "authorize", "record")}
+    per_phase["tool"] = [t.get("tool", 0.0) * 1000 for t in timings]
+    per_phase["broadcast"] = [b * 1000 for b in broadcasts]
+    overhead = [
+        (t.get("total", 0.0) - t.get("model", 0.0) - t.get("tool", 0.0)) * 1000 for t in timings
+    ]
+    for name, values in per_phase.items():
+        median, p99 = summarize(values)
+        Row("step overhead", name, len(values), median, p99, "ms").emit()
+    median, p99 = summarize(overhead)
+    Row("step overhead", "total minus model and tool (+broadcast separately)", len(overhead), median, p99, "ms",
+        target="≤ 20 ms median", verdict="met" if median <= 20 else "MISSED").emit()
+
+
+def bench_fleet(sessions: int, workers: int) -> None:
+    from agents.models import AgentSession, AgentStep
+
+    ids = _launch(sessions, start=True)
+    env = dict(os.environ, SIM_PACING_S="0")
+    log(f"fleet: {sessions} sim sessions on {workers} worker processes")
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "celery", "-A", "controlroom", "worker", "-c", "1", "-n", f"bench{i}@%h",
+                          "--without-mingle", "--without-gossip", "-l", "warning"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        for i in range(workers)
+    ]
+    started = time.perf_counter()
+    try:
+        deadline = started + 1800
+        while time.perf_counter() < deadline:
+            if not AgentSession.objects.filter(pk__in=ids, status__in=["queued", "running"]).exists():
+                break
+            time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    steps = AgentStep.objects.filter(session_id__in=ids, state="done").count()
+    durations = [(f - s).total_seconds() * 1000 for s, f in AgentStep.objects.filter(session_id__in=ids, state="done").values_list("started_at", "finished_at") if f]
+    median, p99 = summarize(durations)
+    Row("fleet", f"{sessions} sessions, {workers} workers", steps, median, p99, "ms/step (incl. tools)", steps / elapsed).emit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--fleet", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    setup_django()
+    migrate()
+    bench_overhead(args.sessions)
+    if args.fleet:
+        bench_fleet(args.fleet, args.workers)
+
+
+if __name__ == "__main__":
+    main()
