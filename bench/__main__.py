@@ -30,7 +30,7 @@ SIZES = {
     "full": {"audit": ["--events", "20000", "--verify-events", "1000000", "--repeats", "3"],
              "step": ["--sessions", "20", "--fleet", "100", "--workers", "2"],
              "pages": ["--sessions", "100", "--big", "1000", "--events", "100000", "--repeats", "10"],
-             "live": ["--sessions", "100", "--updates", "2000", "--pages", "20", "--rate", "100"]},
+             "live": ["--sessions", "100", "--updates", "2000", "--pages", "20", "--rate", "100", "--big"]},
 }
 MODULES = {"audit": "bench.audit_bench", "step": "bench.step_bench", "pages": "bench.pages_bench", "live": "bench.live_bench"}
 

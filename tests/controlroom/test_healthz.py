@@ -1,0 +1,155 @@
+"""/healthz: real database, real Redis (from the test plugin), a real Celery worker."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+from controlroom.localredis import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OUTSIDER_ADDR = "10.1.2.3"
+
+
+def _redis_db_url(url: str, *, db: int) -> str:
+    base = url.rsplit("/", 1)[0] if url.count("/") >= 3 else url
+    return f"{base}/{db}"
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def celery_worker(tmp_path: Path) -> Iterator[str]:
+    """A real worker on the test Redis; yields its node name once it answers pings."""
+    from controlroom.celery import app
+
+    node = f"healthz-{uuid.uuid4().hex[:8]}@localhost"
+    log = (tmp_path / "worker.log").open("wb")
+    env = {**os.environ, "REDIS_URL": os.environ["REDIS_URL"], "DATA_DIR": os.environ["DATA_DIR"]}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "controlroom", "worker", "--pool", "solo", "-c", "1",
+         "-n", node, "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "warning"],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90  # generous: a loaded CI machine starts workers slowly
+        while True:
+            replies = app.control.ping(timeout=0.5, destination=[node])
+            if any(node in reply for reply in replies):
+                break
+            if process.poll() is not None:
+                pytest.fail(f"worker exited early:\n{(tmp_path / 'worker.log').read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker never answered:\n{(tmp_path / 'worker.log').read_text()}")
+        yield node
+    finally:
+        _stop(process)
+        log.close()
+
+
+@pytest.mark.django_db
+def test_it_reports_ok_when_database_redis_and_a_worker_answer(client, celery_worker):
+    response = client.get("/healthz")
+
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ok"
+    assert body["database"]["ok"] is True
+    assert body["redis"]["ok"] is True
+    assert body["celery"]["ok"] is True
+    assert celery_worker in body["celery"]["workers"]
+    assert isinstance(body["worktrees_bytes"], int)
+
+
+@pytest.mark.django_db
+def test_it_fails_naming_celery_when_no_worker_listens(client):
+    # A Redis database no worker of this test session listens on (broadcasts are per-database).
+    lonely_broker = _redis_db_url(settings.REDIS_URL, db=13)
+    with override_settings(CELERY_BROKER_URL=lonely_broker):
+        response = client.get("/healthz")
+
+    body = response.json()
+    assert response.status_code == 503
+    assert body["status"] == "fail"
+    assert body["celery"]["ok"] is False
+    assert body["celery"]["workers"] == []
+    assert "no worker" in body["celery"]["detail"]
+    assert body["database"]["ok"] is True
+    assert body["redis"]["ok"] is True
+
+
+@pytest.mark.django_db
+def test_it_answers_503_quickly_when_redis_is_down(client):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    caches = {"default": {**settings.CACHES["default"], "LOCATION": dead}}
+    client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR)  # loads the URLconf, so only the probes are timed
+    with override_settings(REDIS_URL=dead, CELERY_BROKER_URL=dead, CACHES=caches):
+        started = time.monotonic()
+        response = client.get("/healthz")
+        elapsed = time.monotonic() - started
+
+    body = response.json()
+    assert response.status_code == 503
+    assert elapsed < 1.5
+    assert body["redis"]["ok"] is False
+    assert body["celery"]["ok"] is False
+    assert body["database"]["ok"] is True
+
+
+@pytest.mark.django_db
+def test_it_refuses_an_anonymous_caller_from_another_machine(client):
+    response = client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR)
+
+    assert response.status_code == 403
+    assert "error" in response.json()
+
+
+@pytest.mark.django_db
+def test_it_answers_a_logged_in_user_from_another_machine(client, django_user_model):
+    user = django_user_model.objects.create_user(username="manager-h", password="pw-123456789")
+    client.force_login(user)
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # keeps the probe fast; access is what is tested
+    with override_settings(REDIS_URL=dead, CELERY_BROKER_URL=dead):
+        response = client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR)
+
+    assert response.status_code == 503
+    assert set(response.json()) >= {"status", "database", "redis", "celery", "worktrees_bytes"}
+
+
+@pytest.mark.django_db
+def test_it_answers_a_monitor_with_the_right_token_and_refuses_a_wrong_one(client):
+    controlroom = {**settings.CONTROLROOM, "HEALTHZ_TOKEN": "s3cret-token"}
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with override_settings(CONTROLROOM=controlroom, REDIS_URL=dead, CELERY_BROKER_URL=dead):
+        right = client.get("/healthz", {"token": "s3cret-token"}, REMOTE_ADDR=OUTSIDER_ADDR)
+        wrong = client.get("/healthz", {"token": "guess"}, REMOTE_ADDR=OUTSIDER_ADDR)
+
+    assert right.status_code == 503
+    assert right.json()["redis"]["ok"] is False
+    assert wrong.status_code == 403
+
+
+@pytest.mark.django_db
+def test_an_empty_token_setting_lets_no_token_through(client):
+    controlroom = {**settings.CONTROLROOM, "HEALTHZ_TOKEN": None}
+    with override_settings(CONTROLROOM=controlroom):
+        response = client.get("/healthz", {"token": ""}, REMOTE_ADDR=OUTSIDER_ADDR)
+
+    assert response.status_code == 403

@@ -1,0 +1,137 @@
+"""The start command (controlroom.launcher, behind bin/start): real processes, real signals."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from controlroom.localredis import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _launcher_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"REDIS_URL", "REDIS_URL_FILE", "DATABASE_URL", "DATABASE_URL_FILE",
+                          "DJANGO_SETTINGS_MODULE"}}
+    env.update(DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _health(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:  # 503 still carries the report
+        return json.load(exc)
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+def test_it_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path):
+    port = free_port()
+    output = tmp_path / "launcher.out"
+    with output.open("wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "controlroom.launcher", "--port", str(port), "--no-seed",
+             "--workers", "2", "--concurrency", "1"],
+            cwd=REPO_ROOT, env=_launcher_env(tmp_path / "data"), stdout=out, stderr=subprocess.STDOUT,
+        )
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 90  # generous: a loaded CI machine imports slowly
+        report = None
+        while time.monotonic() < deadline:
+            assert launcher.poll() is None, f"launcher exited early:\n{output.read_text()}"
+            report = _health(port)
+            if report and report["status"] == "ok" and len(report["celery"]["workers"]) == 2:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"/healthz never reported ok (last: {report}):\n{output.read_text()}")
+
+        assert sorted(name.split("@")[0] for name in report["celery"]["workers"]) == ["worker1", "worker2"]
+        redis_url_file = tmp_path / "data" / "run" / "redis.url"
+        assert redis_url_file.read_text().startswith("redis://127.0.0.1:")
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        names = " ".join(" ".join(child.cmdline()) for child in children)
+        assert "redis-server" in names and "daphne" in names and "beat" in names
+
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=20) == 0, output.read_text()
+
+        survivors = [child for child in children if _alive(child)]
+        assert survivors == [], [(child.pid, child.cmdline()) for child in survivors]
+        assert not redis_url_file.exists()
+        log = output.read_text()
+        assert f"http://127.0.0.1:{port}/" in log
+        assert "manager / " in log
+        assert (tmp_path / "data" / "logs" / "web.log").read_text().strip()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=10)
+        for child in children:
+            if _alive(child):
+                child.kill()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", "nope://x"),
+        ("DATABASE_URL", "postgres://bad:url:x"),
+        ("REDIS_URL", "redis://127.0.0.1:{dead_port}/0"),
+    ],
+)
+def test_a_bad_setting_stops_it_with_one_line_naming_the_variable(tmp_path: Path, variable: str, value: str):
+    value = value.format(dead_port=free_port())
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "controlroom.launcher", "--port", str(free_port()), "--no-seed"],
+        cwd=REPO_ROOT, env=_launcher_env(tmp_path / "data", **{variable: value}),
+        capture_output=True, text=True, timeout=10,
+    )
+
+    assert time.monotonic() - started < 10
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {variable}:")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "data" / "run" / "redis.url").exists()
+
+
+def test_a_port_in_use_stops_it_before_anything_starts(tmp_path: Path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "controlroom.launcher", "--port", str(port), "--no-seed"],
+            cwd=REPO_ROOT, env=_launcher_env(tmp_path / "data"),
+            capture_output=True, text=True, timeout=10,
+        )
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--port" in result.stderr and "already in use" in result.stderr
