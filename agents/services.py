@@ -234,8 +234,12 @@ def _issue_grant(*, session: AgentSession, spec: GrantSpec, by: User, delegator:
     now = timezone.now()
     not_before = spec.not_before or now
     expires_at = spec.expires_at or (not_before + timedelta(hours=spec.hours))
+    # Versions keep counting after a revocation (no active grant then): number from the newest one.
+    latest = session.grants.order_by("-version").first()
+    if previous is None and latest is not None:
+        previous = latest if not hasattr(latest, "superseded_by") else None
     grant = Grant.objects.create(
-        session=session, version=(previous.version + 1) if previous else 1, delegator=delegator, issued_by=by,
+        session=session, version=(latest.version + 1) if latest else 1, delegator=delegator, issued_by=by,
         mode=spec.mode, allow=list(spec.allow), ask=list(spec.ask), deny=list(spec.deny),
         max_steps=spec.max_steps, max_tokens=spec.max_tokens, max_cost_usd=spec.max_cost_usd,
         max_wall_seconds=spec.max_wall_seconds, max_tool_calls=spec.max_tool_calls,
@@ -502,7 +506,8 @@ def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reaso
                  "action_hash": escalation.action_hash, "tool": escalation.tool},
     )
     if decision == "allow-always":
-        grant = escalation.grant
+        # add the rule to the session's grant as it is now (it may have changed since the question)
+        grant = active_grant(session=session) or escalation.grant
         rules = [line for line in escalation.rule.splitlines() if line.strip()]
         rule = ", ".join(rules)
         spec = GrantSpec(

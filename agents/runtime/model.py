@@ -16,14 +16,24 @@ from decimal import Decimal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from agents.runtime import sim  # noqa: E402
+_litellm = None
 
-litellm.suppress_debug_info = True
-litellm.telemetry = False
-sim.register()
+
+def _client():
+    """LiteLLM, imported on first use (it takes seconds to import: pages never pay for it)."""
+    global _litellm
+    if _litellm is None:
+        import litellm
+
+        from agents.runtime import sim
+
+        litellm.suppress_debug_info = True
+        litellm.telemetry = False
+        sim.register()
+        _litellm = litellm
+    return _litellm
 
 
 class ModelError(Exception):
@@ -44,16 +54,18 @@ class ModelReply:
     model: str
 
 
-TRANSIENT = (
-    litellm.exceptions.Timeout,
-    litellm.exceptions.APIConnectionError,
-    litellm.exceptions.InternalServerError,
-    litellm.exceptions.ServiceUnavailableError,
-    litellm.exceptions.RateLimitError,
-)
+def _transient(litellm) -> tuple:
+    return (
+        litellm.exceptions.Timeout,
+        litellm.exceptions.APIConnectionError,
+        litellm.exceptions.InternalServerError,
+        litellm.exceptions.ServiceUnavailableError,
+        litellm.exceptions.RateLimitError,
+    )
 
 
 def _cost(response) -> Decimal | None:
+    litellm = _client()
     try:
         value = litellm.completion_cost(completion_response=response)
     except Exception:  # no price for this model (local, scripted): cost unknown, never a crash
@@ -75,6 +87,7 @@ def _tool_calls(message) -> list[dict]:
 
 def complete(*, model: str, messages: list[dict], tools: list[dict], api_base: str = "", api_key_env: str = "",
              fallbacks: list[str] | None = None, seed: int = 0, timeout_s: float | None = None) -> ModelReply:
+    litellm = _client()
     config = settings.CONTROLROOM
     kwargs: dict = {
         "model": model,
@@ -97,7 +110,7 @@ def complete(*, model: str, messages: list[dict], tools: list[dict], api_base: s
     started = time.monotonic()
     try:
         response = litellm.completion(**kwargs)
-    except TRANSIENT as exc:
+    except _transient(litellm) as exc:
         raise ModelError(f"{type(exc).__name__}: {str(exc)[:500]}", transient=True) from None
     except litellm.exceptions.APIError as exc:
         status = getattr(exc, "status_code", None) or 0
