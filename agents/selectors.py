@@ -5,10 +5,10 @@ Authority (who may *act*) lives in agents/authority.py.
 """
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from agents.models import (
-    AgentSession, Escalation, FleetControl, Grant, Pod, PodMembership, ReviewState, Status, User,
+    AgentSession, Escalation, FleetControl, Grant, Pod, PodMembership, ReviewState, Status, ToolCall, User,
 )
 
 
@@ -56,7 +56,29 @@ def fleet_stopped() -> bool:
     return FleetControl.objects.filter(pk=1, stopped=True).exists()
 
 
-def sessions_awaiting_review(*, pod_id: int) -> QuerySet[AgentSession]:
-    return AgentSession.objects.filter(
-        pod_id=pod_id, status=Status.SUCCEEDED, review_state__in=[ReviewState.NONE]
+# -- "awaiting review": ONE definition, shared by the runtime (review WIP limit) and the review queue --
+
+OPEN_REVIEW_STATES = (ReviewState.NONE, ReviewState.CHANGES_REQUESTED)
+STOPPED_STATUSES = (Status.FAILED, Status.CANCELLED, Status.BLOCKED)
+
+
+def committed_q() -> Q:
+    """The session ran a commit successfully (the git_commit tool, or ``git commit`` in a shell)."""
+    commits = ToolCall.objects.filter(session_id=OuterRef("pk"), state=ToolCall.State.DONE).filter(
+        Q(name="git_commit") | Q(name="run_command", action__contains="git commit")
     )
+    return Q(Exists(commits))
+
+
+def awaiting_review_q() -> Q:
+    """Sessions whose work awaits a human review: succeeded and not reviewed yet (or succeeded again
+    after a change request), or stopped without succeeding after committing something."""
+    return Q(review_state__in=OPEN_REVIEW_STATES) & (
+        Q(status=Status.SUCCEEDED) | (Q(status__in=STOPPED_STATUSES) & committed_q())
+    )
+
+
+def awaiting_review_count(*, pod_id: int) -> int:
+    """How many of a pod's sessions await review: what the runtime compares with
+    ``pod.review_wip_limit`` before starting the pod's next session."""
+    return AgentSession.objects.filter(awaiting_review_q(), pod_id=pod_id).count()

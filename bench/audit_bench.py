@@ -112,7 +112,6 @@ def bench_verify(*, db: str, events: int, repeats: int) -> None:
         timings.append(time.perf_counter() - started)
         if not result.ok:
             raise SystemExit(f"verify failed on an intact log: {result}")
-    rates = [total / t for t in timings]
     median, p99 = summarize([t for t in timings])
     best_rate = total / median
     Row("audit verify", f"{db}, {total:,} events", total, median, p99, "s/run", best_rate, "≥ 100,000 events/s",

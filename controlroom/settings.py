@@ -249,7 +249,9 @@ LOGGING = {
     "loggers": {"LiteLLM": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }
 
+CELERY_IMPORTS = ["reviews.review_tasks"]
 CELERY_BEAT_SCHEDULE = {
+    "cleanup-worktrees": {"task": "reviews.tasks.cleanup_worktrees", "schedule": 3600.0},
     "agents-tick": {"task": "agents.tasks.tick", "schedule": float(env_int("TICK_EVERY_S", 5, minimum=1))},
     "audit-checkpoint": {
         "task": "reviews.tasks.audit_checkpoint",

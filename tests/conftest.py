@@ -165,11 +165,12 @@ def _flush_redis_queue():
     yield
 
 
-def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"):
+def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.1, message="condition"):
+    """Poll ``predicate`` until it is truthy; ``message`` may be a callable (evaluated on failure)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {message() if callable(message) else message}")

@@ -33,13 +33,12 @@ from agents import services, tools
 from agents.dispatch import enqueue_step_on_commit
 from agents.events import send_on_commit
 from agents.models import (
-    AgentSession, AgentStep, Escalation, Grant, ReviewState, Status, ToolCall, TranscriptEntry,
+    AgentSession, AgentStep, Escalation, Grant, Status, ToolCall, TranscriptEntry,
 )
 from agents.runtime import model as model_client
 from agents.runtime import worktrees
 from agents.runtime.authorize import ToolCallRequest, authorize, budget_exhausted
-from agents.runtime.sandbox import sandbox_available
-from agents.selectors import active_grant
+from agents.selectors import active_grant, awaiting_review_count
 from reviews.audit import record
 
 logger = logging.getLogger(__name__)
@@ -201,9 +200,7 @@ class _Step:
         if now >= grant.expires_at:
             return self._expire(grant)
         if session.steps == 0 and session.status == Status.QUEUED and session.pod.review_wip_limit:
-            waiting = AgentSession.objects.filter(
-                pod_id=session.pod_id, status=Status.SUCCEEDED, review_state=ReviewState.NONE
-            ).count()
+            waiting = awaiting_review_count(pod_id=session.pod_id)
             if waiting >= session.pod.review_wip_limit:
                 reason = f"review WIP limit: {waiting} sessions of {session.pod.name} await review (limit {session.pod.review_wip_limit})"
                 if session.status_reason != reason:

@@ -1,0 +1,487 @@
+"""Review decisions on agent output: approve and merge, request changes, reject, revert; and the
+disk hygiene of worktrees. This layer sits above ``agents``: it calls agents' services and
+runtime (worktrees, a fresh iteration, the step queue) and writes through ``reviews.audit``.
+
+Who decides: the session's STO, the lead of its pod or a manager
+(``agents.authority.refuse_session_control``), never an agent. A refused attempt is recorded
+(``review.refused``) and raises ``agents.authority.NotAllowed``.
+
+Order of work: git first (outside any database transaction: a merge can take seconds and must
+not hold the database's write lock), then the decision in one transaction with its audit event,
+then the disk hygiene (removing the worktree) once committed. A merge or revert conflict changes
+nothing in git, is recorded (``review.merge_conflict`` / ``review.revert_conflict``) and raises
+``ReviewConflict`` with the files. Audit kinds: review.approved, review.changes_requested,
+review.rejected, review.reverted, review.refused, review.merge_conflict, review.revert_conflict,
+review.git_failed, session.worktree_removed, session.branch_archived.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.text import Truncator
+
+from agents import authority
+from agents import services as agent_services
+from agents.dispatch import enqueue_step_on_commit
+from agents.events import send_on_commit
+from agents.models import AgentSession, Escalation, ReviewState, Status, TERMINAL_STATUSES, User
+from agents.runtime import worktrees
+from agents.runtime.authorize import budget_exhausted
+from agents.runtime.loop import start_iteration
+from agents.selectors import active_grant
+from reviews import git_ops
+from reviews.audit import record
+from reviews.models import Review
+from reviews.selectors import STOPPED_STATUSES, approval_of
+
+logger = logging.getLogger(__name__)
+
+AGENT_REFUSAL = "Agents cannot make review decisions: a person reviews an agent's work."
+CLOSED_REVIEW_STATES = (ReviewState.APPROVED, ReviewState.REJECTED, ReviewState.REVERTED)
+SCRATCH_DIRNAME = ".review-tmp"
+SCRATCH_MAX_AGE_S = 3600
+
+
+class ReviewError(Exception):
+    """Git could not carry out a decision; the message says why and what to do. Nothing changed."""
+
+
+class ReviewConflict(ReviewError):
+    def __init__(self, message: str, *, files: list[str]) -> None:
+        super().__init__(message)
+        self.files = list(files)
+
+
+# -- shared checks -------------------------------------------------------------------------------
+
+
+def _scratch_dir() -> Path:
+    return Path(settings.CONTROLROOM["WORKTREES_DIR"]) / SCRATCH_DIRNAME
+
+
+def _author(user: User) -> tuple[str, str]:
+    return (user.get_full_name() or user.username, user.email or f"{user.username}@controlroom.invalid")
+
+
+_AGENT_EMAIL = re.compile(r"agent-(\d+)@controlroom\.invalid")
+
+
+def acting_agent_session(*, environ: Mapping[str, str], cwd: Path) -> int | None:
+    """The agent session a command-line process runs for, if any: agents' commands carry their
+    agent identity (``GIT_AUTHOR_EMAIL=agent-<id>@controlroom.invalid``) and run inside a worktree
+    under ``WORKTREES_DIR`` (``s<id>``). 0 when inside the worktrees but the session is unknown."""
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        match = _AGENT_EMAIL.fullmatch(environ.get(key, "").strip())
+        if match:
+            return int(match.group(1))
+    root = Path(settings.CONTROLROOM["WORKTREES_DIR"]).resolve()
+    here = Path(cwd).resolve()
+    if here != root and root not in here.parents:
+        return None
+    parts = here.relative_to(root).parts
+    match = re.fullmatch(r"s(\d+)", parts[0]) if parts else None
+    return int(match.group(1)) if match else 0
+
+
+def refuse_review(*, session: AgentSession, reviewer: User, acting_session_id: int | None = None) -> str | None:
+    """Why ``reviewer`` may not decide on ``session`` (None when allowed)."""
+    if acting_session_id is not None:
+        return f"{AGENT_REFUSAL} (the request came from inside agent session #{acting_session_id})"
+    return authority.refuse_session_control(user=reviewer, session=session)
+
+
+def record_refusal(*, session: AgentSession, reviewer: User, decision: str, refusal: str,
+                   acting_session_id: int | None = None) -> None:
+    """Record a refused review decision (its own transaction: the refusal outlives the request)."""
+    with transaction.atomic():
+        record("review.refused", session=session, user=reviewer if reviewer.is_authenticated else None,
+               provenance="human",
+               payload={"decision": decision, "refusal": refusal, "acting_session": acting_session_id,
+                        "who": getattr(reviewer, "username", "")})
+
+
+def _require_authority(*, session: AgentSession, reviewer: User, decision: str, acting_session_id: int | None) -> None:
+    refusal = refuse_review(session=session, reviewer=reviewer, acting_session_id=acting_session_id)
+    if refusal:
+        record_refusal(session=session, reviewer=reviewer, decision=decision, refusal=refusal,
+                       acting_session_id=acting_session_id)
+        raise authority.NotAllowed(refusal)
+
+
+def _fresh(session: AgentSession) -> AgentSession:
+    return AgentSession.objects.select_related("pod", "sto", "repository").get(pk=session.pk)
+
+
+def _locked(session: AgentSession) -> AgentSession:
+    return AgentSession.objects.select_for_update().select_related("pod", "sto", "repository").get(pk=session.pk)
+
+
+def _require_awaiting(session: AgentSession) -> None:
+    if session.review_state in CLOSED_REVIEW_STATES:
+        raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
+    if session.status not in (Status.SUCCEEDED, *STOPPED_STATUSES):
+        if session.review_state == ReviewState.CHANGES_REQUESTED:
+            raise ValidationError(f"Session #{session.pk} is working on the requested changes "
+                                  f"({session.get_status_display().lower()}): review it when it has finished.")
+        raise ValidationError(f"Session #{session.pk} is {session.get_status_display().lower()}: "
+                              "its work can be reviewed once it has finished or stopped.")
+
+
+def _save(session: AgentSession, **changes) -> None:
+    """Apply field changes, bump the version, and schedule the live update (after commit)."""
+    for key, value in changes.items():
+        setattr(session, key, value)
+    session.version = F("version") + 1
+    session.updated_at = timezone.now()
+    session.save(update_fields=[*changes.keys(), "version", "updated_at"])
+    session.refresh_from_db(fields=["version"])
+    send_on_commit(session.pk)
+
+
+def _close_if_open(session: AgentSession, *, by: User, reason: str) -> str:
+    """Cancel a session that has not ended (open questions denied); return its previous status."""
+    previous = session.status
+    if session.status not in TERMINAL_STATUSES:
+        Escalation.objects.filter(session=session, state=Escalation.State.OPEN).update(
+            state=Escalation.State.DENIED, decided_by=by, decided_at=timezone.now(), decision_reason=reason,
+        )
+        agent_services.set_status(session, Status.CANCELLED, reason=reason, by=by, hold="")
+    return previous
+
+
+def _record_git_failure(*, session: AgentSession, reviewer: User, decision: str, error: str,
+                        files: list[str] | None = None) -> None:
+    kind = {"approve": "review.merge_conflict", "revert": "review.revert_conflict"}.get(decision) if files else "review.git_failed"
+    with transaction.atomic():
+        record(kind, session=session, user=reviewer, provenance="human",
+               payload={"decision": decision, "error": error, "files": files or [],
+                        "branch": session.branch, "base_branch": session.base_branch})
+
+
+# -- worktree hygiene ----------------------------------------------------------------------------
+
+
+def _leased(session: AgentSession, now: datetime | None = None) -> bool:
+    """A worker is inside a step of this session right now."""
+    return bool(session.lease_until and session.lease_until > (now or timezone.now()))
+
+
+def remove_session_worktree(*, session: AgentSession, reason: str, by: User | None = None) -> int | None:
+    """Remove the session's worktree (the branch and its commits stay). Bytes freed, or None when
+    nothing was removed (no worktree, a step running, or git refused: logged)."""
+    if not session.worktree_path:
+        return None
+    path = Path(session.worktree_path)
+    if not path.exists() or _leased(session):
+        return None
+    try:
+        size = worktrees.disk_usage(path)
+        removed = worktrees.remove_worktree(repo_path=Path(session.repository.path), worktree_path=path)
+    except worktrees.WorktreeError as exc:
+        logger.warning("worktree of session %s not removed: %s", session.pk, exc)
+        return None
+    if not removed:
+        return None
+    with transaction.atomic():
+        record("session.worktree_removed", session=session, user=by,
+               payload={"path": str(path), "bytes": size, "reason": reason})
+    return size
+
+
+def _archive_and_drop_branch(*, session: AgentSession, by: User | None) -> str | None:
+    """Keep the branch's commits under ``refs/archive/<branch>`` and delete the branch, once no
+    worktree has it checked out. The archive sha, or None when there was no branch."""
+    repo = Path(session.repository.path)
+    if git_ops.resolve(repo, f"refs/heads/{session.branch}") is None:
+        return None
+    if session.worktree_path and Path(session.worktree_path).exists():
+        sha = git_ops.archive_branch(repo_path=repo, branch=session.branch, delete_branch=False)
+        deleted = False
+    else:
+        sha = git_ops.archive_branch(repo_path=repo, branch=session.branch, delete_branch=True)
+        deleted = True
+    with transaction.atomic():
+        record("session.branch_archived", session=session, user=by,
+               payload={"branch": session.branch, "archive_ref": git_ops.archive_ref_for(session.branch),
+                        "sha": sha, "branch_deleted": deleted})
+    return sha
+
+
+# -- decisions -----------------------------------------------------------------------------------
+
+
+def review_approve(*, session: AgentSession, reviewer: User, comment: str = "",
+                   acting_session_id: int | None = None) -> Review:
+    """Merge the session's branch into its base branch (fast-forward when possible, a merge
+    commit otherwise), record the approval, remove the worktree (the branch stays)."""
+    _require_authority(session=session, reviewer=reviewer, decision="approve", acting_session_id=acting_session_id)
+    session = _fresh(session)
+    _require_awaiting(session)
+    comment = (comment or "").strip()
+    message = "\n\n".join(filter(None, [
+        f"Merge session #{session.pk}: {session.name}",
+        f"Work of agent session #{session.pk} on {session.branch}, approved by {reviewer.username}.",
+        comment,
+        f"Agent-Session: {session.pk}\nReviewed-By: {reviewer.username}",
+    ]))
+    try:
+        merged = git_ops.merge_branch(
+            repo_path=Path(session.repository.path), base_branch=session.base_branch, branch=session.branch,
+            message=message, author=_author(reviewer), scratch_dir=_scratch_dir(),
+        )
+    except git_ops.Conflict as exc:
+        _record_git_failure(session=session, reviewer=reviewer, decision="approve", error=str(exc), files=exc.files)
+        raise ReviewConflict(f"Not merged: {exc}. Nothing was changed; ask the agent to rebase (request changes) "
+                             "or resolve it by hand.", files=exc.files) from None
+    except git_ops.GitOpsError as exc:
+        _record_git_failure(session=session, reviewer=reviewer, decision="approve", error=str(exc))
+        raise ReviewError(f"Not merged: {exc}") from None
+    with transaction.atomic():
+        session = _locked(session)
+        if session.review_state in CLOSED_REVIEW_STATES:
+            raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
+        details = {**merged.__dict__, "branch": session.branch}
+        review = Review.objects.create(session=session, reviewer=reviewer, decision=Review.Decision.APPROVE,
+                                       comment=comment, details=details)
+        previous = _close_if_open(session, by=reviewer, reason=f"approved and merged by {reviewer.username}")
+        record("review.approved", session=session, user=reviewer, provenance="human",
+               payload={"review": review.pk, "comment": comment, "previous_status": previous, **details})
+        _save(session, review_state=ReviewState.APPROVED)
+    remove_session_worktree(session=_fresh(session), reason="approved and merged", by=reviewer)
+    return review
+
+
+def review_request_changes(*, session: AgentSession, reviewer: User, comment: str,
+                           acting_session_id: int | None = None) -> Review:
+    """Send the work back: a fresh iteration whose context says ``Changes requested: <comment>``,
+    the session running again (its worktree re-created if it was removed), its next step enqueued."""
+    _require_authority(session=session, reviewer=reviewer, decision="request_changes", acting_session_id=acting_session_id)
+    comment = (comment or "").strip()
+    if not comment:
+        raise ValidationError({"comment": "Say what should change: the comment is what the agent receives."})
+    session = _fresh(session)
+    _require_awaiting(session)
+    try:
+        worktrees.ensure_worktree(repo_path=Path(session.repository.path), base_branch=session.base_branch,
+                                  branch=session.branch, worktree_path=Path(session.worktree_path))
+    except worktrees.WorktreeError as exc:
+        _record_git_failure(session=session, reviewer=reviewer, decision="request_changes", error=str(exc))
+        raise ReviewError(f"The agent cannot get back to work: its worktree cannot be re-created ({exc}).") from None
+    with transaction.atomic():
+        session = _locked(session)
+        _require_awaiting(session)
+        grant = active_grant(session=session)
+        now = timezone.now()
+        if grant is None:
+            warning = "The session has no active grant: issue one so the agent can work on the changes."
+        elif grant.expires_at <= now:
+            warning = (f"Its grant expired at {timezone.localtime(grant.expires_at):%Y-%m-%d %H:%M}: issue a new grant "
+                       "so the agent can work on the changes.")
+        else:
+            exhausted = budget_exhausted(session=session, grant=grant, now=now)
+            warning = f"Its grant's {exhausted}: issue a new grant so the agent can work on the changes." if exhausted else ""
+        previous = session.status
+        review = Review.objects.create(
+            session=session, reviewer=reviewer, decision=Review.Decision.REQUEST_CHANGES, comment=comment,
+            details={"previous_status": previous, "iteration": session.iteration + 1, "warning": warning},
+        )
+        record("review.changes_requested", session=session, user=reviewer, provenance="human",
+               payload={"review": review.pk, "comment": comment, "previous_status": previous, "warning": warning})
+        agent_services.set_status(
+            session, Status.RUNNING, reason=f"changes requested by {reviewer.username}", by=reviewer, hold="",
+            review_state=ReviewState.CHANGES_REQUESTED, finished_at=None, idle_steps=0,
+            current_activity=Truncator(f"changes requested: {comment}").chars(200),
+        )
+        start_iteration(session=session, reason="changes requested", extra=f"Changes requested: {comment}", by=reviewer)
+        enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
+    return review
+
+
+def review_reject(*, session: AgentSession, reviewer: User, comment: str = "",
+                  acting_session_id: int | None = None) -> Review:
+    """Close the session without merging: cancelled if it had not ended, its worktree removed, its
+    branch kept under ``refs/archive/<branch>`` (every commit stays reachable)."""
+    _require_authority(session=session, reviewer=reviewer, decision="reject", acting_session_id=acting_session_id)
+    session = _fresh(session)
+    if session.review_state in CLOSED_REVIEW_STATES:
+        raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
+    repo = Path(session.repository.path)
+    archived_sha = None
+    try:
+        git_ops.check_repository(repo)
+        if git_ops.resolve(repo, f"refs/heads/{session.branch}") is not None:
+            # Archived first: whatever happens next, the commits stay reachable.
+            archived_sha = git_ops.archive_branch(repo_path=repo, branch=session.branch, delete_branch=False)
+    except (git_ops.GitOpsError, worktrees.WorktreeError) as exc:
+        _record_git_failure(session=session, reviewer=reviewer, decision="reject", error=str(exc))
+        raise ReviewError(f"Not rejected: the branch could not be archived ({exc}).") from None
+    comment = (comment or "").strip()
+    with transaction.atomic():
+        session = _locked(session)
+        if session.review_state in CLOSED_REVIEW_STATES:
+            raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
+        details = {"archive_ref": git_ops.archive_ref_for(session.branch) if archived_sha else "",
+                   "archived_sha": archived_sha or "", "branch": session.branch}
+        review = Review.objects.create(session=session, reviewer=reviewer, decision=Review.Decision.REJECT,
+                                       comment=comment, details=details)
+        previous = _close_if_open(session, by=reviewer, reason=f"rejected by {reviewer.username}")
+        record("review.rejected", session=session, user=reviewer, provenance="human",
+               payload={"review": review.pk, "comment": comment, "previous_status": previous, **details})
+        _save(session, review_state=ReviewState.REJECTED)
+    session = _fresh(session)
+    remove_session_worktree(session=session, reason="rejected", by=reviewer)
+    try:
+        _archive_and_drop_branch(session=session, by=reviewer)
+    except (git_ops.GitOpsError, worktrees.WorktreeError) as exc:
+        logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
+    return review
+
+
+def review_revert(*, session: AgentSession, reviewer: User, comment: str = "",
+                  acting_session_id: int | None = None) -> Review:
+    """Undo merged work with one revert commit on the base branch (the merge commit reverted with
+    ``-m 1``, or the fast-forwarded range)."""
+    _require_authority(session=session, reviewer=reviewer, decision="revert", acting_session_id=acting_session_id)
+    session = _fresh(session)
+    if session.review_state != ReviewState.APPROVED:
+        raise ValidationError(f"Only approved (merged) work can be reverted; session #{session.pk} is "
+                              f"{session.get_review_state_display().lower()}.")
+    approval = approval_of(session)
+    merged = approval.details if approval else {}
+    if merged.get("method") not in ("fast-forward", "merge"):
+        raise ValidationError(f"Session #{session.pk}'s approval merged no commits: there is nothing to revert.")
+    comment = (comment or "").strip()
+    message = "\n\n".join(filter(None, [
+        f"Revert session #{session.pk}: {session.name}",
+        f"This reverts the work of agent session #{session.pk} ({session.branch}), merged into "
+        f"{session.base_branch} at {merged['base_after'][:12]} ({merged['method']}).",
+        comment,
+        f"Agent-Session: {session.pk}\nReverted-By: {reviewer.username}",
+    ]))
+    try:
+        reverted = git_ops.revert_merge(
+            repo_path=Path(session.repository.path), base_branch=session.base_branch, merged=merged,
+            message=message, author=_author(reviewer), scratch_dir=_scratch_dir(),
+        )
+    except git_ops.Conflict as exc:
+        _record_git_failure(session=session, reviewer=reviewer, decision="revert", error=str(exc), files=exc.files)
+        raise ReviewConflict(f"Not reverted: {exc}. Nothing was changed.", files=exc.files) from None
+    except git_ops.GitOpsError as exc:
+        _record_git_failure(session=session, reviewer=reviewer, decision="revert", error=str(exc))
+        raise ReviewError(f"Not reverted: {exc}") from None
+    with transaction.atomic():
+        session = _locked(session)
+        details = {**reverted.__dict__, "reverted": merged, "approval": approval.pk}
+        review = Review.objects.create(session=session, reviewer=reviewer, decision=Review.Decision.REVERT,
+                                       comment=comment, details=details)
+        record("review.reverted", session=session, user=reviewer, provenance="human",
+               payload={"review": review.pk, "comment": comment, "revert_commit": reverted.revert_commit,
+                        "base_branch": reverted.base_branch, "base_before": reverted.base_before,
+                        "merged_method": merged["method"], "merged_at": merged["base_after"]})
+        _save(session, review_state=ReviewState.REVERTED)
+    return review
+
+
+DECISIONS = {
+    "approve": review_approve,
+    "request-changes": review_request_changes,
+    "reject": review_reject,
+    "revert": review_revert,
+}
+
+
+# -- disk hygiene --------------------------------------------------------------------------------
+
+
+@dataclass
+class CleanupItem:
+    session_id: int
+    path: str
+    reason: str
+    bytes: int
+    removed: bool = False
+
+
+@dataclass
+class CleanupReport:
+    dry_run: bool
+    bytes_before: int
+    bytes_after: int
+    items: list[CleanupItem] = field(default_factory=list)
+    scratch_removed: list[str] = field(default_factory=list)
+
+    @property
+    def freed(self) -> int:
+        return sum(item.bytes for item in self.items if item.removed)
+
+
+def closed_sessions_with_worktrees(*, older_than_hours: float, now: datetime | None = None):
+    """Sessions whose worktree is no longer needed: reviewed (approved, rejected, reverted), or
+    failed/cancelled more than ``older_than_hours`` ago. Sessions inside a step are skipped."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=older_than_hours)
+    return (
+        AgentSession.objects.select_related("repository").exclude(worktree_path="")
+        .filter(Q(review_state__in=CLOSED_REVIEW_STATES)
+                | Q(status__in=[Status.FAILED, Status.CANCELLED], finished_at__lt=cutoff))
+        .exclude(status__in=[Status.RUNNING, Status.QUEUED, Status.NEEDS_APPROVAL])
+        .exclude(lease_until__gt=now)
+        .order_by("pk")
+    )
+
+
+def worktrees_cleanup(*, older_than_hours: float = 24.0, dry_run: bool = False, now: datetime | None = None) -> CleanupReport:
+    """Remove the worktrees of closed sessions (branches stay; a rejected session's branch moves
+    under its archive ref), and temporary review worktrees left by a crash. Reports the disk used."""
+    from reviews.selectors import worktrees_disk_usage
+
+    now = now or timezone.now()
+    report = CleanupReport(dry_run=dry_run, bytes_before=worktrees_disk_usage(), bytes_after=0)
+    for session in closed_sessions_with_worktrees(older_than_hours=older_than_hours, now=now):
+        path = Path(session.worktree_path)
+        if session.review_state == ReviewState.REJECTED and not dry_run and not path.exists():
+            try:
+                _archive_and_drop_branch(session=session, by=None)
+            except (git_ops.GitOpsError, worktrees.WorktreeError) as exc:
+                logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
+        if not path.exists():
+            continue
+        reason = (f"review {session.review_state}" if session.review_state in CLOSED_REVIEW_STATES
+                  else f"{session.status} over {older_than_hours:g} h ago")
+        item = CleanupItem(session_id=session.pk, path=str(path), reason=reason, bytes=worktrees.disk_usage(path))
+        report.items.append(item)
+        if dry_run:
+            continue
+        freed = remove_session_worktree(session=session, reason=f"cleanup: {reason}")
+        item.removed = freed is not None
+        if freed is not None and session.review_state == ReviewState.REJECTED:
+            try:
+                _archive_and_drop_branch(session=session, by=None)
+            except (git_ops.GitOpsError, worktrees.WorktreeError) as exc:
+                logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
+    for leftover in git_ops.scratch_leftovers(_scratch_dir()):
+        try:
+            age = now.timestamp() - leftover.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age < SCRATCH_MAX_AGE_S:
+            continue  # a merge may be using it right now
+        report.scratch_removed.append(str(leftover))
+        if not dry_run:
+            try:
+                shutil.rmtree(leftover)
+            except OSError as exc:
+                logger.warning("temporary review worktree %s not removed: %s", leftover, exc)
+    report.bytes_after = report.bytes_before if dry_run else worktrees_disk_usage()
+    return report
