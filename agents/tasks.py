@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
@@ -31,7 +32,14 @@ class WebhookTransientError(Exception):
 )
 def agent_step(self, session_id: int, step: int) -> str:
     """Run step ``step`` of a session. Idempotent: redelivery and duplicates are harmless."""
-    outcome = run_step(session_id, step, owner=f"{self.request.hostname}:{self.request.id}")
+    try:
+        outcome = run_step(session_id, step, owner=f"{self.request.hostname}:{self.request.id}")
+    except (OperationalError, InterfaceError) as exc:
+        # the database was briefly unavailable (locked, connection lost): transient, try the step again
+        if self.request.retries >= 12:
+            raise
+        logger.warning("step %s of session %s: database error, retrying: %s", step, session_id, exc)
+        raise self.retry(countdown=min(60, 2 ** min(self.request.retries, 6))) from None
     if outcome.result == "retry":
         raise self.retry(countdown=outcome.retry_in or 2.0)
     return f"{outcome.result}: {outcome.detail}"
@@ -78,7 +86,8 @@ def send_webhook(self, session_id: int, escalation_id: int | None = None, reason
         return "no webhook"
     escalation = Escalation.objects.filter(pk=escalation_id).first() if escalation_id else None
     what = f"asks to run `{escalation.action}`" if escalation else (reason or session.status_reason or session.status)
-    path = reverse("session_drawer", args=[session.pk])
+    # An absolute link when the deployment says where it lives (CONTROLROOM["PUBLIC_URL"]), else the path.
+    path = (settings.CONTROLROOM.get("PUBLIC_URL") or "").rstrip("/") + reverse("session_drawer", args=[session.pk])
     text = f"[{session.pod.name}] #{session.pk} {session.name} (STO {session.sto.username}) needs you: {what} — {path}"
     body = json.dumps({
         "text": text, "session_id": session.pk, "pod": session.pod.slug, "sto": session.sto.username,

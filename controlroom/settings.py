@@ -98,19 +98,23 @@ TEMPLATES = [
 ]
 
 
+SQLITE_OPTIONS = {
+    # WAL lets readers (pages) proceed while workers write; IMMEDIATE takes the write lock at
+    # BEGIN so concurrent writers (several worker processes) queue instead of failing with
+    # "database is locked" when a read transaction tries to upgrade.
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 30,
+}
+
+
 def _database() -> dict:
     url = env_str("DATABASE_URL")
     if not url:
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": DATA_DIR / "controlroom.sqlite3",
-            "OPTIONS": {
-                # WAL lets readers (pages) proceed while workers write; IMMEDIATE takes the
-                # write lock at BEGIN so concurrent writers queue instead of deadlocking.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 30,
-            },
+            "OPTIONS": dict(SQLITE_OPTIONS),
             "TEST": {"NAME": str(DATA_DIR / "test.sqlite3")},
         }
     try:
@@ -121,6 +125,9 @@ def _database() -> dict:
         raise ImproperlyConfigured("DATABASE_URL: unknown scheme (use postgres://… or sqlite:///…)")
     if config["ENGINE"].endswith("postgresql"):
         config.setdefault("OPTIONS", {})["connect_timeout"] = 5
+    if config["ENGINE"].endswith("sqlite3"):
+        config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+        config["CONN_MAX_AGE"] = 0
     return config
 
 

@@ -109,7 +109,8 @@ def _claim(session_id: int, step: int, owner: str) -> StepOutcome | None:
     if row["steps"] < step - 1:
         return StepOutcome("stale", detail="an earlier step is still to run")
     remaining = (row["lease_until"] - now).total_seconds() if row["lease_until"] else 1
-    return StepOutcome("retry", retry_in=max(1.0, remaining + 0.5), detail="another worker holds the session")
+    # poll: the holder may finish (or its lease lapse, if it died) well before the lease's end
+    return StepOutcome("retry", retry_in=min(max(0.5, remaining + 0.2), 3.0), detail="another worker holds the session")
 
 
 def _release(session_id: int, owner: str) -> None:
@@ -564,7 +565,9 @@ class _Step:
                 self._append_transcript(role="user", content="Use the tools to make progress; call finish with a summary when the goal is met.")
             self.timings["total"] = time.monotonic() - self.t_start + self.timings["lock"]
             AgentStep.objects.filter(pk=step_row.pk).update(state=AgentStep.State.DONE, finished_at=timezone.now(), timings=self.timings)
-            changes = dict(steps=self.number, idle_steps=idle, heartbeat_at=timezone.now())
+            # the lease is released in the same transaction, so the next step (enqueued after commit)
+            # finds the session free, whichever worker takes it
+            changes = dict(steps=self.number, idle_steps=idle, heartbeat_at=timezone.now(), lease_owner="", lease_until=None)
             next_status, reason = Status.RUNNING, ""
             if finished_summary is not None:
                 next_status, reason = Status.SUCCEEDED, "finished"
