@@ -54,7 +54,7 @@ def _start_server(port: int) -> subprocess.Popen:
     raise RuntimeError("daphne did not start")
 
 
-def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port: int) -> None:
+def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port: int, server_pid: int) -> None:
     from django.db import transaction
     from django.db.models import F
     from playwright.sync_api import sync_playwright
@@ -78,6 +78,9 @@ def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port
             each.goto(f"http://127.0.0.1:{port}/", wait_until="load")
             each.evaluate(OBSERVER)
         time.sleep(2.0)  # let every page's websocket connect and subscribe
+        import psutil
+
+        server_rss = psutil.Process(server_pid).memory_info().rss / 2**20
         rng = random.Random(3)
         published: dict[tuple[int, int], float] = {}
         final: dict[int, int] = {}
@@ -119,6 +122,7 @@ def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port
     elif target:
         verdict = "met" if lost == 0 else "MISSED"
     Row("live status→DOM", f"{case}; lost final {lost}, late {late}", len(latencies), median, p99, "ms", target=target, verdict=verdict).emit()
+    Row("memory", f"ASGI server RSS with {pages} open canvas(es)", 1, server_rss, server_rss, "MiB").emit()
 
 
 def main() -> None:
@@ -142,13 +146,13 @@ def main() -> None:
     server = _start_server(port)
     try:
         ids = list(AgentSession.objects.values_list("pk", flat=True))
-        run_case(sessions=ids, updates=args.updates, rate=args.rate, pages=1, port=port)
+        run_case(sessions=ids, updates=args.updates, rate=args.rate, pages=1, port=port, server_pid=server.pid)
         if args.pages > 1:
-            run_case(sessions=ids, updates=args.updates, rate=args.rate, pages=args.pages, port=port)
+            run_case(sessions=ids, updates=args.updates, rate=args.rate, pages=args.pages, port=port, server_pid=server.pid)
         if args.big:
             call_command("seed_demo", agents=1000, password="bench", no_start=True, verbosity=0)
             ids = list(AgentSession.objects.values_list("pk", flat=True))
-            run_case(sessions=ids, updates=5 * 1000, rate=1000, pages=1, port=port)
+            run_case(sessions=ids, updates=5 * 1000, rate=1000, pages=1, port=port, server_pid=server.pid)
     finally:
         server.terminate()
         server.wait(timeout=20)

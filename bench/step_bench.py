@@ -104,6 +104,12 @@ def bench_fleet(sessions: int, workers: int) -> None:
                 break
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
+        rss = []
+        for proc in procs:
+            import psutil
+
+            tree = psutil.Process(proc.pid)
+            rss.append(sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]) / 2**20)
     finally:
         for proc in procs:
             proc.terminate()
@@ -113,6 +119,8 @@ def bench_fleet(sessions: int, workers: int) -> None:
     durations = [(f - s).total_seconds() * 1000 for s, f in AgentStep.objects.filter(session_id__in=ids, state="done").values_list("started_at", "finished_at") if f]
     median, p99 = summarize(durations)
     Row("fleet", f"{sessions} sessions, {workers} workers", steps, median, p99, "ms/step (incl. tools)", steps / elapsed).emit()
+    Row("memory", f"worker RSS (main + pool child) after ~{steps // max(1, workers)} steps each", len(rss),
+        sorted(rss)[len(rss) // 2], max(rss), "MiB").emit()
 
 
 def main() -> None:

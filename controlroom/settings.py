@@ -102,7 +102,10 @@ SQLITE_OPTIONS = {
     # WAL lets readers (pages) proceed while workers write; IMMEDIATE takes the write lock at
     # BEGIN so concurrent writers (several worker processes) queue instead of failing with
     # "database is locked" when a read transaction tries to upgrade.
-    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    "init_command": (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
+        " PRAGMA mmap_size=268435456; PRAGMA cache_size=-65536;"
+    ),
     "transaction_mode": "IMMEDIATE",
     "timeout": 30,
 }

@@ -42,6 +42,10 @@ class AuditEvent(models.Model):
             models.Index(fields=["session_id", "id"]),
             models.Index(fields=["on_behalf_of_id", "created_at"]),
             models.Index(fields=["kind", "created_at"]),
+            # keyset pages of the audit explorer (id descending) under its common filters
+            models.Index(fields=["kind", "id"]),
+            models.Index(fields=["on_behalf_of_id", "id"]),
+            models.Index(fields=["pod_id", "id"]),
         ]
 
     def __str__(self) -> str:

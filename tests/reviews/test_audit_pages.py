@@ -16,7 +16,12 @@ from agents.models import Status
 from reviews import digest as overnight
 from reviews.audit import record
 from reviews.models import AuditEvent
-from tests.reviews.test_digest import Night, build_night, login, night, window_params  # noqa: F401 (fixture)
+from tests.reviews.test_digest import Night, build_night, login, window_params
+
+
+@pytest.fixture
+def night(fleet) -> Night:
+    return build_night(fleet)
 
 
 def ids(events) -> list[int]:
@@ -244,7 +249,8 @@ def test_an_outsider_cannot_read_the_explanation_of_a_pod_a_commit(client, night
 def test_audit_explain_names_the_session_delegator_and_grant_of_a_real_agent_commit(fleet, worktrees_dir, client):
     from io import StringIO
 
-    from tests.agents.test_runtime import drive, launch as runtime_launch
+    from tests.agents.test_runtime import drive
+    from tests.agents.test_runtime import launch as runtime_launch
 
     session = drive(runtime_launch(fleet))
     assert session.status == Status.SUCCEEDED, session.status_reason
@@ -280,3 +286,38 @@ def _call_json(sha: str) -> str:
     out = StringIO()
     call_command("audit_explain", sha, "--json", stdout=out)
     return out.getvalue()
+
+
+def test_time_bounded_pages_are_exact_over_hours_of_events(fleet, monkeypatch):
+    """The explorer starts a time-bounded search at the id matching the bound (ID_TIME_SKEW): over
+    ten hours of events, every window still returns exactly the events inside it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.reviews.test_digest import launch, model_call
+
+    start = timezone.now() - timedelta(hours=10)
+    moments = iter(start + timedelta(minutes=3 * i) for i in range(10_000))
+    monkeypatch.setattr(timezone, "now", lambda: next(moments))
+    session = launch(fleet, name="A long night")
+    for _ in range(190):
+        model_call(session)
+    monkeypatch.undo()
+    for since_h, until_h in [(None, 2), (1, 3), (2.5, 2.6), (0, 9.5), (4, None), (-1, 11)]:
+        since = start + timedelta(hours=since_h) if since_h is not None else None
+        until = start + timedelta(hours=until_h) if until_h is not None else None
+        lookups = {}
+        if since:
+            lookups["created_at__gte"] = since
+        if until:
+            lookups["created_at__lt"] = until
+        seen, before = [], None
+        while True:
+            page = overnight.explore(user=fleet.manager, filters=overnight.ExplorerFilters(since=since, until=until, before=before),
+                                     page_size=25)
+            seen += ids(page.events)
+            if page.next_before is None:
+                break
+            before = page.next_before
+        assert seen == expected(**lookups), (since_h, until_h)
