@@ -212,6 +212,7 @@ CONTROLROOM = {
     "OUTPUT_CAP_BYTES": env_int("OUTPUT_CAP_BYTES", 64_000, minimum=1024),
     "SANDBOX": env_str("SANDBOX", "auto"),  # auto | bwrap | none
     "HEALTHZ_TOKEN": env_str("HEALTHZ_TOKEN"),
+    "PUBLIC_URL": (env_str("PUBLIC_URL", "") or "").rstrip("/"),
     "LIVE_COALESCE_MS": env_int("LIVE_COALESCE_MS", 250, minimum=0),
     "AUDIT_CHECKPOINT_EVERY_S": env_int("AUDIT_CHECKPOINT_EVERY_S", 300, minimum=10),
 }

@@ -1,17 +1,304 @@
-"""Pages that look across the whole fleet."""
+"""Pages that look across the whole fleet: the canvas (tiles, filters, "needs you", the summary bar)
+and launching sessions from the browser. Views read through selectors and write through services."""
 from __future__ import annotations
 
-from itertools import groupby
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
 
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Count, Min, Prefetch, Q, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from agents import selectors
+from agents import authority, selectors, services
+from agents.models import (
+    NEEDS_HUMAN_STATUSES,
+    AgentSession,
+    Escalation,
+    FleetControl,
+    Grant,
+    Pod,
+    Status,
+    User,
+)
+from controlroom.forms import BatchLaunchForm, CanvasFilterForm, LaunchForm
 
+STATUS_ICONS = {
+    Status.QUEUED: "◷", Status.RUNNING: "▶", Status.NEEDS_APPROVAL: "⚑", Status.BLOCKED: "■",
+    Status.PAUSED: "❚❚", Status.SUCCEEDED: "✓", Status.FAILED: "✗", Status.CANCELLED: "⊘",
+}
+NEEDS_YOU_LIMIT = 100
+
+
+# --- reads for the canvas ------------------------------------------------------------------------
+
+def _active_grants() -> Prefetch:
+    """One query for the active grants of every tile (the template reads ``s.grants.all.0``)."""
+    return Prefetch(
+        "grants",
+        queryset=Grant.objects.filter(revoked_at__isnull=True).order_by("-version")
+        .only("id", "session_id", "version", "max_cost_usd", "max_steps", "revoked_at"),
+    )
+
+
+def local_evening_start(now: datetime | None = None) -> datetime:
+    """18:00 local time today, or yesterday's when it is not yet 18:00: where "tonight" starts."""
+    now = timezone.localtime(now or timezone.now())
+    start = now.replace(hour=18, minute=0, second=0, microsecond=0)
+    return start if now >= start else start - timedelta(days=1)
+
+
+def _is_stale(session: AgentSession, *, now: datetime, stale_after: timedelta) -> bool:
+    last = session.heartbeat_at or session.updated_at
+    return session.status == Status.RUNNING and last is not None and now - last > stale_after
+
+
+@dataclass
+class PodWip:
+    pod: Pod
+    awaiting: int
+
+    @property
+    def reached(self) -> bool:
+        return self.pod.review_wip_limit is not None and self.awaiting >= self.pod.review_wip_limit
+
+
+@dataclass
+class FleetSummary:
+    counts: list[tuple[str, str, str, int]]  # (status, label, icon, count)
+    total: int
+    needs_human: int
+    stale: int
+    cost_tonight: Decimal
+    evening: datetime
+    fleet: FleetControl | None
+    paused_pods: list[Pod] = field(default_factory=list)
+    wip: list[PodWip] = field(default_factory=list)
+
+    @property
+    def fleet_stopped(self) -> bool:
+        return bool(self.fleet and self.fleet.stopped)
+
+
+def fleet_summary(*, user: User) -> FleetSummary:
+    """Counts per status, stale sessions, cost tonight, stop switches and review WIP: a handful of queries."""
+    visible = selectors.sessions_visible_to(user=user).order_by()
+    by_status = dict(visible.values_list("status").annotate(n=Count("id")))
+    now = timezone.now()
+    evening = local_evening_start(now)
+    stale_before = now - timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
+    aggregates = visible.aggregate(
+        cost=Sum("cost_usd", filter=Q(updated_at__gte=evening)),
+        stale=Count("id", filter=Q(status=Status.RUNNING, heartbeat_at__lt=stale_before)),
+    )
+    pods = list(selectors.pods_visible_to(user=user).filter(Q(paused=True) | Q(review_wip_limit__isnull=False)))
+    wip_pods = [p for p in pods if p.review_wip_limit is not None]
+    awaiting = dict(
+        AgentSession.objects.filter(selectors.awaiting_review_q(), pod__in=wip_pods)
+        .order_by().values_list("pod_id").annotate(n=Count("id"))
+    ) if wip_pods else {}
+    return FleetSummary(
+        counts=[(value, label, STATUS_ICONS[value], by_status.get(value, 0)) for value, label in Status.choices],
+        total=sum(by_status.values()),
+        needs_human=sum(by_status.get(s, 0) for s in NEEDS_HUMAN_STATUSES),
+        stale=aggregates["stale"] or 0,
+        cost_tonight=aggregates["cost"] or Decimal(0),
+        evening=evening,
+        fleet=FleetControl.objects.filter(pk=1).select_related("changed_by").first(),
+        paused_pods=[p for p in pods if p.paused],
+        wip=[PodWip(pod=p, awaiting=awaiting.get(p.pk, 0)) for p in wip_pods],
+    )
+
+
+@dataclass
+class Waiting:
+    session: AgentSession
+    since: datetime
+
+    @property
+    def seconds(self) -> int:
+        return max(0, int((timezone.now() - self.since).total_seconds()))
+
+
+def needs_you(*, user: User) -> list[Waiting]:
+    """Sessions needing a human that this user may act on, the longest wait first.
+
+    The wait starts at the oldest open escalation, or when the session last changed (blocked).
+    """
+    candidates = list(
+        selectors.sessions_visible_to(user=user).filter(status__in=NEEDS_HUMAN_STATUSES).order_by("updated_at")
+    )
+    # refuse_session_control decides on the user's role, whether they are the session's STO and their
+    # role in the session's pod; asking it once per (pod, is-STO) keeps this query count per pod, not per session.
+    decided: dict[tuple[int, bool], bool] = {}
+    mine = []
+    for session in candidates:
+        key = (session.pod_id, session.sto_id == user.pk)
+        if key not in decided:
+            decided[key] = authority.refuse_session_control(user=user, session=session) is None
+        if decided[key]:
+            mine.append(session)
+    opened = dict(
+        Escalation.objects.filter(session__in=[s.pk for s in mine], state=Escalation.State.OPEN)
+        .order_by().values_list("session_id").annotate(first=Min("created_at"))
+    ) if mine else {}
+    waiting = [Waiting(session=s, since=opened.get(s.pk) or s.updated_at) for s in mine]
+    waiting.sort(key=lambda w: (w.since, w.session.pk))
+    return waiting[:NEEDS_YOU_LIMIT]
+
+
+def _filtered_sessions(*, user: User, filters: CanvasFilterForm) -> QuerySet[AgentSession]:
+    sessions = selectors.sessions_visible_to(user=user)
+    pod, sto, statuses = filters.value_of("pod"), filters.value_of("sto"), filters.value_of("status")
+    if pod:
+        sessions = sessions.filter(pod=pod)
+    if sto:
+        sessions = sessions.filter(sto=sto)
+    if statuses:
+        sessions = sessions.filter(status__in=statuses)
+    return sessions.order_by("pod__name", "priority", "id")
+
+
+def _side_context(user: User) -> dict:
+    return {"summary": fleet_summary(user=user), "waiting": needs_you(user=user), "icons": STATUS_ICONS}
+
+
+# --- pages ---------------------------------------------------------------------------------------
 
 @require_GET
 def canvas(request: HttpRequest) -> HttpResponse:
-    sessions = selectors.sessions_visible_to(user=request.user).order_by("pod__name", "priority", "id")
-    groups = [(pod, list(tiles)) for pod, tiles in groupby(sessions, key=lambda s: s.pod)]
-    return render(request, "controlroom/canvas.html", {"groups": groups})
+    """Every session the user may see as a tile, grouped by pod, with the "needs you" queue and the
+    fleet summary. Filters (pod, sto=mine|username, status, repeatable) live in the query string."""
+    live_ts = time.time()  # before reading: the websocket catches up on anything committed after it
+    user = request.user
+    filters = CanvasFilterForm(request.GET or None, user=user)
+    sessions = list(_filtered_sessions(user=user, filters=filters).prefetch_related(_active_grants()))
+    now = timezone.now()
+    stale_after = timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
+    by_pod: dict[int, list[AgentSession]] = {}
+    for session in sessions:
+        session.stale = _is_stale(session, now=now, stale_after=stale_after)
+        by_pod.setdefault(session.pod_id, []).append(session)
+    pods = selectors.pods_visible_to(user=user)
+    if filters.value_of("pod"):
+        pods = pods.filter(pk=filters.value_of("pod").pk)
+    groups = [(pod, by_pod.get(pod.pk, [])) for pod in pods.order_by("name")]
+    statuses = filters.value_of("status") or []
+    sto = filters.value_of("sto")
+    context = {
+        "groups": groups,
+        "tile_count": len(sessions),
+        "filters": filters,
+        "filter_problems": filters.problems() if filters.is_bound else [],
+        "filter_statuses": statuses,
+        "filter_sto": sto,
+        "statuses": [(value, label, STATUS_ICONS[value]) for value, label in Status.choices],
+        "live_ts": f"{live_ts:.6f}",
+        "stale_after": settings.CONTROLROOM["STALE_AFTER_S"],
+        "can_launch": user.role != User.Role.LEADER,
+        **_side_context(user),
+    }
+    return render(request, "controlroom/canvas.html", context)
+
+
+@require_GET
+def canvas_side(request: HttpRequest) -> HttpResponse:
+    """The summary bar and the "needs you" queue as out-of-band fragments (polled by the canvas)."""
+    return render(request, "controlroom/canvas.html#side", {**_side_context(request.user), "oob": True})
+
+
+# --- launching -----------------------------------------------------------------------------------
+
+_SERVICE_FIELD = {"mode": "preset", "rules": "preset", "on_unanswered": None}
+
+
+def _add_service_errors(form, exc: ValidationError) -> None:
+    """Show a service's ValidationError beside the field it is about (or above the form)."""
+    if hasattr(exc, "message_dict"):
+        for key, errors in exc.message_dict.items():
+            name = _SERVICE_FIELD.get(key, key)
+            for error in errors:
+                form.add_error(name if name in form.fields else None, error)
+    else:
+        for error in exc.messages:
+            form.add_error(None, error)
+
+
+def _launch_page(request: HttpRequest, *, form: LaunchForm, batch: BatchLaunchForm, status: int = 200) -> HttpResponse:
+    return render(request, "controlroom/launch.html", {
+        "form": form, "batch": batch, "is_leader": request.user.role == User.Role.LEADER,
+    }, status=status)
+
+
+def _initial(request: HttpRequest) -> dict:
+    initial: dict = {}
+    slug = request.GET.get("pod", "")
+    if slug:
+        initial["pod"] = Pod.objects.filter(slug=slug).first()
+    return initial
+
+
+@require_http_methods(["GET", "POST"])
+def launch(request: HttpRequest) -> HttpResponse:
+    """Launch one session: ``agents.services.session_launch`` with a ``GrantSpec`` from the preset."""
+    user = request.user
+    batch = BatchLaunchForm(user=user, prefix="batch", initial=_initial(request))
+    if request.method == "GET":
+        return _launch_page(request, form=LaunchForm(user=user, initial=_initial(request)), batch=batch)
+    form = LaunchForm(request.POST, user=user)
+    if form.is_valid():
+        try:
+            session = services.session_launch(**form.launch_kwargs())
+        except authority.NotAllowed as exc:
+            form.add_error(None, str(exc))
+            return _launch_page(request, form=form, batch=batch, status=403)
+        except ValidationError as exc:
+            _add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Launched #{session.pk} {session.name} (STO {session.sto.username}).")
+            return redirect(reverse("canvas") + f"#tile-{session.pk}")
+    return _launch_page(request, form=form, batch=batch, status=400)
+
+
+class _BatchLineError(Exception):
+    def __init__(self, number: int, exc: Exception):
+        if isinstance(exc, ValidationError):
+            text = "; ".join(
+                " ".join(m) for m in exc.message_dict.values()
+            ) if hasattr(exc, "message_dict") else " ".join(exc.messages)
+        else:
+            text = str(exc)
+        super().__init__(f"Line {number}: {text} Nothing was launched.")
+
+
+@require_POST
+def launch_batch(request: HttpRequest) -> HttpResponse:
+    """Plan the night: every line becomes a session, all in ONE transaction (one bad line: none)."""
+    user = request.user
+    batch = BatchLaunchForm(request.POST, user=user, prefix="batch")
+    if batch.is_valid():
+        created: list[AgentSession] = []
+        try:
+            with transaction.atomic():
+                for line in batch.lines:
+                    try:
+                        created.append(services.session_launch(**batch.launch_kwargs_for(line)))
+                    except (authority.NotAllowed, ValidationError) as exc:
+                        raise _BatchLineError(line.number, exc) from exc
+        except _BatchLineError as exc:
+            batch.add_error("tasks", str(exc))
+            if isinstance(exc.__cause__, authority.NotAllowed):
+                return _launch_page(request, form=LaunchForm(user=user), batch=batch, status=403)
+        else:
+            first = created[0].pk
+            messages.success(request, f"Launched {len(created)} sessions (#{first}–#{created[-1].pk}).")
+            return redirect(reverse("canvas") + f"?pod={batch.cleaned_data['pod'].slug}#tile-{first}")
+    return _launch_page(request, form=LaunchForm(user=user), batch=batch, status=400)

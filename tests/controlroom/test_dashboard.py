@@ -285,9 +285,7 @@ def _concrete(route: str, values: dict[str, list[str]]) -> list[str]:
 # Routes that are not agent controls and are not walked: signing in and out, Django's admin (staff only).
 NOT_WALKED = ("login/", "logout/", "admin/")
 # Known answers other than 403 for a leader's POST; everything else must be 403 (act) or 405 (read-only page).
-KNOWN = {
-    "launch": 400, "launch/batch": 400,  # refused through the form (error shown), nothing launched
-}
+KNOWN: dict = {}
 AGENT_CONTROLS = {
     "sessions/<int:session_id>/<str:action>", "escalations/<int:escalation_id>/decide",
     "sessions/<int:session_id>/sto", "sessions/<int:session_id>/grant/issue",

@@ -1,0 +1,205 @@
+"""Launching from the browser: one session, or a night's batch in one transaction."""
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from agents import dispatch
+from agents.models import AgentSession, Grant, Status
+from reviews.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    """Record every step enqueued (after commit), and still send it to the real broker."""
+    calls: list[dict] = []
+    original = dispatch.enqueue_step_now
+
+    def record(**kwargs):
+        calls.append(kwargs)
+        original(**kwargs)
+
+    monkeypatch.setattr(dispatch, "enqueue_step_now", record)
+    return calls
+
+
+def _form(fleet, **overrides) -> dict:
+    data = {
+        "pod": fleet.alpha.pk, "sto": "sam", "name": "", "goal": "Fix the rounding bug in cart totals",
+        "success_criteria": "the tests pass", "repository": fleet.repo.pk, "base_branch": "", "model": "sim/engineer",
+        "api_base": "", "task_type": "fix", "priority": "1", "preset": "edits", "not_before": "", "expires_at": "",
+        "max_steps": "40", "max_cost_usd": "2.50",
+    }
+    data.update(overrides)
+    return data
+
+
+def _batch(fleet, tasks: str, **overrides) -> dict:
+    data = {f"batch-{k}": v for k, v in _form(fleet).items() if k not in ("name", "goal", "success_criteria")}
+    data["batch-tasks"] = tasks
+    data.update({f"batch-{k}": v for k, v in overrides.items()})
+    return data
+
+
+def _nothing_created():
+    assert not AgentSession.objects.exists()
+    assert not Grant.objects.exists()
+    assert not AuditEvent.objects.filter(kind__in=["session.launched", "grant.issued"]).exists()
+
+
+def test_the_launch_page_offers_the_default_model_and_the_presets(client, fleet, settings):
+    client.force_login(fleet.lead)
+    html = client.get("/launch").content.decode()
+    assert f'value="{settings.CONTROLROOM["DEFAULT_MODEL"]}"' in html
+    for preset in ("plan", "ask", "edits", "autonomous"):
+        assert f'<option value="{preset}"' in html
+    assert 'id="batch-form"' in html and 'action="/launch/batch"' in html
+
+
+def test_a_valid_launch_creates_the_session_and_its_grant_and_enqueues_the_first_step(
+    client, fleet, enqueued, django_capture_on_commit_callbacks
+):
+    client.force_login(fleet.lead)
+    start = timezone.localtime() + timedelta(hours=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/launch", _form(
+            fleet, not_before=start.strftime("%Y-%m-%dT%H:%M"),
+            expires_at=(start + timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M"),
+        ))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    session = AgentSession.objects.get()
+    assert response["Location"] == f"/#tile-{session.pk}"
+    assert (session.pod, session.sto, session.created_by) == (fleet.alpha, fleet.sto, fleet.lead)
+    assert session.goal == "Fix the rounding bug in cart totals" and session.success_criteria == "the tests pass"
+    assert (session.model, session.task_type, session.priority, session.status) == ("sim/engineer", "fix", 1, Status.QUEUED)
+    assert session.base_branch == "main"
+    grant = session.grants.get()
+    assert grant.mode == "edits" and "Git(commit)" in grant.allow and "Bash(pytest *)" in grant.allow
+    assert (grant.max_steps, grant.max_cost_usd) == (40, Decimal("2.5000"))
+    assert grant.delegator == fleet.sto and grant.issued_by == fleet.lead
+    assert abs(grant.not_before - start.replace(second=0, microsecond=0)) < timedelta(seconds=1)
+    assert grant.expires_at - grant.not_before == timedelta(hours=8)
+    assert enqueued == [{"session_id": session.pk, "step": 1, "priority": 1}]
+
+
+def test_an_autonomous_launch_is_delegated_by_the_pod_lead_with_push_and_network_denied(client, fleet):
+    client.force_login(fleet.lead)
+    assert client.post("/launch", _form(fleet, preset="autonomous")).status_code == 302
+    grant = Grant.objects.get()
+    assert grant.mode == "autonomous" and grant.delegator == fleet.lead
+    assert "Bash(git push *)" in grant.deny and "Net(*)" in grant.deny
+
+
+def test_a_member_may_not_delegate_autonomous_mode(client, fleet):
+    client.force_login(fleet.sto)
+    response = client.post("/launch", _form(fleet, preset="autonomous"))
+    assert response.status_code == 400
+    assert "Only the pod lead or a manager may delegate autonomous mode." in response.content.decode()
+    _nothing_created()
+
+
+def test_an_sto_from_another_pod_is_refused_beside_the_field_and_nothing_is_created(client, fleet):
+    client.force_login(fleet.manager)
+    response = client.post("/launch", _form(fleet, sto="otto"))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'id="id_sto_errors"' in html
+    assert "otto is not a member of pod Alpha" in html
+    _nothing_created()
+
+
+def test_an_empty_goal_is_refused_and_nothing_is_created(client, fleet):
+    client.force_login(fleet.lead)
+    response = client.post("/launch", _form(fleet, goal="   "))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'id="id_goal_errors"' in html and "Give the agent a goal." in html
+    assert "the tests pass</textarea>" in html and '<option value="sam" selected>' in html  # the rest is kept
+    _nothing_created()
+
+
+def test_a_window_that_ends_before_it_starts_is_refused(client, fleet):
+    client.force_login(fleet.lead)
+    response = client.post("/launch", _form(fleet, not_before="2031-01-02T22:00", expires_at="2031-01-02T21:00"))
+    assert response.status_code == 400
+    assert "The window must end after it starts." in response.content.decode()
+    _nothing_created()
+
+
+def test_a_leader_cannot_launch(client, fleet):
+    client.force_login(fleet.leader)
+    html = client.get("/launch").content.decode()
+    assert "Leaders read the fleet; they cannot launch agents." in html
+    response = client.post("/launch", _form(fleet))
+    assert response.status_code == 400  # the leader sees no pod to choose; the service would refuse too
+    _nothing_created()
+
+
+def test_a_member_cannot_launch_into_another_pod(client, fleet):
+    client.force_login(fleet.member)
+    response = client.post("/launch", _form(fleet, pod=fleet.bravo.pk, sto="otto"))
+    assert response.status_code == 400
+    _nothing_created()
+
+
+# --- the night's batch ----------------------------------------------------------------------------
+
+def test_a_batch_launches_every_line_with_its_owner_priority_and_criteria(
+    client, fleet, enqueued, django_capture_on_commit_callbacks
+):
+    client.force_login(fleet.lead)
+    tasks = "# tonight\n@mia P0 Fix the flaky checkout test | it passes ten times in a row\n\nAdd docstrings to cart.py\n@lena Update the README"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/launch/batch", _batch(fleet, tasks))
+    assert response.status_code == 302, response.content.decode()[:3000]
+    sessions = list(AgentSession.objects.order_by("pk"))
+    assert [(s.sto.username, s.priority, s.goal, s.success_criteria) for s in sessions] == [
+        ("mia", 0, "Fix the flaky checkout test", "it passes ten times in a row"),
+        ("sam", 1, "Add docstrings to cart.py", ""),
+        ("lena", 1, "Update the README", ""),
+    ]
+    assert Grant.objects.count() == 3
+    assert sorted(call["session_id"] for call in enqueued) == [s.pk for s in sessions]
+
+
+def test_a_batch_with_a_bad_line_creates_nothing_and_names_the_line(client, fleet, enqueued):
+    client.force_login(fleet.lead)
+    response = client.post("/launch/batch", _batch(fleet, "Task one\nTask two\n@otto Task three\nTask four"))
+    assert response.status_code == 400
+    assert "Line 3: @otto is not a member of pod Alpha." in response.content.decode()
+    _nothing_created()
+    assert enqueued == []
+
+
+def test_a_batch_refused_by_the_service_halfway_rolls_back_the_lines_before(client, fleet, enqueued,
+                                                                             django_capture_on_commit_callbacks):
+    # sam (a member) may launch sessions he owns; line 3 makes mia the owner, which only a lead may do
+    client.force_login(fleet.sto)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/launch/batch", _batch(fleet, "@sam Task one\nTask two\n@mia Task three", sto="sam"))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "Line 3: Members launch sessions they own themselves" in html and "Nothing was launched." in html
+    _nothing_created()
+    assert enqueued == []
+
+
+def test_a_batch_line_without_an_owner_is_refused(client, fleet):
+    client.force_login(fleet.lead)
+    response = client.post("/launch/batch", _batch(fleet, "Task one\nTask two", sto=""))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "Line 1: no Single Task Owner" in html and "Line 2: no Single Task Owner" in html
+    _nothing_created()
+
+
+def test_an_empty_batch_is_refused(client, fleet):
+    client.force_login(fleet.lead)
+    response = client.post("/launch/batch", _batch(fleet, "\n# only a comment\n"))
+    assert response.status_code == 400
+    assert "Write at least one task." in response.content.decode()
