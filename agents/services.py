@@ -261,7 +261,8 @@ def grant_issue(*, session: AgentSession, spec: GrantSpec, by: User, delegator: 
     previous = active_grant(session=session)
     if previous is not None:
         _revoke(grant=previous, by=by, reason=f"superseded: {reason}")
-    grant = _issue_grant(session=session, spec=spec, by=by, delegator=delegator or (previous.delegator if previous else session.sto), previous=previous)
+    # by default the person who changes the authority is the one delegating it (they must hold it)
+    grant = _issue_grant(session=session, spec=spec, by=by, delegator=delegator or by, previous=previous)
     if session.status == Status.BLOCKED and session.hold == "":
         # A new grant (more budget, a new window) lets a blocked session carry on.
         set_status(session, Status.RUNNING, reason=f"unblocked by grant v{grant.version}", by=by)
