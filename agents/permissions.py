@@ -2624,6 +2624,10 @@ def _decide(action: CanonicalAction, ctx: EvalContext) -> Decision:
     for resource in resources:
         covering = _first_match(allow_rules, [resource], fold_case=False)
         default = defaults.get(resource.kind, "deny")
+        if resource.kind == "Bash" and ctx.sandbox_available is not True and default != "deny":
+            # no OS sandbox: an allow rule cannot contain what a command does, so a human decides
+            mode_asks.append(resource)
+            continue
         if covering:
             if default != "allow" or resource.kind == "Net":
                 needed.append(covering[1])

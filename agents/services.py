@@ -4,6 +4,7 @@ and step enqueues happen after commit.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -130,12 +131,27 @@ def membership_remove(*, pod: Pod, user: User, by: User) -> None:
         raise ValidationError(
             f"{user.username} still owns {owned} open session(s) in {pod.name}: reassign them first."
         )
+    delegated = Grant.objects.filter(session__pod=pod, delegator=user, revoked_at__isnull=True).exclude(
+        session__status__in=TERMINAL_STATUSES).count()
+    if delegated and user.role != User.Role.MANAGER:
+        raise ValidationError(
+            f"{user.username} delegated {delegated} active grant(s) on open sessions of {pod.name}: "
+            "revoke or reissue them first, so nobody acts on authority that has left the pod."
+        )
     deleted, _ = PodMembership.objects.filter(pod=pod, user=user).delete()
     if deleted:
         record("pod.membership_removed", user=by, pod_id=pod.pk, payload={"pod": pod.slug, "member": user.username})
 
 
 # --- sessions -------------------------------------------------------------------------
+
+API_KEY_ENV = re.compile(r"[A-Z][A-Z0-9_]{0,99}")
+PRIVATE_ENV = frozenset({
+    "SECRET_KEY", "AUDIT_SIGNING_KEY", "DATABASE_URL", "REDIS_URL", "HEALTHZ_TOKEN", "SECRET_KEY_FILE",
+    "AUDIT_SIGNING_KEY_FILE", "DEMO_PASSWORD",
+})
+# git's ref rules, simplified and strict: no leading "-" or ".", no "..", no control or special characters
+BRANCH_NAME = re.compile(r"(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<![./])")
 
 SYSTEM_PROMPT = (
     "You are a careful software engineer working alone, overnight, in a git worktree, under authority "
@@ -179,6 +195,13 @@ def session_launch(
         errors["task_type"] = f"Unknown task type {task_type!r}."
     if priority not in (0, 1, 2, 3):
         errors["priority"] = "Priority is P0 to P3."
+    if api_key_env and (not API_KEY_ENV.fullmatch(api_key_env) or api_key_env in PRIVATE_ENV):
+        errors["api_key_env"] = (
+            "Name an environment variable holding a model key (e.g. OPENAI_API_KEY); the control room's own "
+            "secrets cannot be sent to a model endpoint."
+        )
+    if base_branch and not BRANCH_NAME.fullmatch(base_branch):
+        errors["base_branch"] = f"{base_branch!r} is not a usable branch name."
     spec = grant or GrantSpec()
     errors.update(grant_spec_errors(spec))
     if errors:
@@ -229,8 +252,8 @@ def initial_brief(session: AgentSession, *, extra: str = "") -> str:
 def _issue_grant(*, session: AgentSession, spec: GrantSpec, by: User, delegator: User, previous: Grant | None) -> Grant:
     authority.require(authority.refuse_delegation(delegator=delegator, session=session, mode=spec.mode))
     if by.pk != delegator.pk:
-        # Issuing on someone else's authority needs authority over the session yourself.
-        authority.require(authority.refuse_session_control(user=by, session=session))
+        # Issuing on someone else's authority: only the pod lead or a manager may record that.
+        authority.require(authority.refuse_pod_admin(user=by, pod_id=session.pod_id))
     now = timezone.now()
     not_before = spec.not_before or now
     expires_at = spec.expires_at or (not_before + timedelta(hours=spec.hours))
@@ -273,9 +296,11 @@ def grant_issue(*, session: AgentSession, spec: GrantSpec, by: User, delegator: 
 
 
 def _revoke(*, grant: Grant, by: User, reason: str) -> None:
-    Grant.objects.filter(pk=grant.pk, revoked_at__isnull=True).update(
+    revoked = Grant.objects.filter(pk=grant.pk, revoked_at__isnull=True).update(
         revoked_at=timezone.now(), revoked_by=by, revoke_reason=Truncator(reason).chars(480)
     )
+    if not revoked:
+        return  # already revoked (a double submit): nothing changed, nothing to record
     record("grant.revoked", session=grant.session, user=by, on_behalf_of=grant.delegator, grant=grant,
            payload={"grant": grant.pk, "version": grant.version, "reason": reason})
 

@@ -18,6 +18,7 @@ from agents import services
 from agents.dispatch import enqueue_step_now
 from agents.models import AgentSession, Escalation, Grant, Status
 from agents.runtime.loop import run_step
+from agents.selectors import awaiting_review_count
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,23 @@ def tick() -> dict:
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
     woken = recovered = 0
-    queued = AgentSession.objects.filter(status=Status.QUEUED).filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-    for session_id, steps, priority in queued.values_list("id", "steps", "priority"):
-        grant = Grant.objects.filter(session_id=session_id, revoked_at__isnull=True).order_by("-version").first()
-        if grant and grant.not_before <= now:
-            enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
-            woken += 1
+    # only sessions a check parked (window not open, review WIP limit): a freshly launched one already
+    # has its first step on the queue, and one launched with --no-start stays put
+    parked = AgentSession.objects.filter(status=Status.QUEUED).filter(
+        Q(status_reason__startswith="grant window") | Q(status_reason__startswith="review WIP limit")
+    ).filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+    for session_id, steps, priority, pod_id, wip_limit, reason in parked.values_list(
+        "id", "steps", "priority", "pod_id", "pod__review_wip_limit", "status_reason"
+    ):
+        if reason.startswith("review WIP limit"):
+            if wip_limit and awaiting_review_count(pod_id=pod_id) >= wip_limit:
+                continue
+        else:
+            grant = Grant.objects.filter(session_id=session_id, revoked_at__isnull=True).order_by("-version").first()
+            if not grant or grant.not_before > now:
+                continue
+        enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
+        woken += 1
     stale = AgentSession.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before).filter(
         Q(lease_until__isnull=True) | Q(lease_until__lt=now)
     )
@@ -71,8 +83,11 @@ def tick() -> dict:
     waiting = AgentSession.objects.filter(status=Status.NEEDS_APPROVAL, grants__revoked_at__isnull=True, grants__expires_at__lte=now).distinct()
     expired = 0
     for session in waiting:
-        services.session_block_expired(session=session)
-        expired += 1
+        try:
+            services.session_block_expired(session=session)
+            expired += 1
+        except Exception:  # one session's trouble must not stop the housekeeping of the others
+            logger.exception("could not block session %s after its grant expired", session.pk)
     return {"woken": woken, "recovered": recovered, "expired": expired}
 
 

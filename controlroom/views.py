@@ -12,7 +12,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, Min, Prefetch, Q, QuerySet, Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -253,6 +253,8 @@ def launch(request: HttpRequest) -> HttpResponse:
     batch = BatchLaunchForm(user=user, prefix="batch", initial=_initial(request))
     if request.method == "GET":
         return _launch_page(request, form=LaunchForm(user=user, initial=_initial(request)), batch=batch)
+    if user.role == User.Role.LEADER:
+        return HttpResponseForbidden("Leaders read the fleet; they cannot launch agents.")
     form = LaunchForm(request.POST, user=user)
     if form.is_valid():
         try:
@@ -283,6 +285,8 @@ class _BatchLineError(Exception):
 def launch_batch(request: HttpRequest) -> HttpResponse:
     """Plan the night: every line becomes a session, all in ONE transaction (one bad line: none)."""
     user = request.user
+    if user.role == User.Role.LEADER:
+        return HttpResponseForbidden("Leaders read the fleet; they cannot launch agents.")
     batch = BatchLaunchForm(request.POST, user=user, prefix="batch")
     if batch.is_valid():
         created: list[AgentSession] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from agents import permissions
@@ -51,9 +52,9 @@ def grant_view(grant: Grant) -> permissions.GrantView:
 def build_context(*, session: AgentSession, grant: Grant | None, now=None, check_budget: bool = True) -> permissions.EvalContext:
     now = now or timezone.now()
     approvals = frozenset(
-        Escalation.objects.filter(
-            session=session, state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True
-        ).values_list("action_hash", flat=True)
+        Escalation.objects.filter(session=session)
+        .filter(Q(state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True) | Q(state=Escalation.State.ALLOWED_ALWAYS))
+        .values_list("action_hash", flat=True)
     )
     return permissions.EvalContext(
         worktree=str(Path(session.worktree_path)),

@@ -83,11 +83,13 @@ class _Heartbeat:
         try:
             while not self._stop.wait(interval):
                 now = timezone.now()
-                AgentSession.objects.filter(pk=self.session_id, lease_owner=self.owner).update(
-                    lease_until=now + timedelta(seconds=lease_seconds()), heartbeat_at=now
-                )
-        except Exception:
-            logger.warning("heartbeat for session %s failed", self.session_id, exc_info=True)
+                try:
+                    AgentSession.objects.filter(pk=self.session_id, lease_owner=self.owner).update(
+                        lease_until=now + timedelta(seconds=lease_seconds()), heartbeat_at=now
+                    )
+                except Exception:  # a locked or briefly unreachable database: try again next beat
+                    logger.warning("heartbeat for session %s failed; retrying", self.session_id, exc_info=True)
+                    close_old_connections()
         finally:
             close_old_connections()
 
@@ -156,6 +158,8 @@ class _Step:
     def park(self, status: str, reason: str, *, hold: str = "", event: str | None = None, payload: dict | None = None) -> StepOutcome:
         with transaction.atomic():
             session = AgentSession.objects.select_for_update().select_related("pod").get(pk=self.session_id)
+            if session.is_terminal or (session.status == Status.PAUSED and status != Status.PAUSED):
+                return StepOutcome("stale", detail=f"session is {session.status}: left as it is")
             services.set_status(session, status, reason=reason, agent=True, hold=hold or session.hold,
                                 current_activity=_summarize(reason, 200))
             if event:
@@ -394,6 +398,12 @@ class _Step:
                 return self._deny(step_row, index, call, args, raw_hash, decision,
                                   f"denied by {escalation.decided_by.username if escalation.decided_by else 'a human'}: {escalation.decision_reason or 'no reason given'}",
                                   provenance="human", existing=existing)
+            if escalation and escalation.state == Escalation.State.OPEN:
+                with transaction.atomic():
+                    session = AgentSession.objects.select_for_update().get(pk=self.session_id)
+                    if session.status != Status.NEEDS_APPROVAL:
+                        services.set_status(session, Status.NEEDS_APPROVAL, reason=f"asks: {escalation.action}"[:480], agent=True)
+                return StepOutcome("parked", detail="still waiting for a human")
             if escalation and escalation.state == Escalation.State.EXPIRED:
                 return self._deny(step_row, index, call, args, raw_hash, decision, "nobody answered before the grant expired",
                                   provenance="expired", existing=existing)
@@ -505,10 +515,13 @@ class _Step:
                 return ("block", reason)
             provenance = decision.reason_type
             if decision.reason_type == "human":
-                consumed = Escalation.objects.filter(
+                always = Escalation.objects.filter(
+                    session=self.session, action_hash=decision.action.hash, state=Escalation.State.ALLOWED_ALWAYS
+                ).exists()
+                once = Escalation.objects.filter(
                     session=self.session, action_hash=decision.action.hash, state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True
                 ).order_by("pk").first()
-                if consumed is None or not Escalation.objects.filter(pk=consumed.pk, consumed_at__isnull=True).update(consumed_at=timezone.now()):
+                if not always and (once is None or not Escalation.objects.filter(pk=once.pk, consumed_at__isnull=True).update(consumed_at=timezone.now())):
                     raise RuntimeError("approval vanished")  # cannot happen under the lease; fail closed
             row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.INTENDED, existing)
             services._bump(AgentSession.objects.select_for_update().get(pk=self.session_id),
@@ -527,7 +540,7 @@ class _Step:
         self.timings["tool"] += time.monotonic() - t1
         t2 = time.monotonic()
         with transaction.atomic():
-            ToolCall.objects.filter(pk=row.pk).update(
+            ToolCall.objects.filter(pk=row.pk, state=ToolCall.State.INTENDED).update(
                 state=ToolCall.State.DONE if result.ok else ToolCall.State.ERROR,
                 result=Truncator(result.output).chars(20000), exit_code=result.exit_code, duration_ms=result.duration_ms,
                 finished_at=timezone.now(),
@@ -560,6 +573,7 @@ class _Step:
             session = AgentSession.objects.select_for_update().select_related("pod").get(pk=self.session_id)
             if session.steps >= self.number:
                 return StepOutcome("stale", detail="step already completed")
+            human_stop = session.status in (Status.CANCELLED, Status.PAUSED)
             idle = 0 if calls else session.idle_steps + 1
             if not calls:
                 self._append_transcript(role="user", content="Use the tools to make progress; call finish with a summary when the goal is met.")
@@ -578,15 +592,15 @@ class _Step:
                 changes["current_activity"] = _summarize(block_reason, 200)
             elif idle >= MAX_IDLE_STEPS:
                 next_status, reason = Status.FAILED, f"the model answered {idle} times without using a tool"
-            if session.status != Status.RUNNING and next_status == Status.RUNNING:
-                next_status = session.status  # paused/cancelled meanwhile
-            for key, value in changes.items():
-                setattr(session, key, value)
-            session.save(update_fields=list(changes.keys()))
+            if human_stop or (session.status != Status.RUNNING and next_status == Status.RUNNING):
+                next_status, reason = session.status, ""  # a human paused or cancelled it meanwhile: that stands
             if next_status != session.status or reason:
+                for key, value in changes.items():
+                    setattr(session, key, value)
+                session.save(update_fields=list(changes.keys()))
                 services.set_status(session, next_status, reason=reason, agent=True)
             else:
-                send_on_commit(session.pk)
+                services._bump(session, **changes)  # version + 1: the canvas shows the new counters
             if next_status == Status.RUNNING:
                 enqueue_step_on_commit(session_id=session.pk, step=self.number + 1, priority=session.priority)
             if next_status in (Status.SUCCEEDED, Status.FAILED):

@@ -424,7 +424,10 @@ def _write_handoff(worktree: Path, args: dict) -> ToolResult:
     goal_section = f"## Goal\n\n{goal}\n\n" if goal else ""
     content = (f"# Handoff\n\nStatus: {handoff['status']}\n\n{goal_section}## Next action\n\n"
                f"{handoff['next_action'] or '(none)'}\n\n## Do not\n\n{do_not}\n")
-    target = resolve_path(worktree, HANDOFF_FILE)
+    # never through a symlink: HANDOFF.md itself, in the worktree's root, a regular file or nothing yet
+    target = Path(os.path.realpath(worktree)) / HANDOFF_FILE
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        return ToolResult(ok=False, output=f"write_handoff: {HANDOFF_FILE} is a symlink or not a regular file; refused")
     _write_bytes(target, content.encode("utf-8"))
     return ToolResult(ok=True, output=f"wrote {HANDOFF_FILE} (status: {handoff['status']})",
                       summary=f"handoff: {handoff['status']}: {_one_line(handoff['next_action'], 80)}", data={"handoff": handoff})

@@ -98,7 +98,7 @@ def test_an_autonomous_launch_is_delegated_by_the_pod_lead_with_push_and_network
 def test_a_member_may_not_delegate_autonomous_mode(client, fleet):
     client.force_login(fleet.sto)
     response = client.post("/launch", _form(fleet, preset="autonomous"))
-    assert response.status_code == 400
+    assert response.status_code == 403  # refused by authority, shown in the form
     assert "Only the pod lead or a manager may delegate autonomous mode." in response.content.decode()
     _nothing_created()
 
@@ -136,7 +136,8 @@ def test_a_leader_cannot_launch(client, fleet):
     html = client.get("/launch").content.decode()
     assert "Leaders read the fleet; they cannot launch agents." in html
     response = client.post("/launch", _form(fleet))
-    assert response.status_code == 400  # the leader sees no pod to choose; the service would refuse too
+    assert response.status_code == 403
+    assert client.post("/launch/batch", _batch(fleet, "Task one", sto="sam")).status_code == 403
     _nothing_created()
 
 
@@ -182,7 +183,7 @@ def test_a_batch_refused_by_the_service_halfway_rolls_back_the_lines_before(clie
     client.force_login(fleet.sto)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post("/launch/batch", _batch(fleet, "@sam Task one\nTask two\n@mia Task three", sto="sam"))
-    assert response.status_code == 400
+    assert response.status_code == 403
     html = response.content.decode()
     assert "Line 3: Members launch sessions they own themselves" in html and "Nothing was launched." in html
     _nothing_created()
