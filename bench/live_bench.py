@@ -81,22 +81,34 @@ def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port
         import psutil
 
         server_rss = psutil.Process(server_pid).memory_info().rss / 2**20
-        rng = random.Random(3)
         published: dict[tuple[int, int], float] = {}
         final: dict[int, int] = {}
-        interval = 1.0 / rate
-        started = time.perf_counter()
-        for index in range(updates):
-            session_id = rng.choice(sessions)
-            with transaction.atomic():
-                AgentSession.objects.filter(pk=session_id).update(version=F("version") + 1, current_activity=f"bench update {index}")
-            version = AgentSession.objects.filter(pk=session_id).values_list("version", flat=True).get()
-            published[(session_id, version)] = time.time() * 1000
-            final[session_id] = version
-            broadcast_session(session_id)
-            delay = started + (index + 1) * interval - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+
+        def publish() -> None:
+            # in its own thread: Playwright's sync API keeps an event loop in this one
+            from django.db import close_old_connections
+
+            rng = random.Random(3)
+            interval = 1.0 / rate
+            started = time.perf_counter()
+            for index in range(updates):
+                session_id = rng.choice(sessions)
+                with transaction.atomic():
+                    AgentSession.objects.filter(pk=session_id).update(version=F("version") + 1, current_activity=f"bench update {index}")
+                version = AgentSession.objects.filter(pk=session_id).values_list("version", flat=True).get()
+                published[(session_id, version)] = time.time() * 1000
+                final[session_id] = version
+                broadcast_session(session_id)
+                delay = started + (index + 1) * interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            close_old_connections()
+
+        import threading
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        publisher.join()
         time.sleep(3.0)  # let coalesced tails arrive
         latencies, lost, late = [], 0, 0
         for each in open_pages:
@@ -126,6 +138,9 @@ def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port
 
 
 def main() -> None:
+    # Playwright's sync API runs an event loop in this thread; the publisher's ORM calls are plain
+    # synchronous code between its calls, which Django would otherwise refuse (benchmark harness only).
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--updates", type=int, default=2000)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import select
 import shutil
 import signal
@@ -154,6 +155,11 @@ def bwrap_argv(*, bwrap: str, command: str, cwd: Path, allow_network: bool, env:
             argv += ["--tmpfs", str(hidden)]
         elif hidden.exists():
             argv += ["--ro-bind", "/dev/null", str(hidden)]
+    # The interpreter the agent's PATH starts with (the control room's own venv) stays visible even
+    # when it lives under /tmp or a hidden path (a CI clone in /tmp, say): read-only.
+    for prefix in dict.fromkeys(Path(p).resolve() for p in (sys.prefix, sys.base_prefix)):
+        if prefix != Path("/") and prefix.is_dir():
+            argv += ["--ro-bind", str(prefix), str(prefix)]
     common, admin, in_tree_git = _git_dirs(cwd)
     if common is not None:
         # Re-exposed read-only (it may sit under /tmp or a hidden path); the worktree's own admin
