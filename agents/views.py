@@ -15,17 +15,12 @@ from django.utils import timezone
 from django.utils.text import Truncator
 from django.views.decorators.http import require_GET, require_POST
 
+from agents.errors import validation_text
 from agents import authority, selectors, services
 from agents.forms import MODE_HELP, RULE_LISTS, EscalationDecisionForm, GrantForm, RevokeForm, rule_errors, rule_lines
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, TranscriptEntry, User
 from agents.runtime.sandbox import sandbox_available
 from reviews.models import AuditEvent
-
-
-def _error_text(exc: ValidationError) -> str:
-    if hasattr(exc, "message_dict"):
-        return "; ".join(" ".join(msgs) for msgs in exc.message_dict.values())
-    return " ".join(exc.messages)
 
 
 def _visible_session_or_404(request: HttpRequest, session_id: int) -> AgentSession:
@@ -78,7 +73,7 @@ def session_assign_sto(request: HttpRequest, session_id: int) -> HttpResponse:
             messages.error(request, str(exc))
             return redirect_back(request, session.pod.slug, status=403)
         except ValidationError as exc:
-            messages.error(request, _error_text(exc))
+            messages.error(request, validation_text(exc))
     return redirect_back(request, session.pod.slug)
 
 
@@ -110,7 +105,7 @@ def pod_membership(request: HttpRequest, slug: str) -> HttpResponse:
         messages.error(request, str(exc))
         return redirect_back(request, pod.slug, status=403)
     except ValidationError as exc:
-        messages.error(request, _error_text(exc))
+        messages.error(request, validation_text(exc))
     return redirect(f"/pods/{pod.slug}/")
 
 
@@ -433,7 +428,7 @@ def session_control(request: HttpRequest, session_id: int, action: str) -> HttpR
         services.record_refused_action(session=session, by=request.user, action=action, refusal=str(exc))
         return _refused(request, session_id, str(exc))
     except ValidationError as exc:
-        return _refused(request, session_id, _error_text(exc), status=409)
+        return _refused(request, session_id, validation_text(exc), status=409)
     return _after_action(request, session_id, success=f"#{session_id}: {CONTROL_DONE[action]}")
 
 
@@ -455,7 +450,7 @@ def escalation_decide(request: HttpRequest, escalation_id: int) -> HttpResponse:
     if not form.is_valid():
         if not visible:
             return HttpResponseForbidden("You cannot act on this escalation: its session belongs to another pod.")
-        return _refused(request, session_id, _form_error_text(form), status=400)
+        return _refused(request, session_id, _formvalidation_text(form), status=400)
     decision, reason = form.cleaned_data["decision"], form.cleaned_data["reason"]
     try:
         services.escalation_decide(escalation=escalation, by=request.user, decision=decision, reason=reason)
@@ -466,7 +461,7 @@ def escalation_decide(request: HttpRequest, escalation_id: int) -> HttpResponse:
     except ValidationError as exc:
         escalation.refresh_from_db()
         status = 409 if escalation.state != Escalation.State.OPEN else 400
-        message = _error_text(exc)
+        message = validation_text(exc)
         if status == 409 and escalation.decided_by_id:
             message = (f"Escalation #{escalation.pk} was already decided: {escalation.get_state_display().lower()} by "
                        f"{escalation.decided_by.username} {timezone.localtime(escalation.decided_at):%H:%M}. Nothing changed.")
@@ -480,7 +475,7 @@ def escalation_decide(request: HttpRequest, escalation_id: int) -> HttpResponse:
     return _after_action(request, session_id, success=f"Escalation #{escalation.pk} {DECIDED_TEXT[decision]}.")
 
 
-def _form_error_text(form) -> str:
+def _formvalidation_text(form) -> str:
     return " ".join(" ".join(messages_) for messages_ in form.errors.values())
 
 
@@ -534,7 +529,7 @@ def session_grant_issue(request: HttpRequest, session_id: int) -> HttpResponse:
         for field_name, field_messages in getattr(exc, "message_dict", {}).items():
             if field_name in form.fields:
                 form.add_error(field_name, field_messages)
-        return _refused(request, session_id, f"The grant was not changed: {_error_text(exc)}",
+        return _refused(request, session_id, f"The grant was not changed: {validation_text(exc)}",
                         status=422, grant_form=form, editor_open=True)
     except IntegrityError:
         return _refused(request, session_id, "The grant was not changed: another version was issued at the same "
@@ -554,12 +549,12 @@ def session_grant_revoke(request: HttpRequest, session_id: int) -> HttpResponse:
         return _refused(request, session_id, "There is no active grant to revoke.", status=409)
     form = RevokeForm(request.POST)
     if not form.is_valid():
-        return _refused(request, session_id, _form_error_text(form), status=422, revoke_form=form)
+        return _refused(request, session_id, _formvalidation_text(form), status=422, revoke_form=form)
     try:
         services.grant_revoke(grant=grant, by=request.user, reason=form.cleaned_data["reason"])
     except authority.NotAllowed as exc:
         services.record_refused_action(session=session, by=request.user, action="revoke grant", refusal=str(exc))
         return _refused(request, session_id, str(exc))
     except ValidationError as exc:
-        return _refused(request, session_id, _error_text(exc), status=422, revoke_form=form)
+        return _refused(request, session_id, validation_text(exc), status=422, revoke_form=form)
     return _after_action(request, session_id, success=f"Grant v{grant.version} revoked: the agent stops before its next step.")

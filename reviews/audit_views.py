@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from agents.errors import validation_text
 from agents import services as agent_services
 from agents.authority import NotAllowed
 from agents.models import AgentSession
@@ -26,12 +27,6 @@ def _window(request: HttpRequest, *, default: str) -> overnight.Window:
     q = request.GET if request.method == "GET" else request.POST
     return overnight.window_from(since=q.get("since", ""), until=q.get("until", ""), preset=q.get("preset", ""),
                               default=default)
-
-
-def _error_text(exc: ValidationError) -> str:
-    if hasattr(exc, "message_dict"):
-        return "; ".join(" ".join(msgs) for msgs in exc.message_dict.values())
-    return " ".join(exc.messages)
 
 
 def _window_context(window: overnight.Window, *, default: str) -> dict:
@@ -77,7 +72,7 @@ def digest_attest(request: HttpRequest, session_id: int) -> HttpResponse:
                                              refusal=str(exc))
         return _attest_answer(request, session_id, window, error=str(exc), status=403)
     except ValidationError as exc:
-        return _attest_answer(request, session_id, window, error=_error_text(exc), status=422, reason=reason)
+        return _attest_answer(request, session_id, window, error=validation_text(exc), status=422, reason=reason)
     if not request.htmx:
         messages.success(request, f"#{session_id}: {'accepted as yours' if verdict == 'accepted' else 'disowned'}.")
         return redirect(f"{reverse('digest')}?{window.query()}")

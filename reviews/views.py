@@ -19,6 +19,7 @@ from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
+from agents.errors import validation_text
 from agents import authority
 from agents.models import AgentSession, User
 from agents.selectors import pods_visible_to, session_visible_to
@@ -110,12 +111,6 @@ def _visible(request: HttpRequest, session_id: int) -> AgentSession:
             raise PermissionError("This session belongs to a pod you are not a member of.")
         raise Http404("No such session")
     return session
-
-
-def _error_text(exc: ValidationError) -> str:
-    if hasattr(exc, "message_dict"):
-        return "; ".join(" ".join(msgs) for msgs in exc.message_dict.values())
-    return " ".join(exc.messages)
 
 
 def _file_anchor(index: int) -> str:
@@ -253,7 +248,7 @@ def review_decide(request: HttpRequest, session_id: int, decision: str) -> HttpR
     except services.ReviewError as exc:
         return _render_diff(request, session, status=409, error=str(exc))
     except ValidationError as exc:
-        return _render_diff(request, session, status=400, error=_error_text(exc))
+        return _render_diff(request, session, status=400, error=validation_text(exc))
     messages.success(request, _done_text(review, session))
     if review.details.get("warning"):
         messages.warning(request, review.details["warning"])

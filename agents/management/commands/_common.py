@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
 from agents.authority import NotAllowed
+from agents.errors import validation_text
 from agents.models import AgentSession, Pod, User
 
 
@@ -36,8 +37,4 @@ def run_service(fn, **kwargs):
     except NotAllowed as exc:
         raise CommandError(f"refused: {exc}") from None
     except ValidationError as exc:
-        if hasattr(exc, "message_dict"):
-            text = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
-        else:
-            text = " ".join(exc.messages)
-        raise CommandError(text) from None
+        raise CommandError(validation_text(exc, with_fields=True)) from None
