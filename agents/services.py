@@ -83,7 +83,7 @@ def _grant_payload(grant: Grant) -> dict:
     }
 
 
-def _bump(session: AgentSession, **changes) -> None:
+def session_update(session: AgentSession, **changes) -> None:
     """Apply field changes, bump the version, save, and schedule the live update."""
     for key, value in changes.items():
         setattr(session, key, value)
@@ -102,7 +102,7 @@ def set_status(session: AgentSession, status: str, *, reason: str = "", by: User
         changes["started_at"] = timezone.now()
     if status in TERMINAL_STATUSES and not session.finished_at:
         changes["finished_at"] = timezone.now()
-    _bump(session, status=status, status_reason=Truncator(reason).chars(480), **changes)
+    session_update(session, status=status, status_reason=Truncator(reason).chars(480), **changes)
     if previous != status:
         record(
             "session.status", session=session, user=by, agent=agent and by is None,
@@ -291,7 +291,7 @@ def grant_issue(*, session: AgentSession, spec: GrantSpec, by: User, delegator: 
         set_status(session, Status.RUNNING, reason=f"unblocked by grant v{grant.version}", by=by)
         enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
     else:
-        _bump(session)
+        session_update(session)
     return grant
 
 
@@ -311,7 +311,7 @@ def grant_revoke(*, grant: Grant, by: User, reason: str) -> None:
     if not reason.strip():
         raise ValidationError({"reason": "Say why the grant is revoked."})
     _revoke(grant=grant, by=by, reason=reason)
-    _bump(grant.session)
+    session_update(grant.session)
 
 
 @transaction.atomic
@@ -324,7 +324,7 @@ def sto_assign(*, session: AgentSession, new_sto: User, by: User) -> AgentSessio
     previous = session.sto
     if previous.pk == new_sto.pk:
         raise ValidationError({"sto": f"{new_sto.username} already owns this session."})
-    _bump(session, sto=new_sto)
+    session_update(session, sto=new_sto)
     record("session.sto_reassigned", session=session, user=by, on_behalf_of=new_sto,
            payload={"from": previous.username, "to": new_sto.username})
     return session
@@ -338,7 +338,7 @@ def session_set_priority(*, session: AgentSession, priority: int, by: User) -> A
     if priority not in (0, 1, 2, 3):
         raise ValidationError({"priority": "Priority is P0 to P3."})
     previous = session.priority
-    _bump(session, priority=priority)
+    session_update(session, priority=priority)
     record("session.priority_set", session=session, user=by, payload={"from": previous, "to": priority})
     return session
 
@@ -426,7 +426,7 @@ def fleet_resume(*, by: User) -> int:
     resumed = []
     for session in sessions:
         if session.pod.paused:
-            _bump(session, hold="pod")
+            session_update(session, hold="pod")
             continue
         set_status(session, Status.RUNNING, reason=f"fleet resumed by {by.username}", by=by, hold="")
         enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
@@ -455,7 +455,7 @@ def pod_resume(*, pod: Pod, by: User) -> int:
     resumed = []
     for session in sessions:
         if stopped:
-            _bump(session, hold="fleet")
+            session_update(session, hold="fleet")
             continue
         set_status(session, Status.RUNNING, reason=f"pod resumed by {by.username}", by=by, hold="")
         enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
@@ -550,7 +550,7 @@ def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reaso
         set_status(session, Status.RUNNING, reason=f"{by.username}: {decision}", by=by)
         enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
     else:
-        _bump(session)
+        session_update(session)
     return escalation
 
 

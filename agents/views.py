@@ -379,30 +379,30 @@ def session_drawer(request: HttpRequest, session_id: int) -> HttpResponse:
                           audit_before=_before(request, "audit_before"))
 
 
-@require_GET
-def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
-    """One page of the transcript (older entries) for htmx; the drawer page at that page otherwise."""
+def _older_page(request: HttpRequest, session_id: int, *, drawer_arg: str, partial: str, key: str, page) -> HttpResponse:
+    """One page of older rows for htmx; the drawer page opened at that page otherwise."""
     try:
         session = _visible_session_or_404(request, session_id)
     except PermissionError:
         return HttpResponseForbidden(OUTSIDER_REFUSAL)
     before = _before(request)
     if not request.htmx:
-        return _render_drawer(request, session_id, transcript_before=before)
-    return render(request, "agents/_transcript.html#page", {"s": session, "transcript": _transcript_page(session=session, before=before)})
+        return _render_drawer(request, session_id, **{drawer_arg: before})
+    return render(request, partial, {"s": session, key: page(session=session, before=before)})
+
+
+@require_GET
+def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
+    """One page of the transcript (older entries)."""
+    return _older_page(request, session_id, drawer_arg="transcript_before", partial="agents/_transcript.html#page",
+                       key="transcript", page=_transcript_page)
 
 
 @require_GET
 def session_audit(request: HttpRequest, session_id: int) -> HttpResponse:
-    """One page of the session's audit trail (older events) for htmx; the drawer page otherwise."""
-    try:
-        session = _visible_session_or_404(request, session_id)
-    except PermissionError:
-        return HttpResponseForbidden(OUTSIDER_REFUSAL)
-    before = _before(request)
-    if not request.htmx:
-        return _render_drawer(request, session_id, audit_before=before)
-    return render(request, "agents/drawer.html#audit_page", {"s": session, "audit": _audit_page(session=session, before=before)})
+    """One page of the session's audit trail (older events)."""
+    return _older_page(request, session_id, drawer_arg="audit_before", partial="agents/drawer.html#audit_page",
+                       key="audit", page=_audit_page)
 
 
 CONTROLS = {

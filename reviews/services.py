@@ -27,14 +27,13 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import Truncator
 
 from agents import authority
 from agents import services as agent_services
 from agents.dispatch import enqueue_step_on_commit
-from agents.events import send_on_commit
 from agents.models import AgentSession, Escalation, ReviewState, Status, TERMINAL_STATUSES, User
 from agents.runtime import worktrees
 from agents.runtime.authorize import budget_exhausted
@@ -136,17 +135,6 @@ def _require_awaiting(session: AgentSession) -> None:
                                   f"({session.get_status_display().lower()}): review it when it has finished.")
         raise ValidationError(f"Session #{session.pk} is {session.get_status_display().lower()}: "
                               "its work can be reviewed once it has finished or stopped.")
-
-
-def _save(session: AgentSession, **changes) -> None:
-    """Apply field changes, bump the version, and schedule the live update (after commit)."""
-    for key, value in changes.items():
-        setattr(session, key, value)
-    session.version = F("version") + 1
-    session.updated_at = timezone.now()
-    session.save(update_fields=[*changes.keys(), "version", "updated_at"])
-    session.refresh_from_db(fields=["version"])
-    send_on_commit(session.pk)
 
 
 def _close_if_open(session: AgentSession, *, by: User, reason: str) -> str:
@@ -257,7 +245,7 @@ def review_approve(*, session: AgentSession, reviewer: User, comment: str = "",
         previous = _close_if_open(session, by=reviewer, reason=f"approved and merged by {reviewer.username}")
         record("review.approved", session=session, user=reviewer, provenance="human",
                payload={"review": review.pk, "comment": comment, "previous_status": previous, **details})
-        _save(session, review_state=ReviewState.APPROVED)
+        agent_services.session_update(session, review_state=ReviewState.APPROVED)
     remove_session_worktree(session=_fresh(session), reason="approved and merged", by=reviewer)
     return review
 
@@ -338,7 +326,7 @@ def review_reject(*, session: AgentSession, reviewer: User, comment: str = "",
         previous = _close_if_open(session, by=reviewer, reason=f"rejected by {reviewer.username}")
         record("review.rejected", session=session, user=reviewer, provenance="human",
                payload={"review": review.pk, "comment": comment, "previous_status": previous, **details})
-        _save(session, review_state=ReviewState.REJECTED)
+        agent_services.session_update(session, review_state=ReviewState.REJECTED)
     session = _fresh(session)
     remove_session_worktree(session=session, reason="rejected", by=reviewer)
     try:
@@ -389,7 +377,7 @@ def review_revert(*, session: AgentSession, reviewer: User, comment: str = "",
                payload={"review": review.pk, "comment": comment, "revert_commit": reverted.revert_commit,
                         "base_branch": reverted.base_branch, "base_before": reverted.base_before,
                         "merged_method": merged["method"], "merged_at": merged["base_after"]})
-        _save(session, review_state=ReviewState.REVERTED)
+        agent_services.session_update(session, review_state=ReviewState.REVERTED)
     return review
 
 

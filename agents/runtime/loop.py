@@ -323,7 +323,7 @@ class _Step:
             AgentStep.objects.filter(pk=step_row.pk).delete()
             return self.park(Status.FAILED, f"model error after {attempts} attempt(s): {exc}")
         with transaction.atomic():
-            services._bump(AgentSession.objects.select_for_update().get(pk=self.session_id),
+            services.session_update(AgentSession.objects.select_for_update().get(pk=self.session_id),
                            current_activity=_summarize(f"model error, retrying: {exc}", 200))
         return StepOutcome("retry", retry_in=min(60.0, 2.0 ** attempts), detail=str(exc))
 
@@ -524,7 +524,7 @@ class _Step:
                 if not always and (once is None or not Escalation.objects.filter(pk=once.pk, consumed_at__isnull=True).update(consumed_at=timezone.now())):
                     raise RuntimeError("approval vanished")  # cannot happen under the lease; fail closed
             row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.INTENDED, existing)
-            services._bump(AgentSession.objects.select_for_update().get(pk=self.session_id),
+            services.session_update(AgentSession.objects.select_for_update().get(pk=self.session_id),
                            current_activity=_summarize(f"{row.name}: {row.action}", 200), heartbeat_at=timezone.now())
         self.timings["record"] += time.monotonic() - t0
         t1 = time.monotonic()
@@ -600,7 +600,7 @@ class _Step:
                 session.save(update_fields=list(changes.keys()))
                 services.set_status(session, next_status, reason=reason, agent=True)
             else:
-                services._bump(session, **changes)  # version + 1: the canvas shows the new counters
+                services.session_update(session, **changes)  # version + 1: the canvas shows the new counters
             if next_status == Status.RUNNING:
                 enqueue_step_on_commit(session_id=session.pk, step=self.number + 1, priority=session.priority)
             if next_status in (Status.SUCCEEDED, Status.FAILED):
