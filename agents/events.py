@@ -12,10 +12,12 @@ Event payload (type ``session.update``), documented in docs/ARCHITECTURE.md:
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 import time
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 from django.template.loader import render_to_string
@@ -46,6 +48,41 @@ def session_update_payload(session) -> dict:
     }
 
 
+class _Publisher:
+    """One event loop per process, on its own thread, through which sync code publishes.
+
+    ``async_to_sync`` from a plain thread runs every call in a fresh event loop, and the pub/sub
+    layer keeps one Redis connection per loop, so each broadcast paid a new connection (~5 ms on
+    an agent step's path). This loop lives as long as the process, and so does its connection;
+    a forked child (Celery's prefork pool) starts its own. Calls wait for the PUBLISH, so updates
+    leave in the order they were made.
+    """
+
+    TIMEOUT_S = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def _loop_for_this_process(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid() or not self._thread.is_alive():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="live-publisher", daemon=True)
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+            return self._loop
+
+    def group_send(self, layer, group: str, message: dict) -> None:
+        future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), self._loop_for_this_process())
+        future.result(self.TIMEOUT_S)
+
+
+publisher = _Publisher()
+
+
 def broadcast_session(session_id: int) -> None:
     """Render the session's current face and publish it to its pod group. Never raises."""
     from agents.models import AgentSession
@@ -55,10 +92,40 @@ def broadcast_session(session_id: int) -> None:
         layer = get_channel_layer()
         if layer is None:
             return
-        async_to_sync(layer.group_send)(pod_group(session.pod_id), session_update_payload(session))
+        publisher.group_send(layer, pod_group(session.pod_id), session_update_payload(session))
     except Exception:  # the channel layer is best effort: state is in the database
         logger.warning("live update for session %s not sent", session_id, exc_info=True)
 
 
 def send_on_commit(session_id: int) -> None:
     transaction.on_commit(lambda: broadcast_session(session_id))
+
+
+class send_if_still_running:
+    """Broadcast the session once ``after_s`` seconds have passed inside the ``with`` block.
+
+    The runtime records what a tool is about to do (the tile's activity line) before running it;
+    most tools finish in milliseconds and the step's end is broadcast anyway, so the canvas only
+    needs the "running pytest…" face of tools that take a while. The broadcast runs on a timer
+    thread with its own database connection, closed afterwards.
+    """
+
+    def __init__(self, session_id: int, *, after_s: float = 0.25) -> None:
+        self.session_id, self.after_s = session_id, after_s
+        self._timer = threading.Timer(after_s, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        from django.db import connection
+
+        try:
+            broadcast_session(self.session_id)
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()

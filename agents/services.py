@@ -83,26 +83,31 @@ def _grant_payload(grant: Grant) -> dict:
     }
 
 
-def session_update(session: AgentSession, **changes) -> None:
-    """Apply field changes, bump the version, save, and schedule the live update."""
+def session_update(session: AgentSession, *, locked: bool = False, **changes) -> None:
+    """Apply field changes, bump the version, save, and schedule the live update.
+
+    ``locked``: ``session`` was read with select_for_update in this transaction, so its version is
+    the current one and the new one is known without reading it back.
+    """
     for key, value in changes.items():
         setattr(session, key, value)
-    session.version = F("version") + 1
+    session.version = session.version + 1 if locked else F("version") + 1
     session.updated_at = timezone.now()
     session.save(update_fields=[*changes.keys(), "version", "updated_at"])
-    session.refresh_from_db(fields=["version"])
+    if not locked:
+        session.refresh_from_db(fields=["version"])
     send_on_commit(session.pk)
 
 
 def set_status(session: AgentSession, status: str, *, reason: str = "", by: User | None = None,
-               agent: bool = False, **changes) -> None:
+               agent: bool = False, locked: bool = False, **changes) -> None:
     """Change a session's status with its audit event (inside the caller's transaction)."""
     previous = session.status
     if status == Status.RUNNING and not session.started_at:
         changes["started_at"] = timezone.now()
     if status in TERMINAL_STATUSES and not session.finished_at:
         changes["finished_at"] = timezone.now()
-    session_update(session, status=status, status_reason=Truncator(reason).chars(480), **changes)
+    session_update(session, status=status, status_reason=Truncator(reason).chars(480), locked=locked, **changes)
     if previous != status:
         record(
             "session.status", session=session, user=by, agent=agent and by is None,
@@ -343,13 +348,21 @@ def session_set_priority(*, session: AgentSession, priority: int, by: User) -> A
     return session
 
 
-def tool_call_reserve(*, session_id: int, limit: int | None) -> bool:
+def tool_call_reserve(*, session_id: int, limit: int | None, activity: str | None = None) -> bool:
     """Take one unit of the tool-call budget, atomically (a conditional UPDATE): however many calls
-    race for the last units, exactly ``limit`` succeed."""
+    race for the last units, exactly ``limit`` succeed.
+
+    ``activity``: also show it as the session's current activity (version + 1, heartbeat) in the
+    same statement. No live update is scheduled: the runtime broadcasts only tools that run long.
+    """
     rows = AgentSession.objects.filter(pk=session_id)
     if limit is not None:
         rows = rows.filter(tool_calls__lt=limit)
-    return rows.update(tool_calls=F("tool_calls") + 1) == 1
+    changes = {}
+    if activity is not None:
+        now = timezone.now()
+        changes = dict(current_activity=activity, heartbeat_at=now, updated_at=now, version=F("version") + 1)
+    return rows.update(tool_calls=F("tool_calls") + 1, **changes) == 1
 
 
 # --- controls -------------------------------------------------------------------------

@@ -20,17 +20,17 @@ class AuditEvent(models.Model):
     chain = models.CharField(max_length=40)
     seq = models.PositiveBigIntegerField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    kind = models.CharField(max_length=48, db_index=True)
+    kind = models.CharField(max_length=48)
     actor_type = models.CharField(max_length=8, choices=Actor.choices)
-    actor_user_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    actor_user_id = models.BigIntegerField(null=True, blank=True)
     actor_session_id = models.BigIntegerField(null=True, blank=True)
     actor_label = models.CharField(max_length=150, blank=True)
-    on_behalf_of_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    on_behalf_of_id = models.BigIntegerField(null=True, blank=True)
     on_behalf_of_label = models.CharField(max_length=150, blank=True)
     grant_id = models.BigIntegerField(null=True, blank=True)
     provenance = models.CharField(max_length=16, blank=True)  # human / rule / mode / guard / budget / ...
-    session_id = models.BigIntegerField(null=True, blank=True, db_index=True)
-    pod_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    session_id = models.BigIntegerField(null=True, blank=True)
+    pod_id = models.BigIntegerField(null=True, blank=True)
     payload = models.JSONField(default=dict)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
@@ -38,6 +38,9 @@ class AuditEvent(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="gap_free_chain_sequence")]
+        # Every index costs each append a page write: kind, on_behalf_of_id, session_id and pod_id
+        # have none of their own (the composite indexes below lead with them); nothing looks events
+        # up by actor_user_id.
         indexes = [
             models.Index(fields=["session_id", "id"]),
             models.Index(fields=["on_behalf_of_id", "created_at"]),

@@ -24,20 +24,21 @@ from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
-from django.db.models import F, Max, Q
+from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Exists, F, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 from django.utils.text import Truncator
 
 from agents import services, tools
 from agents.dispatch import enqueue_step_on_commit
-from agents.events import send_on_commit
+from agents.events import send_if_still_running, send_on_commit
 from agents.models import (
-    AgentSession, AgentStep, Escalation, Grant, Status, ToolCall, TranscriptEntry,
+    AgentSession, AgentStep, Escalation, FleetControl, Grant, Status, ToolCall, TranscriptEntry,
 )
 from agents.runtime import model as model_client
 from agents.runtime import worktrees
-from agents.runtime.authorize import ToolCallRequest, authorize, budget_exhausted
+from agents.runtime.prepared import PreparedValues
+from agents.runtime.authorize import Switches, ToolCallRequest, authorize, budget_exhausted
 from agents.selectors import active_grant, awaiting_review_count
 from reviews.audit import record
 
@@ -45,6 +46,61 @@ logger = logging.getLogger(__name__)
 
 MAX_IDLE_STEPS = 3
 MAX_MODEL_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What can change under a running step, read in one prepared query before every tool call."""
+
+    status: str
+    pod_paused: bool
+    fleet_stopped: bool
+    grant_id: int | None  # the active grant: grants are immutable, the same id is the same grant
+    delegator_active: bool
+    has_approvals: bool  # a human allowed an action (once, unused, or always): authorize reads which
+    last_seq: int  # the transcript's last entry
+    last_tokens: int  # prompt tokens of the last finished step of the current iteration
+
+
+def _facts_query(session_id: int):
+    grants = Grant.objects.filter(session=OuterRef("pk"), revoked_at__isnull=True).order_by("-version")
+    approvals = Escalation.objects.filter(session=OuterRef("pk")).filter(
+        Q(state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True) | Q(state=Escalation.State.ALLOWED_ALWAYS))
+    last_entry = TranscriptEntry.objects.filter(session=OuterRef("pk")).order_by("-seq")
+    last_step = AgentStep.objects.filter(session=OuterRef("pk"), iteration=OuterRef("iteration"),
+                                         state=AgentStep.State.DONE).order_by("-number")
+    return AgentSession.objects.filter(pk=session_id).annotate(
+        fleet_stopped_now=Exists(FleetControl.objects.filter(pk=1, stopped=True)),
+        active_grant_id_now=Subquery(grants.values("pk")[:1]),
+        delegator_active_now=Subquery(grants.values("delegator__is_active")[:1]),
+        has_approvals_now=Exists(approvals),
+        last_seq_now=Subquery(last_entry.values("seq")[:1]),
+        last_tokens_now=Subquery(last_step.values("tokens_in")[:1]),
+    ).values_list("status", "pod__paused", "fleet_stopped_now", "active_grant_id_now", "delegator_active_now",
+                  "has_approvals_now", "last_seq_now", "last_tokens_now")
+
+
+_FACTS = PreparedValues(_facts_query)
+
+# Grants never change once written (a change is a new version; revoking makes another one the
+# active grant), so a worker keeps the ones it has read, keyed by id.
+_GRANTS: dict[int, Grant] = {}
+_GRANTS_MAX = 1024
+
+
+def _grant(grant_id: int | None, delegator_active: bool) -> Grant | None:
+    if grant_id is None:
+        return None
+    grant = _GRANTS.get(grant_id)
+    if grant is None:
+        grant = Grant.objects.select_related("delegator").filter(pk=grant_id, revoked_at__isnull=True).first()
+        if grant is None:
+            return None
+        if len(_GRANTS) >= _GRANTS_MAX:
+            _GRANTS.clear()
+        _GRANTS[grant_id] = grant
+    grant.delegator.is_active = bool(delegator_active)  # the person's standing can change: read each time
+    return grant
 
 
 def lease_seconds() -> int:
@@ -148,12 +204,30 @@ class _Step:
         self.session_id, self.number, self.owner = session_id, number, owner
         self.timings: dict[str, float] = {"lock": 0.0, "model": 0.0, "authorize": 0.0, "tool": 0.0, "record": 0.0}
         self.t_start = time.monotonic()
-        self.session: AgentSession = AgentSession.objects.select_related("pod", "sto", "repository").get(pk=session_id)
+        self.session: AgentSession = AgentSession.objects.select_related("pod", "repository").get(pk=session_id)
         self.grant: Grant | None = None
+        self.fresh_step = False
+        self.facts = self.read_facts()
 
     # -- helpers --------------------------------------------------------------------------
-    def refresh(self) -> None:
-        self.session.refresh_from_db()
+    def refresh(self) -> AgentSession:
+        self.session = AgentSession.objects.select_related("pod", "repository").get(pk=self.session_id)
+        self.facts = self.read_facts()
+        return self.session
+
+    def read_facts(self) -> _Facts:
+        """Stop switches, status and the active grant as they are now (one prepared query). The
+        session's counters need no re-reading during a step: only this step's runner changes them."""
+        row = _FACTS.first(self.session_id)
+        if row is None:
+            raise AgentSession.DoesNotExist(f"session {self.session_id} is gone")
+        status, pod_paused, fleet_stopped, grant_id, delegator_active, has_approvals, last_seq, last_tokens = row
+        self.session.status = status
+        self.session.pod.paused = bool(pod_paused)
+        self.next_seq = (last_seq or 0) + 1
+        return _Facts(status=status, pod_paused=bool(pod_paused), fleet_stopped=bool(fleet_stopped),
+                      grant_id=grant_id, delegator_active=bool(delegator_active), has_approvals=bool(has_approvals),
+                      last_seq=last_seq or 0, last_tokens=last_tokens or 0)
 
     def park(self, status: str, reason: str, *, hold: str = "", event: str | None = None, payload: dict | None = None) -> StepOutcome:
         with transaction.atomic():
@@ -168,17 +242,20 @@ class _Step:
         return StepOutcome("parked", detail=reason)
 
     def stop_switch(self) -> tuple[str, str] | None:
-        """(hold, reason) when a stop switch applies to this session now."""
-        from agents.models import FleetControl, Pod
-
-        if FleetControl.objects.filter(pk=1, stopped=True).exists():
+        """(hold, reason) when a stop switch applies to this session, as of the last ``read_facts``."""
+        facts = self.facts
+        if facts.fleet_stopped:
             return "fleet", "fleet stopped"
-        if Pod.objects.filter(pk=self.session.pod_id, paused=True).exists():
+        if facts.pod_paused:
             return "pod", "pod paused"
-        status = AgentSession.objects.filter(pk=self.session_id).values_list("status", flat=True).first()
-        if status not in (Status.QUEUED, Status.RUNNING):
-            return "user", f"session {status}"
+        if facts.status not in (Status.QUEUED, Status.RUNNING):
+            return "user", f"session {facts.status}"
         return None
+
+    def switches(self) -> Switches:
+        facts = self.facts
+        return Switches(fleet_stopped=facts.fleet_stopped, pod_paused=facts.pod_paused,
+                        session_stopped=facts.status in (Status.PAUSED, Status.CANCELLED))
 
     # -- the step ----------------------------------------------------------------------------
     def run(self) -> StepOutcome:
@@ -190,7 +267,7 @@ class _Step:
             if hold == "user":
                 return StepOutcome("stale", detail=reason)
             return self.park(Status.PAUSED, reason, hold=hold)
-        self.grant = active_grant(session=session)
+        self.grant = _grant(self.facts.grant_id, self.facts.delegator_active)
         grant = self.grant
         if grant is None:
             return self.park(Status.BLOCKED, "no active grant: issue one to continue")
@@ -220,11 +297,11 @@ class _Step:
             with transaction.atomic():
                 locked = AgentSession.objects.select_for_update().get(pk=self.session_id)
                 services.set_status(locked, Status.RUNNING, reason="", agent=True, current_activity="starting")
-            self.refresh()
+            session = self.refresh()
         try:
             base_commit = worktrees.ensure_worktree(
                 repo_path=Path(session.repository.path), base_branch=session.base_branch,
-                branch=session.branch, worktree_path=Path(session.worktree_path),
+                branch=session.branch, worktree_path=Path(session.worktree_path), known_base=session.base_commit or None,
             )
         except worktrees.WorktreeError as exc:
             return self.park(Status.FAILED, f"worktree: {exc}", event="session.error", payload={"error": str(exc)})
@@ -246,10 +323,7 @@ class _Step:
         session = self.session
         config = settings.CONTROLROOM
         steps_in_iteration = session.steps - session.iteration_started_step
-        last_tokens = (
-            AgentStep.objects.filter(session=session, iteration=session.iteration, state=AgentStep.State.DONE)
-            .order_by("-number").values_list("tokens_in", flat=True).first() or 0
-        )
+        last_tokens = self.facts.last_tokens
         if steps_in_iteration < config["STEPS_PER_ITERATION"] and last_tokens < config["CONTEXT_TOKEN_LIMIT"]:
             return
         if AgentStep.objects.filter(session=session, number=self.number).exclude(response=None).exists():
@@ -265,10 +339,14 @@ class _Step:
     # -- model --------------------------------------------------------------------------------
     def _model_turn(self):
         session = self.session
-        step_row, created = AgentStep.objects.get_or_create(
-            session=session, number=self.number,
-            defaults={"iteration": session.iteration, "worker": self.owner, "started_at": timezone.now()},
-        )
+        try:  # a new step (the common case) first: one INSERT; a redelivered one hits the unique key
+            with transaction.atomic():
+                step_row = AgentStep.objects.create(session=session, number=self.number, iteration=session.iteration,
+                                                    worker=self.owner, started_at=timezone.now())
+            created = True
+        except IntegrityError:
+            step_row, created = AgentStep.objects.get(session=session, number=self.number), False
+        self.fresh_step = created
         if not created:
             AgentStep.objects.filter(pk=step_row.pk).update(attempts=F("attempts") + 1, worker=self.owner)
             step_row.refresh_from_db()
@@ -308,7 +386,13 @@ class _Step:
                 },
             )
         self.timings["record"] += time.monotonic() - t0
-        step_row.refresh_from_db()
+        # mirror the counters just added in the database (the budget checks read them)
+        session.tokens_in += reply.tokens_in
+        session.tokens_out += reply.tokens_out
+        session.cost_usd = (session.cost_usd or Decimal("0")) + (reply.cost_usd or Decimal("0"))
+        step_row.response, step_row.state, step_row.model = reply.message, AgentStep.State.MODEL_DONE, reply.model
+        step_row.tokens_in, step_row.tokens_out, step_row.cost_usd = reply.tokens_in, reply.tokens_out, reply.cost_usd
+        step_row.latency_ms, step_row.error = reply.latency_ms, ""
         return step_row, reply.message
 
     def _model_failed(self, step_row: AgentStep, exc: model_client.ModelError) -> StepOutcome:
@@ -328,8 +412,12 @@ class _Step:
         return StepOutcome("retry", retry_in=min(60.0, 2.0 ** attempts), detail=str(exc))
 
     def _append_transcript(self, *, role: str, content: str, tool_calls=None, tool_call_id: str = "", name: str = "") -> None:
+        """Append with the next sequence number this runner keeps: it alone writes the transcript while
+        it holds the lease, and the (session, seq) unique key refuses a clash. A failed transaction
+        ends the runner (the exception propagates), so a number is never reused by it."""
         append_transcript(session_id=self.session_id, iteration=self.session.iteration, step=self.number, role=role,
-                          content=content, tool_calls=tool_calls, tool_call_id=tool_call_id, name=name)
+                          content=content, tool_calls=tool_calls, tool_call_id=tool_call_id, name=name, seq=self.next_seq)
+        self.next_seq += 1
 
     # -- tools --------------------------------------------------------------------------------
     def _tools_and_finish(self, step_row: AgentStep, message: dict) -> StepOutcome:
@@ -349,7 +437,8 @@ class _Step:
         return self._complete_step(step_row, calls, finished_summary, block_reason)
 
     def _one_tool_call(self, step_row: AgentStep, index: int, call: dict):
-        existing = ToolCall.objects.filter(step=step_row, index=index).first()
+        # a step row made by this run has no tool calls yet; a redelivered one may
+        existing = None if self.fresh_step else ToolCall.objects.filter(step=step_row, index=index).first()
         if existing and existing.state in (ToolCall.State.DONE, ToolCall.State.ERROR, ToolCall.State.DENIED, ToolCall.State.INTERRUPTED):
             if existing.name == "finish" and existing.state == ToolCall.State.DONE:
                 return ("finish", existing.result)
@@ -365,6 +454,7 @@ class _Step:
                 record("tool.interrupted", session=self.session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
                        payload={"step": self.number, "index": index, "tool": existing.name, "action": existing.action})
             return ("ok", None)
+        self.facts = self.read_facts()
         switch = self.stop_switch()
         if switch:
             hold, reason = switch
@@ -372,8 +462,7 @@ class _Step:
                 return StepOutcome("parked", detail=reason)
             return self.park(Status.PAUSED, reason, hold=hold)
         # the grant may have changed (allow always, revocation) while we waited
-        self.grant = active_grant(session=self.session)
-        self.refresh()
+        self.grant = _grant(self.facts.grant_id, self.facts.delegator_active)
         name, raw = call.get("name", ""), call.get("arguments", "")
         raw_hash = _sha(raw if isinstance(raw, str) else repr(raw))
         try:
@@ -384,7 +473,8 @@ class _Step:
         if self.grant is None:
             decision = None
         else:
-            decision = authorize(self.session, ToolCallRequest(name=name, args=args), grant=self.grant)
+            decision = authorize(self.session, ToolCallRequest(name=name, args=args), grant=self.grant,
+                                 switches=self.switches(), read_approvals=self.facts.has_approvals)
         self.timings["authorize"] += time.monotonic() - t0
         if decision is None:
             return self._deny(step_row, index, call, args, raw_hash, None, "no active grant", block=True)
@@ -503,8 +593,12 @@ class _Step:
     def _execute(self, step_row, index, call, args, raw_hash, decision, existing):
         grant = self.grant
         t0 = time.monotonic()
+        name = str(call.get("name", ""))[:80]
         with transaction.atomic():
-            if not services.tool_call_reserve(session_id=self.session_id, limit=grant.max_tool_calls):
+            # the tile's activity line changes with the reservation; it is broadcast only if the tool
+            # is still running after a moment (below): the step's end is broadcast anyway
+            activity = _summarize(f"{name}: {decision.action.text if decision.action else name}", 200)
+            if not services.tool_call_reserve(session_id=self.session_id, limit=grant.max_tool_calls, activity=activity):
                 reason = f"budget: max tool calls ({grant.max_tool_calls}) reached"
                 row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.DENIED, existing,
                                      result=f"denied: {reason}", finished_at=timezone.now())
@@ -513,6 +607,7 @@ class _Step:
                 self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}")
                 self._audit_tool(row, provenance="budget")
                 return ("block", reason)
+            self.session.tool_calls += 1
             provenance = decision.reason_type
             if decision.reason_type == "human":
                 always = Escalation.objects.filter(
@@ -524,11 +619,15 @@ class _Step:
                 if not always and (once is None or not Escalation.objects.filter(pk=once.pk, consumed_at__isnull=True).update(consumed_at=timezone.now())):
                     raise RuntimeError("approval vanished")  # cannot happen under the lease; fail closed
             row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.INTENDED, existing)
-            services.session_update(AgentSession.objects.select_for_update().get(pk=self.session_id),
-                           current_activity=_summarize(f"{row.name}: {row.action}", 200), heartbeat_at=timezone.now())
         self.timings["record"] += time.monotonic() - t0
         t1 = time.monotonic()
-        result = tools.execute(
+        with send_if_still_running(self.session_id):
+            result = self._run_tool(row, args, grant)
+        self.timings["tool"] += time.monotonic() - t1
+        return self._record_result(row, args, grant, result, provenance)
+
+    def _run_tool(self, row: ToolCall, args: dict, grant: Grant):
+        return tools.execute(
             row.name, args, worktree=Path(self.session.worktree_path),
             trailers={"Agent-Session": str(self.session_id), "Delegated-By": grant.delegator.username, "Grant": str(grant.pk)},
             allow_network=any(rule.startswith("Net(") for rule in grant.allow),
@@ -537,15 +636,20 @@ class _Step:
             author=(f"Agent #{self.session_id}", f"agent-{self.session_id}@controlroom.invalid"),
             hide_paths=[settings.DATA_DIR], branch=self.session.branch, deny_read=tuple(grant.deny),
         )
-        self.timings["tool"] += time.monotonic() - t1
+
+    def _record_result(self, row: ToolCall, args: dict, grant: Grant, result, provenance: str):
         t2 = time.monotonic()
         with transaction.atomic():
-            ToolCall.objects.filter(pk=row.pk, state=ToolCall.State.INTENDED).update(
+            outcome = dict(
                 state=ToolCall.State.DONE if result.ok else ToolCall.State.ERROR,
                 result=Truncator(result.output).chars(20000), exit_code=result.exit_code, duration_ms=result.duration_ms,
                 finished_at=timezone.now(),
             )
-            row.refresh_from_db()
+            if ToolCall.objects.filter(pk=row.pk, state=ToolCall.State.INTENDED).update(**outcome):
+                for key, value in outcome.items():
+                    setattr(row, key, value)
+            else:
+                row.refresh_from_db()
             self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name,
                                     content=result.output if result.ok else f"error: {result.output}")
             self._audit_tool(row, provenance=provenance, result=result.summary or result.output)
@@ -570,7 +674,7 @@ class _Step:
     def _complete_step(self, step_row: AgentStep, calls: list, finished_summary: str | None, block_reason: str | None) -> StepOutcome:
         t0 = time.monotonic()
         with transaction.atomic():
-            session = AgentSession.objects.select_for_update().select_related("pod").get(pk=self.session_id)
+            session = AgentSession.objects.select_for_update().get(pk=self.session_id)
             if session.steps >= self.number:
                 return StepOutcome("stale", detail="step already completed")
             human_stop = session.status in (Status.CANCELLED, Status.PAUSED)
@@ -595,12 +699,9 @@ class _Step:
             if human_stop or (session.status != Status.RUNNING and next_status == Status.RUNNING):
                 next_status, reason = session.status, ""  # a human paused or cancelled it meanwhile: that stands
             if next_status != session.status or reason:
-                for key, value in changes.items():
-                    setattr(session, key, value)
-                session.save(update_fields=list(changes.keys()))
-                services.set_status(session, next_status, reason=reason, agent=True)
+                services.set_status(session, next_status, reason=reason, agent=True, locked=True, **changes)
             else:
-                services.session_update(session, **changes)  # version + 1: the canvas shows the new counters
+                services.session_update(session, locked=True, **changes)  # version + 1: the canvas shows the new counters
             if next_status == Status.RUNNING:
                 enqueue_step_on_commit(session_id=session.pk, step=self.number + 1, priority=session.priority)
             if next_status in (Status.SUCCEEDED, Status.FAILED):
@@ -640,10 +741,11 @@ def suggested_rules(action) -> list[str]:
 
 
 def append_transcript(*, session_id: int, iteration: int, step: int, role: str, content: str,
-                      tool_calls=None, tool_call_id: str = "", name: str = "") -> TranscriptEntry:
-    last = TranscriptEntry.objects.filter(session_id=session_id).aggregate(m=Max("seq"))["m"] or 0
+                      tool_calls=None, tool_call_id: str = "", name: str = "", seq: int | None = None) -> TranscriptEntry:
+    if seq is None:
+        seq = (TranscriptEntry.objects.filter(session_id=session_id).aggregate(m=Max("seq"))["m"] or 0) + 1
     return TranscriptEntry.objects.create(
-        session_id=session_id, seq=last + 1, iteration=iteration, step=step, role=role, content=content or "",
+        session_id=session_id, seq=seq, iteration=iteration, step=step, role=role, content=content or "",
         tool_calls=tool_calls, tool_call_id=tool_call_id, name=name,
     )
 

@@ -146,6 +146,54 @@ def _base_of(repo_path: Path, base_branch: str, branch: str) -> str:
     return out.strip()
 
 
+def _common_dir_fast(repo_path: Path) -> Path | None:
+    """The git common directory read from the file system (no git process): ``<repo>/.git`` of a
+    plain checkout, or the repository itself when it is bare. None when unsure (then ask git)."""
+    dot_git = repo_path / ".git"
+    if dot_git.is_dir() and not dot_git.is_symlink():
+        candidate = dot_git
+    elif (repo_path / "HEAD").is_file() and (repo_path / "objects").is_dir() and (repo_path / "refs").is_dir():
+        candidate = repo_path
+    else:
+        return None
+    if (candidate / "commondir").exists():
+        return None  # a linked worktree given as the repository: let git answer
+    return Path(os.path.realpath(candidate))
+
+
+def _read_first_line(path: Path) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="strict") as handle:
+            return handle.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _healthy_fast(worktree_path: Path, common_dir: Path, branch: str) -> bool:
+    """``_healthy`` from the files git itself reads (``.git``, the admin dir's ``commondir``, ``gitdir``
+    and ``HEAD``), without starting git: the check of every agent step. False means "not sure", and
+    the caller falls back to asking git."""
+    dot_git = worktree_path / ".git"
+    if dot_git.is_symlink() or not dot_git.is_file():
+        return False
+    first = _read_first_line(dot_git)
+    if not first or not first.startswith("gitdir:"):
+        return False
+    admin = Path(first[len("gitdir:"):].strip())
+    admin = Path(os.path.realpath(admin if admin.is_absolute() else worktree_path / admin))
+    if admin.parent != common_dir / "worktrees":
+        return False
+    back, common, head = (_read_first_line(admin / name) for name in ("gitdir", "commondir", "HEAD"))
+    if not back or not common or not head:
+        return False
+    common_path = Path(common)
+    if Path(os.path.realpath(common_path if common_path.is_absolute() else admin / common_path)) != common_dir:
+        return False
+    if Path(os.path.realpath(back)) != Path(os.path.realpath(dot_git)):
+        return False
+    return head == f"ref: refs/heads/{branch}"
+
+
 def _healthy(worktree_path: Path, common_dir: Path, branch: str) -> bool:
     """The worktree exists, belongs to this repository and has the branch checked out."""
     dot_git = worktree_path / ".git"
@@ -163,15 +211,25 @@ def _healthy(worktree_path: Path, common_dir: Path, branch: str) -> bool:
 # -- public API ----------------------------------------------------------------------------------
 
 
-def ensure_worktree(*, repo_path: Path, base_branch: str, branch: str, worktree_path: Path) -> str:
+def ensure_worktree(*, repo_path: Path, base_branch: str, branch: str, worktree_path: Path,
+                    known_base: str | None = None) -> str:
     """Make ``worktree_path`` a worktree of ``repo_path`` with ``branch`` checked out; return the base
     commit (where ``branch`` forked from ``base_branch``).
 
     Idempotent: an existing worktree is reused, an existing branch is checked out (not recreated
     from the base), a new branch starts at the tip of ``base_branch``.
+
+    ``known_base``: the base commit the caller recorded when it first made the worktree. With it, a
+    healthy worktree is recognised from its files alone and ``known_base`` is returned — no git
+    process, which is what every agent step after the first does. Anything unusual takes the full
+    path below.
     """
     repo_path = Path(repo_path)
     worktree_path = Path(os.path.abspath(worktree_path))
+    if known_base:
+        fast_common = _common_dir_fast(repo_path)
+        if fast_common is not None and _healthy_fast(worktree_path, fast_common, branch):
+            return known_base
     common_dir = _open_repo(repo_path)
     if _healthy(worktree_path, common_dir, branch):
         return _base_of(repo_path, base_branch, branch)

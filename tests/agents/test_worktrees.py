@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.runtime import worktrees
 from agents.runtime.worktrees import (
     WorktreeError,
     archive_branch,
@@ -121,6 +122,81 @@ def test_ensure_worktree_repairs_a_worktree_whose_git_file_was_overwritten(repo:
     assert ensure_worktree(repo_path=repo, base_branch="main", branch="agents/4-r", worktree_path=worktree) == base
     assert git(worktree, "symbolic-ref", "--short", "HEAD") == "agents/4-r"
     assert (worktree / "keep.txt").read_text() == "uncommitted\n"
+
+
+def test_a_known_base_reuses_a_healthy_worktree_without_starting_git(repo: Path, tmp_path: Path, monkeypatch) -> None:
+    worktree = tmp_path / "wt"
+    base = ensure_worktree(repo_path=repo, base_branch="main", branch="agents/5-f", worktree_path=worktree)
+    commit_file(worktree, "work.txt", "agent work\n", "agent commit")
+
+    def no_git(*args, **kwargs):
+        raise AssertionError(f"git started: {args}")
+
+    monkeypatch.setattr(worktrees, "_run", no_git)
+    monkeypatch.setattr(worktrees, "_open_repo", no_git)
+    assert ensure_worktree(repo_path=repo, base_branch="main", branch="agents/5-f", worktree_path=worktree,
+                           known_base=base) == base
+
+
+def _break_head(worktree: Path, repo: Path) -> None:
+    git(worktree, "checkout", "-q", "-b", "elsewhere")
+
+
+def _break_git_file(worktree: Path, repo: Path) -> None:
+    (worktree / ".git").write_text("gitdir: /nonexistent/elsewhere\n")
+
+
+def _break_symlinked_git_file(worktree: Path, repo: Path) -> None:
+    target = worktree.parent / "real-dot-git"
+    target.write_text((worktree / ".git").read_text())
+    (worktree / ".git").unlink()
+    (worktree / ".git").symlink_to(target)
+
+
+def _break_admin_dir(worktree: Path, repo: Path) -> None:
+    import shutil
+
+    shutil.rmtree(repo / ".git" / "worktrees" / worktree.name)
+
+
+def _break_commondir(worktree: Path, repo: Path) -> None:
+    other = make_repo(worktree.parent / "other")
+    (repo / ".git" / "worktrees" / worktree.name / "commondir").write_text(str(other / ".git") + "\n")
+
+
+def _break_back_pointer(worktree: Path, repo: Path) -> None:
+    (repo / ".git" / "worktrees" / worktree.name / "gitdir").write_text("/nonexistent/.git\n")
+
+
+@pytest.mark.parametrize("damage", [None, _break_head, _break_git_file, _break_symlinked_git_file, _break_admin_dir,
+                                    _break_commondir, _break_back_pointer])
+def test_the_file_check_never_accepts_what_git_would_not(damage, repo: Path, tmp_path: Path) -> None:
+    worktree = tmp_path / "wt"
+    ensure_worktree(repo_path=repo, base_branch="main", branch="agents/6-h", worktree_path=worktree)
+    common = worktrees._open_repo(repo)
+    if damage is not None:
+        damage(worktree, repo)
+    fast = worktrees._healthy_fast(Path(os.path.abspath(worktree)), worktrees._common_dir_fast(repo), "agents/6-h")
+    assert fast == (damage is None)
+    if fast:
+        assert worktrees._healthy(Path(os.path.abspath(worktree)), common, "agents/6-h")
+
+
+def test_a_known_base_on_a_damaged_worktree_takes_the_full_path_and_repairs_it(repo: Path, tmp_path: Path) -> None:
+    worktree = tmp_path / "wt"
+    base = ensure_worktree(repo_path=repo, base_branch="main", branch="agents/7-d", worktree_path=worktree)
+    (worktree / ".git").write_text("gitdir: /nonexistent/elsewhere\n")
+    assert ensure_worktree(repo_path=repo, base_branch="main", branch="agents/7-d", worktree_path=worktree,
+                           known_base=base) == base
+    assert git(worktree, "symbolic-ref", "--short", "HEAD") == "agents/7-d"
+
+
+def test_the_fast_common_dir_matches_git_for_a_checkout_and_a_bare_repository(repo: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(bare)], check=True, timeout=30)
+    assert worktrees._common_dir_fast(repo) == worktrees._open_repo(repo)
+    assert worktrees._common_dir_fast(bare) == worktrees._open_repo(bare)
+    assert worktrees._common_dir_fast(tmp_path) is None
 
 
 def test_ensure_worktree_refuses_a_missing_repository_with_its_path(tmp_path: Path) -> None:

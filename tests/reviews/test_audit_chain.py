@@ -183,6 +183,21 @@ def test_the_database_refuses_to_update_or_delete_audit_events_and_checkpoints()
     assert Checkpoint.objects.get(pk=checkpoint.pk).reason == "test"
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_every_audit_index_is_useful_and_the_triggers_survive_the_migrations():
+    """Each index costs every append a page write: none may be the prefix of another."""
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, AuditEvent._meta.db_table)
+    indexed = [tuple(c["columns"]) for name, c in constraints.items()
+               if c["index"] and not c["primary_key"] and not name.endswith("_like")]
+    redundant = [cols for cols in indexed if any(o != cols and o[:len(cols)] == cols for o in indexed)]
+    assert redundant == []
+    assert ("session_id", "id") in indexed and ("kind", "id") in indexed and ("pod_id", "id") in indexed
+    make_log(sessions=1, per_session=1, system=0)
+    _refused(lambda: AuditEvent.objects.all().delete())
+
+
 @pytest.mark.django_db
 def test_chain_heads_stay_writable_because_appending_moves_them():
     make_log(sessions=1, per_session=2, system=0)
