@@ -26,7 +26,7 @@ SIZES = {
     "smoke": {"audit": ["--events", "300", "--verify-events", "2000", "--repeats", "1"],
               "step": ["--sessions", "2", "--fleet", "0"],
               "pages": ["--sessions", "20", "--big", "40", "--events", "2000", "--repeats", "2"],
-              "live": ["--sessions", "20", "--updates", "40", "--pages", "1", "--rate", "100"]},
+              "live": ["--sessions", "20", "--updates", "40", "--pages", "1", "--rate", "100", "--viewers", "2"]},
     "full": {"audit": ["--events", "20000", "--verify-events", "1000000", "--repeats", "3"],
              "step": ["--sessions", "20", "--fleet", "100", "--workers", "2"],
              "pages": ["--sessions", "100", "--big", "1000", "--events", "100000", "--repeats", "10"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import time
 
 from bench.common import Row, log, migrate, setup_django, summarize
@@ -95,7 +96,7 @@ def _bulk_fill(total: int) -> None:
 
 
 def bench_verify(*, db: str, events: int, repeats: int) -> None:
-    from reviews.chain import checkpoint_create, verify_log
+    from reviews.chain import PARALLEL_MIN_EVENTS, checkpoint_create, verify_log
     from reviews.models import AuditEvent
 
     log(f"verify: filling the log to {events:,} events on {db}")
@@ -105,17 +106,26 @@ def bench_verify(*, db: str, events: int, repeats: int) -> None:
     with transaction.atomic():
         checkpoint_create(reason="bench")
     total = AuditEvent.objects.count()
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = verify_log()
-        timings.append(time.perf_counter() - started)
-        if not result.ok:
-            raise SystemExit(f"verify failed on an intact log: {result}")
-    median, p99 = summarize([t for t in timings])
-    best_rate = total / median
-    Row("audit verify", f"{db}, {total:,} events", total, median, p99, "s/run", best_rate, "≥ 100,000 events/s",
-        "met" if best_rate >= 100_000 else "MISSED").emit()
+    # As `manage.py audit_verify` runs it (its default --workers; a log below the threshold is
+    # verified in one process anyway), and in one process.
+    workers = min(4, os.cpu_count() or 1) if total >= PARALLEL_MIN_EVENTS else 1
+    for procs in sorted({workers, 1}, reverse=True):
+        log(f"verify: {total:,} events, {procs} process{'es' if procs > 1 else ''}, {repeats} run(s)")
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            result = verify_log(workers=procs)
+            timings.append(time.perf_counter() - started)
+            if not result.ok or result.events != total:
+                raise SystemExit(f"verify failed on an intact log: {result.summary()}")
+        median, p99 = summarize(timings)
+        rate = total / median
+        case = f"{db}, {total:,} events, {procs} process{'es' if procs > 1 else ''}"
+        if procs == workers:  # the target applies to verification as the command runs it
+            Row("audit verify", case, total, median, p99, "s/run", rate, "≥ 100,000 events/s",
+                "met" if rate >= 100_000 else "MISSED").emit()
+        else:
+            Row("audit verify", case, total, median, p99, "s/run", rate).emit()
 
 
 def main() -> None:

@@ -109,6 +109,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.sent_at: dict[int, float] = {}
         self.pending: dict[int, dict] = {}
         self.flusher: asyncio.Task | None = None
+        self.frame_s = settings.CONTROLROOM["LIVE_FRAME_MS"] / 1000.0
+        self.last_frame = -math.inf
+        self.wakeup = asyncio.Event()  # a tile joined the pending ones: the flusher re-plans
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
@@ -220,23 +223,34 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 self.pending[session_id] = event
             return
         now = asyncio.get_running_loop().time()
-        if now - self.sent_at.get(session_id, -math.inf) >= self.window:
+        if (now - self.sent_at.get(session_id, -math.inf) >= self.window and now - self.last_frame >= self.frame_s
+                and not self.pending):
             await self._send_events([event])
             return
         self.pending[session_id] = event
+        self.wakeup.set()
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.create_task(self._flush_pending())
 
     async def _flush_pending(self) -> None:
+        """Send what is due in one frame, at most one frame per LIVE_FRAME_MS: under a burst a viewer
+        gets a few frames of several tiles instead of a frame per tile (each frame costs the server a
+        send and the page a render)."""
         loop = asyncio.get_running_loop()
         while self.pending:
             now = loop.time()
             due = {sid: self.sent_at.get(sid, -math.inf) + self.window for sid in self.pending}
             ready = [sid for sid, at in due.items() if at <= now]
-            if ready:
+            next_frame = self.last_frame + self.frame_s
+            if ready and now >= next_frame:
                 await self._send_events([self.pending.pop(sid) for sid in ready])
             else:
-                await asyncio.sleep(max(0.0, min(due.values()) - now))
+                wake = max(next_frame, min(due.values()))
+                self.wakeup.clear()
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=max(0.0, wake - now))
+                except asyncio.TimeoutError:
+                    pass
 
     async def _send_events(self, events: list[dict]) -> None:
         events = [e for e in events if int(e["pod_id"]) in self.pods and int(e["version"]) > self.sent_version.get(int(e["session_id"]), 0)]
@@ -249,7 +263,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
 
     def _mark_sent(self, session_id: int, version: int) -> None:
         self.sent_version[session_id] = version
-        self.sent_at[session_id] = asyncio.get_running_loop().time()
+        self.sent_at[session_id] = self.last_frame = asyncio.get_running_loop().time()
 
     async def _reauthorize(self) -> None:
         """Memberships change: every REAUTHORIZE_EVERY_S, drop pods the user may no longer see."""

@@ -17,10 +17,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import itertools
 import json
+import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
@@ -28,7 +32,7 @@ from typing import Any, TextIO
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection as default_connection, transaction
+from django.db import connection as default_connection, connections, transaction
 from django.db.models import Min
 from django.utils import timezone
 
@@ -48,7 +52,11 @@ BREAK_KINDS = (MODIFIED, MISSING, REORDERED, TRUNCATED, FORGED, BAD_SIGNATURE)
 CHECKPOINT_DOMAIN = b"controlroom-audit-checkpoint-v1\n"
 EXPORT_FORMAT = 1
 CHUNK = 10_000
+# verify_log(workers=N) forks only when the chain heads add up to at least this many events:
+# below it, starting the processes costs more than it saves.
+PARALLEL_MIN_EVENTS = 100_000
 _sha256 = hashlib.sha256
+logger = logging.getLogger(__name__)
 
 # Columns read for verification and export, in this order (indexes used below).
 _ID, _CHAIN, _SEQ, _TIME, _KIND, _ACTOR_TYPE, _ACTOR_USER, _ACTOR_SESSION, _ACTOR_LABEL, _OBO_ID, \
@@ -179,23 +187,36 @@ class _Reader:
     def rows(self, *, chains: list[str] | None = None, since_seq: dict[str, int] | None = None,
              chunk: int = CHUNK) -> Iterator[tuple]:
         """Every event (of ``chains``), ordered by (chain, seq); ``since_seq``: first seq per chain."""
-        c, s = self.chain_col, self.seq_col
         if chains is None:
-            after: tuple | None = None
-            while True:
-                with self.conn.cursor() as cursor:
-                    if after is None:
-                        cursor.execute(f"{self.select} ORDER BY {c}, {s} LIMIT %s", [chunk])
-                    else:
-                        cursor.execute(f"{self.select} WHERE ({c}, {s}) > (%s, %s) ORDER BY {c}, {s} LIMIT %s",
-                                       [after[0], after[1], chunk])
-                    batch = cursor.fetchall()
-                yield from batch
-                if len(batch) < chunk:
-                    return
-                after = (batch[-1][_CHAIN], batch[-1][_SEQ])
+            yield from self.range_rows(None, None, chunk=chunk)
+            return
         for chain in sorted(set(chains)):
             yield from self.chain_rows(chain, from_seq=(since_seq or {}).get(chain, 0), chunk=chunk)
+
+    def range_rows(self, lo: str | None, hi: str | None, *, chunk: int = CHUNK) -> Iterator[tuple]:
+        """The events of the chains named ``lo <= chain < hi`` (in the database's ordering; None:
+        unbounded), ordered by (chain, seq)."""
+        c, s = self.chain_col, self.seq_col
+        after: tuple | None = None
+        while True:
+            conditions, params = [], []
+            if after is not None:
+                conditions.append(f"({c}, {s}) > (%s, %s)")
+                params += after
+            elif lo is not None:
+                conditions.append(f"{c} >= %s")
+                params.append(lo)
+            if hi is not None:
+                conditions.append(f"{c} < %s")
+                params.append(hi)
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            with self.conn.cursor() as cursor:
+                cursor.execute(f"{self.select}{where} ORDER BY {c}, {s} LIMIT %s", [*params, chunk])
+                batch = cursor.fetchall()
+            yield from batch
+            if len(batch) < chunk:
+                return
+            after = (batch[-1][_CHAIN], batch[-1][_SEQ])
 
     def chain_rows(self, chain: str, *, from_seq: int = 0, chunk: int = CHUNK) -> Iterator[tuple]:
         c, s = self.chain_col, self.seq_col
@@ -431,13 +452,20 @@ def _heads_of(cp: _Signed) -> Iterator[tuple[str, int, str]]:
 
 
 def verify_log(*, chains: Iterable[str] | None = None, checkpoint_file: Path | str | None = None,
-               key: bytes | None = None) -> VerifyResult:
+               key: bytes | None = None, workers: int = 1, parallel_min_events: int | None = None) -> VerifyResult:
     """Recompute every chain (or ``chains``) and check every checkpoint.
+
+    ``workers`` > 1: verify the whole log (``chains`` None) in that many forked processes, each
+    taking a contiguous range of chain names, when the log holds at least ``parallel_min_events``
+    (default PARALLEL_MIN_EVENTS) events and no transaction is open; the result is the same as
+    with one process.
 
     Raises ImproperlyConfigured without a signing key and django.db.DatabaseError when the
     database cannot be read: the log could not be verified (audit_verify exits 2).
     """
     started = time.perf_counter()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     key = signing_key() if key is None else key
     selected = sorted(set(chains)) if chains is not None else None
     conn = default_connection
@@ -469,11 +497,40 @@ def verify_log(*, chains: Iterable[str] | None = None, checkpoint_file: Path | s
     heads = ChainHead.objects.filter(seq__gt=0)
     if selected is not None:
         heads = heads.filter(chain__in=selected)
-    for chain, seq, digest in heads.values_list("chain", "seq", "hash").iterator(chunk_size=5000):
+    sizes: list[tuple[str, int]] = []  # (chain, seq) in the database's order of chain names
+    for chain, seq, digest in heads.order_by("chain").values_list("chain", "seq", "hash").iterator(chunk_size=5000):
         expect.setdefault(chain, {}).setdefault(seq, []).append(("the chain's head row", None, digest))
+        sizes.append((chain, seq))
 
-    reader = _Reader(conn)
+    verified = None
+    if workers > 1 and selected is None and _may_fork():
+        threshold = PARALLEL_MIN_EVENTS if parallel_min_events is None else parallel_min_events
+        ranges = _chain_ranges(sizes, workers)
+        if len(ranges) > 1 and sum(seq for _, seq in sizes) >= threshold:
+            verified = _verify_parallel(ranges, expect)
+    if verified is None:
+        reader = _Reader(conn)
+        verified = _verify_rows(reader, reader.rows(chains=selected), expect)
+    chain_breaks, n_events, seen = verified
+    breaks += chain_breaks
+
+    for lost in sorted(set(expect) - seen):
+        truncated = _truncation(lost, 0, expect[lost])
+        if truncated:
+            breaks.append(truncated)
+
+    result.events = n_events
+    result.chains = len(seen)
+    result.breaks = _sort_breaks(breaks)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _verify_rows(reader: _Reader, rows: Iterable[tuple], expect: dict) -> tuple[list[Break], int, set[str]]:
+    """Check ``rows`` (whole chains, in (chain, seq) order) against themselves and ``expect``:
+    (the first break of each bad chain, the number of events, the chains seen)."""
     rehash = _Rehash(raw_payload=reader.sqlite)
+    breaks: list[Break] = []
     seen: set[str] = set()
 
     chain = None
@@ -483,21 +540,11 @@ def verify_log(*, chains: Iterable[str] | None = None, checkpoint_file: Path | s
     mismatch: Break | None = None
     n_events = 0
 
-    def finish() -> None:
-        if mismatch is not None:  # found before any anomaly, so at a lower seq
-            breaks.append(mismatch)
-        elif anomaly:
-            breaks.append(_diagnose(reader, chain, prev_seq, raw_payload=reader.sqlite))
-        else:
-            truncated = _truncation(chain, prev_seq, exp)
-            if truncated:
-                breaks.append(truncated)
-
-    for row in reader.rows(chains=selected):
+    for row in rows:
         n_events += 1
         if row[_CHAIN] != chain:
             if chain is not None:
-                finish()
+                _finish_chain(reader, breaks, chain, prev_seq, exp, anomaly, mismatch)
             chain = row[_CHAIN]
             seen.add(chain)
             prev_seq, prev_hash, prev_id = 0, GENESIS, 0
@@ -517,18 +564,92 @@ def verify_log(*, chains: Iterable[str] | None = None, checkpoint_file: Path | s
                     break
         prev_seq, prev_hash, prev_id = seq, digest, row[_ID]
     if chain is not None:
-        finish()
+        _finish_chain(reader, breaks, chain, prev_seq, exp, anomaly, mismatch)
+    return breaks, n_events, seen
 
-    for lost in sorted(set(expect) - seen):
-        truncated = _truncation(lost, 0, expect[lost])
+
+def _finish_chain(reader: _Reader, breaks: list[Break], chain: str, last_seq: int, exp: dict, anomaly: bool,
+                  mismatch: Break | None) -> None:
+    """The end of a chain's rows: record its first break, if any."""
+    if mismatch is not None:  # found before any anomaly, so at a lower seq
+        breaks.append(mismatch)
+    elif anomaly:
+        breaks.append(_diagnose(reader, chain, last_seq, raw_payload=reader.sqlite))
+    else:
+        truncated = _truncation(chain, last_seq, exp)
         if truncated:
             breaks.append(truncated)
 
-    result.events = n_events
-    result.chains = len(seen)
-    result.breaks = _sort_breaks(breaks)
-    result.seconds = time.perf_counter() - started
-    return result
+
+# --- parallel verification ---------------------------------------------------------------------
+
+def _may_fork() -> bool:
+    """Forked children read through their own connections: they would not see what an open
+    transaction of this process wrote, and closing its connections would break it."""
+    for conn in connections.all(initialized_only=True):
+        if conn.in_atomic_block or (conn.connection is not None and not conn.get_autocommit()):
+            return False
+    return True
+
+
+def _chain_ranges(sizes: list[tuple[str, int]], workers: int) -> list[tuple[str | None, str | None]]:
+    """Up to ``workers`` contiguous ranges [lo, hi) of chain names holding roughly equal numbers of
+    events, from ``sizes`` ((chain, events) in the database's order). The first starts at the
+    beginning and the last runs to the end (None): chains without a head row are covered too."""
+    total = sum(seq for _, seq in sizes)
+    cuts: list[str] = []
+    done = 0
+    for index, (_, seq) in enumerate(sizes[:-1]):
+        if len(cuts) == workers - 1:
+            break
+        done += seq
+        if done * workers >= total * (len(cuts) + 1):
+            cuts.append(sizes[index + 1][0])
+    bounds: list[str | None] = [None, *cuts, None]
+    return list(itertools.pairwise(bounds))
+
+
+_child_expect: dict | None = None
+
+
+def _child_start(expect: dict) -> None:
+    global _child_expect
+    _child_expect = expect
+    connections.close_all()  # already closed before the fork: the child opens its own
+
+
+def _verify_range(lo: str | None, hi: str | None) -> tuple[list[Break], int, set[str]]:
+    """In a forked child: verify the chains in [lo, hi)."""
+    try:
+        reader = _Reader(default_connection)
+        return _verify_rows(reader, reader.range_rows(lo, hi), _child_expect or {})
+    finally:
+        connections.close_all()
+
+
+def _verify_parallel(ranges: list[tuple[str | None, str | None]],
+                     expect: dict) -> tuple[list[Break], int, set[str]] | None:
+    """Verify each range in a forked process and merge, in range order; None when that fails
+    (the caller then verifies in this process)."""
+    try:
+        connections.close_all()  # a forked child must not share this process's connections
+        context = multiprocessing.get_context("fork")
+        # With fork, initargs reach the children by inheritance, not pickled.
+        with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context,
+                                 initializer=_child_start, initargs=(expect,)) as pool:
+            parts = list(pool.map(_verify_range, [lo for lo, _ in ranges], [hi for _, hi in ranges]))
+    except Exception as exc:  # noqa: BLE001 - any failure: verify in this process instead
+        logger.warning("audit verification in %d processes failed (%s: %s); verifying in one process",
+                       len(ranges), type(exc).__name__, exc)
+        return None
+    breaks: list[Break] = []
+    n_events = 0
+    seen: set[str] = set()
+    for part_breaks, part_events, part_seen in parts:
+        breaks += part_breaks
+        n_events += part_events
+        seen |= part_seen
+    return breaks, n_events, seen
 
 
 def _diagnose(reader: _Reader, chain: str, good_seq: int, *, raw_payload: bool) -> Break:

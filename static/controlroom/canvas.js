@@ -1,8 +1,7 @@
-/* Canvas: the little the server cannot do. htmx's ws extension swaps the tiles the server sends
-   (out-of-band, keyed by id="tile-<id>"); this file
+/* Canvas: the little the server cannot do. htmx's ws extension keeps the socket; this file
    - subscribes to the pods on the page when the socket opens, handing back the newest server
      timestamp seen (#live-ts) so a reconnect catches up on what changed meanwhile;
-   - drops a tile update that is not newer (data-version) than the tile shown;
+   - swaps the tiles the server sends (keyed by id="tile-<id>"), never for an older version;
    - makes room for tiles of sessions launched after the page loaded;
    - keeps heartbeat ages and the "stale" look current; keyboard navigation (Enter is the
      focused tile link's own). */
@@ -34,10 +33,6 @@
     var el = byId("live-status");
     if (el) { el.textContent = text; el.dataset.state = state; }
   }
-  function incoming(fragment) {
-    if (!fragment) return null;
-    return fragment.nodeType === 11 ? fragment.firstElementChild : fragment;
-  }
 
   // --- the socket ---------------------------------------------------------------------------
   document.addEventListener("htmx:wsOpen", function (evt) {
@@ -62,11 +57,15 @@
     return (!statuses.length || statuses.indexOf(tile.dataset.status) >= 0) && (!sto || sto === tile.dataset.sto);
   }
 
+  // --- live updates -------------------------------------------------------------------------
+  // The frame is HTML: tiles (id="tile-<id>") and #live-ts. They are swapped here rather than by
+  // htmx's out-of-band machinery: at a hundred updates a second that machinery was most of the
+  // page's script time. Each swap dispatches "cr:tileSwap" (detail: id, version) on the new tile.
   document.addEventListener("htmx:wsBeforeMessage", function (evt) {
     var message = evt.detail.message;
-    if (typeof message !== "string") { evt.preventDefault(); return; }
+    evt.preventDefault();
+    if (typeof message !== "string") return;
     if (message.charAt(0) === "{") { // a JSON control frame, not HTML
-      evt.preventDefault();
       try {
         var frame = JSON.parse(message);
         if (frame.type === "error") { setLive("live (" + frame.error + ")", "open"); console.warn("canvas socket:", frame); }
@@ -76,54 +75,44 @@
     var template = document.createElement("template");
     template.innerHTML = message;
     var changed = false;
-    Array.prototype.forEach.call(template.content.children, function (tile) {
-      if (!tile.classList.contains("tile") || !tile.id) return;
-      var current = byId(tile.id);
-      if (current) {
-        if (current.dataset.status !== tile.dataset.status && +tile.dataset.version > +current.dataset.version) changed = true;
+    Array.prototype.slice.call(template.content.children).forEach(function (next) {
+      if (next.id === "live-ts") {
+        var shown = byId("live-ts");
+        if (shown && parseFloat(next.dataset.ts) > (liveTs() || 0)) shown.dataset.ts = next.dataset.ts;
         return;
       }
-      // A session this page has not seen (launched since): make a slot for it in its pod.
-      var group = document.querySelector('#canvas .pod-group[data-pod-id="' + tile.dataset.podId + '"]');
-      if (!group || !matchesFilters(tile)) return;
-      var slot = document.createElement("article");
-      slot.id = tile.id;
-      slot.className = "tile";
-      slot.dataset.version = "0";
-      group.querySelector(".tiles").appendChild(slot);
-      var empty = group.querySelector(".empty");
-      if (empty) empty.remove();
-      var count = group.querySelector(".pod-count");
-      if (count) count.textContent = group.querySelectorAll(".tile").length;
-      changed = true;
+      if (!next.classList.contains("tile") || !next.id) return;
+      var current = byId(next.id);
+      if (!current) {
+        // A session this page has not seen (launched since): make a slot for it in its pod.
+        var group = document.querySelector('#canvas .pod-group[data-pod-id="' + next.dataset.podId + '"]');
+        if (!group || !matchesFilters(next)) return;
+        current = document.createElement("article");
+        current.id = next.id;
+        current.className = "tile";
+        current.dataset.version = "0";
+        group.querySelector(".tiles").appendChild(current);
+        var empty = group.querySelector(".empty");
+        if (empty) empty.remove();
+        var count = group.querySelector(".pod-count");
+        if (count) count.textContent = group.querySelectorAll(".tile").length;
+        changed = true;
+      }
+      // never replace a tile with an older (or the same) version
+      if (+next.dataset.version <= +current.dataset.version) return;
+      if (current.dataset.status !== next.dataset.status) changed = true;
+      var hadFocus = current.contains(document.activeElement);
+      next.removeAttribute("hx-swap-oob");
+      current.replaceWith(next);
+      htmx.process(next); // the tile link's hx-get (opens the drawer)
+      refreshAge(next, Date.now() / 1000 + skew);
+      if (hadFocus) {
+        var link = next.querySelector(".tile-link");
+        if (link) link.focus({ preventScroll: true });
+      }
+      next.dispatchEvent(new CustomEvent("cr:tileSwap", { bubbles: true, detail: { id: next.id, version: +next.dataset.version } }));
     });
     if (changed) htmx.trigger(document.body, "crChanged");
-  });
-
-  // Versions: never replace a tile with an older (or the same) version; never move #live-ts back.
-  var refocus = null;
-  document.addEventListener("htmx:oobBeforeSwap", function (evt) {
-    var target = evt.detail.target, next = incoming(evt.detail.fragment);
-    if (!next || !target || !target.dataset) return;
-    if (target.id === "live-ts") {
-      if (!(parseFloat(next.dataset.ts) > (liveTs() || 0))) evt.detail.shouldSwap = false;
-      return;
-    }
-    if (target.dataset.version !== undefined && next.dataset.version !== undefined &&
-        +next.dataset.version <= +target.dataset.version) {
-      evt.detail.shouldSwap = false;
-      return;
-    }
-    if (target.contains(document.activeElement)) refocus = target.id;
-  });
-  document.addEventListener("htmx:oobAfterSwap", function (evt) {
-    var tile = evt.target;
-    if (tile && tile.classList && tile.classList.contains("tile")) refreshAge(tile, Date.now() / 1000 + skew);
-    if (refocus && tile && tile.id === refocus) {
-      var link = tile.querySelector(".tile-link");
-      if (link) link.focus({ preventScroll: true });
-      refocus = null;
-    }
   });
 
   // --- heartbeat ages and the stale look -----------------------------------------------------

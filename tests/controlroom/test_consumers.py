@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.conf import settings as django_settings
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -197,20 +198,43 @@ def test_a_burst_of_a_thousand_updates_costs_a_few_frames_and_ends_on_the_last_v
         for version in range(first, first + 1000):
             html = base["html"].replace(f'data-version="{session.version}"', f'data-version="{version}"')
             await layer.group_send(pod_group(fleet.alpha.pk), {**base, "version": version, "html": html, "ts": time.time()})
-        burst = time.monotonic() - sent_at
         opening = await communicator.receive_from(timeout=5)
         frames = [opening, *await _frames(communicator)]
-        return burst, frames
+        return time.monotonic() - sent_at, frames  # from the first update to the quiet after the last frame
 
-    burst, frames = run(scenario)
+    elapsed, frames = run(scenario)
     versions = [_versions(f)[session.pk] for f in frames]
     assert versions[0] == first, "the first update of a tile goes out at once"
     assert versions[-1] == first + 999, "the tile ends on its latest version"
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
-    window = 0.25
-    assert len(frames) <= 3 + burst / window, f"{len(frames)} frames for a {burst:.2f}s burst: {versions}"
+    window = django_settings.CONTROLROOM["LIVE_COALESCE_MS"] / 1000
+    assert len(frames) <= 2 + elapsed / window, f"{len(frames)} frames in {elapsed:.2f}s: {versions}"
     assert len(frames) < 30
     assert all('id="live-ts"' in f for f in frames)
+
+
+def test_tiles_changing_together_share_a_frame_and_frames_are_spaced(client, fleet, sessions, settings):
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "LIVE_FRAME_MS": 300}
+    headers = _headers(client, fleet.manager)
+
+    async def scenario():
+        communicator = await _connected(headers)
+        await _subscribe(communicator, [fleet.alpha.pk])
+        payloads = [await database_sync_to_async(session_update_payload)(sessions[key]) for key in ("a1", "a2", "a3")]
+        for payload in payloads:
+            await get_channel_layer().group_send(pod_group(fleet.alpha.pk), {**payload, "version": payload["version"] + 1})
+        first = await communicator.receive_from(timeout=5)
+        at_first = time.monotonic()
+        second = await communicator.receive_from(timeout=5)
+        gap = time.monotonic() - at_first
+        quiet = await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+        return first, second, gap, quiet
+
+    first, second, gap, quiet = run(scenario)
+    assert list(_versions(first)) == [sessions["a1"].pk], "the first change goes out at once"
+    assert set(_versions(second)) == {sessions["a2"].pk, sessions["a3"].pk}, "the next two share one frame"
+    assert gap >= 0.25 and quiet
 
 
 def test_updates_of_different_tiles_are_not_held_back_by_each_other(client, fleet, sessions):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.test import override_settings
 
@@ -400,3 +402,208 @@ def test_an_event_slipped_into_the_middle_with_a_hash_that_links_is_forged():
     inserted = AuditEvent.objects.get(chain="s:2", seq=k)
     brk = only_break(verify_log())
     assert (brk.kind, brk.seq, brk.event_id) == (FORGED, k, inserted.pk)
+
+
+# --- parallel verification -------------------------------------------------------------------
+# Forked children read through their own connections, so these tests commit (transaction=True).
+
+class Forks:
+    """Records, for each run of the per-event loop, the process it ran in and how many events it
+    checked (children write to a file: their memory is not the test's)."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def runs(self) -> list[tuple[int, int]]:
+        if not self.path.exists():
+            return []
+        return [tuple(map(int, line.split())) for line in self.path.read_text().splitlines()]
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def forks(monkeypatch, tmp_path) -> Forks:
+    from reviews import chain
+
+    monkeypatch.setattr(chain, "PARALLEL_MIN_EVENTS", 1)  # any log is big enough to fork for
+    recorder = Forks(tmp_path / "runs.txt")
+    original = chain._verify_rows
+
+    def recording(reader, rows, expect):
+        out = original(reader, rows, expect)
+        with open(recorder.path, "a") as fh:
+            fh.write(f"{os.getpid()} {out[1]}\n")
+        return out
+
+    monkeypatch.setattr(chain, "_verify_rows", recording)
+    return recorder
+
+
+def big_log() -> dict[str, list[AuditEvent]]:
+    return make_log(sessions=30, per_session=20, system=2)
+
+
+def verify_both_ways(forks: Forks):
+    """verify_log with 2 workers (asserting it really forked into 2 ranges) and with 1."""
+    forks.clear()
+    parallel = verify_log(workers=2)
+    runs = forks.runs()
+    assert len(runs) == 2, runs
+    assert all(pid != os.getpid() for pid, _ in runs), "the ranges were not verified in child processes"
+    assert all(events > 0 for _, events in runs) and sum(events for _, events in runs) == parallel.events
+    forks.clear()
+    single = verify_log(workers=1)
+    assert [pid for pid, _ in forks.runs()] == [os.getpid()]
+    return parallel, single
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_big_log_verifies_in_two_processes_with_the_same_counts(forks):
+    big_log()
+    checkpoint_create(reason="nightly")
+    parallel, single = verify_both_ways(forks)
+    assert parallel.ok and single.ok, [b.describe() for b in parallel.breaks + single.breaks]
+    assert (parallel.events, parallel.chains, parallel.checkpoints) == (602, 31, 1)
+    assert (single.events, single.chains, single.checkpoints) == (602, 31, 1)
+
+
+def _edit_payload(log):
+    attacker_sql(f"UPDATE reviews_auditevent SET payload = {json_param()} WHERE id = %s",
+                 ['{"step": 4, "cmd": "rm -rf /", "ok": true}', log["s:2"][4].pk])
+    return {(MODIFIED, "s:2")}
+
+
+def _delete_event(log):
+    attacker_sql("DELETE FROM reviews_auditevent WHERE id = %s", [log["s:3"][5].pk])
+    return {(MISSING, "s:3")}
+
+
+def _swap_seqs(log):
+    a, b = log["s:25"][3], log["s:25"][4]
+    attacker_sql("UPDATE reviews_auditevent SET seq = 1000000 WHERE id = %s", [a.pk])
+    attacker_sql("UPDATE reviews_auditevent SET seq = 4 WHERE id = %s", [b.pk])
+    attacker_sql("UPDATE reviews_auditevent SET seq = 5 WHERE id = %s", [a.pk])
+    return {(REORDERED, "s:25")}
+
+
+def _truncate_with_the_head_moved_back(log):
+    checkpoint_create(reason="session 8 ended")
+    attacker_sql("DELETE FROM reviews_auditevent WHERE chain = %s AND seq > 12", ["s:8"])
+    attacker_sql("UPDATE reviews_chainhead SET seq = 12, hash = %s WHERE chain = %s", [log["s:8"][11].hash, "s:8"])
+    attacker_sql("DELETE FROM reviews_auditevent WHERE chain = %s AND seq > 7", ["s:11"])  # head row left
+    return {(TRUNCATED, "s:8"), (TRUNCATED, "s:11")}
+
+
+def _remove_a_chain_entirely(log):
+    checkpoint_create(reason="nightly")
+    attacker_sql("DELETE FROM reviews_auditevent WHERE chain = %s", ["s:27"])
+    attacker_sql("DELETE FROM reviews_chainhead WHERE chain = %s", ["s:27"])
+    return {(TRUNCATED, "s:27")}
+
+
+def _edit_chains_without_head_rows(log):
+    # The first and the last chain in name order lose their head rows: the ranges, cut from the
+    # head rows, must still cover their events.
+    attacker_sql("DELETE FROM reviews_chainhead WHERE chain IN ('s:1', 'system')")
+    attacker_sql("UPDATE reviews_auditevent SET kind = 'x' WHERE id IN (%s, %s)",
+                 [log["s:1"][9].pk, log["system"][1].pk])
+    return {(MODIFIED, "s:1"), (MODIFIED, "system")}
+
+
+def _rewrite_and_rehash(log):
+    checkpoint_create(reason="periodic")
+    _rehash_chain_from("s:5", 10, edit={"payload": {"approved_by": "nobody"}})
+    return {(FORGED, "s:5")}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("tamper", [_edit_payload, _delete_event, _swap_seqs, _truncate_with_the_head_moved_back,
+                                    _remove_a_chain_entirely, _edit_chains_without_head_rows, _rewrite_and_rehash],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_tampering_gives_the_same_breaks_in_two_processes_as_in_one(forks, tamper):
+    expected = tamper(big_log())
+    parallel, single = verify_both_ways(forks)
+    assert {(b.kind, b.chain) for b in single.breaks} == expected, [b.describe() for b in single.breaks]
+    assert [(b.kind, b.chain, b.seq, b.event_id, b.checkpoint_id) for b in parallel.breaks] == \
+        [(b.kind, b.chain, b.seq, b.event_id, b.checkpoint_id) for b in single.breaks]
+    assert parallel.breaks == single.breaks  # messages included
+    assert (parallel.events, parallel.chains, parallel.checkpoints) == \
+        (single.events, single.chains, single.checkpoints)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_breaks_in_several_ranges_are_merged_earliest_first(forks):
+    log = big_log()
+    a, b, c = log["system"][0], log["s:2"][3], log["s:30"][17]
+    attacker_sql("UPDATE reviews_auditevent SET kind = 'x' WHERE id IN (%s, %s, %s)", [a.pk, b.pk, c.pk])
+    parallel, single = verify_both_ways(forks)
+    ordered = sorted([a, b, c], key=lambda e: e.pk)
+    assert [(x.kind, x.event_id) for x in parallel.breaks] == [(MODIFIED, e.pk) for e in ordered]
+    assert parallel.breaks == single.breaks
+
+
+def test_inside_a_transaction_verification_stays_in_this_process(forks):
+    big_log()  # uncommitted: children would not see it
+    forks.clear()
+    result = verify_log(workers=2)
+    assert result.ok and result.events == 602
+    assert [pid for pid, _ in forks.runs()] == [os.getpid()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_small_log_is_verified_in_this_process(forks, monkeypatch):
+    from reviews import chain
+
+    big_log()
+    monkeypatch.setattr(chain, "PARALLEL_MIN_EVENTS", 603)
+    assert verify_log(workers=2).ok
+    assert [pid for pid, _ in forks.runs()] == [os.getpid()]
+    forks.clear()
+    assert verify_log(workers=2, parallel_min_events=602).events == 602
+    assert len(forks.runs()) == 2 and os.getpid() not in [pid for pid, _ in forks.runs()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_when_forking_fails_verification_falls_back_to_this_process(forks, monkeypatch):
+    from reviews import chain
+
+    log = big_log()
+    attacker_sql("UPDATE reviews_auditevent SET kind = 'x' WHERE id = %s", [log["s:9"][2].pk])
+
+    def no_fork(*args, **kwargs):
+        raise OSError("fork: Resource temporarily unavailable")
+
+    monkeypatch.setattr(chain, "ProcessPoolExecutor", no_fork)
+    brk = only_break(verify_log(workers=2))
+    assert (brk.kind, brk.event_id) == (MODIFIED, log["s:9"][2].pk)
+    assert [pid for pid, _ in forks.runs()] == [os.getpid()]
+
+
+def test_chain_ranges_cover_every_name_and_balance_the_events():
+    from reviews.chain import _chain_ranges
+
+    sizes = [("a", 10), ("b", 10), ("c", 10), ("d", 10)]
+    assert _chain_ranges(sizes, 2) == [(None, "c"), ("c", None)]
+    assert _chain_ranges(sizes, 4) == [(None, "b"), ("b", "c"), ("c", "d"), ("d", None)]
+    assert _chain_ranges(sizes, 9) == [(None, "b"), ("b", "c"), ("c", "d"), ("d", None)]
+    assert _chain_ranges([("a", 1), ("b", 100), ("c", 1)], 2) == [(None, "c"), ("c", None)]
+    assert _chain_ranges([("a", 5)], 4) == [(None, None)]
+    assert _chain_ranges([], 4) == [(None, None)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_audit_verify_runs_in_several_processes_and_refuses_fewer_than_one(forks):
+    log = big_log()
+    code, out, _ = _verify_command("--workers", "2")
+    assert code == 0 and out.startswith("OK 602 events in 31 chains")
+    assert len(forks.runs()) == 2 and os.getpid() not in [pid for pid, _ in forks.runs()]
+    attacker_sql("UPDATE reviews_auditevent SET kind = 'x' WHERE id = %s", [log["s:20"][0].pk])
+    code, out, _ = _verify_command("--workers", "2")
+    assert code == 1 and f"modified: chain s:20, seq 1, event id {log['s:20'][0].pk}" in out
+    with pytest.raises(CommandError, match="--workers must be at least 1") as refused:
+        call_command("audit_verify", "--workers", "0", stdout=io.StringIO(), stderr=io.StringIO())
+    assert refused.value.returncode == 2
