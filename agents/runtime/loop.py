@@ -56,6 +56,7 @@ class _Facts:
     pod_paused: bool
     fleet_stopped: bool
     grant_id: int | None  # the active grant: grants are immutable, the same id is the same grant
+    grant_issued: object  # with the id, the cache key (ids restart after a test database flush)
     delegator_active: bool
     has_approvals: bool  # a human allowed an action (once, unused, or always): authorize reads which
     last_seq: int  # the transcript's last entry
@@ -73,32 +74,35 @@ def _facts_query(session_id: int):
         fleet_stopped_now=Exists(FleetControl.objects.filter(pk=1, stopped=True)),
         active_grant_id_now=Subquery(grants.values("pk")[:1]),
         delegator_active_now=Subquery(grants.values("delegator__is_active")[:1]),
+        grant_issued_now=Subquery(grants.values("issued_at")[:1]),
         has_approvals_now=Exists(approvals),
         last_seq_now=Subquery(last_entry.values("seq")[:1]),
         last_tokens_now=Subquery(last_step.values("tokens_in")[:1]),
     ).values_list("status", "pod__paused", "fleet_stopped_now", "active_grant_id_now", "delegator_active_now",
-                  "has_approvals_now", "last_seq_now", "last_tokens_now")
+                  "grant_issued_now", "has_approvals_now", "last_seq_now", "last_tokens_now")
 
 
 _FACTS = PreparedValues(_facts_query)
 
 # Grants never change once written (a change is a new version; revoking makes another one the
 # active grant), so a worker keeps the ones it has read, keyed by id.
-_GRANTS: dict[int, Grant] = {}
+_GRANTS: dict[tuple, Grant] = {}
 _GRANTS_MAX = 1024
 
 
-def _grant(grant_id: int | None, delegator_active: bool) -> Grant | None:
-    if grant_id is None:
+def _grant(facts: "_Facts") -> Grant | None:
+    if facts.grant_id is None:
         return None
-    grant = _GRANTS.get(grant_id)
+    key = (facts.grant_id, str(facts.grant_issued))
+    grant = _GRANTS.get(key)
     if grant is None:
-        grant = Grant.objects.select_related("delegator").filter(pk=grant_id, revoked_at__isnull=True).first()
+        grant = Grant.objects.select_related("delegator").filter(pk=facts.grant_id, revoked_at__isnull=True).first()
         if grant is None:
             return None
         if len(_GRANTS) >= _GRANTS_MAX:
             _GRANTS.clear()
-        _GRANTS[grant_id] = grant
+        _GRANTS[key] = grant
+    delegator_active = facts.delegator_active
     grant.delegator.is_active = bool(delegator_active)  # the person's standing can change: read each time
     return grant
 
@@ -221,12 +225,13 @@ class _Step:
         row = _FACTS.first(self.session_id)
         if row is None:
             raise AgentSession.DoesNotExist(f"session {self.session_id} is gone")
-        status, pod_paused, fleet_stopped, grant_id, delegator_active, has_approvals, last_seq, last_tokens = row
+        status, pod_paused, fleet_stopped, grant_id, delegator_active, grant_issued, has_approvals, last_seq, last_tokens = row
         self.session.status = status
         self.session.pod.paused = bool(pod_paused)
         self.next_seq = (last_seq or 0) + 1
         return _Facts(status=status, pod_paused=bool(pod_paused), fleet_stopped=bool(fleet_stopped),
-                      grant_id=grant_id, delegator_active=bool(delegator_active), has_approvals=bool(has_approvals),
+                      grant_id=grant_id, grant_issued=grant_issued, delegator_active=bool(delegator_active),
+                      has_approvals=bool(has_approvals),
                       last_seq=last_seq or 0, last_tokens=last_tokens or 0)
 
     def park(self, status: str, reason: str, *, hold: str = "", event: str | None = None, payload: dict | None = None) -> StepOutcome:
@@ -267,7 +272,7 @@ class _Step:
             if hold == "user":
                 return StepOutcome("stale", detail=reason)
             return self.park(Status.PAUSED, reason, hold=hold)
-        self.grant = _grant(self.facts.grant_id, self.facts.delegator_active)
+        self.grant = _grant(self.facts)
         grant = self.grant
         if grant is None:
             return self.park(Status.BLOCKED, "no active grant: issue one to continue")
@@ -462,7 +467,7 @@ class _Step:
                 return StepOutcome("parked", detail=reason)
             return self.park(Status.PAUSED, reason, hold=hold)
         # the grant may have changed (allow always, revocation) while we waited
-        self.grant = _grant(self.facts.grant_id, self.facts.delegator_active)
+        self.grant = _grant(self.facts)
         name, raw = call.get("name", ""), call.get("arguments", "")
         raw_hash = _sha(raw if isinstance(raw, str) else repr(raw))
         try:
