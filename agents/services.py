@@ -20,8 +20,18 @@ from agents import authority, permissions
 from agents.dispatch import enqueue_step_on_commit
 from agents.events import send_on_commit
 from agents.models import (
-    AgentSession, Escalation, FleetControl, Grant, Pod, PodMembership, Repository, Status, TaskType,
-    TERMINAL_STATUSES, TranscriptEntry, User,
+    TERMINAL_STATUSES,
+    AgentSession,
+    Escalation,
+    FleetControl,
+    Grant,
+    Pod,
+    PodMembership,
+    Repository,
+    Status,
+    TaskType,
+    TranscriptEntry,
+    User,
 )
 from agents.selectors import active_grant
 from reviews.audit import record

@@ -36,7 +36,7 @@ async def viewer(url: str, cookie: str, origin: str, pods: list[int], stop: str,
         while not os.path.exists(stop):
             try:
                 frame = await asyncio.wait_for(socket.recv(), timeout=0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             now = time.time() * 1000
             counter[2] += 1

@@ -249,7 +249,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 self.wakeup.clear()
                 try:
                     await asyncio.wait_for(self.wakeup.wait(), timeout=max(0.0, wake - now))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def _send_events(self, events: list[dict]) -> None:

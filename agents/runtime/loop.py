@@ -33,13 +33,25 @@ from agents import services, tools
 from agents.dispatch import enqueue_step_on_commit
 from agents.events import send_if_still_running, send_on_commit
 from agents.models import (
-    AgentSession, AgentStep, Escalation, FleetControl, Grant, Status, ToolCall, TranscriptEntry,
+    AgentSession,
+    AgentStep,
+    Escalation,
+    FleetControl,
+    Grant,
+    Status,
+    ToolCall,
+    TranscriptEntry,
 )
 from agents.runtime import model as model_client
 from agents.runtime import worktrees
+from agents.runtime.authorize import (
+    Switches,
+    ToolCallRequest,
+    authorize,
+    budget_exhausted,
+)
 from agents.runtime.prepared import PreparedValues
-from agents.runtime.authorize import Switches, ToolCallRequest, authorize, budget_exhausted
-from agents.selectors import active_grant, awaiting_review_count
+from agents.selectors import awaiting_review_count
 from reviews.audit import record
 
 logger = logging.getLogger(__name__)
@@ -85,12 +97,12 @@ def _facts_query(session_id: int):
 _FACTS = PreparedValues(_facts_query)
 
 # Grants never change once written (a change is a new version; revoking makes another one the
-# active grant), so a worker keeps the ones it has read, keyed by id.
+# active grant), so a worker keeps the ones it has read, keyed by id and issue time.
 _GRANTS: dict[tuple, Grant] = {}
 _GRANTS_MAX = 1024
 
 
-def _grant(facts: "_Facts") -> Grant | None:
+def _grant(facts: _Facts) -> Grant | None:
     if facts.grant_id is None:
         return None
     key = (facts.grant_id, str(facts.grant_issued))
@@ -377,7 +389,7 @@ class _Step:
             self._append_transcript(role="assistant", content=reply.message["content"], tool_calls=reply.message["tool_calls"] or None)
             AgentSession.objects.filter(pk=self.session_id).update(
                 tokens_in=F("tokens_in") + reply.tokens_in, tokens_out=F("tokens_out") + reply.tokens_out,
-                cost_usd=F("cost_usd") + (reply.cost_usd or Decimal("0")),
+                cost_usd=F("cost_usd") + (reply.cost_usd or Decimal(0)),
                 cost_unknown_calls=F("cost_unknown_calls") + (1 if reply.cost_usd is None else 0),
                 heartbeat_at=timezone.now(),
             )
@@ -394,7 +406,7 @@ class _Step:
         # mirror the counters just added in the database (the budget checks read them)
         session.tokens_in += reply.tokens_in
         session.tokens_out += reply.tokens_out
-        session.cost_usd = (session.cost_usd or Decimal("0")) + (reply.cost_usd or Decimal("0"))
+        session.cost_usd = (session.cost_usd or Decimal(0)) + (reply.cost_usd or Decimal(0))
         step_row.response, step_row.state, step_row.model = reply.message, AgentStep.State.MODEL_DONE, reply.model
         step_row.tokens_in, step_row.tokens_out, step_row.cost_usd = reply.tokens_in, reply.tokens_out, reply.cost_usd
         step_row.latency_ms, step_row.error = reply.latency_ms, ""

@@ -106,7 +106,7 @@ def _registered_worktrees(repo_path: Path) -> dict[Path, str | None]:
             result[current] = None
         elif line.startswith("branch ") and current is not None:
             ref = line[len("branch "):]
-            result[current] = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else ref
+            result[current] = ref.removeprefix("refs/heads/")
     return result
 
 

@@ -44,7 +44,7 @@ def collect(group: str, action, *, listen_s: float) -> list[tuple[float, dict]]:
                     return received
                 try:
                     message = await asyncio.wait_for(layer.receive(channel), timeout=max(0.01, timeout))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 received.append((time.monotonic(), message))
         finally:
