@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = {
     "smoke": {"audit": ["--events", "300", "--verify-events", "2000", "--repeats", "1"],
-              "step": ["--sessions", "2", "--fleet", "0"],
+              "step": ["--sessions", "2", "--fleet", "0", "--memory-steps", "0"],
               "pages": ["--sessions", "20", "--big", "40", "--events", "2000", "--repeats", "2"],
               "live": ["--sessions", "20", "--updates", "40", "--pages", "1", "--rate", "100", "--viewers", "2"]},
     "full": {"audit": ["--events", "20000", "--verify-events", "1000000", "--repeats", "3"],

@@ -120,7 +120,35 @@ def bench_fleet(sessions: int, workers: int) -> None:
     median, p99 = summarize(durations)
     Row("fleet", f"{sessions} sessions, {workers} workers", steps, median, p99, "ms/step (incl. tools)", steps / elapsed).emit()
     Row("memory", f"worker RSS (main + pool child) after ~{steps // max(1, workers)} steps each", len(rss),
-        sorted(rss)[len(rss) // 2], max(rss), "MiB").emit()
+        sorted(rss)[len(rss) // 2], max(rss), "MiB").emit()  # the 1,000-step figure: bench_worker_memory
+
+
+def bench_worker_memory(steps: int) -> None:
+    """RSS of one worker (main process + its pool child) once it has run ``steps`` agent steps."""
+    import psutil
+
+    from agents.models import AgentStep
+
+    ids = _launch(max(1, steps // 6), start=True)
+    log(f"memory: 1 worker process until it has run {steps} steps")
+    env = dict(os.environ, SIM_PACING_S="0")
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "controlroom", "worker", "-c", "1", "-n", "benchmem@%h",
+                             "--without-mingle", "--without-gossip", "-l", "warning"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.perf_counter() + 1800
+        done = 0
+        while time.perf_counter() < deadline:
+            done = AgentStep.objects.filter(session_id__in=ids, state="done").count()
+            if done >= steps:
+                break
+            time.sleep(0.5)
+        tree = psutil.Process(proc.pid)
+        rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]) / 2**20
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    Row("memory", f"worker RSS (main + pool child) after {done} steps", 1, rss, rss, "MiB").emit()
 
 
 def main() -> None:
@@ -128,12 +156,15 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--fleet", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--memory-steps", type=int, default=1000, help="worker RSS after this many steps (0: skip)")
     args = parser.parse_args()
     setup_django()
     migrate()
     bench_overhead(args.sessions)
     if args.fleet:
         bench_fleet(args.fleet, args.workers)
+    if args.memory_steps:
+        bench_worker_memory(args.memory_steps)
 
 
 if __name__ == "__main__":
