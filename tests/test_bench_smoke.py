@@ -20,5 +20,5 @@ def test_every_benchmark_runs_in_smoke_mode_and_prints_its_rows():
     table = proc.stdout
     assert "FAILED" not in table, table
     for bench in ("audit append", "audit verify", "step overhead", "page canvas", "page digest", "page dashboard",
-                  "first paint", "live status→DOM"):
+                  "first paint", "live status→DOM", "live status→socket"):
         assert f"| {bench} |" in table, (bench, table, proc.stderr[-3000:])
