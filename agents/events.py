@@ -81,6 +81,8 @@ class _Publisher:
 
 
 publisher = _Publisher()
+# a fork taken while another thread held the lock must not leave the child's copy locked forever
+os.register_at_fork(after_in_child=lambda: setattr(publisher, "_lock", threading.Lock()))
 
 
 def broadcast_session(session_id: int) -> None:
