@@ -8,7 +8,16 @@ from __future__ import annotations
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from agents.models import (
-    AgentSession, Escalation, FleetControl, Grant, Pod, PodMembership, ReviewState, Status, ToolCall, User,
+    AgentSession,
+    Escalation,
+    FleetControl,
+    Grant,
+    Pod,
+    PodMembership,
+    ReviewState,
+    Status,
+    ToolCall,
+    User,
 )
 
 
@@ -43,9 +52,20 @@ def pod_role_of(*, user: User, pod_id: int) -> str | None:
     return PodMembership.objects.filter(user=user, pod_id=pod_id).values_list("role", flat=True).first()
 
 
+def active_grants(session) -> QuerySet[Grant]:
+    """The session's unrevoked grants, the active one first (``session``: an instance, an id or an
+    OuterRef — the runtime reads the active grant inside its per-tool-call query)."""
+    return Grant.objects.filter(session=session, revoked_at__isnull=True).order_by("-version")
+
+
 def active_grant(*, session: AgentSession) -> Grant | None:
     """The newest unrevoked grant of the session (expired ones included: expiry is checked at use)."""
-    return session.grants.filter(revoked_at__isnull=True).order_by("-version").select_related("delegator").first()
+    return active_grants(session).select_related("delegator").first()
+
+
+def standing_approvals_q() -> Q:
+    """Escalations whose approval still stands: allowed once and not used yet, or allowed always."""
+    return Q(state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True) | Q(state=Escalation.State.ALLOWED_ALWAYS)
 
 
 def open_escalations(*, session: AgentSession) -> QuerySet[Escalation]:

@@ -17,10 +17,10 @@ from bench.common import Row, log, migrate, setup_django, summarize
 
 
 def _fleet():
+    from django.conf import settings
+
     from agents.demo_repo import create_demo_repo
     from agents.models import Pod, PodMembership, Repository, User
-
-    from django.conf import settings
 
     repo_path = create_demo_repo(Path(settings.DATA_DIR) / "repos" / "bench-demo")
     repo, _ = Repository.objects.get_or_create(name="bench-demo", defaults={"path": str(repo_path)})
@@ -44,6 +44,20 @@ def _launch(count: int, *, start: bool) -> list[int]:
                                               by=lead, repository=repo, grant=spec, seed=index, start=start)
             ids.append(session.pk)
     return ids
+
+
+def _tree_rss_mib(pid: int) -> float:
+    """RSS of a process and its children (a Celery worker and its pool), in MiB."""
+    import psutil
+
+    tree = psutil.Process(pid)
+    total = 0
+    for each in [tree, *tree.children(recursive=True)]:
+        try:
+            total += each.memory_info().rss
+        except psutil.NoSuchProcess:  # a pool child being replaced
+            pass
+    return total / 2**20
 
 
 def bench_overhead(sessions: int) -> None:
@@ -104,12 +118,7 @@ def bench_fleet(sessions: int, workers: int) -> None:
                 break
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
-        rss = []
-        for proc in procs:
-            import psutil
-
-            tree = psutil.Process(proc.pid)
-            rss.append(sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]) / 2**20)
+        rss = [_tree_rss_mib(proc.pid) for proc in procs]
     finally:
         for proc in procs:
             proc.terminate()
@@ -125,7 +134,6 @@ def bench_fleet(sessions: int, workers: int) -> None:
 
 def bench_worker_memory(steps: int) -> None:
     """RSS of one worker (main process + its pool child) once it has run ``steps`` agent steps."""
-    import psutil
     from django.conf import settings
 
     from agents.models import AgentStep
@@ -136,23 +144,13 @@ def bench_worker_memory(steps: int) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "controlroom", "worker", "-c", "1", "-n", "benchmem@%h",
                              "--without-mingle", "--without-gossip", "-l", "warning"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    def rss_now() -> float:
-        tree = psutil.Process(proc.pid)
-        total = 0
-        for each in [tree, *tree.children(recursive=True)]:
-            try:
-                total += each.memory_info().rss
-            except psutil.NoSuchProcess:  # a pool child being replaced
-                pass
-        return total / 2**20
-
     samples: list[float] = []
     try:
         deadline = time.perf_counter() + 1800
         done = 0
         while time.perf_counter() < deadline:
             done = AgentStep.objects.filter(session_id__in=ids, state="done").count()
-            samples.append(rss_now())
+            samples.append(_tree_rss_mib(proc.pid))
             if done >= steps:
                 break
             time.sleep(0.5)

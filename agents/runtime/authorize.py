@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from agents import permissions
 from agents.models import AgentSession, Escalation, FleetControl, Grant, Pod
 from agents.runtime.sandbox import sandbox_available
+from agents.selectors import standing_approvals_q
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,7 @@ def build_context(*, session: AgentSession, grant: Grant | None, now=None, check
     now = now or timezone.now()
     switches = switches or read_switches(session)
     approvals = frozenset(
-        Escalation.objects.filter(session=session)
-        .filter(Q(state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True) | Q(state=Escalation.State.ALLOWED_ALWAYS))
-        .values_list("action_hash", flat=True)
+        Escalation.objects.filter(standing_approvals_q(), session=session).values_list("action_hash", flat=True)
     ) if read_approvals else frozenset()
     return permissions.EvalContext(
         worktree=str(Path(session.worktree_path)),

@@ -51,7 +51,7 @@ from agents.runtime.authorize import (
     budget_exhausted,
 )
 from agents.runtime.prepared import PreparedValues
-from agents.selectors import awaiting_review_count
+from agents.selectors import active_grants, awaiting_review_count, standing_approvals_q
 from reviews.audit import record
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,8 @@ class _Facts:
 
 
 def _facts_query(session_id: int):
-    grants = Grant.objects.filter(session=OuterRef("pk"), revoked_at__isnull=True).order_by("-version")
-    approvals = Escalation.objects.filter(session=OuterRef("pk")).filter(
-        Q(state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True) | Q(state=Escalation.State.ALLOWED_ALWAYS))
+    grants = active_grants(OuterRef("pk"))
+    approvals = Escalation.objects.filter(standing_approvals_q(), session=OuterRef("pk"))
     last_entry = TranscriptEntry.objects.filter(session=OuterRef("pk")).order_by("-seq")
     last_step = AgentStep.objects.filter(session=OuterRef("pk"), iteration=OuterRef("iteration"),
                                          state=AgentStep.State.DONE).order_by("-number")
@@ -220,14 +219,13 @@ class _Step:
         self.session_id, self.number, self.owner = session_id, number, owner
         self.timings: dict[str, float] = {"lock": 0.0, "model": 0.0, "authorize": 0.0, "tool": 0.0, "record": 0.0}
         self.t_start = time.monotonic()
-        self.session: AgentSession = AgentSession.objects.select_related("pod", "repository").get(pk=session_id)
         self.grant: Grant | None = None
         self.fresh_step = False
-        self.facts = self.read_facts()
+        self.refresh()
 
     # -- helpers --------------------------------------------------------------------------
     def refresh(self) -> AgentSession:
-        self.session = AgentSession.objects.select_related("pod", "repository").get(pk=self.session_id)
+        self.session: AgentSession = AgentSession.objects.select_related("pod", "repository").get(pk=self.session_id)
         self.facts = self.read_facts()
         return self.session
 

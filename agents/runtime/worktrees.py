@@ -163,10 +163,23 @@ def _common_dir_fast(repo_path: Path) -> Path | None:
 
 def _read_first_line(path: Path) -> str | None:
     try:
-        with open(path, encoding="utf-8", errors="strict") as handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.readline().strip()
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         return None
+
+
+def _gitdir_of(worktree_path: Path, *, allow_symlink: bool = False) -> Path | None:
+    """The admin directory a worktree's ``.git`` file names ("gitdir: …", resolved), or None when
+    ``.git`` is not such a file (missing, a directory, unreadable, a symlink unless allowed)."""
+    dot_git = worktree_path / ".git"
+    if (dot_git.is_symlink() and not allow_symlink) or not dot_git.is_file():
+        return None
+    first = _read_first_line(dot_git)
+    if not first or not first.startswith("gitdir:"):
+        return None
+    target = Path(first[len("gitdir:"):].strip())
+    return Path(os.path.realpath(target if target.is_absolute() else worktree_path / target))
 
 
 def _healthy_fast(worktree_path: Path, common_dir: Path, branch: str) -> bool:
@@ -174,14 +187,8 @@ def _healthy_fast(worktree_path: Path, common_dir: Path, branch: str) -> bool:
     and ``HEAD``), without starting git: the check of every agent step. False means "not sure", and
     the caller falls back to asking git."""
     dot_git = worktree_path / ".git"
-    if dot_git.is_symlink() or not dot_git.is_file():
-        return False
-    first = _read_first_line(dot_git)
-    if not first or not first.startswith("gitdir:"):
-        return False
-    admin = Path(first[len("gitdir:"):].strip())
-    admin = Path(os.path.realpath(admin if admin.is_absolute() else worktree_path / admin))
-    if admin.parent != common_dir / "worktrees":
+    admin = _gitdir_of(worktree_path)
+    if admin is None or admin.parent != common_dir / "worktrees":
         return False
     back, common, head = (_read_first_line(admin / name) for name in ("gitdir", "commondir", "HEAD"))
     if not back or not common or not head:
@@ -328,18 +335,10 @@ def _relink(common_dir: Path, worktree_real: Path) -> bool:
 
 def _leftover_of(worktree_path: Path, common_dir: Path) -> bool:
     """A directory whose .git file points into this repository's worktrees/ (a pruned worktree)."""
-    dot_git = worktree_path / ".git"
-    if worktree_path.is_symlink() or not dot_git.is_file():
+    if worktree_path.is_symlink():
         return False
-    try:
-        first = dot_git.read_text(encoding="utf-8", errors="replace").splitlines()[0]
-    except (OSError, IndexError):
-        return False
-    if not first.startswith("gitdir:"):
-        return False
-    target = Path(first[len("gitdir:"):].strip())
-    target = Path(os.path.realpath(target if target.is_absolute() else worktree_path / target))
-    return (common_dir / "worktrees") in target.parents
+    target = _gitdir_of(worktree_path, allow_symlink=True)
+    return target is not None and (common_dir / "worktrees") in target.parents
 
 
 def archive_branch(*, repo_path: Path, branch: str, archive_ref: str, delete_branch: bool = False) -> str:
