@@ -10,6 +10,7 @@ readable refusal (or None when allowed), so views, commands and services share o
   no more than they hold: an STO who is not lead may delegate up to ``edits``; ``autonomous``
   needs the pod lead or a manager.
 """
+
 from __future__ import annotations
 
 from agents.models import AgentSession, PodMembership, User
@@ -58,7 +59,11 @@ def refuse_launch(*, user: User, pod_id: int, sto: User) -> str | None:
     if role == PodMembership.Role.LEAD:
         return None
     if role == PodMembership.Role.MEMBER:
-        return None if sto.pk == user.pk else "Members launch sessions they own themselves; ask the pod lead to assign others."
+        return (
+            None
+            if sto.pk == user.pk
+            else "Members launch sessions they own themselves; ask the pod lead to assign others."
+        )
     return "You are not a member of this pod."
 
 

@@ -10,6 +10,7 @@ titles as goals. ``DEMO_RECIPES`` holds how each task is done (exact replacement
 the offline model (``agents/runtime/sim.py``) uses it, and the tests apply every recipe to prove
 that the whole suite passes once all the work is done.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def _text(block: str) -> str:
 
 # --- the files, commit by commit ------------------------------------------------------------
 
-_README = _text('''
+_README = _text("""
     # shopcart
 
     A tiny shop back office: prices, stock, shipping and plain-text sales reports.
@@ -59,9 +60,9 @@ _README = _text('''
     ## Running the tests
 
     TODO: explain how to run the tests (and the CI entry point `.ci/run`).
-    ''')
+    """)
 
-_PYPROJECT = _text('''
+_PYPROJECT = _text("""
     [build-system]
     requires = ["setuptools>=68"]
     build-backend = "setuptools.build_meta"
@@ -73,16 +74,16 @@ _PYPROJECT = _text('''
     requires-python = ">=3.10"
 
     # TODO: configure pytest (testpaths = ["tests"]) so that a bare `pytest` finds the tests
-    ''')
+    """)
 
-_GITIGNORE = _text('''
+_GITIGNORE = _text("""
     __pycache__/
     *.pyc
     .pytest_cache/
     *.egg-info/
     build/
     dist/
-    ''')
+    """)
 
 _INIT = _text('''
     """shopcart: a tiny shop back office."""
@@ -114,7 +115,7 @@ _PRICING = _text('''
         return round(total, 2)
     ''')
 
-_TEST_PRICING = _text('''
+_TEST_PRICING = _text("""
     from shopcart.pricing import apply_discount, bulk_price, total_with_tax
 
 
@@ -132,7 +133,7 @@ _TEST_PRICING = _text('''
 
     def test_fewer_than_ten_units_pay_full_price():
         assert bulk_price(2.5, 4) == 10.0
-    ''')
+    """)
 
 _INVENTORY = _text('''
     """Stock levels per SKU."""
@@ -164,7 +165,7 @@ _INVENTORY = _text('''
         # TODO: add restock(items) that adds several SKUs at once from a {sku: quantity} dict
     ''')
 
-_TEST_INVENTORY = _text('''
+_TEST_INVENTORY = _text("""
     from shopcart.inventory import Inventory
 
 
@@ -192,7 +193,7 @@ _TEST_INVENTORY = _text('''
         inventory = Inventory()
         inventory.add("mug", 50)
         assert not inventory.is_low_stock("mug")
-    ''')
+    """)
 
 _TEXTUTILS = _text('''
     """Small text helpers for product names and descriptions."""
@@ -224,7 +225,7 @@ _TEXTUTILS = _text('''
         return len(text.split())
     ''')
 
-_TEST_TEXTUTILS = _text('''
+_TEST_TEXTUTILS = _text("""
     from shopcart.textutils import normalize_whitespace, slugify, truncate
 
 
@@ -248,7 +249,7 @@ _TEST_TEXTUTILS = _text('''
 
     def test_normalize_whitespace_collapses_runs():
         assert normalize_whitespace("  blue \\t mug\\n") == "blue mug"
-    ''')
+    """)
 
 _SHIPPING = _text('''
     """Shipping costs."""
@@ -270,7 +271,7 @@ _SHIPPING = _text('''
     # TODO: add estimate_delivery_days(express: bool) -> int (1 day express, 3 days standard)
     ''')
 
-_TEST_SHIPPING = _text('''
+_TEST_SHIPPING = _text("""
     from shopcart.shipping import FREE_SHIPPING_FROM, shipping_cost
 
 
@@ -284,7 +285,7 @@ _TEST_SHIPPING = _text('''
 
     def test_orders_of_exactly_the_threshold_ship_free():
         assert shipping_cost(FREE_SHIPPING_FROM, 2.0) == 0.0
-    ''')
+    """)
 
 _REPORT = _text('''
     """Plain-text sales reports. Amounts are integers in cents."""
@@ -309,7 +310,7 @@ _REPORT = _text('''
         return "\\n".join(line_item(name, quantity, unit) for name, quantity, unit in lines)
     ''')
 
-_TEST_REPORT = _text('''
+_TEST_REPORT = _text("""
     from shopcart.report import format_money, line_item, sales_summary
 
 
@@ -328,9 +329,9 @@ _TEST_REPORT = _text('''
     def test_sales_summary_starts_with_one_line_per_item():
         summary = sales_summary([("mug", 2, 625), ("tea", 1, 300)])
         assert summary.splitlines()[:2] == [line_item("mug", 2, 625), line_item("tea", 1, 300)]
-    ''')
+    """)
 
-_CI_WORKFLOW = _text('''
+_CI_WORKFLOW = _text("""
     name: ci
     on:
       push:
@@ -346,50 +347,82 @@ _CI_WORKFLOW = _text('''
               python-version: "3.11"
           - run: pip install pytest
           - run: .ci/run
-    ''')
+    """)
 
-_CI_RUN = _text('''
+_CI_RUN = _text("""
     #!/bin/sh
     # The one test entry point, for CI and for people: .ci/run [pytest arguments]
     set -eu
     cd "$(dirname "$0")/.."
     exec python -m pytest -q "$@"
-    ''')
+    """)
 
-_DOTENV = _text('''
+_DOTENV = _text("""
     # Local settings for the demo. Not a real secret, but treat this file as one.
     DEMO_API_TOKEN=not-a-real-secret
-    ''')
+    """)
 
 # (message, files) in order; dates are fixed so every build gives the same commit ids.
 _HISTORY: list[tuple[str, dict[str, str]]] = [
-    (INITIAL_COMMIT_MESSAGE, {
-        "README.md": _README, "pyproject.toml": _PYPROJECT, ".gitignore": _GITIGNORE, "shopcart/__init__.py": _INIT,
-    }),
-    ("feat(pricing): discounts, tax and bulk prices", {
-        "shopcart/pricing.py": _PRICING, "tests/test_pricing.py": _TEST_PRICING,
-    }),
-    ("feat(inventory): stock levels per SKU", {
-        "shopcart/inventory.py": _INVENTORY, "tests/test_inventory.py": _TEST_INVENTORY,
-    }),
-    ("feat(textutils): slugs, truncation and whitespace helpers", {
-        "shopcart/textutils.py": _TEXTUTILS, "tests/test_textutils.py": _TEST_TEXTUTILS,
-    }),
-    ("feat(shipping): shipping costs with free shipping threshold", {
-        "shopcart/shipping.py": _SHIPPING, "tests/test_shipping.py": _TEST_SHIPPING,
-    }),
-    ("feat(report): plain-text sales reports", {
-        "shopcart/report.py": _REPORT, "tests/test_report.py": _TEST_REPORT,
-    }),
-    ("ci: workflow, local entry point and demo environment", {
-        ".github/workflows/ci.yml": _CI_WORKFLOW, ".ci/run": _CI_RUN, ".env": _DOTENV,
-    }),
+    (
+        INITIAL_COMMIT_MESSAGE,
+        {
+            "README.md": _README,
+            "pyproject.toml": _PYPROJECT,
+            ".gitignore": _GITIGNORE,
+            "shopcart/__init__.py": _INIT,
+        },
+    ),
+    (
+        "feat(pricing): discounts, tax and bulk prices",
+        {
+            "shopcart/pricing.py": _PRICING,
+            "tests/test_pricing.py": _TEST_PRICING,
+        },
+    ),
+    (
+        "feat(inventory): stock levels per SKU",
+        {
+            "shopcart/inventory.py": _INVENTORY,
+            "tests/test_inventory.py": _TEST_INVENTORY,
+        },
+    ),
+    (
+        "feat(textutils): slugs, truncation and whitespace helpers",
+        {
+            "shopcart/textutils.py": _TEXTUTILS,
+            "tests/test_textutils.py": _TEST_TEXTUTILS,
+        },
+    ),
+    (
+        "feat(shipping): shipping costs with free shipping threshold",
+        {
+            "shopcart/shipping.py": _SHIPPING,
+            "tests/test_shipping.py": _TEST_SHIPPING,
+        },
+    ),
+    (
+        "feat(report): plain-text sales reports",
+        {
+            "shopcart/report.py": _REPORT,
+            "tests/test_report.py": _TEST_REPORT,
+        },
+    ),
+    (
+        "ci: workflow, local entry point and demo environment",
+        {
+            ".github/workflows/ci.yml": _CI_WORKFLOW,
+            ".ci/run": _CI_RUN,
+            ".env": _DOTENV,
+        },
+    ),
 ]
 _EXECUTABLE = {".ci/run"}
 _FIRST_DATE = (2024, 3, 4)  # one commit a day from here, at 09:30 UTC
 
 
 # --- the work catalogue -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Edit:
@@ -415,94 +448,232 @@ class Recipe:
 
 
 def _task(task_id: str, title: str, task_type: str, file: str, check: str, commit: str, criteria: str) -> dict:
-    return {"id": task_id, "title": title, "task_type": task_type, "file": file, "check": check, "commit": commit,
-            "criteria": criteria}
+    return {
+        "id": task_id,
+        "title": title,
+        "task_type": task_type,
+        "file": file,
+        "check": check,
+        "commit": commit,
+        "criteria": criteria,
+    }
 
 
 DEMO_TASKS: list[dict] = [
-    _task("fix-discount", "Fix apply_discount: it returns the discount instead of the discounted price", "fix",
-          "shopcart/pricing.py", "python -m pytest -q tests/test_pricing.py",
-          "fix(pricing): apply_discount returns the discounted price", "tests/test_pricing.py passes"),
-    _task("fix-low-stock", "Fix is_low_stock: stock exactly at the threshold must count as low", "fix",
-          "shopcart/inventory.py", "python -m pytest -q tests/test_inventory.py",
-          "fix(inventory): stock at the threshold counts as low", "tests/test_inventory.py passes"),
-    _task("fix-slugify", "Fix slugify: strip leading and trailing dashes from slugs", "fix",
-          "shopcart/textutils.py", "python -m pytest -q tests/test_textutils.py -k slugify",
-          "fix(textutils): slugify strips leading and trailing dashes", "the slugify tests pass"),
-    _task("fix-truncate", "Fix truncate: shortened text must never exceed the limit", "fix",
-          "shopcart/textutils.py", "python -m pytest -q tests/test_textutils.py -k truncate",
-          "fix(textutils): truncate stays within the limit", "the truncate tests pass"),
-    _task("fix-format-money", "Fix format_money: pad single-digit cents ($12.05, not $12.5)", "fix",
-          "shopcart/report.py", "python -m pytest -q tests/test_report.py",
-          "fix(report): format_money pads single-digit cents", "tests/test_report.py passes"),
-    _task("fix-free-shipping", "Fix shipping_cost: orders of exactly the free-shipping threshold ship free", "fix",
-          "shopcart/shipping.py", "python -m pytest -q tests/test_shipping.py",
-          "fix(shipping): free shipping from the threshold, inclusive", "tests/test_shipping.py passes"),
-    _task("validate-discount", "Validate the discount percent in apply_discount (0 to 100, else ValueError)", "feature",
-          "shopcart/pricing.py", "python -m pytest -q tests/test_pricing_validation.py",
-          "feat(pricing): refuse discount percentages outside 0-100", "tests/test_pricing_validation.py passes"),
-    _task("inventory-restock", "Add Inventory.restock to add several SKUs at once", "feature",
-          "shopcart/inventory.py", "python -m pytest -q tests/test_inventory_restock.py",
-          "feat(inventory): restock several SKUs at once", "tests/test_inventory_restock.py passes"),
-    _task("inventory-remove-check", "Refuse to remove more stock than there is in Inventory.remove", "feature",
-          "shopcart/inventory.py", "python -m pytest -q tests/test_inventory_remove.py",
-          "feat(inventory): refuse to remove more than is in stock", "tests/test_inventory_remove.py passes"),
-    _task("report-total", "Add a TOTAL line to sales_summary", "feature",
-          "shopcart/report.py", "python -m pytest -q tests/test_report_total.py",
-          "feat(report): sales_summary ends with a TOTAL line", "tests/test_report_total.py passes"),
-    _task("delivery-estimate", "Add estimate_delivery_days to shipping (1 day express, 3 standard)", "feature",
-          "shopcart/shipping.py", "python -m pytest -q tests/test_delivery.py",
-          "feat(shipping): estimate_delivery_days", "tests/test_delivery.py passes"),
-    _task("docs-normalize-whitespace", "Document normalize_whitespace with a docstring", "docs",
-          "shopcart/textutils.py", "python -m pytest -q tests/test_textutils.py -k normalize",
-          "docs(textutils): docstring for normalize_whitespace", "the docstring says what the function does"),
-    _task("docs-readme-tests", "Explain how to run the tests in the README", "docs",
-          "README.md", "python -m pytest -q --collect-only",
-          "docs(readme): how to run the tests", "the README says how to run the tests and .ci/run"),
-    _task("tests-word-count", "Write tests for textutils.word_count", "tests",
-          "shopcart/textutils.py", "python -m pytest -q tests/test_word_count.py",
-          "test(textutils): cover word_count", "tests/test_word_count.py exists and passes"),
-    _task("refactor-line-item", "Refactor line_item to reuse format_money", "refactor",
-          "shopcart/report.py", "python -m pytest -q tests/test_report.py -k line_item",
-          "refactor(report): line_item reuses format_money", "the line_item tests still pass"),
-    _task("chore-pytest-config", "Configure pytest testpaths in pyproject.toml", "chore",
-          "pyproject.toml", "python -m pytest -q --collect-only",
-          "chore: configure pytest testpaths", "a bare pytest collects tests/ only"),
+    _task(
+        "fix-discount",
+        "Fix apply_discount: it returns the discount instead of the discounted price",
+        "fix",
+        "shopcart/pricing.py",
+        "python -m pytest -q tests/test_pricing.py",
+        "fix(pricing): apply_discount returns the discounted price",
+        "tests/test_pricing.py passes",
+    ),
+    _task(
+        "fix-low-stock",
+        "Fix is_low_stock: stock exactly at the threshold must count as low",
+        "fix",
+        "shopcart/inventory.py",
+        "python -m pytest -q tests/test_inventory.py",
+        "fix(inventory): stock at the threshold counts as low",
+        "tests/test_inventory.py passes",
+    ),
+    _task(
+        "fix-slugify",
+        "Fix slugify: strip leading and trailing dashes from slugs",
+        "fix",
+        "shopcart/textutils.py",
+        "python -m pytest -q tests/test_textutils.py -k slugify",
+        "fix(textutils): slugify strips leading and trailing dashes",
+        "the slugify tests pass",
+    ),
+    _task(
+        "fix-truncate",
+        "Fix truncate: shortened text must never exceed the limit",
+        "fix",
+        "shopcart/textutils.py",
+        "python -m pytest -q tests/test_textutils.py -k truncate",
+        "fix(textutils): truncate stays within the limit",
+        "the truncate tests pass",
+    ),
+    _task(
+        "fix-format-money",
+        "Fix format_money: pad single-digit cents ($12.05, not $12.5)",
+        "fix",
+        "shopcart/report.py",
+        "python -m pytest -q tests/test_report.py",
+        "fix(report): format_money pads single-digit cents",
+        "tests/test_report.py passes",
+    ),
+    _task(
+        "fix-free-shipping",
+        "Fix shipping_cost: orders of exactly the free-shipping threshold ship free",
+        "fix",
+        "shopcart/shipping.py",
+        "python -m pytest -q tests/test_shipping.py",
+        "fix(shipping): free shipping from the threshold, inclusive",
+        "tests/test_shipping.py passes",
+    ),
+    _task(
+        "validate-discount",
+        "Validate the discount percent in apply_discount (0 to 100, else ValueError)",
+        "feature",
+        "shopcart/pricing.py",
+        "python -m pytest -q tests/test_pricing_validation.py",
+        "feat(pricing): refuse discount percentages outside 0-100",
+        "tests/test_pricing_validation.py passes",
+    ),
+    _task(
+        "inventory-restock",
+        "Add Inventory.restock to add several SKUs at once",
+        "feature",
+        "shopcart/inventory.py",
+        "python -m pytest -q tests/test_inventory_restock.py",
+        "feat(inventory): restock several SKUs at once",
+        "tests/test_inventory_restock.py passes",
+    ),
+    _task(
+        "inventory-remove-check",
+        "Refuse to remove more stock than there is in Inventory.remove",
+        "feature",
+        "shopcart/inventory.py",
+        "python -m pytest -q tests/test_inventory_remove.py",
+        "feat(inventory): refuse to remove more than is in stock",
+        "tests/test_inventory_remove.py passes",
+    ),
+    _task(
+        "report-total",
+        "Add a TOTAL line to sales_summary",
+        "feature",
+        "shopcart/report.py",
+        "python -m pytest -q tests/test_report_total.py",
+        "feat(report): sales_summary ends with a TOTAL line",
+        "tests/test_report_total.py passes",
+    ),
+    _task(
+        "delivery-estimate",
+        "Add estimate_delivery_days to shipping (1 day express, 3 standard)",
+        "feature",
+        "shopcart/shipping.py",
+        "python -m pytest -q tests/test_delivery.py",
+        "feat(shipping): estimate_delivery_days",
+        "tests/test_delivery.py passes",
+    ),
+    _task(
+        "docs-normalize-whitespace",
+        "Document normalize_whitespace with a docstring",
+        "docs",
+        "shopcart/textutils.py",
+        "python -m pytest -q tests/test_textutils.py -k normalize",
+        "docs(textutils): docstring for normalize_whitespace",
+        "the docstring says what the function does",
+    ),
+    _task(
+        "docs-readme-tests",
+        "Explain how to run the tests in the README",
+        "docs",
+        "README.md",
+        "python -m pytest -q --collect-only",
+        "docs(readme): how to run the tests",
+        "the README says how to run the tests and .ci/run",
+    ),
+    _task(
+        "tests-word-count",
+        "Write tests for textutils.word_count",
+        "tests",
+        "shopcart/textutils.py",
+        "python -m pytest -q tests/test_word_count.py",
+        "test(textutils): cover word_count",
+        "tests/test_word_count.py exists and passes",
+    ),
+    _task(
+        "refactor-line-item",
+        "Refactor line_item to reuse format_money",
+        "refactor",
+        "shopcart/report.py",
+        "python -m pytest -q tests/test_report.py -k line_item",
+        "refactor(report): line_item reuses format_money",
+        "the line_item tests still pass",
+    ),
+    _task(
+        "chore-pytest-config",
+        "Configure pytest testpaths in pyproject.toml",
+        "chore",
+        "pyproject.toml",
+        "python -m pytest -q --collect-only",
+        "chore: configure pytest testpaths",
+        "a bare pytest collects tests/ only",
+    ),
 ]
 
 DEMO_RECIPES: dict[str, Recipe] = {
-    "fix-discount": Recipe(edits=(
-        Edit("shopcart/pricing.py", "    return round(price * percent / 100, 2)\n",
-             "    return round(price * (1 - percent / 100), 2)\n"),
-    )),
-    "fix-low-stock": Recipe(edits=(
-        Edit("shopcart/inventory.py", "        return self.count(sku) < threshold\n",
-             "        return self.count(sku) <= threshold\n"),
-    )),
-    "fix-slugify": Recipe(edits=(
-        Edit("shopcart/textutils.py", '    return re.sub(r"[^a-z0-9]+", "-", text.lower())\n',
-             '    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")\n'),
-    )),
-    "fix-truncate": Recipe(edits=(
-        Edit("shopcart/textutils.py", '    return text[:limit] + "..."\n',
-             '    return text[: max(limit - 3, 0)] + "..."\n'),
-    )),
-    "fix-format-money": Recipe(edits=(
-        Edit("shopcart/report.py", '    return f"${cents // 100}.{cents % 100}"\n',
-             '    return f"${cents // 100}.{cents % 100:02d}"\n'),
-    )),
-    "fix-free-shipping": Recipe(edits=(
-        Edit("shopcart/shipping.py", "    if order_total > FREE_SHIPPING_FROM:\n",
-             "    if order_total >= FREE_SHIPPING_FROM:\n"),
-    )),
+    "fix-discount": Recipe(
+        edits=(
+            Edit(
+                "shopcart/pricing.py",
+                "    return round(price * percent / 100, 2)\n",
+                "    return round(price * (1 - percent / 100), 2)\n",
+            ),
+        )
+    ),
+    "fix-low-stock": Recipe(
+        edits=(
+            Edit(
+                "shopcart/inventory.py",
+                "        return self.count(sku) < threshold\n",
+                "        return self.count(sku) <= threshold\n",
+            ),
+        )
+    ),
+    "fix-slugify": Recipe(
+        edits=(
+            Edit(
+                "shopcart/textutils.py",
+                '    return re.sub(r"[^a-z0-9]+", "-", text.lower())\n',
+                '    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")\n',
+            ),
+        )
+    ),
+    "fix-truncate": Recipe(
+        edits=(
+            Edit(
+                "shopcart/textutils.py",
+                '    return text[:limit] + "..."\n',
+                '    return text[: max(limit - 3, 0)] + "..."\n',
+            ),
+        )
+    ),
+    "fix-format-money": Recipe(
+        edits=(
+            Edit(
+                "shopcart/report.py",
+                '    return f"${cents // 100}.{cents % 100}"\n',
+                '    return f"${cents // 100}.{cents % 100:02d}"\n',
+            ),
+        )
+    ),
+    "fix-free-shipping": Recipe(
+        edits=(
+            Edit(
+                "shopcart/shipping.py",
+                "    if order_total > FREE_SHIPPING_FROM:\n",
+                "    if order_total >= FREE_SHIPPING_FROM:\n",
+            ),
+        )
+    ),
     "validate-discount": Recipe(
-        edits=(Edit(
-            "shopcart/pricing.py",
-            "    # TODO: validate that percent is between 0 and 100 (raise ValueError otherwise)\n",
-            "    if not 0 <= percent <= 100:\n"
-            '        raise ValueError(f"percent must be between 0 and 100, got {percent}")\n',
-        ),),
-        new_files=(NewFile("tests/test_pricing_validation.py", _text('''
+        edits=(
+            Edit(
+                "shopcart/pricing.py",
+                "    # TODO: validate that percent is between 0 and 100 (raise ValueError otherwise)\n",
+                "    if not 0 <= percent <= 100:\n"
+                '        raise ValueError(f"percent must be between 0 and 100, got {percent}")\n',
+            ),
+        ),
+        new_files=(
+            NewFile(
+                "tests/test_pricing_validation.py",
+                _text("""
             import pytest
 
             from shopcart.pricing import apply_discount
@@ -516,18 +687,25 @@ DEMO_RECIPES: dict[str, Recipe] = {
             def test_more_than_100_percent_is_refused():
                 with pytest.raises(ValueError):
                     apply_discount(10.0, 150)
-            ''')),),
+            """),
+            ),
+        ),
     ),
     "inventory-restock": Recipe(
-        edits=(Edit(
-            "shopcart/inventory.py",
-            "    # TODO: add restock(items) that adds several SKUs at once from a {sku: quantity} dict\n",
-            "    def restock(self, items: dict[str, int]) -> None:\n"
-            '        """Add several SKUs at once from a ``{sku: quantity}`` mapping."""\n'
-            "        for sku, quantity in items.items():\n"
-            "            self.add(sku, quantity)\n",
-        ),),
-        new_files=(NewFile("tests/test_inventory_restock.py", _text('''
+        edits=(
+            Edit(
+                "shopcart/inventory.py",
+                "    # TODO: add restock(items) that adds several SKUs at once from a {sku: quantity} dict\n",
+                "    def restock(self, items: dict[str, int]) -> None:\n"
+                '        """Add several SKUs at once from a ``{sku: quantity}`` mapping."""\n'
+                "        for sku, quantity in items.items():\n"
+                "            self.add(sku, quantity)\n",
+            ),
+        ),
+        new_files=(
+            NewFile(
+                "tests/test_inventory_restock.py",
+                _text("""
             from shopcart.inventory import Inventory
 
 
@@ -536,16 +714,23 @@ DEMO_RECIPES: dict[str, Recipe] = {
                 inventory.add("mug", 1)
                 inventory.restock({"mug": 4, "tea": 10})
                 assert (inventory.count("mug"), inventory.count("tea")) == (5, 10)
-            ''')),),
+            """),
+            ),
+        ),
     ),
     "inventory-remove-check": Recipe(
-        edits=(Edit(
-            "shopcart/inventory.py",
-            "        # TODO: refuse to remove more than is in stock (raise ValueError)\n",
-            "        if quantity > self.count(sku):\n"
-            '            raise ValueError(f"only {self.count(sku)} of {sku} in stock, cannot remove {quantity}")\n',
-        ),),
-        new_files=(NewFile("tests/test_inventory_remove.py", _text('''
+        edits=(
+            Edit(
+                "shopcart/inventory.py",
+                "        # TODO: refuse to remove more than is in stock (raise ValueError)\n",
+                "        if quantity > self.count(sku):\n"
+                '            raise ValueError(f"only {self.count(sku)} of {sku} in stock, cannot remove {quantity}")\n',
+            ),
+        ),
+        new_files=(
+            NewFile(
+                "tests/test_inventory_remove.py",
+                _text("""
             import pytest
 
             from shopcart.inventory import Inventory
@@ -557,36 +742,50 @@ DEMO_RECIPES: dict[str, Recipe] = {
                 with pytest.raises(ValueError):
                     inventory.remove("mug", 3)
                 assert inventory.count("mug") == 2
-            ''')),),
+            """),
+            ),
+        ),
     ),
     "report-total": Recipe(
-        edits=(Edit(
-            "shopcart/report.py",
-            '    # TODO: add a final "TOTAL" line with the sum of all line totals\n'
-            '    return "\\n".join(line_item(name, quantity, unit) for name, quantity, unit in lines)\n',
-            "    body = [line_item(name, quantity, unit) for name, quantity, unit in lines]\n"
-            "    total = sum(quantity * unit for _, quantity, unit in lines)\n"
-            "    body.append(f\"{'TOTAL':<20}       {format_money(total)}\")\n"
-            '    return "\\n".join(body)\n',
-        ),),
-        new_files=(NewFile("tests/test_report_total.py", _text('''
+        edits=(
+            Edit(
+                "shopcart/report.py",
+                '    # TODO: add a final "TOTAL" line with the sum of all line totals\n'
+                '    return "\\n".join(line_item(name, quantity, unit) for name, quantity, unit in lines)\n',
+                "    body = [line_item(name, quantity, unit) for name, quantity, unit in lines]\n"
+                "    total = sum(quantity * unit for _, quantity, unit in lines)\n"
+                "    body.append(f\"{'TOTAL':<20}       {format_money(total)}\")\n"
+                '    return "\\n".join(body)\n',
+            ),
+        ),
+        new_files=(
+            NewFile(
+                "tests/test_report_total.py",
+                _text("""
             from shopcart.report import sales_summary
 
 
             def test_the_last_line_is_the_total():
                 summary = sales_summary([("mug", 2, 625), ("tea", 1, 300)])
                 assert summary.splitlines()[-1].split() == ["TOTAL", "$15.50"]
-            ''')),),
+            """),
+            ),
+        ),
     ),
     "delivery-estimate": Recipe(
-        edits=(Edit(
-            "shopcart/shipping.py",
-            "# TODO: add estimate_delivery_days(express: bool) -> int (1 day express, 3 days standard)\n",
-            "def estimate_delivery_days(*, express: bool = False) -> int:\n"
-            '    """Working days until delivery: 1 with express shipping, 3 otherwise."""\n'
-            "    return 1 if express else 3\n",
-        ),),
-        new_files=(NewFile("tests/test_delivery.py", _text('''
+        edits=(
+            Edit(
+                "shopcart/shipping.py",
+                "# TODO: add estimate_delivery_days(express: bool) -> int (1 day express, 3 days standard)\n",
+                "def estimate_delivery_days(*, express: bool = False) -> int:\n"
+                '    """Working days until delivery: 1 with express shipping, 3 otherwise."""\n'
+                "    return 1 if express else 3\n",
+            ),
+        ),
+        new_files=(
+            NewFile(
+                "tests/test_delivery.py",
+                _text("""
             from shopcart.shipping import estimate_delivery_days
 
 
@@ -596,22 +795,37 @@ DEMO_RECIPES: dict[str, Recipe] = {
 
             def test_standard_takes_three_days():
                 assert estimate_delivery_days() == 3
-            ''')),),
+            """),
+            ),
+        ),
     ),
-    "docs-normalize-whitespace": Recipe(edits=(
-        Edit("shopcart/textutils.py", "    # TODO: add a docstring\n",
-             '    """Collapse runs of whitespace (spaces, tabs, newlines) into one space and trim both ends."""\n'),
-    )),
-    "docs-readme-tests": Recipe(edits=(
-        Edit("README.md", "TODO: explain how to run the tests (and the CI entry point `.ci/run`).\n",
-             "From the repository root, with pytest installed:\n\n"
-             "    python -m pytest -q\n\n"
-             "CI runs the same thing through `.ci/run`, which passes its arguments on to pytest\n"
-             "(for example `.ci/run -k pricing`).\n"),
-    )),
+    "docs-normalize-whitespace": Recipe(
+        edits=(
+            Edit(
+                "shopcart/textutils.py",
+                "    # TODO: add a docstring\n",
+                '    """Collapse runs of whitespace (spaces, tabs, newlines) into one space and trim both ends."""\n',
+            ),
+        )
+    ),
+    "docs-readme-tests": Recipe(
+        edits=(
+            Edit(
+                "README.md",
+                "TODO: explain how to run the tests (and the CI entry point `.ci/run`).\n",
+                "From the repository root, with pytest installed:\n\n"
+                "    python -m pytest -q\n\n"
+                "CI runs the same thing through `.ci/run`, which passes its arguments on to pytest\n"
+                "(for example `.ci/run -k pricing`).\n",
+            ),
+        )
+    ),
     "tests-word-count": Recipe(
         edits=(Edit("shopcart/textutils.py", "    # TODO: tests (word_count has none)\n", ""),),
-        new_files=(NewFile("tests/test_word_count.py", _text('''
+        new_files=(
+            NewFile(
+                "tests/test_word_count.py",
+                _text("""
             from shopcart.textutils import word_count
 
 
@@ -621,20 +835,30 @@ DEMO_RECIPES: dict[str, Recipe] = {
 
             def test_empty_text_has_no_words():
                 assert word_count("   ") == 0
-            ''')),),
+            """),
+            ),
+        ),
     ),
-    "refactor-line-item": Recipe(edits=(
-        Edit("shopcart/report.py",
-             "    # TODO: reuse format_money instead of duplicating the formatting here\n"
-             "    total = quantity * unit_cents\n"
-             '    return f"{name:<20} x{quantity:>3}  ${total // 100}.{total % 100:02d}"\n',
-             '    return f"{name:<20} x{quantity:>3}  {format_money(quantity * unit_cents)}"\n'),
-    )),
-    "chore-pytest-config": Recipe(edits=(
-        Edit("pyproject.toml",
-             "# TODO: configure pytest (testpaths = [\"tests\"]) so that a bare `pytest` finds the tests\n",
-             "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n"),
-    )),
+    "refactor-line-item": Recipe(
+        edits=(
+            Edit(
+                "shopcart/report.py",
+                "    # TODO: reuse format_money instead of duplicating the formatting here\n"
+                "    total = quantity * unit_cents\n"
+                '    return f"{name:<20} x{quantity:>3}  ${total // 100}.{total % 100:02d}"\n',
+                '    return f"{name:<20} x{quantity:>3}  {format_money(quantity * unit_cents)}"\n',
+            ),
+        )
+    ),
+    "chore-pytest-config": Recipe(
+        edits=(
+            Edit(
+                "pyproject.toml",
+                '# TODO: configure pytest (testpaths = ["tests"]) so that a bare `pytest` finds the tests\n',
+                '[tool.pytest.ini_options]\ntestpaths = ["tests"]\n',
+            ),
+        )
+    ),
 }
 
 TASKS_BY_ID: dict[str, dict] = {task["id"]: task for task in DEMO_TASKS}
@@ -642,17 +866,24 @@ TASKS_BY_ID: dict[str, dict] = {task["id"]: task for task in DEMO_TASKS}
 
 # --- building the repository ------------------------------------------------------------------
 
+
 def _git_env(day: int) -> dict[str, str]:
     year, month, first_day = _FIRST_DATE
     date = f"{year:04d}-{month:02d}-{first_day + day:02d}T09:30:00+00:00"
     return {
         **os.environ,
-        "GIT_AUTHOR_NAME": DEMO_AUTHOR_NAME, "GIT_AUTHOR_EMAIL": DEMO_AUTHOR_EMAIL, "GIT_AUTHOR_DATE": date,
-        "GIT_COMMITTER_NAME": DEMO_AUTHOR_NAME, "GIT_COMMITTER_EMAIL": DEMO_AUTHOR_EMAIL, "GIT_COMMITTER_DATE": date,
+        "GIT_AUTHOR_NAME": DEMO_AUTHOR_NAME,
+        "GIT_AUTHOR_EMAIL": DEMO_AUTHOR_EMAIL,
+        "GIT_AUTHOR_DATE": date,
+        "GIT_COMMITTER_NAME": DEMO_AUTHOR_NAME,
+        "GIT_COMMITTER_EMAIL": DEMO_AUTHOR_EMAIL,
+        "GIT_COMMITTER_DATE": date,
         # no hooks, no signing, whatever the machine's git configuration says
         "GIT_CONFIG_COUNT": "2",
-        "GIT_CONFIG_KEY_0": "core.hooksPath", "GIT_CONFIG_VALUE_0": os.devnull,
-        "GIT_CONFIG_KEY_1": "commit.gpgsign", "GIT_CONFIG_VALUE_1": "false",
+        "GIT_CONFIG_KEY_0": "core.hooksPath",
+        "GIT_CONFIG_VALUE_0": os.devnull,
+        "GIT_CONFIG_KEY_1": "commit.gpgsign",
+        "GIT_CONFIG_VALUE_1": "false",
     }
 
 

@@ -3,6 +3,7 @@
 Celery's Redis transport treats priority 0 as the highest, so a P0 session's steps are taken
 before a P3's when workers are scarce.
 """
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -17,9 +18,7 @@ def celery_priority(session_priority: int) -> int:
 
 
 def enqueue_step_now(*, session_id: int, step: int, priority: int = 2, countdown: float | None = None) -> None:
-    app.send_task(
-        STEP_TASK, args=[session_id, step], priority=celery_priority(priority), countdown=countdown
-    )
+    app.send_task(STEP_TASK, args=[session_id, step], priority=celery_priority(priority), countdown=countdown)
 
 
 def enqueue_step_on_commit(*, session_id: int, step: int, priority: int = 2) -> None:

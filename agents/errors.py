@@ -1,4 +1,5 @@
 """One readable sentence from a ValidationError, for pages, htmx fragments and the CLI."""
+
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError

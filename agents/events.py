@@ -10,6 +10,7 @@ Event payload (type ``session.update``), documented in docs/ARCHITECTURE.md:
     {"type": "session.update", "session_id": int, "pod_id": int, "version": int,
      "status": str, "needs_human": bool, "html": str (the rendered tile), "ts": float (epoch s at commit)}
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,6 @@
 """Forms: turn what a human typed into typed values and readable errors. No business logic here:
 rules are checked by ``agents.permissions`` and authority by the services."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -48,14 +49,22 @@ class DateTimeLocalInput(forms.DateTimeInput):
 
 def _rules_field(label: str, help_text: str) -> forms.CharField:
     return forms.CharField(
-        label=label, required=False, help_text=help_text, strip=False,
+        label=label,
+        required=False,
+        help_text=help_text,
+        strip=False,
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "autocapitalize": "off", "autocomplete": "off"}),
     )
 
 
 def _positive(label: str, help_text: str = "") -> forms.IntegerField:
-    return forms.IntegerField(label=label, required=False, min_value=1, help_text=help_text,
-                              widget=forms.NumberInput(attrs={"inputmode": "numeric", "placeholder": "no limit"}))
+    return forms.IntegerField(
+        label=label,
+        required=False,
+        min_value=1,
+        help_text=help_text,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric", "placeholder": "no limit"}),
+    )
 
 
 class GrantForm(forms.Form):
@@ -68,28 +77,46 @@ class GrantForm(forms.Form):
     max_steps = _positive("Max steps")
     max_tokens = _positive("Max tokens")
     max_cost_usd = forms.DecimalField(
-        label="Max cost (USD)", required=False, min_value=Decimal("0.0001"), max_digits=12, decimal_places=4,
+        label="Max cost (USD)",
+        required=False,
+        min_value=Decimal("0.0001"),
+        max_digits=12,
+        decimal_places=4,
         widget=forms.NumberInput(attrs={"inputmode": "decimal", "step": "0.01", "placeholder": "no limit"}),
     )
     max_wall_minutes = forms.DecimalField(
-        label="Max wall time (minutes)", required=False, min_value=Decimal("0.02"), max_digits=9, decimal_places=2,
+        label="Max wall time (minutes)",
+        required=False,
+        min_value=Decimal("0.02"),
+        max_digits=9,
+        decimal_places=2,
         widget=forms.NumberInput(attrs={"inputmode": "decimal", "step": "1", "placeholder": "no limit"}),
     )
     max_tool_calls = _positive("Max tool calls")
     not_before = forms.DateTimeField(
-        label="Not before", required=False, input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
-        widget=DateTimeLocalInput(), help_text="Empty: now.",
+        label="Not before",
+        required=False,
+        input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
+        widget=DateTimeLocalInput(),
+        help_text="Empty: now.",
     )
     expires_at = forms.DateTimeField(
-        label="Expires at", required=False, input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
-        widget=DateTimeLocalInput(), help_text="Empty: 8 hours after it starts.",
+        label="Expires at",
+        required=False,
+        input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
+        widget=DateTimeLocalInput(),
+        help_text="Empty: 8 hours after it starts.",
     )
     on_unanswered = forms.ChoiceField(
-        label="When nobody answers", choices=Grant.OnUnanswered.choices, initial=Grant.OnUnanswered.WAIT,
+        label="When nobody answers",
+        choices=Grant.OnUnanswered.choices,
+        initial=Grant.OnUnanswered.WAIT,
         widget=forms.RadioSelect,
     )
     justification = forms.CharField(
-        label="Justification", required=False, max_length=500,
+        label="Justification",
+        required=False,
+        max_length=500,
         widget=forms.TextInput(attrs={"placeholder": "why this change (kept in the audit log)"}),
     )
 
@@ -104,7 +131,9 @@ class GrantForm(forms.Form):
 
     @property
     def budget_fields(self) -> list:
-        return [self[name] for name in ("max_steps", "max_tokens", "max_cost_usd", "max_wall_minutes", "max_tool_calls")]
+        return [
+            self[name] for name in ("max_steps", "max_tokens", "max_cost_usd", "max_wall_minutes", "max_tool_calls")
+        ]
 
     @property
     def window_fields(self) -> list:
@@ -121,13 +150,19 @@ class GrantForm(forms.Form):
         now = timezone.now()
         return {
             "mode": grant.mode,
-            "allow": "\n".join(grant.allow), "ask": "\n".join(grant.ask), "deny": "\n".join(grant.deny),
-            "max_steps": grant.max_steps, "max_tokens": grant.max_tokens, "max_cost_usd": grant.max_cost_usd,
-            "max_wall_minutes": minutes, "max_tool_calls": grant.max_tool_calls,
+            "allow": "\n".join(grant.allow),
+            "ask": "\n".join(grant.ask),
+            "deny": "\n".join(grant.deny),
+            "max_steps": grant.max_steps,
+            "max_tokens": grant.max_tokens,
+            "max_cost_usd": grant.max_cost_usd,
+            "max_wall_minutes": minutes,
+            "max_tool_calls": grant.max_tool_calls,
             # a window that already opened starts "now" again; a future one is kept
             "not_before": timezone.localtime(grant.not_before) if grant.not_before > now else None,
             "expires_at": timezone.localtime(grant.expires_at) if grant.expires_at > now else None,
-            "on_unanswered": grant.on_unanswered, "justification": "",
+            "on_unanswered": grant.on_unanswered,
+            "justification": "",
         }
 
     def _clean_rules(self, name: str) -> list[str]:
@@ -159,21 +194,34 @@ class GrantForm(forms.Form):
         data = self.cleaned_data
         minutes = data.get("max_wall_minutes")
         return GrantSpec(
-            mode=data["mode"], allow=tuple(data["allow"]), ask=tuple(data["ask"]), deny=tuple(data["deny"]),
-            max_steps=data.get("max_steps"), max_tokens=data.get("max_tokens"), max_cost_usd=data.get("max_cost_usd"),
+            mode=data["mode"],
+            allow=tuple(data["allow"]),
+            ask=tuple(data["ask"]),
+            deny=tuple(data["deny"]),
+            max_steps=data.get("max_steps"),
+            max_tokens=data.get("max_tokens"),
+            max_cost_usd=data.get("max_cost_usd"),
             max_wall_seconds=int(round(minutes * 60)) if minutes is not None else None,
-            max_tool_calls=data.get("max_tool_calls"), not_before=data.get("not_before"), expires_at=data.get("expires_at"),
-            on_unanswered=data["on_unanswered"], justification=data.get("justification", "").strip(),
+            max_tool_calls=data.get("max_tool_calls"),
+            not_before=data.get("not_before"),
+            expires_at=data.get("expires_at"),
+            on_unanswered=data["on_unanswered"],
+            justification=data.get("justification", "").strip(),
         )
 
 
 class RevokeForm(forms.Form):
-    reason = forms.CharField(label="Reason", max_length=480, strip=True,
-                             error_messages={"required": "Say why the grant is revoked."})
+    reason = forms.CharField(
+        label="Reason", max_length=480, strip=True, error_messages={"required": "Say why the grant is revoked."}
+    )
 
 
 class EscalationDecisionForm(forms.Form):
-    decision = forms.ChoiceField(choices=[(d, d) for d in ("allow-once", "allow-always", "deny")],
-                                 error_messages={"required": "Choose allow once, allow always or deny.",
-                                                 "invalid_choice": "Choose allow once, allow always or deny."})
+    decision = forms.ChoiceField(
+        choices=[(d, d) for d in ("allow-once", "allow-always", "deny")],
+        error_messages={
+            "required": "Choose allow once, allow always or deny.",
+            "invalid_choice": "Choose allow once, allow always or deny.",
+        },
+    )
     reason = forms.CharField(required=False, max_length=480, strip=True)

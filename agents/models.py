@@ -3,6 +3,7 @@
 No business logic lives here (see services.py); models only describe state and its
 database-level invariants (an agent session without a pod or an STO cannot exist).
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -40,7 +41,8 @@ class Pod(models.Model):
     name = models.CharField(max_length=120)
     paused = models.BooleanField(default=False, help_text="Pod-wide stop switch.")
     review_wip_limit = models.PositiveIntegerField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text="Sessions awaiting review at which new sessions of this pod wait in queued.",
     )
     webhook_url = models.URLField(blank=True, help_text="POSTed (Slack-compatible JSON) when a session needs a human.")
@@ -143,7 +145,9 @@ class AgentSession(models.Model):
 
     pod = models.ForeignKey(Pod, on_delete=models.PROTECT, related_name="sessions")
     sto = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_sessions",
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="owned_sessions",
         verbose_name="Single Task Owner",
     )
     created_by = models.ForeignKey(
@@ -186,7 +190,8 @@ class AgentSession(models.Model):
     version = models.PositiveBigIntegerField(default=1)
 
     hold = models.CharField(
-        max_length=8, blank=True,
+        max_length=8,
+        blank=True,
         help_text="Which stop switch parked this session: fleet, pod or user (empty when none).",
     )
     idle_steps = models.PositiveSmallIntegerField(default=0)
@@ -259,7 +264,9 @@ class Grant(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     revoke_reason = models.CharField(max_length=500, blank=True)
-    supersedes = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="superseded_by")
+    supersedes = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="superseded_by"
+    )
 
     class Meta:
         ordering = ["session", "-version"]
@@ -384,14 +391,18 @@ class Escalation(models.Model):
 
     session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="escalations")
     grant = models.ForeignKey(Grant, on_delete=models.CASCADE, related_name="escalations")
-    tool_call = models.ForeignKey(ToolCall, null=True, blank=True, on_delete=models.SET_NULL, related_name="escalations")
+    tool_call = models.ForeignKey(
+        ToolCall, null=True, blank=True, on_delete=models.SET_NULL, related_name="escalations"
+    )
     tool = models.CharField(max_length=80)
     action = models.TextField()
     action_hash = models.CharField(max_length=64, db_index=True)
     reason = models.TextField(blank=True)
     rule = models.CharField(max_length=300, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN, db_index=True)
-    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     decided_at = models.DateTimeField(null=True, blank=True)
     decision_reason = models.CharField(max_length=500, blank=True)
     consumed_at = models.DateTimeField(null=True, blank=True)

@@ -77,6 +77,7 @@ Known limits (the sandbox, not this module, is the containment boundary):
   the worktree (so ``python dump.py .env`` is seen as reading ``.env``); what a program does with
   them, or which other files it opens, is not visible.
 """
+
 from __future__ import annotations
 
 import glob as _glob
@@ -118,8 +119,15 @@ __all__ = [
 MODES = ("plan", "ask", "edits", "autonomous")
 RULE_KINDS = ("Read", "Edit", "Bash", "Git", "Net")
 TOOLS = (
-    "list_files", "read_file", "search", "write_file", "edit_file",
-    "run_command", "git_commit", "write_handoff", "finish",
+    "list_files",
+    "read_file",
+    "search",
+    "write_file",
+    "edit_file",
+    "run_command",
+    "git_commit",
+    "write_handoff",
+    "finish",
 )
 META_TOOLS = frozenset({"write_handoff", "finish"})
 
@@ -136,12 +144,12 @@ PROTECTED_PATTERNS: tuple[str, ...] = (
 #: Reads of these paths always need a human (secrets).
 PROTECTED_READ_PATTERNS: tuple[str, ...] = ("**/.env*",)
 
-MAX_COMMAND_CHARS = 20_000   # longer commands are not analysed (UNKNOWN)
-MAX_NESTING = 4              # sh -c "sh -c '...'" depth
-MAX_GLOB_MATCHES = 500       # a glob expanding to more files is UNKNOWN
-MAX_DIRECTORIES = 8          # distinct working directories tracked across `cd`
-MAX_GENERIC_ARGS = 256       # arguments of unmodelled commands inspected for file names
-MAX_WALK_ENTRIES = 50_000    # a recursive operation over more entries counts as touching everything
+MAX_COMMAND_CHARS = 20_000  # longer commands are not analysed (UNKNOWN)
+MAX_NESTING = 4  # sh -c "sh -c '...'" depth
+MAX_GLOB_MATCHES = 500  # a glob expanding to more files is UNKNOWN
+MAX_DIRECTORIES = 8  # distinct working directories tracked across `cd`
+MAX_GENERIC_ARGS = 256  # arguments of unmodelled commands inspected for file names
+MAX_WALK_ENTRIES = 50_000  # a recursive operation over more entries counts as touching everything
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +188,7 @@ class EvalContext:
 
 @dataclass(frozen=True)
 class Resource:
-    kind: str   # Read, Edit, Bash, Git, Net, Meta
+    kind: str  # Read, Edit, Bash, Git, Net, Meta
     value: str
 
     def __str__(self) -> str:
@@ -191,10 +199,10 @@ class Resource:
 class CanonicalAction:
     tool: str
     resources: tuple[Resource, ...]
-    unknown: str | None   # why the command cannot be analysed, or None
-    outside: str | None   # which path leaves the worktree, or None
-    text: str             # deterministic description; equal texts mean the same action
-    hash: str             # sha256 hex of text
+    unknown: str | None  # why the command cannot be analysed, or None
+    outside: str | None  # which path leaves the worktree, or None
+    text: str  # deterministic description; equal texts mean the same action
+    hash: str  # sha256 hex of text
     #: Read/Edit resources that are directories touched with everything below them (rm -r, grep -r,
     #: cp -r ...): deny and ask rules and protected paths are also checked against what lies below.
     recursive: tuple[Resource, ...] = ()
@@ -202,8 +210,8 @@ class CanonicalAction:
 
 @dataclass(frozen=True)
 class Decision:
-    decision: str      # allow | deny | ask
-    reason_type: str   # rule | mode | guard | budget | expired | revoked | error | human
+    decision: str  # allow | deny | ask
+    reason_type: str  # rule | mode | guard | budget | expired | revoked | error | human
     reason: str
     rule: str = ""
     action: CanonicalAction | None = None
@@ -229,9 +237,9 @@ class RuleError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str        # Read, Edit, Bash, Git or Net
-    specifier: str   # normalised: "./src/" becomes "src/**", hosts are lower case
-    text: str        # the rule as written (stripped)
+    kind: str  # Read, Edit, Bash, Git or Net
+    specifier: str  # normalised: "./src/" becomes "src/**", hosts are lower case
+    text: str  # the rule as written (stripped)
 
     def matches(self, resource: Resource, *, fold_case: bool = False) -> bool:
         """Whether this rule covers the resource. ``fold_case`` ignores case in paths."""
@@ -257,7 +265,7 @@ _NET_RULE_RE = re.compile(rf"\A(?:\*|(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*|
 def parse_rule(text: str) -> Rule:
     """Parse ``Tool(specifier)``; raise :class:`RuleError` naming the rule when it is unusable."""
     if not isinstance(text, str):
-        raise RuleError(f"{text!r}: a rule must be a string such as \"Read(src/**)\", not {type(text).__name__}")
+        raise RuleError(f'{text!r}: a rule must be a string such as "Read(src/**)", not {type(text).__name__}')
     stripped = text.strip()
     quoted = f'"{stripped}"'
     if not stripped:
@@ -268,9 +276,7 @@ def parse_rule(text: str) -> Rule:
     if match is None:
         if stripped in RULE_KINDS:
             raise RuleError(f"{quoted}: missing specifier; write {stripped}(*) to cover everything", rule=stripped)
-        raise RuleError(
-            f'{quoted}: expected Tool(specifier), e.g. "Bash(pytest *)" or "Read(src/**)"', rule=stripped
-        )
+        raise RuleError(f'{quoted}: expected Tool(specifier), e.g. "Bash(pytest *)" or "Read(src/**)"', rule=stripped)
     kind, spec = match.group(1), match.group(2).strip()
     if kind not in RULE_KINDS:
         raise RuleError(f'{quoted}: unknown tool "{kind}" (use Read, Edit, Bash, Git or Net)', rule=stripped)
@@ -358,7 +364,7 @@ def _glob_regex(pattern: str, fold_case: bool) -> re.Pattern[str]:
         elif c == "?":
             out.append("[^/]")
         elif c == "[" and (end := _bracket_end(pattern, i)) > 0:
-            out.append(_bracket_regex(pattern[i + 1:end]))
+            out.append(_bracket_regex(pattern[i + 1 : end]))
             i = end
         else:
             out.append(re.escape(c))
@@ -399,7 +405,9 @@ def _host_matches(pattern: str, host: str) -> bool:
     return host == pattern
 
 
-def _first_match(rules: Iterable[Rule], resources: Iterable[Resource], *, fold_case: bool) -> tuple[Resource, Rule] | None:
+def _first_match(
+    rules: Iterable[Rule], resources: Iterable[Resource], *, fold_case: bool
+) -> tuple[Resource, Rule] | None:
     for resource in resources:
         for rule in rules:
             if rule.matches(resource, fold_case=fold_case):
@@ -409,7 +417,9 @@ def _first_match(rules: Iterable[Rule], resources: Iterable[Resource], *, fold_c
 
 def _protected(resource: Resource) -> str | None:
     """The protected pattern a resource touches, if any (case-insensitive: fail closed)."""
-    patterns = PROTECTED_PATTERNS if resource.kind == "Edit" else PROTECTED_READ_PATTERNS if resource.kind == "Read" else ()
+    patterns = (
+        PROTECTED_PATTERNS if resource.kind == "Edit" else PROTECTED_READ_PATTERNS if resource.kind == "Read" else ()
+    )
     for pattern in patterns:
         if _glob_regex(pattern, True).fullmatch(resource.value):
             return pattern
@@ -505,7 +515,7 @@ _STDIO = "-"
 
 @dataclass(frozen=True)
 class _Resolved:
-    values: tuple[str, ...]   # worktree-relative POSIX paths (real path first, then the lexical one)
+    values: tuple[str, ...]  # worktree-relative POSIX paths (real path first, then the lexical one)
     outside: str | None
 
 
@@ -524,7 +534,7 @@ class _Paths:
         if absolute == self.root:
             return "."
         if absolute.startswith(self._prefix):
-            return absolute[len(self._prefix):].replace(os.sep, "/")
+            return absolute[len(self._prefix) :].replace(os.sep, "/")
         return None
 
     def absolute(self, path: str, cwd: str = ".") -> str:
@@ -567,9 +577,9 @@ class _Paths:
 
 @dataclass(frozen=True)
 class _Word:
-    text: str                  # after quote removal
-    pattern: str | None = None # glob pattern (quoted parts escaped) when the word has unquoted * ? [...]
-    home: bool = False         # starts with an unquoted ~
+    text: str  # after quote removal
+    pattern: str | None = None  # glob pattern (quoted parts escaped) when the word has unquoted * ? [...]
+    home: bool = False  # starts with an unquoted ~
 
 
 @dataclass
@@ -578,11 +588,11 @@ class _Cmd:
 
     words: list[_Word]
     redirects: list[tuple[str, _Word]] = field(default_factory=list)
-    chdirs: list[_Word] = field(default_factory=list)         # env -C DIR
-    extra_reads: list[_Word] = field(default_factory=list)    # xargs -a FILE
-    extra_edits: list[_Word] = field(default_factory=list)    # time -o FILE
-    xargs: bool = False                                       # arguments also come from stdin
-    isolated: bool = False                                    # runs in a subshell (its cd does not last)
+    chdirs: list[_Word] = field(default_factory=list)  # env -C DIR
+    extra_reads: list[_Word] = field(default_factory=list)  # xargs -a FILE
+    extra_edits: list[_Word] = field(default_factory=list)  # time -o FILE
+    xargs: bool = False  # arguments also come from stdin
+    isolated: bool = False  # runs in a subshell (its cd does not last)
 
 
 class _Unparsable(Exception):
@@ -601,7 +611,7 @@ def _scan_word(source: str) -> tuple[str, str | None, bool]:
     """
     text: list[str] = []
     pattern: list[str] = []
-    shape: list[str] = []   # unquoted characters as they are, quoted ones as NUL
+    shape: list[str] = []  # unquoted characters as they are, quoted ones as NUL
 
     def quoted(chars: str) -> None:
         text.append(chars)
@@ -623,7 +633,7 @@ def _scan_word(source: str) -> tuple[str, str | None, bool]:
             end = source.find("'", i + 1)
             if end < 0:
                 raise _Unparsable("unterminated single quote")
-            quoted(source[i + 1:end])
+            quoted(source[i + 1 : end])
             i = end + 1
         elif c == '"':
             i += 1
@@ -676,11 +686,19 @@ _OPAQUE_COMMANDS = {
     "popd": "popd changes the directory stack",
     "patch": "patch edits files named inside the patch",
     "unzip": "unzip writes files named inside the archive",
-    "vi": "an interactive editor", "vim": "an interactive editor", "nvim": "an interactive editor",
-    "view": "an interactive editor", "nano": "an interactive editor", "emacs": "an interactive editor",
-    "pico": "an interactive editor", "ed": "a line editor reading commands", "ex": "a line editor reading commands",
-    "tmux": "a terminal multiplexer", "screen": "a terminal multiplexer",
-    "sftp": "sftp reads transfer commands from its input", "ftp": "ftp reads transfer commands from its input",
+    "vi": "an interactive editor",
+    "vim": "an interactive editor",
+    "nvim": "an interactive editor",
+    "view": "an interactive editor",
+    "nano": "an interactive editor",
+    "emacs": "an interactive editor",
+    "pico": "an interactive editor",
+    "ed": "a line editor reading commands",
+    "ex": "a line editor reading commands",
+    "tmux": "a terminal multiplexer",
+    "screen": "a terminal multiplexer",
+    "sftp": "sftp reads transfer commands from its input",
+    "ftp": "ftp reads transfer commands from its input",
 }
 
 
@@ -690,7 +708,7 @@ class _ShellParser:
     def __init__(self) -> None:
         self.commands: list[_Cmd] = []
         self.unknown: list[str] = []
-        self._isolated = 0   # > 0 inside subshells, pipelines, substitutions, nested shells
+        self._isolated = 0  # > 0 inside subshells, pipelines, substitutions, nested shells
 
     def _isolated_node(self, node, source: str, depth: int) -> None:
         self._isolated += 1
@@ -735,7 +753,7 @@ class _ShellParser:
             parts = [part for part in node.parts if part.kind not in ("pipe", "reservedword")]
             for part in parts:
                 if len(parts) > 1:
-                    self._isolated_node(part, source, depth)   # each element runs in a subshell
+                    self._isolated_node(part, source, depth)  # each element runs in a subshell
                 else:
                     self._node(part, source, depth)
         elif kind == "command":
@@ -794,7 +812,7 @@ class _ShellParser:
                 continue
             target = node.output
             if not hasattr(target, "kind"):
-                continue   # 2>&1: a file descriptor, not a file
+                continue  # 2>&1: a file descriptor, not a file
             word = self._word(target, source, depth)
             if op in (">&", "<&") and (word.text.isdigit() or word.text == "-"):
                 continue
@@ -839,7 +857,7 @@ class _ShellParser:
                 rest = _skip_options(args, values={"-n", "--adjustment"}, numeric=True)
             elif name == "timeout":
                 rest = _skip_options(args, values={"-s", "--signal", "-k", "--kill-after"})
-                rest = (rest[1:] or None) if rest else None   # drop the duration
+                rest = (rest[1:] or None) if rest else None  # drop the duration
             elif name in ("nohup", "setsid"):
                 rest = _skip_options(args, values=set())
             elif name == "stdbuf":
@@ -858,7 +876,7 @@ class _ShellParser:
                 break
             else:
                 break
-            if rest is None:   # the wrapper itself is the command (e.g. `env` alone prints the environment)
+            if rest is None:  # the wrapper itself is the command (e.g. `env` alone prints the environment)
                 break
             cmd.words = rest
         self.commands.append(cmd)
@@ -922,8 +940,15 @@ class _ShellParser:
 
     def _unwrap_xargs(self, args: list[_Word], cmd: _Cmd) -> list[_Word]:
         short_values, optional = "nLIdEsPa", "ile"
-        long_values = {"--max-args", "--max-lines", "--delimiter", "--max-chars", "--max-procs", "--arg-file",
-                       "--process-slot-var"}
+        long_values = {
+            "--max-args",
+            "--max-lines",
+            "--delimiter",
+            "--max-chars",
+            "--max-procs",
+            "--arg-file",
+            "--process-slot-var",
+        }
         i = 0
         while i < len(args):
             a = args[i].text
@@ -943,7 +968,7 @@ class _ShellParser:
                 while j < len(a):
                     c = a[j]
                     if c in short_values:
-                        value = a[j + 1:]
+                        value = a[j + 1 :]
                         if not value and i + 1 < len(args):
                             value, consumed_next = args[i + 1].text, True
                         if c == "a" and value:
@@ -988,10 +1013,17 @@ class _ShellParser:
                 self.unk(f"xargs passes arguments that are not visible to {name} -c")
             if cmd.redirects or cmd.extra_reads or cmd.extra_edits:
                 # the wrapper's own redirections apply to everything inside
-                self.commands.append(_Cmd(words=[], redirects=cmd.redirects, chdirs=list(cmd.chdirs),
-                                          extra_reads=cmd.extra_reads, extra_edits=cmd.extra_edits))
+                self.commands.append(
+                    _Cmd(
+                        words=[],
+                        redirects=cmd.redirects,
+                        chdirs=list(cmd.chdirs),
+                        extra_reads=cmd.extra_reads,
+                        extra_edits=cmd.extra_edits,
+                    )
+                )
             before = len(self.commands)
-            self._isolated += 1   # a new shell: its `cd` does not move this one
+            self._isolated += 1  # a new shell: its `cd` does not move this one
             try:
                 self.parse(positional[0].text, depth + 1)
             finally:
@@ -1064,12 +1096,12 @@ def _semantic_unknown(argv: list[str], *, xargs: bool) -> list[str]:
 class _Effects:
     reads: list[str] = field(default_factory=list)
     edits: list[str] = field(default_factory=list)
-    rreads: list[str] = field(default_factory=list)   # read with everything below
-    redits: list[str] = field(default_factory=list)   # edited with everything below
+    rreads: list[str] = field(default_factory=list)  # read with everything below
+    redits: list[str] = field(default_factory=list)  # edited with everything below
     hosts: list[str] = field(default_factory=list)
     git: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
-    aliases: list[list[str]] = field(default_factory=list)   # other spellings matched against Bash rules
+    aliases: list[list[str]] = field(default_factory=list)  # other spellings matched against Bash rules
 
     def unk(self, reason: str) -> None:
         if reason not in self.unknown:
@@ -1132,7 +1164,7 @@ def _getopt(
     while i < len(args):
         a = args[i]
         if a == "--":
-            positionals.extend(args[i + 1:])
+            positionals.extend(args[i + 1 :])
             break
         if a.startswith("--"):
             name, eq, value = a.partition("=")
@@ -1148,14 +1180,14 @@ def _getopt(
             while j < len(a):
                 c = a[j]
                 if c in short:
-                    value: str | None = a[j + 1:]
+                    value: str | None = a[j + 1 :]
                     if not value:
                         value = args[i + 1] if i + 1 < len(args) else None
                         i += 1
                     options.append(("-" + c, value))
                     break
                 if c in optional:
-                    options.append(("-" + c, a[j + 1:]))
+                    options.append(("-" + c, a[j + 1 :]))
                     break
                 options.append(("-" + c, None))
                 j += 1
@@ -1233,15 +1265,16 @@ def _checked_host(host: str | None, token: str) -> tuple[str | None, str | None]
 
 # -- readers ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _FileTool:
-    short: str = ""                       # short options taking a value
-    long: frozenset[str] = frozenset()    # long options taking a value
-    optional: str = ""                    # short options with an optional attached value
-    reads: frozenset[str] = frozenset()   # options whose value is a file read
-    edits: frozenset[str] = frozenset()   # options whose value is a file written
+    short: str = ""  # short options taking a value
+    long: frozenset[str] = frozenset()  # long options taking a value
+    optional: str = ""  # short options with an optional attached value
+    reads: frozenset[str] = frozenset()  # options whose value is a file read
+    edits: frozenset[str] = frozenset()  # options whose value is a file written
     opaque: frozenset[str] = frozenset()  # options that make the command UNKNOWN
-    default_dot: bool = False             # no file argument means the current directory
+    default_dot: bool = False  # no file argument means the current directory
     recursive: frozenset[str] = frozenset()  # options that make the file arguments recursive
 
 
@@ -1252,48 +1285,138 @@ def _fs(*names: str) -> frozenset[str]:
 _READERS: dict[str, _FileTool] = {
     "cat": _FileTool(),
     "head": _FileTool(short="nc", long=_fs("--lines", "--bytes")),
-    "tail": _FileTool(short="ncs", long=_fs("--lines", "--bytes", "--pid", "--sleep-interval", "--max-unchanged-stats")),
-    "less": _FileTool(short="bhjkoOpPtTxyz#", long=_fs("--log-file", "--LOG-FILE", "--pattern", "--tag", "--lesskey-file"),
-                      edits=_fs("-o", "-O", "--log-file", "--LOG-FILE"), reads=_fs("-k", "--lesskey-file")),
+    "tail": _FileTool(
+        short="ncs", long=_fs("--lines", "--bytes", "--pid", "--sleep-interval", "--max-unchanged-stats")
+    ),
+    "less": _FileTool(
+        short="bhjkoOpPtTxyz#",
+        long=_fs("--log-file", "--LOG-FILE", "--pattern", "--tag", "--lesskey-file"),
+        edits=_fs("-o", "-O", "--log-file", "--LOG-FILE"),
+        reads=_fs("-k", "--lesskey-file"),
+    ),
     "more": _FileTool(short="n"),
     "wc": _FileTool(long=_fs("--files0-from"), opaque=_fs("--files0-from")),
     "stat": _FileTool(short="c", long=_fs("--format", "--printf")),
-    "file": _FileTool(short="eFfmP", long=_fs("--exclude", "--separator", "--files-from", "--magic-file", "--parameter"),
-                      opaque=_fs("-f", "--files-from"), reads=_fs("-m", "--magic-file")),
-    "ls": _FileTool(short="IwT", long=_fs("--block-size", "--format", "--hide", "--ignore", "--quoting-style", "--sort",
-                                          "--tabsize", "--time", "--time-style", "--width", "--indicator-style"),
-                    default_dot=True),
+    "file": _FileTool(
+        short="eFfmP",
+        long=_fs("--exclude", "--separator", "--files-from", "--magic-file", "--parameter"),
+        opaque=_fs("-f", "--files-from"),
+        reads=_fs("-m", "--magic-file"),
+    ),
+    "ls": _FileTool(
+        short="IwT",
+        long=_fs(
+            "--block-size",
+            "--format",
+            "--hide",
+            "--ignore",
+            "--quoting-style",
+            "--sort",
+            "--tabsize",
+            "--time",
+            "--time-style",
+            "--width",
+            "--indicator-style",
+        ),
+        default_dot=True,
+    ),
     "tac": _FileTool(short="s", long=_fs("--separator")),
-    "nl": _FileTool(short="bdfhilnsvw", long=_fs("--body-numbering", "--section-delimiter", "--footer-numbering",
-                                                 "--header-numbering", "--line-increment", "--join-blank-lines",
-                                                 "--number-format", "--number-separator", "--starting-line-number",
-                                                 "--number-width")),
-    "od": _FileTool(short="AjNSt", optional="w", long=_fs("--address-radix", "--skip-bytes", "--read-bytes", "--strings",
-                                                          "--format", "--width", "--endian")),
+    "nl": _FileTool(
+        short="bdfhilnsvw",
+        long=_fs(
+            "--body-numbering",
+            "--section-delimiter",
+            "--footer-numbering",
+            "--header-numbering",
+            "--line-increment",
+            "--join-blank-lines",
+            "--number-format",
+            "--number-separator",
+            "--starting-line-number",
+            "--number-width",
+        ),
+    ),
+    "od": _FileTool(
+        short="AjNSt",
+        optional="w",
+        long=_fs("--address-radix", "--skip-bytes", "--read-bytes", "--strings", "--format", "--width", "--endian"),
+    ),
     "hexdump": _FileTool(short="efns", reads=_fs("-f")),
     "strings": _FileTool(short="nteT", long=_fs("--bytes", "--radix", "--encoding", "--target", "--output-separator")),
     "base64": _FileTool(short="w", long=_fs("--wrap")),
-    "md5sum": _FileTool(), "sha1sum": _FileTool(), "sha224sum": _FileTool(), "sha256sum": _FileTool(),
-    "sha384sum": _FileTool(), "sha512sum": _FileTool(), "b2sum": _FileTool(short="l", long=_fs("--length")),
+    "md5sum": _FileTool(),
+    "sha1sum": _FileTool(),
+    "sha224sum": _FileTool(),
+    "sha256sum": _FileTool(),
+    "sha384sum": _FileTool(),
+    "sha512sum": _FileTool(),
+    "b2sum": _FileTool(short="l", long=_fs("--length")),
     "cksum": _FileTool(short="al", long=_fs("--algorithm", "--length")),
     "cmp": _FileTool(short="in", long=_fs("--ignore-initial", "--bytes")),
-    "du": _FileTool(short="dBXt", long=_fs("--max-depth", "--block-size", "--exclude", "--exclude-from", "--threshold",
-                                           "--time-style", "--files0-from"),
-                    reads=_fs("-X", "--exclude-from"), opaque=_fs("--files0-from"), default_dot=True),
-    "tree": _FileTool(short="LIPoH", long=_fs("--filelimit", "--charset", "--sort", "--timefmt", "--fromfile"),
-                      edits=_fs("-o"), opaque=_fs("--fromfile"), default_dot=True),
-    "diff": _FileTool(short="CUWFDIxXSL", long=_fs("--ifdef", "--show-function-line", "--ignore-matching-lines", "--label",
-                                                   "--starting-file", "--width", "--exclude", "--exclude-from", "--from-file",
-                                                   "--to-file", "--tabsize", "--horizon-lines", "--line-format",
-                                                   "--old-line-format", "--new-line-format", "--unchanged-line-format",
-                                                   "--old-group-format", "--new-group-format", "--changed-group-format",
-                                                   "--unchanged-group-format", "--palette", "--context", "--unified"),
-                      reads=_fs("-X", "--exclude-from", "--from-file", "--to-file")),
-    "sort": _FileTool(short="kotST", long=_fs("--batch-size", "--compress-program", "--files0-from", "--key", "--output",
-                                              "--random-source", "--buffer-size", "--field-separator",
-                                              "--temporary-directory", "--parallel", "--sort"),
-                      edits=_fs("-o", "--output"), reads=_fs("--random-source"),
-                      opaque=_fs("--compress-program", "--files0-from")),
+    "du": _FileTool(
+        short="dBXt",
+        long=_fs(
+            "--max-depth", "--block-size", "--exclude", "--exclude-from", "--threshold", "--time-style", "--files0-from"
+        ),
+        reads=_fs("-X", "--exclude-from"),
+        opaque=_fs("--files0-from"),
+        default_dot=True,
+    ),
+    "tree": _FileTool(
+        short="LIPoH",
+        long=_fs("--filelimit", "--charset", "--sort", "--timefmt", "--fromfile"),
+        edits=_fs("-o"),
+        opaque=_fs("--fromfile"),
+        default_dot=True,
+    ),
+    "diff": _FileTool(
+        short="CUWFDIxXSL",
+        long=_fs(
+            "--ifdef",
+            "--show-function-line",
+            "--ignore-matching-lines",
+            "--label",
+            "--starting-file",
+            "--width",
+            "--exclude",
+            "--exclude-from",
+            "--from-file",
+            "--to-file",
+            "--tabsize",
+            "--horizon-lines",
+            "--line-format",
+            "--old-line-format",
+            "--new-line-format",
+            "--unchanged-line-format",
+            "--old-group-format",
+            "--new-group-format",
+            "--changed-group-format",
+            "--unchanged-group-format",
+            "--palette",
+            "--context",
+            "--unified",
+        ),
+        reads=_fs("-X", "--exclude-from", "--from-file", "--to-file"),
+    ),
+    "sort": _FileTool(
+        short="kotST",
+        long=_fs(
+            "--batch-size",
+            "--compress-program",
+            "--files0-from",
+            "--key",
+            "--output",
+            "--random-source",
+            "--buffer-size",
+            "--field-separator",
+            "--temporary-directory",
+            "--parallel",
+            "--sort",
+        ),
+        edits=_fs("-o", "--output"),
+        reads=_fs("--random-source"),
+        opaque=_fs("--compress-program", "--files0-from"),
+    ),
 }
 
 _WRITERS: dict[str, _FileTool] = {
@@ -1307,20 +1430,67 @@ _WRITERS: dict[str, _FileTool] = {
     "truncate": _FileTool(short="sr", long=_fs("--size", "--reference"), reads=_fs("-r", "--reference")),
 }
 
-_GREP = _FileTool(short="efmABCdD", long=_fs("--regexp", "--file", "--max-count", "--after-context", "--before-context",
-                                             "--context", "--directories", "--devices", "--include", "--exclude",
-                                             "--exclude-dir", "--exclude-from", "--label", "--group-separator",
-                                             "--binary-files"),
-                  reads=_fs("-f", "--file", "--exclude-from"))
-_RG = _FileTool(short="eftTgmABCjMrEd", long=_fs("--regexp", "--file", "--type", "--type-not", "--glob", "--iglob",
-                                                 "--max-count", "--after-context", "--before-context", "--context",
-                                                 "--threads", "--max-columns", "--replace", "--encoding", "--max-depth",
-                                                 "--pre", "--pre-glob", "--type-add", "--type-clear", "--ignore-file",
-                                                 "--max-filesize", "--path-separator", "--sort", "--sortr", "--engine",
-                                                 "--colors", "--color", "--context-separator",
-                                                 "--field-match-separator", "--field-context-separator",
-                                                 "--dfa-size-limit", "--regex-size-limit", "--hostname-bin"),
-                reads=_fs("-f", "--file", "--ignore-file"), opaque=_fs("--pre", "--hostname-bin"))
+_GREP = _FileTool(
+    short="efmABCdD",
+    long=_fs(
+        "--regexp",
+        "--file",
+        "--max-count",
+        "--after-context",
+        "--before-context",
+        "--context",
+        "--directories",
+        "--devices",
+        "--include",
+        "--exclude",
+        "--exclude-dir",
+        "--exclude-from",
+        "--label",
+        "--group-separator",
+        "--binary-files",
+    ),
+    reads=_fs("-f", "--file", "--exclude-from"),
+)
+_RG = _FileTool(
+    short="eftTgmABCjMrEd",
+    long=_fs(
+        "--regexp",
+        "--file",
+        "--type",
+        "--type-not",
+        "--glob",
+        "--iglob",
+        "--max-count",
+        "--after-context",
+        "--before-context",
+        "--context",
+        "--threads",
+        "--max-columns",
+        "--replace",
+        "--encoding",
+        "--max-depth",
+        "--pre",
+        "--pre-glob",
+        "--type-add",
+        "--type-clear",
+        "--ignore-file",
+        "--max-filesize",
+        "--path-separator",
+        "--sort",
+        "--sortr",
+        "--engine",
+        "--colors",
+        "--color",
+        "--context-separator",
+        "--field-match-separator",
+        "--field-context-separator",
+        "--dfa-size-limit",
+        "--regex-size-limit",
+        "--hostname-bin",
+    ),
+    reads=_fs("-f", "--file", "--ignore-file"),
+    opaque=_fs("--pre", "--hostname-bin"),
+)
 
 
 def _file_tool(spec: _FileTool, args: list[str], effects: _Effects, *, role: str) -> tuple[list, list[str]]:
@@ -1463,8 +1633,7 @@ def _sed_script_is_safe(script: str) -> bool:
 
 
 def _sed(name: str, args: list[str], fs, effects: _Effects) -> None:
-    options, positionals = _getopt(args, short="efl", optional="i",
-                                   long=("--expression", "--file", "--line-length"))
+    options, positionals = _getopt(args, short="efl", optional="i", long=("--expression", "--file", "--line-length"))
     scripts = _values(options, "-e", "--expression")
     script_files = _values(options, "-f", "--file")
     for path in script_files:
@@ -1487,8 +1656,11 @@ _AWK_UNSAFE = re.compile(r"\bsystem\s*\(|\bgetline\b|\||\bprintf?\b[^;{}\n]*>|@l
 
 
 def _awk(name: str, args: list[str], fs, effects: _Effects) -> None:
-    options, positionals = _getopt(args, short="FvfeEilb", long=("--field-separator", "--assign", "--file", "--source",
-                                                                  "--exec", "--include", "--load"))
+    options, positionals = _getopt(
+        args,
+        short="FvfeEilb",
+        long=("--field-separator", "--assign", "--file", "--source", "--exec", "--include", "--load"),
+    )
     if _has(options, "-f", "--file", "-E", "--exec", "-i", "--include", "-l", "--load"):
         effects.reads.extend(_values(options, "-f", "--file", "-E", "--exec"))
         effects.unk("an awk program file is not visible")
@@ -1536,15 +1708,32 @@ def _find(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 
 def _chmod(name: str, args: list[str], fs, effects: _Effects) -> None:
-    flags = {"-R", "-v", "-c", "-f", "-h", "-H", "-L", "-P", "--recursive", "--verbose", "--changes", "--silent",
-             "--quiet", "--no-preserve-root", "--preserve-root", "--dereference", "--no-dereference"}
+    flags = {
+        "-R",
+        "-v",
+        "-c",
+        "-f",
+        "-h",
+        "-H",
+        "-L",
+        "-P",
+        "--recursive",
+        "--verbose",
+        "--changes",
+        "--silent",
+        "--quiet",
+        "--no-preserve-root",
+        "--preserve-root",
+        "--dereference",
+        "--no-dereference",
+    }
     positionals: list[str] = []
     reference = recursive = False
     i = 0
     while i < len(args):
         a = args[i]
         if a == "--":
-            positionals.extend(args[i + 1:])
+            positionals.extend(args[i + 1 :])
             break
         if a.startswith("--reference") or a.startswith("--from"):
             if "=" not in a:
@@ -1622,13 +1811,20 @@ def _dd(name: str, args: list[str], fs, effects: _Effects) -> None:
             effects.edits.append(a[3:])
 
 
-_TAR_PROGRAM_OPTIONS = ("--to-command", "--checkpoint-action", "--use-compress-program", "--info-script",
-                        "--new-volume-script", "--rsh-command", "--index-file")
+_TAR_PROGRAM_OPTIONS = (
+    "--to-command",
+    "--checkpoint-action",
+    "--use-compress-program",
+    "--info-script",
+    "--new-volume-script",
+    "--rsh-command",
+    "--index-file",
+)
 
 
 def _tar(name: str, args: list[str], fs, effects: _Effects) -> None:
     """tar: creating reads the inputs and writes the archive; extracting writes unseen names (UNKNOWN)."""
-    bundled = args[0] if args and not args[0].startswith("-") else ""   # old style: tar czf out.tgz src
+    bundled = args[0] if args and not args[0].startswith("-") else ""  # old style: tar czf out.tgz src
     clusters = [a[1:] for a in args if a.startswith("-") and not a.startswith("--")]
     letters = bundled + "".join(clusters)
     if "x" in letters or any(a.split("=", 1)[0] in ("--extract", "--get") for a in args):
@@ -1645,7 +1841,7 @@ def _tar(name: str, args: list[str], fs, effects: _Effects) -> None:
         elif a == "--file" and k + 1 < len(rest):
             archive = rest[k + 1]
         elif a.startswith("-") and not a.startswith("--") and "f" in a:
-            attached = a[a.index("f") + 1:]
+            attached = a[a.index("f") + 1 :]
             archive = attached or (rest[k + 1] if k + 1 < len(rest) else None)
     creating = any(c in letters for c in "cruA") or any(a in ("--create", "--append", "--update") for a in args)
     if archive and archive != _STDIO:
@@ -1663,23 +1859,119 @@ def _tar(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 _CURL_SHORT = "dHouXAebcFTxKwmrCEyYztUQDP"
 _CURL_LONG = _fs(
-    "--data", "--data-raw", "--data-binary", "--data-urlencode", "--data-ascii", "--json", "--header", "--output",
-    "--user", "--request", "--user-agent", "--referer", "--cookie", "--cookie-jar", "--form", "--form-string",
-    "--upload-file", "--proxy", "--preproxy", "--config", "--write-out", "--max-time", "--range", "--continue-at",
-    "--cert", "--key", "--cacert", "--capath", "--connect-timeout", "--retry", "--retry-delay", "--retry-max-time",
-    "--resolve", "--connect-to", "--dump-header", "--interface", "--limit-rate", "--max-filesize", "--output-dir",
-    "--proxy-user", "--url", "--oauth2-bearer", "--time-cond", "--trace", "--trace-ascii", "--stderr",
-    "--unix-socket", "--abstract-unix-socket", "--local-port", "--noproxy", "--quote", "--pass", "--ciphers",
-    "--dns-servers", "--doh-url", "--max-redirs", "--speed-limit", "--speed-time", "--variable", "--netrc-file",
-    "--socks4", "--socks4a", "--socks5", "--socks5-hostname", "--proxy-header", "--proto", "--proto-redir",
-    "--telnet-option", "--ftp-port", "--cert-type", "--key-type", "--etag-save", "--etag-compare", "--alt-svc",
-    "--hsts", "--expect100-timeout", "--happy-eyeballs-timeout-ms", "--keepalive-time", "--mail-from", "--mail-rcpt",
-    "--mail-auth", "--sasl-authzid", "--aws-sigv4", "--tls-max", "--create-file-mode", "--request-target",
-    "--login-options", "--service-name", "--proxy-cacert", "--proxy-cert", "--proxy-key", "--proxy-pass",
-    "--proxy-service-name", "--socks5-gssapi-service", "--delegation", "--ftp-account", "--ftp-alternative-to-user",
-    "--ftp-method", "--ftp-ssl-ccc-mode", "--hostpubmd5", "--hostpubsha256", "--krb", "--pinnedpubkey", "--pubkey",
-    "--random-file", "--egd-file", "--engine", "--tlsuser", "--tlspassword", "--tls13-ciphers", "--curves",
-    "--ipfs-gateway", "--ech",
+    "--data",
+    "--data-raw",
+    "--data-binary",
+    "--data-urlencode",
+    "--data-ascii",
+    "--json",
+    "--header",
+    "--output",
+    "--user",
+    "--request",
+    "--user-agent",
+    "--referer",
+    "--cookie",
+    "--cookie-jar",
+    "--form",
+    "--form-string",
+    "--upload-file",
+    "--proxy",
+    "--preproxy",
+    "--config",
+    "--write-out",
+    "--max-time",
+    "--range",
+    "--continue-at",
+    "--cert",
+    "--key",
+    "--cacert",
+    "--capath",
+    "--connect-timeout",
+    "--retry",
+    "--retry-delay",
+    "--retry-max-time",
+    "--resolve",
+    "--connect-to",
+    "--dump-header",
+    "--interface",
+    "--limit-rate",
+    "--max-filesize",
+    "--output-dir",
+    "--proxy-user",
+    "--url",
+    "--oauth2-bearer",
+    "--time-cond",
+    "--trace",
+    "--trace-ascii",
+    "--stderr",
+    "--unix-socket",
+    "--abstract-unix-socket",
+    "--local-port",
+    "--noproxy",
+    "--quote",
+    "--pass",
+    "--ciphers",
+    "--dns-servers",
+    "--doh-url",
+    "--max-redirs",
+    "--speed-limit",
+    "--speed-time",
+    "--variable",
+    "--netrc-file",
+    "--socks4",
+    "--socks4a",
+    "--socks5",
+    "--socks5-hostname",
+    "--proxy-header",
+    "--proto",
+    "--proto-redir",
+    "--telnet-option",
+    "--ftp-port",
+    "--cert-type",
+    "--key-type",
+    "--etag-save",
+    "--etag-compare",
+    "--alt-svc",
+    "--hsts",
+    "--expect100-timeout",
+    "--happy-eyeballs-timeout-ms",
+    "--keepalive-time",
+    "--mail-from",
+    "--mail-rcpt",
+    "--mail-auth",
+    "--sasl-authzid",
+    "--aws-sigv4",
+    "--tls-max",
+    "--create-file-mode",
+    "--request-target",
+    "--login-options",
+    "--service-name",
+    "--proxy-cacert",
+    "--proxy-cert",
+    "--proxy-key",
+    "--proxy-pass",
+    "--proxy-service-name",
+    "--socks5-gssapi-service",
+    "--delegation",
+    "--ftp-account",
+    "--ftp-alternative-to-user",
+    "--ftp-method",
+    "--ftp-ssl-ccc-mode",
+    "--hostpubmd5",
+    "--hostpubsha256",
+    "--krb",
+    "--pinnedpubkey",
+    "--pubkey",
+    "--random-file",
+    "--egd-file",
+    "--engine",
+    "--tlsuser",
+    "--tlspassword",
+    "--tls13-ciphers",
+    "--curves",
+    "--ipfs-gateway",
+    "--ech",
 )
 
 
@@ -1696,8 +1988,9 @@ def _curl(name: str, args: list[str], fs, effects: _Effects) -> None:
     urls = positionals + _values(options, "--url")
     for url in urls:
         effects.host(url, bare=True)
-    for proxy in _values(options, "-x", "--proxy", "--preproxy", "--socks4", "--socks4a", "--socks5",
-                         "--socks5-hostname"):
+    for proxy in _values(
+        options, "-x", "--proxy", "--preproxy", "--socks4", "--socks4a", "--socks5", "--socks5-hostname"
+    ):
         effects.host(proxy, bare=True)
     if _has(options, "--resolve", "--connect-to"):
         effects.unk("curl --resolve/--connect-to sends the request to another host")
@@ -1710,8 +2003,9 @@ def _curl(name: str, args: list[str], fs, effects: _Effects) -> None:
     for out in _values(options, "-o", "--output"):
         if out != _STDIO:
             effects.edits.append(posixpath.join(output_dir, out))
-    for out in _values(options, "-c", "--cookie-jar", "-D", "--dump-header", "--trace", "--trace-ascii", "--stderr",
-                       "--etag-save"):
+    for out in _values(
+        options, "-c", "--cookie-jar", "-D", "--dump-header", "--trace", "--trace-ascii", "--stderr", "--etag-save"
+    ):
         if out != _STDIO:
             effects.edits.append(out)
     if _has(options, "-O", "--remote-name", "--remote-name-all"):
@@ -1742,18 +2036,81 @@ def _curl(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 _WGET_SHORT = "OoaPieUtTwQlARDIXB"
 _WGET_LONG = _fs(
-    "--output-document", "--output-file", "--append-output", "--directory-prefix", "--input-file", "--execute",
-    "--user-agent", "--tries", "--timeout", "--wait", "--quota", "--level", "--accept", "--reject", "--domains",
-    "--include-directories", "--exclude-directories", "--base", "--header", "--user", "--password", "--http-user",
-    "--http-password", "--ftp-user", "--ftp-password", "--post-data", "--post-file", "--body-data", "--body-file",
-    "--method", "--referer", "--load-cookies", "--save-cookies", "--ca-certificate", "--certificate", "--private-key",
-    "--bind-address", "--limit-rate", "--waitretry", "--dns-timeout", "--connect-timeout", "--read-timeout",
-    "--config", "--proxy-user", "--proxy-password", "--default-page", "--local-encoding", "--remote-encoding",
-    "--restrict-file-names", "--cut-dirs", "--progress", "--secure-protocol", "--ca-directory", "--certificate-type",
-    "--private-key-type", "--random-file", "--egd-file", "--max-redirect", "--rejected-log", "--accept-regex",
-    "--reject-regex", "--regex-type", "--exclude-domains", "--follow-tags", "--ignore-tags", "--warc-file",
-    "--warc-header", "--warc-max-size", "--warc-cdx", "--warc-dedup", "--warc-tempdir", "--use-askpass",
-    "--retry-on-http-error", "--report-speed", "--hsts-file",
+    "--output-document",
+    "--output-file",
+    "--append-output",
+    "--directory-prefix",
+    "--input-file",
+    "--execute",
+    "--user-agent",
+    "--tries",
+    "--timeout",
+    "--wait",
+    "--quota",
+    "--level",
+    "--accept",
+    "--reject",
+    "--domains",
+    "--include-directories",
+    "--exclude-directories",
+    "--base",
+    "--header",
+    "--user",
+    "--password",
+    "--http-user",
+    "--http-password",
+    "--ftp-user",
+    "--ftp-password",
+    "--post-data",
+    "--post-file",
+    "--body-data",
+    "--body-file",
+    "--method",
+    "--referer",
+    "--load-cookies",
+    "--save-cookies",
+    "--ca-certificate",
+    "--certificate",
+    "--private-key",
+    "--bind-address",
+    "--limit-rate",
+    "--waitretry",
+    "--dns-timeout",
+    "--connect-timeout",
+    "--read-timeout",
+    "--config",
+    "--proxy-user",
+    "--proxy-password",
+    "--default-page",
+    "--local-encoding",
+    "--remote-encoding",
+    "--restrict-file-names",
+    "--cut-dirs",
+    "--progress",
+    "--secure-protocol",
+    "--ca-directory",
+    "--certificate-type",
+    "--private-key-type",
+    "--random-file",
+    "--egd-file",
+    "--max-redirect",
+    "--rejected-log",
+    "--accept-regex",
+    "--reject-regex",
+    "--regex-type",
+    "--exclude-domains",
+    "--follow-tags",
+    "--ignore-tags",
+    "--warc-file",
+    "--warc-header",
+    "--warc-max-size",
+    "--warc-cdx",
+    "--warc-dedup",
+    "--warc-tempdir",
+    "--use-askpass",
+    "--retry-on-http-error",
+    "--report-speed",
+    "--hsts-file",
 )
 
 
@@ -1767,8 +2124,11 @@ def _wget(name: str, args: list[str], fs, effects: _Effects) -> None:
     if _has(options, "-e", "--execute", "--config", "--use-askpass"):
         effects.unk("wget -e/--config/--use-askpass runs settings or programs that are not visible")
     effects.reads.extend(_values(options, "--post-file", "--body-file", "--load-cookies"))
-    effects.edits.extend(v for v in _values(options, "-o", "-a", "--output-file", "--append-output", "--save-cookies",
-                                            "--rejected-log") if v != _STDIO)
+    effects.edits.extend(
+        v
+        for v in _values(options, "-o", "-a", "--output-file", "--append-output", "--save-cookies", "--rejected-log")
+        if v != _STDIO
+    )
     prefix = (_values(options, "-P", "--directory-prefix") or ["."])[-1]
     documents = _values(options, "-O", "--output-document")
     if documents:
@@ -1781,10 +2141,16 @@ def _wget(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 
 def _netcat(name: str, args: list[str], fs, effects: _Effects) -> None:
-    if any(a in ("--exec", "--sh-exec", "--lua-exec") or a.startswith(("--exec=", "--sh-exec=", "--lua-exec=")) for a in args):
+    if any(
+        a in ("--exec", "--sh-exec", "--lua-exec") or a.startswith(("--exec=", "--sh-exec=", "--lua-exec="))
+        for a in args
+    ):
         effects.unk(f"{name} can run a program")
-    options, positionals = _getopt(args, short="IiMmOPpsTVWwXxec", long=("--source", "--source-port", "--wait",
-                                                                           "--proxy", "--proxy-type", "--output"))
+    options, positionals = _getopt(
+        args,
+        short="IiMmOPpsTVWwXxec",
+        long=("--source", "--source-port", "--wait", "--proxy", "--proxy-type", "--output"),
+    )
     if _has(options, "-e", "-c"):
         effects.unk(f"{name} can run a program")
     if _has(options, "-l", "--listen"):
@@ -1863,13 +2229,57 @@ def _scp(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 
 _RSYNC_LONG = _fs(
-    "--rsh", "--rsync-path", "--block-size", "--filter", "--exclude", "--include", "--exclude-from", "--include-from",
-    "--files-from", "--temp-dir", "--log-file", "--log-file-format", "--password-file", "--port", "--partial-dir",
-    "--backup-dir", "--suffix", "--chmod", "--chown", "--bwlimit", "--timeout", "--contimeout", "--compare-dest",
-    "--copy-dest", "--link-dest", "--max-size", "--min-size", "--max-delete", "--out-format", "--remote-option",
-    "--info", "--debug", "--iconv", "--checksum-choice", "--compress-choice", "--compress-level", "--skip-compress",
-    "--usermap", "--groupmap", "--address", "--sockopts", "--outbuf", "--write-batch", "--only-write-batch",
-    "--read-batch", "--protocol", "--stop-after", "--stop-at", "--max-alloc", "--modify-window", "--early-input",
+    "--rsh",
+    "--rsync-path",
+    "--block-size",
+    "--filter",
+    "--exclude",
+    "--include",
+    "--exclude-from",
+    "--include-from",
+    "--files-from",
+    "--temp-dir",
+    "--log-file",
+    "--log-file-format",
+    "--password-file",
+    "--port",
+    "--partial-dir",
+    "--backup-dir",
+    "--suffix",
+    "--chmod",
+    "--chown",
+    "--bwlimit",
+    "--timeout",
+    "--contimeout",
+    "--compare-dest",
+    "--copy-dest",
+    "--link-dest",
+    "--max-size",
+    "--min-size",
+    "--max-delete",
+    "--out-format",
+    "--remote-option",
+    "--info",
+    "--debug",
+    "--iconv",
+    "--checksum-choice",
+    "--compress-choice",
+    "--compress-level",
+    "--skip-compress",
+    "--usermap",
+    "--groupmap",
+    "--address",
+    "--sockopts",
+    "--outbuf",
+    "--write-batch",
+    "--only-write-batch",
+    "--read-batch",
+    "--protocol",
+    "--stop-after",
+    "--stop-at",
+    "--max-alloc",
+    "--modify-window",
+    "--early-input",
     "--checksum-seed",
 )
 
@@ -1882,8 +2292,11 @@ def _rsync(name: str, args: list[str], fs, effects: _Effects) -> None:
             effects.unk("rsync -e runs another program")
     if _has(options, "--files-from"):
         effects.unk("rsync --files-from names files that are not visible")
-    effects.reads.extend(v for v in _values(options, "--exclude-from", "--include-from", "--files-from",
-                                            "--password-file", "--read-batch") if v != _STDIO)
+    effects.reads.extend(
+        v
+        for v in _values(options, "--exclude-from", "--include-from", "--files-from", "--password-file", "--read-batch")
+        if v != _STDIO
+    )
     effects.edits.extend(_values(options, "--log-file", "--write-batch", "--only-write-batch"))
     if len(positionals) < 2:
         for token in positionals:
@@ -1895,9 +2308,23 @@ def _rsync(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 
 def _pip(args: list[str], fs, effects: _Effects) -> None:
-    global_values = {"--proxy", "--log", "--cache-dir", "--timeout", "--retries", "--exists-action", "--trusted-host",
-                     "--cert", "--client-cert", "--python", "--use-feature", "--use-deprecated", "--keyring-provider",
-                     "--log-file", "--local-log"}
+    global_values = {
+        "--proxy",
+        "--log",
+        "--cache-dir",
+        "--timeout",
+        "--retries",
+        "--exists-action",
+        "--trusted-host",
+        "--cert",
+        "--client-cert",
+        "--python",
+        "--use-feature",
+        "--use-deprecated",
+        "--keyring-provider",
+        "--log-file",
+        "--local-log",
+    }
     i = 0
     while i < len(args) and args[i].startswith("-"):
         name = args[i].split("=", 1)[0]
@@ -1908,13 +2335,52 @@ def _pip(args: list[str], fs, effects: _Effects) -> None:
     if i >= len(args) or args[i] not in ("install", "download", "wheel", "index", "search", "lock"):
         _generic("pip", args[i:], fs, effects)
         return
-    options, positionals = _getopt(args[i + 1:], short="rceitfCdw", long=(
-        "--requirement", "--constraint", "--editable", "--target", "--index-url", "--extra-index-url", "--find-links",
-        "--config-settings", "--dest", "--wheel-dir", "--prefix", "--root", "--src", "--upgrade-strategy", "--platform",
-        "--python-version", "--implementation", "--abi", "--no-binary", "--only-binary", "--progress-bar",
-        "--cache-dir", "--log", "--proxy", "--retries", "--timeout", "--trusted-host", "--cert", "--client-cert",
-        "--exists-action", "--global-option", "--build-option", "--report", "--python", "--use-feature",
-        "--use-deprecated", "--keyring-provider", "--group", "--output", "--index"))
+    options, positionals = _getopt(
+        args[i + 1 :],
+        short="rceitfCdw",
+        long=(
+            "--requirement",
+            "--constraint",
+            "--editable",
+            "--target",
+            "--index-url",
+            "--extra-index-url",
+            "--find-links",
+            "--config-settings",
+            "--dest",
+            "--wheel-dir",
+            "--prefix",
+            "--root",
+            "--src",
+            "--upgrade-strategy",
+            "--platform",
+            "--python-version",
+            "--implementation",
+            "--abi",
+            "--no-binary",
+            "--only-binary",
+            "--progress-bar",
+            "--cache-dir",
+            "--log",
+            "--proxy",
+            "--retries",
+            "--timeout",
+            "--trusted-host",
+            "--cert",
+            "--client-cert",
+            "--exists-action",
+            "--global-option",
+            "--build-option",
+            "--report",
+            "--python",
+            "--use-feature",
+            "--use-deprecated",
+            "--keyring-provider",
+            "--group",
+            "--output",
+            "--index",
+        ),
+    )
     indexes = _values(options, "-i", "--index-url", "--index")
     if not indexes and not _has(options, "--no-index"):
         effects.hosts.append("pypi.org")
@@ -1924,8 +2390,22 @@ def _pip(args: list[str], fs, effects: _Effects) -> None:
         if not effects.host(link):
             effects.reads.append(link)
     effects.reads.extend(_values(options, "-r", "--requirement", "-c", "--constraint"))
-    effects.edits.extend(_values(options, "-t", "--target", "--prefix", "--root", "--src", "-d", "--dest", "-w",
-                                 "--wheel-dir", "--report", "--output"))
+    effects.edits.extend(
+        _values(
+            options,
+            "-t",
+            "--target",
+            "--prefix",
+            "--root",
+            "--src",
+            "-d",
+            "--dest",
+            "-w",
+            "--wheel-dir",
+            "--report",
+            "--output",
+        )
+    )
     for spec in positionals + _values(options, "-e", "--editable"):
         if "://" in spec:
             effects.host(re.sub(r"\A[a-z]+\+", "", spec))
@@ -1933,11 +2413,57 @@ def _pip(args: list[str], fs, effects: _Effects) -> None:
             effects.reads.append(spec)
 
 
-_NPM_NETWORK = frozenset({"install", "i", "in", "ins", "inst", "insta", "instal", "isnt", "isnta", "isntal", "add",
-                          "ci", "clean-install", "ic", "install-clean", "isntall-clean", "update", "up", "upgrade",
-                          "udpate", "exec", "x", "publish", "view", "info", "show", "v", "search", "outdated", "audit",
-                          "init", "create", "dlx", "install-test", "it", "cit", "install-ci-test", "dist-tag",
-                          "access", "login", "whoami", "unpublish", "deprecate", "owner", "team", "token", "ping"})
+_NPM_NETWORK = frozenset(
+    {
+        "install",
+        "i",
+        "in",
+        "ins",
+        "inst",
+        "insta",
+        "instal",
+        "isnt",
+        "isnta",
+        "isntal",
+        "add",
+        "ci",
+        "clean-install",
+        "ic",
+        "install-clean",
+        "isntall-clean",
+        "update",
+        "up",
+        "upgrade",
+        "udpate",
+        "exec",
+        "x",
+        "publish",
+        "view",
+        "info",
+        "show",
+        "v",
+        "search",
+        "outdated",
+        "audit",
+        "init",
+        "create",
+        "dlx",
+        "install-test",
+        "it",
+        "cit",
+        "install-ci-test",
+        "dist-tag",
+        "access",
+        "login",
+        "whoami",
+        "unpublish",
+        "deprecate",
+        "owner",
+        "team",
+        "token",
+        "ping",
+    }
+)
 
 
 def _npm(name: str, args: list[str], fs, effects: _Effects) -> None:
@@ -1960,7 +2486,7 @@ def _uv(name: str, args: list[str], fs, effects: _Effects) -> None:
     if name == "uvx" or sub in ("add", "sync", "lock", "remove", "tool", "export"):
         effects.hosts.append("pypi.org")
     if sub == "pip":
-        _pip(args[args.index("pip") + 1:], fs, effects)
+        _pip(args[args.index("pip") + 1 :], fs, effects)
         return
     _generic(name, args, fs, effects)
 
@@ -1976,22 +2502,67 @@ _GIT_OPAQUE_SUBCOMMANDS = {
     "credential": "git credential handles secrets",
     "difftool": "git difftool runs another program",
     "mergetool": "git mergetool runs another program",
-    "p4": "git p4 talks to another server", "svn": "git svn talks to another server",
+    "p4": "git p4 talks to another server",
+    "svn": "git svn talks to another server",
 }
-_GIT_GLOBAL_VALUES = frozenset({"-C", "-c", "--config-env", "--git-dir", "--work-tree", "--namespace",
-                                "--super-prefix", "--attr-source", "--list-cmds"})
+_GIT_GLOBAL_VALUES = frozenset(
+    {
+        "-C",
+        "-c",
+        "--config-env",
+        "--git-dir",
+        "--work-tree",
+        "--namespace",
+        "--super-prefix",
+        "--attr-source",
+        "--list-cmds",
+    }
+)
 # short options taking a value, per subcommand (git push -u is --set-upstream, git clone -u is --upload-pack)
 _GIT_REMOTE_SHORT = {"push": "o", "fetch": "oj", "pull": "ojXs", "ls-remote": "o", "clone": "objcu", "archive": "o"}
-_GIT_REMOTE_VALUES = ("--repo", "-o", "--push-option", "--server-option", "--depth", "--deepen", "--shallow-since",
-                      "--shallow-exclude", "-j", "--jobs", "--negotiation-tip", "--refmap", "-X", "--strategy-option",
-                      "-s", "--strategy", "--recurse-submodules-default", "--filter", "--upload-pack",
-                      "--receive-pack", "--exec", "--origin", "-b", "--branch", "--reference", "--reference-if-able",
-                      "--separate-git-dir", "--template", "--config", "--bundle-uri", "--sort", "--remote", "--output",
-                      "--prefix", "--format", "--add-file", "--add-virtual-file")
+_GIT_REMOTE_VALUES = (
+    "--repo",
+    "-o",
+    "--push-option",
+    "--server-option",
+    "--depth",
+    "--deepen",
+    "--shallow-since",
+    "--shallow-exclude",
+    "-j",
+    "--jobs",
+    "--negotiation-tip",
+    "--refmap",
+    "-X",
+    "--strategy-option",
+    "-s",
+    "--strategy",
+    "--recurse-submodules-default",
+    "--filter",
+    "--upload-pack",
+    "--receive-pack",
+    "--exec",
+    "--origin",
+    "-b",
+    "--branch",
+    "--reference",
+    "--reference-if-able",
+    "--separate-git-dir",
+    "--template",
+    "--config",
+    "--bundle-uri",
+    "--sort",
+    "--remote",
+    "--output",
+    "--prefix",
+    "--format",
+    "--add-file",
+    "--add-virtual-file",
+)
 
 
 def _git(name: str, args: list[str], fs, effects: _Effects) -> None:
-    base = ""   # accumulated -C directories
+    base = ""  # accumulated -C directories
     i = 0
     while i < len(args) and args[i].startswith("-"):
         option, eq, attached = args[i].partition("=")
@@ -2010,7 +2581,7 @@ def _git(name: str, args: list[str], fs, effects: _Effects) -> None:
         i += 2 if takes_value and not eq else 1
     if i >= len(args):
         return
-    sub, rest = args[i], args[i + 1:]
+    sub, rest = args[i], args[i + 1 :]
     if i > 0:
         effects.aliases.append(["git", sub, *rest])
 
@@ -2024,9 +2595,24 @@ def _git(name: str, args: list[str], fs, effects: _Effects) -> None:
         return
     if sub == "commit":
         effects.git.append("commit")
-        options, _ = _getopt(rest, short="FmCcSt", long=("--file", "--message", "--reuse-message", "--reedit-message",
-                                                         "--fixup", "--squash", "--author", "--date", "--template",
-                                                         "--trailer", "--cleanup", "--pathspec-from-file"))
+        options, _ = _getopt(
+            rest,
+            short="FmCcSt",
+            long=(
+                "--file",
+                "--message",
+                "--reuse-message",
+                "--reedit-message",
+                "--fixup",
+                "--squash",
+                "--author",
+                "--date",
+                "--template",
+                "--trailer",
+                "--cleanup",
+                "--pathspec-from-file",
+            ),
+        )
         effects.reads.extend(at(v) for v in _values(options, "-F", "--file", "-t", "--template") if v != _STDIO)
         return
     if sub in ("push", "fetch", "pull", "ls-remote", "clone", "archive"):
@@ -2056,8 +2642,17 @@ def _git(name: str, args: list[str], fs, effects: _Effects) -> None:
         if sub == "submodule" and action not in ("", "status", "summary"):
             effects.unk(f"git submodule {action} fetches or runs what .gitmodules names")
             return
-        if sub == "remote" and action in ("add", "set-url", "rename", "remove", "rm", "set-head", "set-branches",
-                                          "prune", "update"):
+        if sub == "remote" and action in (
+            "add",
+            "set-url",
+            "rename",
+            "remove",
+            "rm",
+            "set-head",
+            "set-branches",
+            "prune",
+            "update",
+        ):
             effects.edits.append(at(".git/config"))
         return
     if sub == "config":
@@ -2071,7 +2666,7 @@ def _git(name: str, args: list[str], fs, effects: _Effects) -> None:
         return
     if sub in ("checkout", "restore"):
         if "--" in rest:
-            effects.redits.extend(at(p) for p in rest[rest.index("--") + 1:])
+            effects.redits.extend(at(p) for p in rest[rest.index("--") + 1 :])
         elif sub == "restore":
             _, positionals = _getopt(rest, short="s", long=("--source", "--pathspec-from-file"))
             effects.redits.extend(at(p) for p in positionals)
@@ -2093,7 +2688,7 @@ def _git(name: str, args: list[str], fs, effects: _Effects) -> None:
         effects.unk("git rebase --exec runs a command")
         return
     # everything else (status, log, diff, show, add, ...): existing paths among the arguments are read
-    for a in rest:   # REV:PATH shows a file's committed content
+    for a in rest:  # REV:PATH shows a file's committed content
         if ":" in a and not a.startswith("-") and "://" not in a:
             path = at(a.split(":", 1)[1])
             if path and fs.exists(path):
@@ -2102,15 +2697,25 @@ def _git(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 
 def _git_config(rest: list[str], effects: _Effects, at: Callable[[str], str]) -> None:
-    options, positionals = _getopt(rest, short="f", long=("--file", "--blob", "--type", "--default", "--comment",
-                                                          "--value", "--url"))
-    mutators = ("--unset", "--unset-all", "--add", "--replace-all", "--rename-section", "--remove-section", "-e",
-                "--edit")
-    readers = ("--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l", "--get-color",
-               "--get-colorbool")
-    writes = _has(options, *mutators) or (positionals[:1] and positionals[0] in (
-        "set", "unset", "edit", "rename-section", "remove-section")) or (
-        len(positionals) >= 2 and not _has(options, *readers) and positionals[0] not in ("get", "list"))
+    options, positionals = _getopt(
+        rest, short="f", long=("--file", "--blob", "--type", "--default", "--comment", "--value", "--url")
+    )
+    mutators = (
+        "--unset",
+        "--unset-all",
+        "--add",
+        "--replace-all",
+        "--rename-section",
+        "--remove-section",
+        "-e",
+        "--edit",
+    )
+    readers = ("--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l", "--get-color", "--get-colorbool")
+    writes = (
+        _has(options, *mutators)
+        or (positionals[:1] and positionals[0] in ("set", "unset", "edit", "rename-section", "remove-section"))
+        or (len(positionals) >= 2 and not _has(options, *readers) and positionals[0] not in ("get", "list"))
+    )
     if not writes:
         return
     if _has(options, "--global", "--system"):
@@ -2142,10 +2747,10 @@ _INFO_FLAGS = frozenset({"-V", "--version", "-h", "--help", "-v", "-VV"})
 
 @dataclass(frozen=True)
 class _Interpreter:
-    inline: str                          # short option letters introducing inline code
-    inline_long: tuple[str, ...] = ()    # long options introducing inline code
-    values: str = ""                     # short options taking a value
-    stdin_unknown: bool = True           # no script means code from stdin
+    inline: str  # short option letters introducing inline code
+    inline_long: tuple[str, ...] = ()  # long options introducing inline code
+    values: str = ""  # short options taking a value
+    stdin_unknown: bool = True  # no script means code from stdin
 
 
 _INTERPRETERS: dict[str, _Interpreter] = {
@@ -2200,14 +2805,14 @@ def _interpreter(name: str, args: list[str], fs, effects: _Effects) -> None:
                 effects.unk(f"{name} -{letter} runs inline code")
                 return
             if letter in spec.values:
-                value = a[j + 1:] or (args[i + 1] if i + 1 < len(args) else "")
-                if not a[j + 1:]:
+                value = a[j + 1 :] or (args[i + 1] if i + 1 < len(args) else "")
+                if not a[j + 1 :]:
                     i += 1
                 if family == "python" and letter == "m":
                     if value == "pip":
-                        _pip(args[i + 1:], fs, effects)
+                        _pip(args[i + 1 :], fs, effects)
                         return
-                    _generic(name, args[i + 1:], fs, effects)
+                    _generic(name, args[i + 1 :], fs, effects)
                     return
                 break
         i += 1
@@ -2217,7 +2822,7 @@ def _interpreter(name: str, args: list[str], fs, effects: _Effects) -> None:
             effects.unk(f"{name} reads its program from standard input")
         return
     effects.reads.append(script)
-    _generic(name, args[i + 1:], fs, effects)
+    _generic(name, args[i + 1 :], fs, effects)
 
 
 # -- everything else --------------------------------------------------------------------------
@@ -2241,17 +2846,43 @@ _Handler = Callable[[str, list[str], object, _Effects], None]
 _HANDLERS: dict[str, _Handler] = {
     **{name: _reader for name in _READERS},
     **{name: _writer for name in _WRITERS},
-    "grep": _grep, "egrep": _grep, "fgrep": _grep, "rg": _grep,
-    "sed": _sed, "awk": _awk, "gawk": _awk, "mawk": _awk, "nawk": _awk,
+    "grep": _grep,
+    "egrep": _grep,
+    "fgrep": _grep,
+    "rg": _grep,
+    "sed": _sed,
+    "awk": _awk,
+    "gawk": _awk,
+    "mawk": _awk,
+    "nawk": _awk,
     "find": _find,
-    "chmod": _chmod, "chown": _chmod, "chgrp": _chmod,
-    "cp": _copy_like, "mv": _copy_like, "ln": _copy_like, "install": _copy_like,
-    "dd": _dd, "tar": _tar,
-    "curl": _curl, "wget": _wget, "nc": _netcat, "ncat": _netcat, "netcat": _netcat, "telnet": _telnet,
-    "ssh": _ssh, "scp": _scp, "rsync": _rsync,
+    "chmod": _chmod,
+    "chown": _chmod,
+    "chgrp": _chmod,
+    "cp": _copy_like,
+    "mv": _copy_like,
+    "ln": _copy_like,
+    "install": _copy_like,
+    "dd": _dd,
+    "tar": _tar,
+    "curl": _curl,
+    "wget": _wget,
+    "nc": _netcat,
+    "ncat": _netcat,
+    "netcat": _netcat,
+    "telnet": _telnet,
+    "ssh": _ssh,
+    "scp": _scp,
+    "rsync": _rsync,
     "git": _git,
-    "npm": _npm, "npx": _npm, "pnpm": _npm, "pnpx": _npm, "yarn": _npm, "bunx": _npm,
-    "uv": _uv, "uvx": _uv,
+    "npm": _npm,
+    "npx": _npm,
+    "pnpm": _npm,
+    "pnpx": _npm,
+    "yarn": _npm,
+    "bunx": _npm,
+    "uv": _uv,
+    "uvx": _uv,
 }
 
 
@@ -2261,7 +2892,7 @@ def _classify(argv: list[str], fs, effects: _Effects, *, xargs: bool) -> None:
     if "/" in argv[0]:
         effects.aliases.append([name, *args])
         if fs.exists(argv[0]):
-            effects.reads.append(argv[0])   # running a script reads it
+            effects.reads.append(argv[0])  # running a script reads it
     handler: _Handler | None = _HANDLERS.get(name)
     if handler is None and re.fullmatch(r"pip[0-9.]*", name):
         handler = lambda _n, a, f, e: _pip(a, f, e)  # noqa: E731
@@ -2299,8 +2930,11 @@ class _Collector:
 
     def path(self, kind: str, path: str, cwd: str = ".", *, recursive: bool = False) -> list[str]:
         """Add Read/Edit resources for a path; a path leaving the worktree is recorded as outside."""
-        if path == _STDIO or path in (_SPECIAL_WRITE if kind == "Edit" else _SPECIAL_READ) or \
-                re.fullmatch(r"/dev/fd/\d+|/proc/self/fd/\d+", path):
+        if (
+            path == _STDIO
+            or path in (_SPECIAL_WRITE if kind == "Edit" else _SPECIAL_READ)
+            or re.fullmatch(r"/dev/fd/\d+|/proc/self/fd/\d+", path)
+        ):
             return []
         resolved = self.paths.resolve(path, cwd)
         if resolved.outside:
@@ -2465,7 +3099,9 @@ def canonicalize(tool: str, args: dict, worktree: str) -> CanonicalAction:
     elif tool == "write_file":
         content = _require_str(args, "content")
         data = content.encode("utf-8", "surrogatepass")
-        text = f"write_file: {file_target('Edit', 'path')} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()})"
+        text = (
+            f"write_file: {file_target('Edit', 'path')} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()})"
+        )
     elif tool == "edit_file":
         old, new = _require_str(args, "old"), _require_str(args, "new")
         target = file_target("Edit", "path", also_read=True)
@@ -2540,7 +3176,8 @@ def evaluate(tool: str, args: dict, ctx: EvalContext) -> Decision:
         return _decide(action, ctx)
     except Exception as exc:  # fail closed: whatever went wrong, the action does not run
         return Decision(
-            "deny", "error",
+            "deny",
+            "error",
             f"The permission check could not evaluate this call ({_short_error(exc)}), so it is denied.",
             action=action,
         )
@@ -2563,7 +3200,9 @@ def _decide(action: CanonicalAction, ctx: EvalContext) -> Decision:
     if grant.revoked:
         return decision("deny", "revoked", f"Grant {grant.id} (version {grant.version}) has been revoked.")
     if ctx.now < grant.not_before:
-        return decision("deny", "expired", f"The grant window opens at {_when(grant.not_before)}; nothing may run before.")
+        return decision(
+            "deny", "expired", f"The grant window opens at {_when(grant.not_before)}; nothing may run before."
+        )
     if ctx.now >= grant.expires_at:
         return decision("deny", "expired", f"The grant expired at {_when(grant.expires_at)}.")
     if ctx.delegator_active is not True:
@@ -2598,8 +3237,9 @@ def _decide(action: CanonicalAction, ctx: EvalContext) -> Decision:
     # 4. budget
     meta = action.tool in META_TOOLS
     if ctx.budget_exhausted and not meta:
-        return decision("deny", "budget", f"The budget is used up ({ctx.budget_exhausted}); only finish and "
-                                          "write_handoff may run.")
+        return decision(
+            "deny", "budget", f"The budget is used up ({ctx.budget_exhausted}); only finish and write_handoff may run."
+        )
 
     # 5. a human allowed exactly this action once
     if action.hash in ctx.approved_action_hashes:
@@ -2646,16 +3286,18 @@ def _decide(action: CanonicalAction, ctx: EvalContext) -> Decision:
         for pattern in patterns:
             if _matches_below(pattern, resource.value, root, fold_case=True):
                 verb = "editing" if resource.kind == "Edit" else "reading"
-                guard_asks.append(f"{verb} everything below {resource.value} needs a human: it contains a protected "
-                                  f"path ({pattern})")
+                guard_asks.append(
+                    f"{verb} everything below {resource.value} needs a human: it contains a protected path ({pattern})"
+                )
                 break
     if mode_denied:
         first = mode_denied[0]
         why = "plan mode is read only" if grant.mode == "plan" else f"{grant.mode} mode does not allow it"
         return decision("deny", "mode", f"{_upper_first(_describe(first))} is not allowed: {why}.")
     if action.unknown:
-        return decision("ask", "guard", f"This command needs a human because it cannot be analysed safely: "
-                                        f"{action.unknown}.")
+        return decision(
+            "ask", "guard", f"This command needs a human because it cannot be analysed safely: {action.unknown}."
+        )
     if guard_asks:
         return decision("ask", "guard", _upper_first(guard_asks[0]) + ".")
     if mode_asks:

@@ -3,6 +3,7 @@
 Visibility: managers and leaders see every pod; members see the pods they belong to.
 Authority (who may *act*) lives in agents/authority.py.
 """
+
 from __future__ import annotations
 
 from django.db.models import Exists, OuterRef, Q, QuerySet

@@ -2,6 +2,7 @@
 and it writes its audit event in the same transaction (``reviews.audit.record``). Live updates
 and step enqueues happen after commit.
 """
+
 from __future__ import annotations
 
 import re
@@ -81,15 +82,24 @@ def grant_spec_errors(spec: GrantSpec) -> dict[str, str]:
 
 def _grant_payload(grant: Grant) -> dict:
     return {
-        "grant": grant.pk, "version": grant.version, "delegator": grant.delegator.username, "mode": grant.mode,
-        "allow": grant.allow, "ask": grant.ask, "deny": grant.deny,
+        "grant": grant.pk,
+        "version": grant.version,
+        "delegator": grant.delegator.username,
+        "mode": grant.mode,
+        "allow": grant.allow,
+        "ask": grant.ask,
+        "deny": grant.deny,
         "budget": {
-            "max_steps": grant.max_steps, "max_tokens": grant.max_tokens,
-            "max_cost_usd": grant.max_cost_usd, "max_wall_seconds": grant.max_wall_seconds,
+            "max_steps": grant.max_steps,
+            "max_tokens": grant.max_tokens,
+            "max_cost_usd": grant.max_cost_usd,
+            "max_wall_seconds": grant.max_wall_seconds,
             "max_tool_calls": grant.max_tool_calls,
         },
-        "not_before": grant.not_before, "expires_at": grant.expires_at,
-        "on_unanswered": grant.on_unanswered, "justification": grant.justification,
+        "not_before": grant.not_before,
+        "expires_at": grant.expires_at,
+        "on_unanswered": grant.on_unanswered,
+        "justification": grant.justification,
     }
 
 
@@ -109,8 +119,16 @@ def session_update(session: AgentSession, *, locked: bool = False, **changes) ->
     send_on_commit(session.pk)
 
 
-def set_status(session: AgentSession, status: str, *, reason: str = "", by: User | None = None,
-               agent: bool = False, locked: bool = False, **changes) -> None:
+def set_status(
+    session: AgentSession,
+    status: str,
+    *,
+    reason: str = "",
+    by: User | None = None,
+    agent: bool = False,
+    locked: bool = False,
+    **changes,
+) -> None:
     """Change a session's status with its audit event (inside the caller's transaction)."""
     previous = session.status
     if status == Status.RUNNING and not session.started_at:
@@ -120,12 +138,16 @@ def set_status(session: AgentSession, status: str, *, reason: str = "", by: User
     session_update(session, status=status, status_reason=Truncator(reason).chars(480), locked=locked, **changes)
     if previous != status:
         record(
-            "session.status", session=session, user=by, agent=agent and by is None,
+            "session.status",
+            session=session,
+            user=by,
+            agent=agent and by is None,
             payload={"from": previous, "to": status, "reason": reason},
         )
 
 
 # --- pods and people ------------------------------------------------------------------
+
 
 @transaction.atomic
 def membership_set(*, pod: Pod, user: User, role: str, by: User) -> PodMembership:
@@ -133,8 +155,12 @@ def membership_set(*, pod: Pod, user: User, role: str, by: User) -> PodMembershi
     if role not in PodMembership.Role.values:
         raise ValidationError({"role": f"Unknown pod role {role!r}."})
     membership, created = PodMembership.objects.update_or_create(user=user, pod=pod, defaults={"role": role})
-    record("pod.membership_set", user=by, pod_id=pod.pk,
-           payload={"pod": pod.slug, "member": user.username, "role": role, "created": created})
+    record(
+        "pod.membership_set",
+        user=by,
+        pod_id=pod.pk,
+        payload={"pod": pod.slug, "member": user.username, "role": role, "created": created},
+    )
     return membership
 
 
@@ -143,11 +169,12 @@ def membership_remove(*, pod: Pod, user: User, by: User) -> None:
     authority.require(authority.refuse_pod_admin(user=by, pod_id=pod.pk))
     owned = AgentSession.objects.filter(pod=pod, sto=user).exclude(status__in=TERMINAL_STATUSES).count()
     if owned:
-        raise ValidationError(
-            f"{user.username} still owns {owned} open session(s) in {pod.name}: reassign them first."
-        )
-    delegated = Grant.objects.filter(session__pod=pod, delegator=user, revoked_at__isnull=True).exclude(
-        session__status__in=TERMINAL_STATUSES).count()
+        raise ValidationError(f"{user.username} still owns {owned} open session(s) in {pod.name}: reassign them first.")
+    delegated = (
+        Grant.objects.filter(session__pod=pod, delegator=user, revoked_at__isnull=True)
+        .exclude(session__status__in=TERMINAL_STATUSES)
+        .count()
+    )
     if delegated and user.role != User.Role.MANAGER:
         raise ValidationError(
             f"{user.username} delegated {delegated} active grant(s) on open sessions of {pod.name}: "
@@ -161,10 +188,18 @@ def membership_remove(*, pod: Pod, user: User, by: User) -> None:
 # --- sessions -------------------------------------------------------------------------
 
 API_KEY_ENV = re.compile(r"[A-Z][A-Z0-9_]{0,99}")
-PRIVATE_ENV = frozenset({
-    "SECRET_KEY", "AUDIT_SIGNING_KEY", "DATABASE_URL", "REDIS_URL", "HEALTHZ_TOKEN", "SECRET_KEY_FILE",
-    "AUDIT_SIGNING_KEY_FILE", "DEMO_PASSWORD",
-})
+PRIVATE_ENV = frozenset(
+    {
+        "SECRET_KEY",
+        "AUDIT_SIGNING_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "HEALTHZ_TOKEN",
+        "SECRET_KEY_FILE",
+        "AUDIT_SIGNING_KEY_FILE",
+        "DEMO_PASSWORD",
+    }
+)
 # git's ref rules, simplified and strict: no leading "-" or ".", no "..", no control or special characters
 BRANCH_NAME = re.compile(r"(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/-]{1,200}(?<![./])")
 
@@ -223,13 +258,26 @@ def session_launch(
         raise ValidationError(errors)
     now = timezone.now()
     session = AgentSession.objects.create(
-        pod=pod, sto=sto, created_by=by, goal=goal,
+        pod=pod,
+        sto=sto,
+        created_by=by,
+        goal=goal,
         name=Truncator(name.strip() or goal.splitlines()[0]).chars(110),
-        success_criteria=success_criteria.strip(), task_type=task_type, priority=priority,
-        repository=repository, base_branch=base_branch or repository.default_branch,
-        model=model or settings.CONTROLROOM["DEFAULT_MODEL"], api_base=api_base, api_key_env=api_key_env,
-        fallback_models=list(fallback_models or []), seed=seed, tags=list(tags or []),
-        status=Status.QUEUED, status_reason="waiting for a worker", created_at=now, updated_at=now,
+        success_criteria=success_criteria.strip(),
+        task_type=task_type,
+        priority=priority,
+        repository=repository,
+        base_branch=base_branch or repository.default_branch,
+        model=model or settings.CONTROLROOM["DEFAULT_MODEL"],
+        api_base=api_base,
+        api_key_env=api_key_env,
+        fallback_models=list(fallback_models or []),
+        seed=seed,
+        tags=list(tags or []),
+        status=Status.QUEUED,
+        status_reason="waiting for a worker",
+        created_at=now,
+        updated_at=now,
     )
     from agents.runtime.worktrees import branch_name
 
@@ -237,12 +285,24 @@ def session_launch(
     session.worktree_path = str(settings.CONTROLROOM["WORKTREES_DIR"] / f"s{session.pk}")
     session.save(update_fields=["branch", "worktree_path"])
     record(
-        "session.launched", session=session, user=by, on_behalf_of=sto,
+        "session.launched",
+        session=session,
+        user=by,
+        on_behalf_of=sto,
         payload={
-            "name": session.name, "goal": goal, "success_criteria": session.success_criteria,
-            "pod": pod.slug, "sto": sto.username, "model": session.model, "api_base": api_base,
-            "repository": repository.name, "base_branch": session.base_branch, "branch": session.branch,
-            "priority": priority, "task_type": task_type, "tags": session.tags,
+            "name": session.name,
+            "goal": goal,
+            "success_criteria": session.success_criteria,
+            "pod": pod.slug,
+            "sto": sto.username,
+            "model": session.model,
+            "api_base": api_base,
+            "repository": repository.name,
+            "base_branch": session.base_branch,
+            "branch": session.branch,
+            "priority": priority,
+            "task_type": task_type,
+            "tags": session.tags,
         },
     )
     _issue_grant(session=session, spec=spec, by=by, delegator=delegator or sto, previous=None)
@@ -277,20 +337,34 @@ def _issue_grant(*, session: AgentSession, spec: GrantSpec, by: User, delegator:
     if previous is None and latest is not None:
         previous = latest if not hasattr(latest, "superseded_by") else None
     grant = Grant.objects.create(
-        session=session, version=(latest.version + 1) if latest else 1, delegator=delegator, issued_by=by,
-        mode=spec.mode, allow=list(spec.allow), ask=list(spec.ask), deny=list(spec.deny),
-        max_steps=spec.max_steps, max_tokens=spec.max_tokens, max_cost_usd=spec.max_cost_usd,
-        max_wall_seconds=spec.max_wall_seconds, max_tool_calls=spec.max_tool_calls,
-        not_before=not_before, expires_at=expires_at, on_unanswered=spec.on_unanswered,
-        justification=spec.justification, issued_at=now, supersedes=previous,
+        session=session,
+        version=(latest.version + 1) if latest else 1,
+        delegator=delegator,
+        issued_by=by,
+        mode=spec.mode,
+        allow=list(spec.allow),
+        ask=list(spec.ask),
+        deny=list(spec.deny),
+        max_steps=spec.max_steps,
+        max_tokens=spec.max_tokens,
+        max_cost_usd=spec.max_cost_usd,
+        max_wall_seconds=spec.max_wall_seconds,
+        max_tool_calls=spec.max_tool_calls,
+        not_before=not_before,
+        expires_at=expires_at,
+        on_unanswered=spec.on_unanswered,
+        justification=spec.justification,
+        issued_at=now,
+        supersedes=previous,
     )
     record("grant.issued", session=session, user=by, on_behalf_of=delegator, grant=grant, payload=_grant_payload(grant))
     return grant
 
 
 @transaction.atomic
-def grant_issue(*, session: AgentSession, spec: GrantSpec, by: User, delegator: User | None = None,
-                reason: str = "grant changed") -> Grant:
+def grant_issue(
+    *, session: AgentSession, spec: GrantSpec, by: User, delegator: User | None = None, reason: str = "grant changed"
+) -> Grant:
     """Change a session's authority: revoke the current grant and issue the next version."""
     errors = grant_spec_errors(spec)
     if errors:
@@ -316,8 +390,14 @@ def _revoke(*, grant: Grant, by: User, reason: str) -> None:
     )
     if not revoked:
         return  # already revoked (a double submit): nothing changed, nothing to record
-    record("grant.revoked", session=grant.session, user=by, on_behalf_of=grant.delegator, grant=grant,
-           payload={"grant": grant.pk, "version": grant.version, "reason": reason})
+    record(
+        "grant.revoked",
+        session=grant.session,
+        user=by,
+        on_behalf_of=grant.delegator,
+        grant=grant,
+        payload={"grant": grant.pk, "version": grant.version, "reason": reason},
+    )
 
 
 @transaction.atomic
@@ -340,8 +420,13 @@ def sto_assign(*, session: AgentSession, new_sto: User, by: User) -> AgentSessio
     if previous.pk == new_sto.pk:
         raise ValidationError({"sto": f"{new_sto.username} already owns this session."})
     session_update(session, sto=new_sto)
-    record("session.sto_reassigned", session=session, user=by, on_behalf_of=new_sto,
-           payload={"from": previous.username, "to": new_sto.username})
+    record(
+        "session.sto_reassigned",
+        session=session,
+        user=by,
+        on_behalf_of=new_sto,
+        payload={"from": previous.username, "to": new_sto.username},
+    )
     return session
 
 
@@ -376,6 +461,7 @@ def tool_call_reserve(*, session_id: int, limit: int | None, activity: str | Non
 
 
 # --- controls -------------------------------------------------------------------------
+
 
 def _locked(session: AgentSession) -> AgentSession:
     return AgentSession.objects.select_for_update().select_related("pod", "sto").get(pk=session.pk)
@@ -433,7 +519,9 @@ def fleet_stop(*, by: User, reason: str = "") -> int:
     """Halt every agent before its next tool call. Running steps see the switch and park their session."""
     _require_manager(by)
     control = FleetControl.current()
-    FleetControl.objects.filter(pk=control.pk).update(stopped=True, changed_by=by, changed_at=timezone.now(), reason=reason)
+    FleetControl.objects.filter(pk=control.pk).update(
+        stopped=True, changed_by=by, changed_at=timezone.now(), reason=reason
+    )
     sessions = list(AgentSession.objects.select_for_update().filter(status__in=[Status.QUEUED, Status.RUNNING]))
     for session in sessions:
         set_status(session, Status.PAUSED, reason=f"fleet stopped by {by.username}", by=by, hold="fleet")
@@ -444,8 +532,12 @@ def fleet_stop(*, by: User, reason: str = "") -> int:
 @transaction.atomic
 def fleet_resume(*, by: User) -> int:
     _require_manager(by)
-    FleetControl.objects.filter(pk=FleetControl.current().pk).update(stopped=False, changed_by=by, changed_at=timezone.now(), reason="")
-    sessions = list(AgentSession.objects.select_for_update().select_related("pod").filter(status=Status.PAUSED, hold="fleet"))
+    FleetControl.objects.filter(pk=FleetControl.current().pk).update(
+        stopped=False, changed_by=by, changed_at=timezone.now(), reason=""
+    )
+    sessions = list(
+        AgentSession.objects.select_for_update().select_related("pod").filter(status=Status.PAUSED, hold="fleet")
+    )
     resumed = []
     for session in sessions:
         if session.pod.paused:
@@ -462,10 +554,17 @@ def fleet_resume(*, by: User) -> int:
 def pod_pause(*, pod: Pod, by: User, reason: str = "") -> int:
     authority.require(authority.refuse_pod_admin(user=by, pod_id=pod.pk))
     Pod.objects.filter(pk=pod.pk).update(paused=True)
-    sessions = list(AgentSession.objects.select_for_update().filter(pod=pod, status__in=[Status.QUEUED, Status.RUNNING]))
+    sessions = list(
+        AgentSession.objects.select_for_update().filter(pod=pod, status__in=[Status.QUEUED, Status.RUNNING])
+    )
     for session in sessions:
         set_status(session, Status.PAUSED, reason=f"pod paused by {by.username}", by=by, hold="pod")
-    record("pod.paused", user=by, pod_id=pod.pk, payload={"pod": pod.slug, "reason": reason, "sessions": [s.pk for s in sessions]})
+    record(
+        "pod.paused",
+        user=by,
+        pod_id=pod.pk,
+        payload={"pod": pod.slug, "reason": reason, "sessions": [s.pk for s in sessions]},
+    )
     return len(sessions)
 
 
@@ -499,13 +598,26 @@ def session_block_expired(*, session: AgentSession) -> str:
         reason = f"grant v{grant.version} expired at {timezone.localtime(grant.expires_at):%Y-%m-%d %H:%M %Z}"
         for escalation in Escalation.objects.select_for_update().filter(session=session, state=Escalation.State.OPEN):
             Escalation.objects.filter(pk=escalation.pk).update(
-                state=Escalation.State.EXPIRED, decided_at=timezone.now(),
+                state=Escalation.State.EXPIRED,
+                decided_at=timezone.now(),
                 decision_reason="the grant expired before anyone answered",
             )
-            record("escalation.expired", session=session, on_behalf_of=grant.delegator, grant=grant, provenance="expired",
-                   payload={"escalation": escalation.pk, "action": escalation.action})
-        record("grant.expired", session=session, on_behalf_of=grant.delegator, grant=grant, provenance="expired",
-               payload={"grant": grant.pk, "expires_at": grant.expires_at})
+            record(
+                "escalation.expired",
+                session=session,
+                on_behalf_of=grant.delegator,
+                grant=grant,
+                provenance="expired",
+                payload={"escalation": escalation.pk, "action": escalation.action},
+            )
+        record(
+            "grant.expired",
+            session=session,
+            on_behalf_of=grant.delegator,
+            grant=grant,
+            provenance="expired",
+            payload={"grant": grant.pk, "expires_at": grant.expires_at},
+        )
     if session.status not in TERMINAL_STATUSES:
         set_status(session, Status.BLOCKED, reason=reason, current_activity=reason[:200])
     return reason
@@ -523,8 +635,13 @@ def escalation_decide(*, escalation: Escalation, by: User, decision: str, reason
     refusal = authority.refuse_session_control(user=by, session=escalation.session)
     if refusal:
         with transaction.atomic():
-            record("escalation.refused", session=escalation.session, user=by, provenance="human",
-                   payload={"escalation": escalation.pk, "decision": decision, "refusal": refusal})
+            record(
+                "escalation.refused",
+                session=escalation.session,
+                user=by,
+                provenance="human",
+                payload={"escalation": escalation.pk, "decision": decision, "refusal": refusal},
+            )
         raise authority.NotAllowed(refusal)
     if decision == "allow-always" and not escalation.rule:
         raise ValidationError(
@@ -538,7 +655,9 @@ def escalation_decide(*, escalation: Escalation, by: User, decision: str, reason
 def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reason: str) -> Escalation:
     escalation = Escalation.objects.select_for_update().select_related("grant", "session").get(pk=escalation.pk)
     if escalation.state != Escalation.State.OPEN:
-        raise ValidationError(f"Escalation #{escalation.pk} was already decided ({escalation.get_state_display().lower()}).")
+        raise ValidationError(
+            f"Escalation #{escalation.pk} was already decided ({escalation.get_state_display().lower()})."
+        )
     session = _locked(escalation.session)
     now = timezone.now()
     new_state = {
@@ -546,13 +665,25 @@ def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reaso
         "allow-always": Escalation.State.ALLOWED_ALWAYS,
         "deny": Escalation.State.DENIED,
     }[decision]
-    Escalation.objects.filter(pk=escalation.pk).update(state=new_state, decided_by=by, decided_at=now, decision_reason=reason)
+    Escalation.objects.filter(pk=escalation.pk).update(
+        state=new_state, decided_by=by, decided_at=now, decision_reason=reason
+    )
     escalation.refresh_from_db()
     record(
-        "escalation.decided", session=session, user=by, on_behalf_of=escalation.grant.delegator,
-        grant=escalation.grant, provenance="human",
-        payload={"escalation": escalation.pk, "decision": decision, "reason": reason, "action": escalation.action,
-                 "action_hash": escalation.action_hash, "tool": escalation.tool},
+        "escalation.decided",
+        session=session,
+        user=by,
+        on_behalf_of=escalation.grant.delegator,
+        grant=escalation.grant,
+        provenance="human",
+        payload={
+            "escalation": escalation.pk,
+            "decision": decision,
+            "reason": reason,
+            "action": escalation.action,
+            "action_hash": escalation.action_hash,
+            "tool": escalation.tool,
+        },
     )
     if decision == "allow-always":
         # add the rule to the session's grant as it is now (it may have changed since the question)
@@ -560,16 +691,33 @@ def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reaso
         rules = [line for line in escalation.rule.splitlines() if line.strip()]
         rule = ", ".join(rules)
         spec = GrantSpec(
-            mode=grant.mode, allow=tuple(dict.fromkeys([*grant.allow, *rules])), ask=tuple(grant.ask),
-            deny=tuple(grant.deny), max_steps=grant.max_steps, max_tokens=grant.max_tokens,
-            max_cost_usd=grant.max_cost_usd, max_wall_seconds=grant.max_wall_seconds,
-            max_tool_calls=grant.max_tool_calls, not_before=grant.not_before, expires_at=grant.expires_at,
-            on_unanswered=grant.on_unanswered, justification=f"allow always: {rule}",
+            mode=grant.mode,
+            allow=tuple(dict.fromkeys([*grant.allow, *rules])),
+            ask=tuple(grant.ask),
+            deny=tuple(grant.deny),
+            max_steps=grant.max_steps,
+            max_tokens=grant.max_tokens,
+            max_cost_usd=grant.max_cost_usd,
+            max_wall_seconds=grant.max_wall_seconds,
+            max_tool_calls=grant.max_tool_calls,
+            not_before=grant.not_before,
+            expires_at=grant.expires_at,
+            on_unanswered=grant.on_unanswered,
+            justification=f"allow always: {rule}",
         )
         if not grant.is_revoked:
             _revoke(grant=grant, by=by, reason=f"superseded: allow always {rule}")
-        _issue_grant(session=session, spec=spec, by=by, delegator=by if by.role == User.Role.MANAGER else grant.delegator, previous=grant)
-    if session.status == Status.NEEDS_APPROVAL and not Escalation.objects.filter(session=session, state=Escalation.State.OPEN).exists():
+        _issue_grant(
+            session=session,
+            spec=spec,
+            by=by,
+            delegator=by if by.role == User.Role.MANAGER else grant.delegator,
+            previous=grant,
+        )
+    if (
+        session.status == Status.NEEDS_APPROVAL
+        and not Escalation.objects.filter(session=session, state=Escalation.State.OPEN).exists()
+    ):
         set_status(session, Status.RUNNING, reason=f"{by.username}: {decision}", by=by)
         enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
     else:

@@ -1,4 +1,5 @@
 """Celery tasks: thin adapters that take ids, re-fetch, and call the runtime or a service."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,13 @@ class WebhookTransientError(Exception):
 
 
 @shared_task(
-    name="agents.tasks.agent_step", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
-    soft_time_limit=settings.CONTROLROOM["STEP_TIME_LIMIT_S"], time_limit=settings.CONTROLROOM["STEP_TIME_LIMIT_S"] + 30,
+    name="agents.tasks.agent_step",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    soft_time_limit=settings.CONTROLROOM["STEP_TIME_LIMIT_S"],
+    time_limit=settings.CONTROLROOM["STEP_TIME_LIMIT_S"] + 30,
 )
 def agent_step(self, session_id: int, step: int) -> str:
     """Run step ``step`` of a session. Idempotent: redelivery and duplicates are harmless."""
@@ -59,9 +65,11 @@ def tick() -> dict:
     woken = recovered = 0
     # only sessions a check parked (window not open, review WIP limit): a freshly launched one already
     # has its first step on the queue, and one launched with --no-start stays put
-    parked = AgentSession.objects.filter(status=Status.QUEUED).filter(
-        Q(status_reason__startswith="grant window") | Q(status_reason__startswith="review WIP limit")
-    ).filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+    parked = (
+        AgentSession.objects.filter(status=Status.QUEUED)
+        .filter(Q(status_reason__startswith="grant window") | Q(status_reason__startswith="review WIP limit"))
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+    )
     for session_id, steps, priority, pod_id, wip_limit, reason in parked.values_list(
         "id", "steps", "priority", "pod_id", "pod__review_wip_limit", "status_reason"
     ):
@@ -80,7 +88,9 @@ def tick() -> dict:
     for session_id, steps, priority in stale.values_list("id", "steps", "priority"):
         enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
         recovered += 1
-    waiting = AgentSession.objects.filter(status=Status.NEEDS_APPROVAL, grants__revoked_at__isnull=True, grants__expires_at__lte=now).distinct()
+    waiting = AgentSession.objects.filter(
+        status=Status.NEEDS_APPROVAL, grants__revoked_at__isnull=True, grants__expires_at__lte=now
+    ).distinct()
     expired = 0
     for session in waiting:
         try:
@@ -92,8 +102,15 @@ def tick() -> dict:
 
 
 @shared_task(
-    name="agents.tasks.send_webhook", bind=True, autoretry_for=(WebhookTransientError,), retry_backoff=2,
-    retry_backoff_max=300, retry_jitter=False, max_retries=6, time_limit=30, ignore_result=True,
+    name="agents.tasks.send_webhook",
+    bind=True,
+    autoretry_for=(WebhookTransientError,),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=False,
+    max_retries=6,
+    time_limit=30,
+    ignore_result=True,
 )
 def send_webhook(self, session_id: int, escalation_id: int | None = None, reason: str = "") -> str:
     session = AgentSession.objects.select_related("pod", "sto").filter(pk=session_id).first()
@@ -104,11 +121,20 @@ def send_webhook(self, session_id: int, escalation_id: int | None = None, reason
     # An absolute link when the deployment says where it lives (CONTROLROOM["PUBLIC_URL"]), else the path.
     path = (settings.CONTROLROOM.get("PUBLIC_URL") or "").rstrip("/") + reverse("session_drawer", args=[session.pk])
     text = f"[{session.pod.name}] #{session.pk} {session.name} (STO {session.sto.username}) needs you: {what} — {path}"
-    body = json.dumps({
-        "text": text, "session_id": session.pk, "pod": session.pod.slug, "sto": session.sto.username,
-        "status": session.status, "escalation_id": escalation_id, "url": path,
-    }).encode()
-    request = urllib.request.Request(session.pod.webhook_url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    body = json.dumps(
+        {
+            "text": text,
+            "session_id": session.pk,
+            "pod": session.pod.slug,
+            "sto": session.sto.username,
+            "status": session.status,
+            "escalation_id": escalation_id,
+            "url": path,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        session.pod.webhook_url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (URL set by a pod lead)
             return f"sent: {response.status}"

@@ -1,4 +1,5 @@
 """Pages and actions about pods and single sessions. Views only call selectors and services."""
+
 from __future__ import annotations
 
 import json
@@ -48,11 +49,19 @@ def pod_detail(request: HttpRequest, slug: str) -> HttpResponse:
     owned = {m.user_id: [s for s in sessions if s.sto_id == m.user_id] for m in memberships}
     can_admin = authority.refuse_pod_admin(user=request.user, pod_id=pod.pk) is None
     candidates = User.objects.exclude(pk__in=[m.user_id for m in memberships]).order_by("username") if can_admin else []
-    return render(request, "agents/pod.html", {
-        "pod": pod, "rows": [(m, owned[m.user_id]) for m in memberships], "sessions": sessions,
-        "members": [m.user for m in memberships], "can_admin": can_admin, "candidates": candidates,
-        "roles": PodMembership.Role.choices,
-    })
+    return render(
+        request,
+        "agents/pod.html",
+        {
+            "pod": pod,
+            "rows": [(m, owned[m.user_id]) for m in memberships],
+            "sessions": sessions,
+            "members": [m.user for m in memberships],
+            "can_admin": can_admin,
+            "candidates": candidates,
+            "roles": PodMembership.Role.choices,
+        },
+    )
 
 
 @require_POST
@@ -148,7 +157,9 @@ def _tool_calls_of(entry: TranscriptEntry) -> list[dict]:
             shown.append({"name": "?", "arguments": str(call)})
             continue
         function = call.get("function") if isinstance(call.get("function"), dict) else call
-        shown.append({"name": str(function.get("name") or "?"), "arguments": _pretty_arguments(function.get("arguments"))})
+        shown.append(
+            {"name": str(function.get("name") or "?"), "arguments": _pretty_arguments(function.get("arguments"))}
+        )
     return shown
 
 
@@ -162,10 +173,15 @@ def _transcript_page(*, session: AgentSession, before: int | None) -> dict:
     items = []
     for entry in rows[:TRANSCRIPT_PAGE]:
         content = entry.content or ""
-        items.append({
-            "entry": entry, "content": content, "long": len(content) > LONG_CONTENT_CHARS,
-            "preview": Truncator(" ".join(content.split())).chars(PREVIEW_CHARS), "calls": _tool_calls_of(entry),
-        })
+        items.append(
+            {
+                "entry": entry,
+                "content": content,
+                "long": len(content) > LONG_CONTENT_CHARS,
+                "preview": Truncator(" ".join(content.split())).chars(PREVIEW_CHARS),
+                "calls": _tool_calls_of(entry),
+            }
+        )
     return {"items": items, "older": older, "total": session.transcript.count() if before is None else None}
 
 
@@ -176,10 +192,15 @@ def _audit_page(*, session: AgentSession, before: int | None) -> dict:
         events = events.filter(id__lt=before)
     rows = list(events.order_by("-id")[: AUDIT_PAGE + 1])
     older = rows[AUDIT_PAGE - 1].pk if len(rows) > AUDIT_PAGE else None
-    items = [{
-        "event": event,
-        "payload": Truncator(json.dumps(event.payload, ensure_ascii=False, sort_keys=True, default=str)).chars(PAYLOAD_CHARS),
-    } for event in rows[:AUDIT_PAGE]]
+    items = [
+        {
+            "event": event,
+            "payload": Truncator(json.dumps(event.payload, ensure_ascii=False, sort_keys=True, default=str)).chars(
+                PAYLOAD_CHARS
+            ),
+        }
+        for event in rows[:AUDIT_PAGE]
+    ]
     return {"items": items, "older": older}
 
 
@@ -187,7 +208,10 @@ def _git_quiet(cwd: Path, *argv: str) -> tuple[int, str]:
     """Run one read-only git command with a timeout; (status, output or error text)."""
     try:
         status, out, err = git.Git(str(cwd)).execute(
-            ["git", *argv], kill_after_timeout=DIFF_TIMEOUT_S, with_extended_output=True, with_exceptions=False,
+            ["git", *argv],
+            kill_after_timeout=DIFF_TIMEOUT_S,
+            with_extended_output=True,
+            with_exceptions=False,
             env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
         )
     except (git.GitCommandNotFound, OSError) as exc:
@@ -206,7 +230,10 @@ def _diff_stat(*, session: AgentSession) -> dict:
         return {"state": "none", "text": "no worktree yet"}
     status, _ = _git_quiet(repo_path, "rev-parse", "--verify", "-q", f"refs/heads/{session.branch}")
     if status != 0:
-        return {"state": "none", "text": "no worktree yet" if not has_worktree else f"branch {session.branch} not found"}
+        return {
+            "state": "none",
+            "text": "no worktree yet" if not has_worktree else f"branch {session.branch} not found",
+        }
     base = session.base_commit or session.base_branch
     status, out = _git_quiet(repo_path, "diff", "--shortstat", f"{base}...refs/heads/{session.branch}", "--")
     if status != 0:
@@ -230,18 +257,47 @@ def _budget_rows(*, session: AgentSession, grant: Grant | None) -> list[dict]:
         wall = int((end - session.started_at).total_seconds())
     rows = [
         ("Steps", session.steps, grant.max_steps, str(session.steps), str(grant.max_steps or "")),
-        ("Tokens", session.tokens, grant.max_tokens, f"{session.tokens:,}", f"{grant.max_tokens:,}" if grant.max_tokens else ""),
-        ("Cost", session.cost_usd, grant.max_cost_usd, f"${session.cost_usd:.4f}", f"${grant.max_cost_usd}" if grant.max_cost_usd else ""),
-        ("Wall time", wall or 0, grant.max_wall_seconds,
-         _duration(wall) if wall is not None else "not started",
-         _duration(grant.max_wall_seconds) if grant.max_wall_seconds else ""),
-        ("Tool calls", session.tool_calls, grant.max_tool_calls, str(session.tool_calls), str(grant.max_tool_calls or "")),
+        (
+            "Tokens",
+            session.tokens,
+            grant.max_tokens,
+            f"{session.tokens:,}",
+            f"{grant.max_tokens:,}" if grant.max_tokens else "",
+        ),
+        (
+            "Cost",
+            session.cost_usd,
+            grant.max_cost_usd,
+            f"${session.cost_usd:.4f}",
+            f"${grant.max_cost_usd}" if grant.max_cost_usd else "",
+        ),
+        (
+            "Wall time",
+            wall or 0,
+            grant.max_wall_seconds,
+            _duration(wall) if wall is not None else "not started",
+            _duration(grant.max_wall_seconds) if grant.max_wall_seconds else "",
+        ),
+        (
+            "Tool calls",
+            session.tool_calls,
+            grant.max_tool_calls,
+            str(session.tool_calls),
+            str(grant.max_tool_calls or ""),
+        ),
     ]
     shown = []
     for label, used, limit, used_text, limit_text in rows:
         percent = min(100, int(used * 100 / limit)) if limit else None
-        shown.append({"label": label, "used": used_text, "limit": limit_text or "no limit", "percent": percent,
-                      "exhausted": bool(limit) and used >= limit})
+        shown.append(
+            {
+                "label": label,
+                "used": used_text,
+                "limit": limit_text or "no limit",
+                "percent": percent,
+                "exhausted": bool(limit) and used >= limit,
+            }
+        )
     return shown
 
 
@@ -256,8 +312,11 @@ def _duration(seconds: int | None) -> str:
 
 
 BUDGET_FIELDS = (
-    ("max_steps", "max steps"), ("max_tokens", "max tokens"), ("max_cost_usd", "max cost USD"),
-    ("max_wall_seconds", "max wall seconds"), ("max_tool_calls", "max tool calls"),
+    ("max_steps", "max steps"),
+    ("max_tokens", "max tokens"),
+    ("max_cost_usd", "max cost USD"),
+    ("max_wall_seconds", "max wall seconds"),
+    ("max_tool_calls", "max tool calls"),
 )
 
 
@@ -281,7 +340,9 @@ def _grant_history(*, session: AgentSession) -> list[dict]:
             for field_name, label in BUDGET_FIELDS:
                 old, new = getattr(previous, field_name), getattr(grant, field_name)
                 if old != new:
-                    changes.append(f"{label} {old if old is not None else 'no limit'} → {new if new is not None else 'no limit'}")
+                    changes.append(
+                        f"{label} {old if old is not None else 'no limit'} → {new if new is not None else 'no limit'}"
+                    )
             if (previous.not_before, previous.expires_at) != (grant.not_before, grant.expires_at):
                 changes.append("window changed")
             if previous.on_unanswered != grant.on_unanswered:
@@ -292,7 +353,9 @@ def _grant_history(*, session: AgentSession) -> list[dict]:
 
 
 def _escalation_rows(*, session: AgentSession) -> tuple[list[dict], list[dict]]:
-    rows = list(session.escalations.select_related("grant__delegator", "decided_by", "tool_call").order_by("-created_at"))
+    rows = list(
+        session.escalations.select_related("grant__delegator", "decided_by", "tool_call").order_by("-created_at")
+    )
     open_rows, decided = [], []
     for escalation in rows:
         call = escalation.tool_call
@@ -340,8 +403,12 @@ def _drawer_context(request: HttpRequest, session: AgentSession, **extra) -> dic
         "flash": [],
     }
     if can_act:
-        context["grant_form"] = extra.pop("grant_form", None) or GrantForm(initial=GrantForm.initial_from(grant), session_id=session.pk)
-        context["autonomous_refusal"] = authority.refuse_delegation(delegator=request.user, session=session, mode="autonomous")
+        context["grant_form"] = extra.pop("grant_form", None) or GrantForm(
+            initial=GrantForm.initial_from(grant), session_id=session.pk
+        )
+        context["autonomous_refusal"] = authority.refuse_delegation(
+            delegator=request.user, session=session, mode="autonomous"
+        )
         context["revoke_form"] = extra.pop("revoke_form", None) or RevokeForm()
     context.update(extra)
     return context
@@ -375,11 +442,17 @@ def session_drawer(request: HttpRequest, session_id: int) -> HttpResponse:
         _visible_session_or_404(request, session_id)
     except PermissionError:
         return HttpResponseForbidden(OUTSIDER_REFUSAL)
-    return _render_drawer(request, session_id, transcript_before=_before(request, "transcript_before"),
-                          audit_before=_before(request, "audit_before"))
+    return _render_drawer(
+        request,
+        session_id,
+        transcript_before=_before(request, "transcript_before"),
+        audit_before=_before(request, "audit_before"),
+    )
 
 
-def _older_page(request: HttpRequest, session_id: int, *, drawer_arg: str, partial: str, key: str, page) -> HttpResponse:
+def _older_page(
+    request: HttpRequest, session_id: int, *, drawer_arg: str, partial: str, key: str, page
+) -> HttpResponse:
     """One page of older rows for htmx; the drawer page opened at that page otherwise."""
     try:
         session = _visible_session_or_404(request, session_id)
@@ -394,15 +467,27 @@ def _older_page(request: HttpRequest, session_id: int, *, drawer_arg: str, parti
 @require_GET
 def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
     """One page of the transcript (older entries)."""
-    return _older_page(request, session_id, drawer_arg="transcript_before", partial="agents/_transcript.html#page",
-                       key="transcript", page=_transcript_page)
+    return _older_page(
+        request,
+        session_id,
+        drawer_arg="transcript_before",
+        partial="agents/_transcript.html#page",
+        key="transcript",
+        page=_transcript_page,
+    )
 
 
 @require_GET
 def session_audit(request: HttpRequest, session_id: int) -> HttpResponse:
     """One page of the session's audit trail (older events)."""
-    return _older_page(request, session_id, drawer_arg="audit_before", partial="agents/drawer.html#audit_page",
-                       key="audit", page=_audit_page)
+    return _older_page(
+        request,
+        session_id,
+        drawer_arg="audit_before",
+        partial="agents/drawer.html#audit_page",
+        key="audit",
+        page=_audit_page,
+    )
 
 
 CONTROLS = {
@@ -463,15 +548,21 @@ def escalation_decide(request: HttpRequest, escalation_id: int) -> HttpResponse:
         status = 409 if escalation.state != Escalation.State.OPEN else 400
         message = validation_text(exc)
         if status == 409 and escalation.decided_by_id:
-            message = (f"Escalation #{escalation.pk} was already decided: {escalation.get_state_display().lower()} by "
-                       f"{escalation.decided_by.username} {timezone.localtime(escalation.decided_at):%H:%M}. Nothing changed.")
+            message = (
+                f"Escalation #{escalation.pk} was already decided: {escalation.get_state_display().lower()} by "
+                f"{escalation.decided_by.username} {timezone.localtime(escalation.decided_at):%H:%M}. Nothing changed."
+            )
         return _refused(request, session_id, message, status=status)
     except IntegrityError:
         # allow-always issues the version after the escalation's grant; if the grant changed since the
         # question was asked, that version exists already (see the report on services.escalation_decide)
-        return _refused(request, session_id, f"Escalation #{escalation.pk} was asked under grant v{escalation.grant.version}, "
-                        "which has changed since: nothing was decided. Allow it once, or add the rule in the grant editor.",
-                        status=409)
+        return _refused(
+            request,
+            session_id,
+            f"Escalation #{escalation.pk} was asked under grant v{escalation.grant.version}, "
+            "which has changed since: nothing was decided. Allow it once, or add the rule in the grant editor.",
+            status=409,
+        )
     return _after_action(request, session_id, success=f"Escalation #{escalation.pk} {DECIDED_TEXT[decision]}.")
 
 
@@ -516,26 +607,53 @@ def session_grant_issue(request: HttpRequest, session_id: int) -> HttpResponse:
         return session
     form = GrantForm(request.POST, session_id=session.pk)
     if not form.is_valid():
-        return _refused(request, session_id, "The grant was not changed: fix the fields marked below.",
-                        status=422, grant_form=form, editor_open=True)
+        return _refused(
+            request,
+            session_id,
+            "The grant was not changed: fix the fields marked below.",
+            status=422,
+            grant_form=form,
+            editor_open=True,
+        )
     spec = form.to_spec()
     try:
-        grant = services.grant_issue(session=session, spec=spec, by=request.user, delegator=request.user,
-                                     reason=spec.justification or f"edited by {request.user.username}")
+        grant = services.grant_issue(
+            session=session,
+            spec=spec,
+            by=request.user,
+            delegator=request.user,
+            reason=spec.justification or f"edited by {request.user.username}",
+        )
     except authority.NotAllowed as exc:
-        services.record_refused_action(session=session, by=request.user, action=f"issue grant ({spec.mode})", refusal=str(exc))
+        services.record_refused_action(
+            session=session, by=request.user, action=f"issue grant ({spec.mode})", refusal=str(exc)
+        )
         return _refused(request, session_id, f"Refused, nothing changed: {exc}", grant_form=form, editor_open=True)
     except ValidationError as exc:
         for field_name, field_messages in getattr(exc, "message_dict", {}).items():
             if field_name in form.fields:
                 form.add_error(field_name, field_messages)
-        return _refused(request, session_id, f"The grant was not changed: {validation_text(exc)}",
-                        status=422, grant_form=form, editor_open=True)
+        return _refused(
+            request,
+            session_id,
+            f"The grant was not changed: {validation_text(exc)}",
+            status=422,
+            grant_form=form,
+            editor_open=True,
+        )
     except IntegrityError:
-        return _refused(request, session_id, "The grant was not changed: another version was issued at the same "
-                        "moment, or none is active to supersede. Reload and try again.", status=409,
-                        grant_form=form, editor_open=True)
-    return _after_action(request, session_id, success=f"Grant v{grant.version} issued ({grant.mode}); the previous version is revoked.")
+        return _refused(
+            request,
+            session_id,
+            "The grant was not changed: another version was issued at the same "
+            "moment, or none is active to supersede. Reload and try again.",
+            status=409,
+            grant_form=form,
+            editor_open=True,
+        )
+    return _after_action(
+        request, session_id, success=f"Grant v{grant.version} issued ({grant.mode}); the previous version is revoked."
+    )
 
 
 @require_POST
@@ -557,4 +675,6 @@ def session_grant_revoke(request: HttpRequest, session_id: int) -> HttpResponse:
         return _refused(request, session_id, str(exc))
     except ValidationError as exc:
         return _refused(request, session_id, validation_text(exc), status=422, revoke_form=form)
-    return _after_action(request, session_id, success=f"Grant v{grant.version} revoked: the agent stops before its next step.")
+    return _after_action(
+        request, session_id, success=f"Grant v{grant.version} revoked: the agent stops before its next step."
+    )

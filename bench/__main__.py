@@ -7,6 +7,7 @@
 Each benchmark runs in its own process with a fresh DATA_DIR, the private Redis this command
 starts, and SQLite or a private PostgreSQL cluster.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,29 +24,57 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = {
-    "smoke": {"audit": ["--events", "300", "--verify-events", "2000", "--repeats", "1"],
-              "step": ["--sessions", "2", "--fleet", "0", "--memory-steps", "0"],
-              "pages": ["--sessions", "20", "--big", "40", "--events", "2000", "--repeats", "2"],
-              "live": ["--sessions", "20", "--updates", "40", "--pages", "1", "--rate", "100", "--viewers", "2"]},
-    "full": {"audit": ["--events", "20000", "--verify-events", "1000000", "--repeats", "3"],
-             "step": ["--sessions", "20", "--fleet", "100", "--workers", "2"],
-             "pages": ["--sessions", "100", "--big", "1000", "--events", "100000", "--repeats", "10"],
-             "live": ["--sessions", "100", "--updates", "2000", "--pages", "20", "--rate", "100", "--big"]},
+    "smoke": {
+        "audit": ["--events", "300", "--verify-events", "2000", "--repeats", "1"],
+        "step": ["--sessions", "2", "--fleet", "0", "--memory-steps", "0"],
+        "pages": ["--sessions", "20", "--big", "40", "--events", "2000", "--repeats", "2"],
+        "live": ["--sessions", "20", "--updates", "40", "--pages", "1", "--rate", "100", "--viewers", "2"],
+    },
+    "full": {
+        "audit": ["--events", "20000", "--verify-events", "1000000", "--repeats", "3"],
+        "step": ["--sessions", "20", "--fleet", "100", "--workers", "2"],
+        "pages": ["--sessions", "100", "--big", "1000", "--events", "100000", "--repeats", "10"],
+        "live": ["--sessions", "100", "--updates", "2000", "--pages", "20", "--rate", "100", "--big"],
+    },
 }
-MODULES = {"audit": "bench.audit_bench", "step": "bench.step_bench", "pages": "bench.pages_bench", "live": "bench.live_bench"}
+MODULES = {
+    "audit": "bench.audit_bench",
+    "step": "bench.step_bench",
+    "pages": "bench.pages_bench",
+    "live": "bench.live_bench",
+}
 
 
 def run_one(name: str, args: list[str], *, env: dict[str, str]) -> list[dict]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     child_env = dict(env, DATA_DIR=str(data_dir), LITELLM_LOCAL_MODEL_COST_MAP="True", SIM_PACING_S="0")
-    print(f"▶ {name} {' '.join(args)} [{'postgres' if 'DATABASE_URL' in env else 'sqlite'}]", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", MODULES[name], *args], cwd=ROOT, env=child_env,
-                          stdout=subprocess.PIPE, text=True, timeout=3600)
+    print(
+        f"▶ {name} {' '.join(args)} [{'postgres' if 'DATABASE_URL' in env else 'sqlite'}]", file=sys.stderr, flush=True
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", MODULES[name], *args],
+        cwd=ROOT,
+        env=child_env,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=3600,
+    )
     shutil.rmtree(data_dir, ignore_errors=True)
-    rows = [json.loads(line[len("BENCHROW "):]) for line in proc.stdout.splitlines() if line.startswith("BENCHROW ")]
+    rows = [json.loads(line[len("BENCHROW ") :]) for line in proc.stdout.splitlines() if line.startswith("BENCHROW ")]
     if proc.returncode != 0:
-        rows.append({"bench": name, "case": f"FAILED (exit {proc.returncode})", "n": 0, "median": float("nan"),
-                     "p99": float("nan"), "unit": "", "rate": None, "target": "", "verdict": "MISSED"})
+        rows.append(
+            {
+                "bench": name,
+                "case": f"FAILED (exit {proc.returncode})",
+                "n": 0,
+                "median": float("nan"),
+                "p99": float("nan"),
+                "unit": "",
+                "rate": None,
+                "target": "",
+                "verdict": "MISSED",
+            }
+        )
     return rows
 
 
@@ -54,7 +83,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         rate = f"{r['rate']:,.0f}" if r.get("rate") else ""
-        lines.append(f"| {r['bench']} | {r['case']} | {r['n']:,} | {r['median']:.3f} | {r['p99']:.3f} | {r['unit']} | {rate} | {r.get('target', '')} | {r.get('verdict', '')} |")
+        lines.append(
+            f"| {r['bench']} | {r['case']} | {r['n']:,} | {r['median']:.3f} | {r['p99']:.3f} | {r['unit']} | {rate} | {r.get('target', '')} | {r.get('verdict', '')} |"
+        )
     return "\n".join(lines)
 
 
@@ -97,12 +128,15 @@ def main() -> int:
     output = table(rows)
     print(output)
     if args.write_results:
-        machine = f"{platform.node()} — {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores"
+        machine = (
+            f"{platform.node()} — {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores"
+        )
         (ROOT / "bench" / "RESULTS.md").write_text(
             "# Benchmark results\n\n"
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on {machine}.\n"
             f"Command: `python -m bench{' --smoke' if args.smoke else ''}{' --only ' + args.only if args.only else ''}`\n\n"
-            + output + "\n"
+            + output
+            + "\n"
         )
     missed = [r for r in rows if r.get("verdict") == "MISSED" and "FAILED" in r["case"]]
     return 1 if missed else 0

@@ -4,6 +4,7 @@ Runs in its own process against the database named by DATABASE_URL (the orchestr
 Every append goes through ``reviews.audit.record`` — the project's own path, chain included —
 each in its own transaction, as the runtime does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,16 @@ import time
 
 from bench.common import Row, log, migrate, setup_django, summarize
 
-PAYLOAD = {"step": 3, "tool": "run_command", "action": "run_command: python -m pytest -q", "decision": "allow",
-           "reason_type": "rule", "rule": "Bash(python -m pytest *)", "result": "exit 0 in 0.4s: 13 passed", "exit_code": 0}
+PAYLOAD = {
+    "step": 3,
+    "tool": "run_command",
+    "action": "run_command: python -m pytest -q",
+    "decision": "allow",
+    "reason_type": "rule",
+    "rule": "Bash(python -m pytest *)",
+    "result": "exit 0 in 0.4s: 13 passed",
+    "exit_code": 0,
+}
 
 
 class FakeSession:
@@ -32,7 +41,9 @@ def _append(count: int, *, base: int, sessions: int = 100) -> list[float]:
         session = FakeSession(base + index % sessions)
         started = time.perf_counter()
         with transaction.atomic():
-            record("tool.call", session=session, agent=True, on_behalf_of=7, grant=11, provenance="rule", payload=PAYLOAD)
+            record(
+                "tool.call", session=session, agent=True, on_behalf_of=7, grant=11, provenance="rule", payload=PAYLOAD
+            )
         latencies.append(time.perf_counter() - started)
     return latencies
 
@@ -56,8 +67,17 @@ def bench_append(*, db: str, events: int) -> None:
     median, p99 = summarize([v * 1000 for v in latencies])
     rate = events / elapsed
     target = "≥ 5,000 events/s" if db == "sqlite" else ""
-    Row("audit append", f"{db}, 1 writer", events, median, p99, "ms/event", rate, target,
-        ("met" if rate >= 5000 else "MISSED") if target else "").emit()
+    Row(
+        "audit append",
+        f"{db}, 1 writer",
+        events,
+        median,
+        p99,
+        "ms/event",
+        rate,
+        target,
+        ("met" if rate >= 5000 else "MISSED") if target else "",
+    ).emit()
 
     writers = 8
     per_writer = max(1, events // writers)
@@ -72,7 +92,9 @@ def bench_append(*, db: str, events: int) -> None:
         elapsed = time.perf_counter() - started
     latencies = [v * 1000 for batch in results for v in batch]
     median, p99 = summarize(latencies)
-    Row("audit append", f"{db}, {writers} writers", len(latencies), median, p99, "ms/event", len(latencies) / elapsed).emit()
+    Row(
+        "audit append", f"{db}, {writers} writers", len(latencies), median, p99, "ms/event", len(latencies) / elapsed
+    ).emit()
 
 
 def _bulk_fill(total: int) -> None:
@@ -88,8 +110,15 @@ def _bulk_fill(total: int) -> None:
     while have + index < total:
         with transaction.atomic():
             for _ in range(min(batch, total - have - index)):
-                record("tool.call", session=FakeSession(50_000 + index % 1000), agent=True, on_behalf_of=7, grant=11,
-                       provenance="rule", payload=PAYLOAD)
+                record(
+                    "tool.call",
+                    session=FakeSession(50_000 + index % 1000),
+                    agent=True,
+                    on_behalf_of=7,
+                    grant=11,
+                    provenance="rule",
+                    payload=PAYLOAD,
+                )
                 index += 1
         if index % 100_000 == 0:
             log(f"  {have + index:,} events")
@@ -122,8 +151,17 @@ def bench_verify(*, db: str, events: int, repeats: int) -> None:
         rate = total / median
         case = f"{db}, {total:,} events, {procs} process{'es' if procs > 1 else ''}"
         if procs == workers:  # the target applies to verification as the command runs it
-            Row("audit verify", case, total, median, p99, "s/run", rate, "≥ 100,000 events/s",
-                "met" if rate >= 100_000 else "MISSED").emit()
+            Row(
+                "audit verify",
+                case,
+                total,
+                median,
+                p99,
+                "s/run",
+                rate,
+                "≥ 100,000 events/s",
+                "met" if rate >= 100_000 else "MISSED",
+            ).emit()
         else:
             Row("audit verify", case, total, median, p99, "s/run", rate).emit()
 

@@ -1,4 +1,5 @@
 """Shared helpers: statistics, result rows, and a Django environment per benchmark process."""
+
 from __future__ import annotations
 
 import json

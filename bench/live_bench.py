@@ -11,6 +11,7 @@ server's fan-out to 20 viewers; the page gives the DOM latency, the viewers the 
 the page, tiles whose final version never arrived (lost final state), and updates later than 250 ms.
 Intermediate versions a page never shows are coalesced by design (a few swaps per tile per second).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,14 @@ OBSERVER = """
 
 
 def _start_server(port: int) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "controlroom.asgi:application"],
-                              cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "controlroom.asgi:application"],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     for _ in range(150):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=1)
@@ -62,9 +68,27 @@ def _start_viewers(*, port: int, cookie: str, count: int, stop: Path) -> subproc
 
     pods = ",".join(str(pk) for pk in Pod.objects.values_list("pk", flat=True))
     viewers = subprocess.Popen(
-        [sys.executable, "-m", "bench.ws_viewers", "--url", f"ws://127.0.0.1:{port}/ws/canvas/", "--cookie", cookie,
-         "--origin", f"http://127.0.0.1:{port}", "--pods", pods, "--count", str(count), "--stop", str(stop)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.ws_viewers",
+            "--url",
+            f"ws://127.0.0.1:{port}/ws/canvas/",
+            "--cookie",
+            cookie,
+            "--origin",
+            f"http://127.0.0.1:{port}",
+            "--pods",
+            pods,
+            "--count",
+            str(count),
+            "--stop",
+            str(stop),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     line = viewers.stdout.readline()
     if line.strip() != "READY":
@@ -73,8 +97,9 @@ def _start_viewers(*, port: int, cookie: str, count: int, stop: Path) -> subproc
     return viewers
 
 
-def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port: int, server_pid: int,
-             viewers: int = 0) -> None:
+def run_case(
+    *, sessions: list[int], updates: int, rate: float, pages: int, port: int, server_pid: int, viewers: int = 0
+) -> None:
     """``pages`` Chromium pages; ``viewers`` more canvases as plain websocket clients in another process."""
     from django.db import transaction
     from django.db.models import F
@@ -84,9 +109,18 @@ def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port
     from agents.models import AgentSession
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         context = browser.new_context()
         page = context.new_page()
         page.goto(f"http://127.0.0.1:{port}/login/")
@@ -122,7 +156,9 @@ def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port
             for index in range(updates):
                 session_id = rng.choice(sessions)
                 with transaction.atomic():
-                    AgentSession.objects.filter(pk=session_id).update(version=F("version") + 1, current_activity=f"bench update {index}")
+                    AgentSession.objects.filter(pk=session_id).update(
+                        version=F("version") + 1, current_activity=f"bench update {index}"
+                    )
                 version = AgentSession.objects.filter(pk=session_id).values_list("version", flat=True).get()
                 published[(session_id, version)] = time.time() * 1000
                 final[session_id] = version
@@ -163,24 +199,46 @@ def run_case(*, sessions: list[int], updates: int, rate: float, pages: int, port
                     latency = at - published[key]
                     latencies.append(latency)
                     late += latency > 250
-            shown = each.evaluate("() => Object.fromEntries([...document.querySelectorAll('[data-session-id][data-version]')]"
-                                  ".map(e => [e.dataset.sessionId, +e.dataset.version]))")
+            shown = each.evaluate(
+                "() => Object.fromEntries([...document.querySelectorAll('[data-session-id][data-version]')]"
+                ".map(e => [e.dataset.sessionId, +e.dataset.version]))"
+            )
             lost += sum(1 for session_id, version in final.items() if shown.get(str(session_id), 0) < version)
         browser.close()
     median, p99 = summarize(latencies)
-    case = f"{len(sessions)} sessions, {rate:g} updates/s, {pages} page(s)" + (f" + {viewers} websocket viewers" if viewers else "")
+    case = f"{len(sessions)} sessions, {rate:g} updates/s, {pages} page(s)" + (
+        f" + {viewers} websocket viewers" if viewers else ""
+    )
     if viewers:
         d_median, d_p99 = summarize(delivered)
-        Row("live status→socket", f"{case}: frame arrival at the {viewers} viewers; lost final {viewers_lost}",
-            len(delivered), d_median, d_p99, "ms").emit()
-    target = ("p50 ≤ 50 ms, p99 ≤ 250 ms" if pages + viewers >= 20 and rate <= 100 and len(sessions) <= 100
-              else ("no lost final state" if rate >= 1000 else ""))
+        Row(
+            "live status→socket",
+            f"{case}: frame arrival at the {viewers} viewers; lost final {viewers_lost}",
+            len(delivered),
+            d_median,
+            d_p99,
+            "ms",
+        ).emit()
+    target = (
+        "p50 ≤ 50 ms, p99 ≤ 250 ms"
+        if pages + viewers >= 20 and rate <= 100 and len(sessions) <= 100
+        else ("no lost final state" if rate >= 1000 else "")
+    )
     verdict = ""
     if target.startswith("p50"):
         verdict = "met" if median <= 50 and p99 <= 250 and lost == 0 else "MISSED"
     elif target:
         verdict = "met" if lost == 0 else "MISSED"
-    Row("live status→DOM", f"{case}; lost final {lost}, late {late}", len(latencies), median, p99, "ms", target=target, verdict=verdict).emit()
+    Row(
+        "live status→DOM",
+        f"{case}; lost final {lost}, late {late}",
+        len(latencies),
+        median,
+        p99,
+        "ms",
+        target=target,
+        verdict=verdict,
+    ).emit()
     Row("memory", f"ASGI server RSS with {pages} open canvas(es)", 1, server_rss, server_rss, "MiB").emit()
 
 
@@ -193,11 +251,15 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=2000)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--rate", type=float, default=100)
-    parser.add_argument("--viewers", type=int, default=19,
-                        help="also run 1 page + this many websocket viewers (0: skip that case)")
-    parser.add_argument("--big", action="store_true",
-                        help="the rest of the matrix: 100 sessions at 1,000 updates/s, 1,000 sessions at 100 and "
-                             "1,000 updates/s (each with 1 page, and 1 page + the viewers)")
+    parser.add_argument(
+        "--viewers", type=int, default=19, help="also run 1 page + this many websocket viewers (0: skip that case)"
+    )
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help="the rest of the matrix: 100 sessions at 1,000 updates/s, 1,000 sessions at 100 and "
+        "1,000 updates/s (each with 1 page, and 1 page + the viewers)",
+    )
     args = parser.parse_args()
     setup_django()
     migrate()
@@ -214,16 +276,33 @@ def main() -> None:
         ids = list(AgentSession.objects.values_list("pk", flat=True))
         run_case(sessions=ids, updates=args.updates, rate=args.rate, pages=1, port=port, server_pid=server.pid)
         if args.viewers:
-            run_case(sessions=ids, updates=args.updates, rate=args.rate, pages=1, port=port, server_pid=server.pid,
-                     viewers=args.viewers)
+            run_case(
+                sessions=ids,
+                updates=args.updates,
+                rate=args.rate,
+                pages=1,
+                port=port,
+                server_pid=server.pid,
+                viewers=args.viewers,
+            )
         if args.pages > 1:
-            run_case(sessions=ids, updates=args.updates, rate=args.rate, pages=args.pages, port=port, server_pid=server.pid)
+            run_case(
+                sessions=ids, updates=args.updates, rate=args.rate, pages=args.pages, port=port, server_pid=server.pid
+            )
         if args.big:
+
             def both(ids: list[int], rate: float, updates: int) -> None:
                 run_case(sessions=ids, updates=updates, rate=rate, pages=1, port=port, server_pid=server.pid)
                 if args.viewers:
-                    run_case(sessions=ids, updates=updates, rate=rate, pages=1, port=port, server_pid=server.pid,
-                             viewers=args.viewers)
+                    run_case(
+                        sessions=ids,
+                        updates=updates,
+                        rate=rate,
+                        pages=1,
+                        port=port,
+                        server_pid=server.pid,
+                        viewers=args.viewers,
+                    )
 
             both(ids, 1000, 5000)
             call_command("seed_demo", agents=1000, password="bench", no_start=True, verbosity=0)

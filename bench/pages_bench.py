@@ -4,6 +4,7 @@ time to first paint (Chromium's paint timing) against a Daphne server.
 Fixtures: a fleet of N demo sessions (seed_demo), then the audit log filled to E events spread over
 the sessions, so the digest and the dashboard have a night's worth of records to read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,16 @@ from pathlib import Path
 from bench.common import Row, log, migrate, setup_django, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ["model.call", "tool.call", "tool.call", "tool.call", "session.status", "git.commit", "tests.run", "escalation.opened"]
+KINDS = [
+    "model.call",
+    "tool.call",
+    "tool.call",
+    "tool.call",
+    "session.status",
+    "git.commit",
+    "tests.run",
+    "escalation.opened",
+]
 
 
 def _fill_events(total: int) -> None:
@@ -36,10 +46,29 @@ def _fill_events(total: int) -> None:
             for _ in range(min(batch, need)):
                 session = rng.choice(sessions)
                 kind = rng.choice(KINDS)
-                payload = {"tool": "run_command", "decision": rng.choice(["allow", "allow", "deny"]), "action": "run_command: pytest -q",
-                           "state": "done", "exit_code": 0, "tokens_in": 900, "tokens_out": 80, "cost_usd": "0.0012",
-                           "from": "running", "to": "running", "sha": "0" * 40, "passed": True}
-                record(kind, session=session, agent=True, on_behalf_of=session.sto, grant=None, provenance="rule", payload=payload)
+                payload = {
+                    "tool": "run_command",
+                    "decision": rng.choice(["allow", "allow", "deny"]),
+                    "action": "run_command: pytest -q",
+                    "state": "done",
+                    "exit_code": 0,
+                    "tokens_in": 900,
+                    "tokens_out": 80,
+                    "cost_usd": "0.0012",
+                    "from": "running",
+                    "to": "running",
+                    "sha": "0" * 40,
+                    "passed": True,
+                }
+                record(
+                    kind,
+                    session=session,
+                    agent=True,
+                    on_behalf_of=session.sto,
+                    grant=None,
+                    provenance="rule",
+                    payload=payload,
+                )
         need -= batch
 
 
@@ -73,8 +102,14 @@ def _browser_first_paint(paths: list[str], *, env: dict, repeats: int) -> dict[s
     from controlroom.localredis import free_port
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "controlroom.asgi:application"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "controlroom.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     results: dict[str, list[float]] = {path: [] for path in paths}
     try:
         import urllib.request
@@ -86,9 +121,18 @@ def _browser_first_paint(paths: list[str], *, env: dict, repeats: int) -> dict[s
             except OSError:
                 time.sleep(0.2)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/login/")
             page.fill("input[name=username]", "manager")
@@ -127,31 +171,60 @@ def main() -> None:
     client = Client()
     client.login(username="manager", password="bench")
     first = AgentSession.objects.order_by("pk").first()
-    pages = [("canvas", "/", f"{args.sessions} sessions", "≤ 100 ms", 100), ("drawer", f"/sessions/{first.pk}/", "one session", "", None)]
+    pages = [
+        ("canvas", "/", f"{args.sessions} sessions", "≤ 100 ms", 100),
+        ("drawer", f"/sessions/{first.pk}/", "one session", "", None),
+    ]
     for name, path, case, target, limit in pages:
         median, p99 = summarize(_server_times(client, path, args.repeats))
-        Row(f"page {name}", f"server, {case}", args.repeats, median, p99, "ms", target=target,
-            verdict=("met" if median <= limit else "MISSED") if limit else "").emit()
+        Row(
+            f"page {name}",
+            f"server, {case}",
+            args.repeats,
+            median,
+            p99,
+            "ms",
+            target=target,
+            verdict=("met" if median <= limit else "MISSED") if limit else "",
+        ).emit()
     digest_events = min(args.events, 50_000) if args.events >= 50_000 else args.events
     log(f"pages: filling the audit log to {digest_events:,} events")
     _fill_events(digest_events)
     for name, path, target, limit in [("digest", "/digest?since=2000-01-01T00:00", "≤ 300 ms", 300)]:
         try:
             median, p99 = summarize(_server_times(client, path, args.repeats))
-            Row(f"page {name}", f"server, {digest_events:,} events", args.repeats, median, p99, "ms", target=target,
-                verdict="met" if median <= limit else "MISSED").emit()
+            Row(
+                f"page {name}",
+                f"server, {digest_events:,} events",
+                args.repeats,
+                median,
+                p99,
+                "ms",
+                target=target,
+                verdict="met" if median <= limit else "MISSED",
+            ).emit()
         except RuntimeError as exc:
             Row(f"page {name}", f"FAILED: {exc}", 0, float("nan"), float("nan"), "ms", verdict="MISSED").emit()
     log(f"pages: filling the audit log to {args.events:,} events")
     _fill_events(args.events)
     try:
         median, p99 = summarize(_server_times(client, "/dashboard", args.repeats))
-        Row("page dashboard", f"server, {args.events:,} events", args.repeats, median, p99, "ms", target="≤ 300 ms",
-            verdict="met" if median <= 300 else "MISSED").emit()
+        Row(
+            "page dashboard",
+            f"server, {args.events:,} events",
+            args.repeats,
+            median,
+            p99,
+            "ms",
+            target="≤ 300 ms",
+            verdict="met" if median <= 300 else "MISSED",
+        ).emit()
     except RuntimeError as exc:
         Row("page dashboard", f"FAILED: {exc}", 0, float("nan"), float("nan"), "ms", verdict="MISSED").emit()
     env = dict(os.environ)
-    paints = _browser_first_paint(["/", f"/sessions/{first.pk}/", "/digest", "/dashboard"], env=env, repeats=max(1, args.repeats // 2))
+    paints = _browser_first_paint(
+        ["/", f"/sessions/{first.pk}/", "/digest", "/dashboard"], env=env, repeats=max(1, args.repeats // 2)
+    )
     for path, values in paints.items():
         median, p99 = summarize(values)
         Row("first paint", f"browser {path}", len(values), median, p99, "ms").emit()

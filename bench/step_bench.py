@@ -4,6 +4,7 @@ Overhead = a step's wall time minus the model call and the tool's own run time: 
 the authorization, the recording (transactions + audit events) and the broadcast (rendering the
 tile once and publishing it). The offline model runs with zero pacing, so the model costs ~nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,16 @@ def _launch(count: int, *, start: bool) -> list[int]:
     ids = []
     with transaction.atomic():
         for index in range(count):
-            session = services.session_launch(pod=pod, sto=lead, goal=f"Bench {index}: fix the failing test in shopcart",
-                                              by=lead, repository=repo, grant=spec, seed=index, start=start)
+            session = services.session_launch(
+                pod=pod,
+                sto=lead,
+                goal=f"Bench {index}: fix the failing test in shopcart",
+                by=lead,
+                repository=repo,
+                grant=spec,
+                seed=index,
+                start=start,
+            )
             ids.append(session.pk)
     return ids
 
@@ -83,19 +92,27 @@ def bench_overhead(sessions: int) -> None:
                 break
             run_step(session_id, session.steps + 1, owner="bench")
     events.broadcast_session = real_broadcast
-    timings = [t for t in AgentStep.objects.filter(session_id__in=ids, state="done").values_list("timings", flat=True) if t]
+    timings = [
+        t for t in AgentStep.objects.filter(session_id__in=ids, state="done").values_list("timings", flat=True) if t
+    ]
     per_phase = {name: [t.get(name, 0.0) * 1000 for t in timings] for name in ("lock", "authorize", "record")}
     per_phase["tool"] = [t.get("tool", 0.0) * 1000 for t in timings]
     per_phase["broadcast"] = [b * 1000 for b in broadcasts]
-    overhead = [
-        (t.get("total", 0.0) - t.get("model", 0.0) - t.get("tool", 0.0)) * 1000 for t in timings
-    ]
+    overhead = [(t.get("total", 0.0) - t.get("model", 0.0) - t.get("tool", 0.0)) * 1000 for t in timings]
     for name, values in per_phase.items():
         median, p99 = summarize(values)
         Row("step overhead", name, len(values), median, p99, "ms").emit()
     median, p99 = summarize(overhead)
-    Row("step overhead", "total minus model and tool (+broadcast separately)", len(overhead), median, p99, "ms",
-        target="≤ 20 ms median", verdict="met" if median <= 20 else "MISSED").emit()
+    Row(
+        "step overhead",
+        "total minus model and tool (+broadcast separately)",
+        len(overhead),
+        median,
+        p99,
+        "ms",
+        target="≤ 20 ms median",
+        verdict="met" if median <= 20 else "MISSED",
+    ).emit()
 
 
 def bench_fleet(sessions: int, workers: int) -> None:
@@ -105,9 +122,28 @@ def bench_fleet(sessions: int, workers: int) -> None:
     env = dict(os.environ, SIM_PACING_S="0")
     log(f"fleet: {sessions} sim sessions on {workers} worker processes")
     procs = [
-        subprocess.Popen([sys.executable, "-m", "celery", "-A", "controlroom", "worker", "-c", "1", "-n", f"bench{i}@%h",
-                          "--without-mingle", "--without-gossip", "-l", "warning"], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "controlroom",
+                "worker",
+                "-c",
+                "1",
+                "-n",
+                f"bench{i}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "warning",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         for i in range(workers)
     ]
     started = time.perf_counter()
@@ -125,11 +161,23 @@ def bench_fleet(sessions: int, workers: int) -> None:
         for proc in procs:
             proc.wait(timeout=30)
     steps = AgentStep.objects.filter(session_id__in=ids, state="done").count()
-    durations = [(f - s).total_seconds() * 1000 for s, f in AgentStep.objects.filter(session_id__in=ids, state="done").values_list("started_at", "finished_at") if f]
+    durations = [
+        (f - s).total_seconds() * 1000
+        for s, f in AgentStep.objects.filter(session_id__in=ids, state="done").values_list("started_at", "finished_at")
+        if f
+    ]
     median, p99 = summarize(durations)
-    Row("fleet", f"{sessions} sessions, {workers} workers", steps, median, p99, "ms/step (incl. tools)", steps / elapsed).emit()
-    Row("memory", f"worker RSS (main + pool child) after ~{steps // max(1, workers)} steps each", len(rss),
-        sorted(rss)[len(rss) // 2], max(rss), "MiB").emit()  # the 1,000-step figure: bench_worker_memory
+    Row(
+        "fleet", f"{sessions} sessions, {workers} workers", steps, median, p99, "ms/step (incl. tools)", steps / elapsed
+    ).emit()
+    Row(
+        "memory",
+        f"worker RSS (main + pool child) after ~{steps // max(1, workers)} steps each",
+        len(rss),
+        sorted(rss)[len(rss) // 2],
+        max(rss),
+        "MiB",
+    ).emit()  # the 1,000-step figure: bench_worker_memory
 
 
 def bench_worker_memory(steps: int) -> None:
@@ -141,9 +189,28 @@ def bench_worker_memory(steps: int) -> None:
     ids = _launch(max(1, steps // 6), start=True)
     log(f"memory: 1 worker process until it has run {steps} steps")
     env = dict(os.environ, SIM_PACING_S="0")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "controlroom", "worker", "-c", "1", "-n", "benchmem@%h",
-                             "--without-mingle", "--without-gossip", "-l", "warning"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "controlroom",
+            "worker",
+            "-c",
+            "1",
+            "-n",
+            "benchmem@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     samples: list[float] = []
     try:
         deadline = time.perf_counter() + 1800
@@ -158,9 +225,15 @@ def bench_worker_memory(steps: int) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     # the pool child is replaced every CELERY_MAX_TASKS_PER_CHILD tasks: the peak is the figure to plan for
-    Row("memory", f"worker RSS (main + pool child) over {done} steps: median of samples, peak as p99 "
+    Row(
+        "memory",
+        f"worker RSS (main + pool child) over {done} steps: median of samples, peak as p99 "
         f"(child recycled every {settings.CELERY_WORKER_MAX_TASKS_PER_CHILD} tasks)",
-        len(samples), sorted(samples)[len(samples) // 2], max(samples), "MiB").emit()
+        len(samples),
+        sorted(samples)[len(samples) // 2],
+        max(samples),
+        "MiB",
+    ).emit()
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ its stop file appears.
     python -m bench.ws_viewers --url ws://127.0.0.1:8000/ws/canvas/ --cookie 'sessionid=…' \\
         --pods 1,2,3 --count 19 --stop /tmp/stop-file
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,13 @@ import websockets
 TILE = re.compile(r'id="tile-(\d+)"[^>]*?data-version="(\d+)"')
 
 
-async def viewer(url: str, cookie: str, origin: str, pods: list[int], stop: str, ready: asyncio.Event,
-                 counter: list[int]) -> list[list[float]]:
+async def viewer(
+    url: str, cookie: str, origin: str, pods: list[int], stop: str, ready: asyncio.Event, counter: list[int]
+) -> list[list[float]]:
     first: dict[tuple[int, int], float] = {}
-    async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": origin},
-                                  max_size=None, ping_interval=None) as socket:
+    async with websockets.connect(
+        url, additional_headers={"Cookie": cookie, "Origin": origin}, max_size=None, ping_interval=None
+    ) as socket:
         await socket.send(json.dumps({"type": "subscribe", "pods": pods, "since": None}))
         counter[0] += 1
         if counter[0] == counter[1]:
@@ -50,8 +53,10 @@ async def main_async(args) -> dict:
     ready = asyncio.Event()
     counter = [0, args.count, 0]  # connected, wanted, frames
     pods = [int(p) for p in args.pods.split(",") if p]
-    tasks = [asyncio.create_task(viewer(args.url, args.cookie, args.origin, pods, args.stop, ready, counter))
-             for _ in range(args.count)]
+    tasks = [
+        asyncio.create_task(viewer(args.url, args.cookie, args.origin, pods, args.stop, ready, counter))
+        for _ in range(args.count)
+    ]
     await asyncio.wait_for(ready.wait(), timeout=60)
     print("READY", flush=True)
     results = await asyncio.gather(*tasks)

@@ -1,4 +1,5 @@
 """The Celery app. Workers run agent steps; configuration lives in Django settings (CELERY_*)."""
+
 import os
 
 from celery import Celery

@@ -24,6 +24,7 @@ chatty session costs the browser a few swaps and always ends on its latest versi
 
 Consumers are thin: no git or model work; every ORM call goes through ``database_sync_to_async``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,7 +85,9 @@ def _catchup_tiles(user, pod_ids: set[int], since: float) -> list[tuple[int, int
     sessions = (
         selectors.sessions_visible_to(user=user)
         .filter(pod_id__in=pod_ids, updated_at__gte=after)
-        .prefetch_related(Prefetch("grants", queryset=Grant.objects.filter(revoked_at__isnull=True).order_by("-version")))
+        .prefetch_related(
+            Prefetch("grants", queryset=Grant.objects.filter(revoked_at__isnull=True).order_by("-version"))
+        )
         .order_by("updated_at")[:CATCHUP_MAX_SESSIONS]
     )
     return [(s.pk, s.version, render_tile(s)) for s in sessions]
@@ -123,7 +126,11 @@ class CanvasConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict) -> None:
         # A message type nobody handles (another app publishing to the pod groups) is logged, not fatal.
-        handler = getattr(self, message.get("type", "").replace(".", "_"), None) if isinstance(message.get("type"), str) else None
+        handler = (
+            getattr(self, message.get("type", "").replace(".", "_"), None)
+            if isinstance(message.get("type"), str)
+            else None
+        )
         if handler is None or message["type"].startswith("_"):
             logger.warning("canvas consumer: ignored a message of type %r", message.get("type"))
             return
@@ -151,7 +158,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             await self._error("frame is not valid JSON")
             return
         if not isinstance(message, dict):
-            await self._error("frame must be a JSON object with a \"type\"")
+            await self._error('frame must be a JSON object with a "type"')
             return
         kind = message.get("type")
         if kind == "subscribe":
@@ -164,13 +171,15 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     async def _subscribe(self, message: dict) -> None:
         pods, since = message.get("pods"), message.get("since")
         if not isinstance(pods, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in pods):
-            await self._error("subscribe: \"pods\" must be a list of pod ids (integers)")
+            await self._error('subscribe: "pods" must be a list of pod ids (integers)')
             return
         if len(pods) > MAX_PODS_PER_SUBSCRIPTION:
             await self._error(f"subscribe: at most {MAX_PODS_PER_SUBSCRIPTION} pods")
             return
-        if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since)):
-            await self._error("subscribe: \"since\" must be a server timestamp (number) or null")
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since)
+        ):
+            await self._error('subscribe: "since" must be a server timestamp (number) or null')
             return
         requested = set(pods)
         allowed = await _authorize_pods(self.user, requested)
@@ -192,7 +201,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         tiles = await _catchup_tiles(self.user, set(self.pods), since)
         fresh = [(sid, version, html) for sid, version, html in tiles if version > self.sent_version.get(sid, 0)]
         for start in range(0, len(fresh), CATCHUP_TILES_PER_FRAME):
-            chunk = fresh[start:start + CATCHUP_TILES_PER_FRAME]
+            chunk = fresh[start : start + CATCHUP_TILES_PER_FRAME]
             for sid, version, _ in chunk:
                 self._mark_sent(sid, version)
             await self.send(text_data="".join(html for *_, html in chunk) + live_ts_html(now))
@@ -209,7 +218,10 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         try:
             session_id, version, pod_id = int(event["session_id"]), int(event["version"]), int(event["pod_id"])
         except (KeyError, TypeError, ValueError):
-            logger.warning("canvas consumer: malformed session.update %r", {k: event.get(k) for k in ("session_id", "version", "pod_id")})
+            logger.warning(
+                "canvas consumer: malformed session.update %r",
+                {k: event.get(k) for k in ("session_id", "version", "pod_id")},
+            )
             return
         if time.monotonic() - self.authorized_at > REAUTHORIZE_EVERY_S:
             await self._reauthorize()
@@ -223,8 +235,11 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 self.pending[session_id] = event
             return
         now = asyncio.get_running_loop().time()
-        if (now - self.sent_at.get(session_id, -math.inf) >= self.window and now - self.last_frame >= self.frame_s
-                and not self.pending):
+        if (
+            now - self.sent_at.get(session_id, -math.inf) >= self.window
+            and now - self.last_frame >= self.frame_s
+            and not self.pending
+        ):
             await self._send_events([event])
             return
         self.pending[session_id] = event
@@ -253,7 +268,11 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                     pass
 
     async def _send_events(self, events: list[dict]) -> None:
-        events = [e for e in events if int(e["pod_id"]) in self.pods and int(e["version"]) > self.sent_version.get(int(e["session_id"]), 0)]
+        events = [
+            e
+            for e in events
+            if int(e["pod_id"]) in self.pods and int(e["version"]) > self.sent_version.get(int(e["session_id"]), 0)
+        ]
         if not events:
             return
         for event in events:

@@ -11,6 +11,7 @@ Charts are server-side SVG, no JavaScript: this module computes the geometry and
 writes the elements with ``format_html`` (every value and text escaped); the template places them.
 Figures with n < 20 are drawn hollow / greyed and carry their note in the mark's tooltip.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,14 +30,25 @@ from django.views.decorators.http import require_GET
 
 from agents.models import Pod, TaskType, User
 from controlroom.metrics import (
-    SMALL_SAMPLE, WINDOW_PRESETS, Figure, Metrics, Report, Scope, Spread, Window, fleet_metrics, window_between,
+    SMALL_SAMPLE,
+    WINDOW_PRESETS,
+    Figure,
+    Metrics,
+    Report,
+    Scope,
+    Spread,
+    Window,
+    fleet_metrics,
+    window_between,
     window_last,
 )
 
 DEFAULT_WINDOW = "30d"
 CSV_TABLES = ("overall", "pods", "stos", "task_types", "trend")
-FORBIDDEN = ("The outcome dashboard is for leaders and managers: it compares pods and people across the "
-             "whole fleet. Your pods' sessions are on the canvas.")
+FORBIDDEN = (
+    "The outcome dashboard is for leaders and managers: it compares pods and people across the "
+    "whole fleet. Your pods' sessions are on the canvas."
+)
 
 
 def may_view_dashboard(user: User) -> bool:
@@ -44,6 +56,7 @@ def may_view_dashboard(user: User) -> bool:
 
 
 # --- formatting (shared with ``manage.py metrics``) ---------------------------------------------------
+
 
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
@@ -78,8 +91,11 @@ def format_interval(figure: Figure) -> str:
 def format_figure(figure: Figure | Spread) -> str:
     """One line of text: value, interval, n and the small-sample flag (the command's output)."""
     if isinstance(figure, Spread):
-        text = "—" if figure.median is None else (
-            f"median {format_duration(figure.median)}, p{figure.upper_q} {format_duration(figure.upper)}")
+        text = (
+            "—"
+            if figure.median is None
+            else (f"median {format_duration(figure.median)}, p{figure.upper_q} {format_duration(figure.upper)}")
+        )
     else:
         text = format_value(figure)
         if figure.unit == "per_week" and figure.value is not None:
@@ -93,10 +109,12 @@ def format_figure(figure: Figure | Spread) -> str:
 
 # --- filters ------------------------------------------------------------------------------------------
 
+
 class DashboardFilterForm(forms.Form):
     window = forms.ChoiceField(
-        required=False, choices=[("7d", "Last 7 days"), ("30d", "Last 30 days"), ("90d", "Last 90 days"),
-                                 ("custom", "From … to …")])
+        required=False,
+        choices=[("7d", "Last 7 days"), ("30d", "Last 30 days"), ("90d", "Last 90 days"), ("custom", "From … to …")],
+    )
     pod = forms.ChoiceField(required=False)
     task_type = forms.ChoiceField(required=False, choices=[("", "All task types"), *TaskType.choices])
     tag = forms.CharField(required=False, max_length=64, strip=True)
@@ -105,10 +123,12 @@ class DashboardFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["pod"].choices = [("", "All pods"), *Pod.objects.order_by("name").values_list("slug", "name")]
         # "from" is a Python keyword: the fields are added by name
-        self.fields["from"] = forms.DateField(required=False, label="From", input_formats=["%Y-%m-%d"],
-                                              widget=forms.DateInput(attrs={"type": "date"}))
-        self.fields["to"] = forms.DateField(required=False, label="To", input_formats=["%Y-%m-%d"],
-                                            widget=forms.DateInput(attrs={"type": "date"}))
+        self.fields["from"] = forms.DateField(
+            required=False, label="From", input_formats=["%Y-%m-%d"], widget=forms.DateInput(attrs={"type": "date"})
+        )
+        self.fields["to"] = forms.DateField(
+            required=False, label="To", input_formats=["%Y-%m-%d"], widget=forms.DateInput(attrs={"type": "date"})
+        )
 
     def clean(self) -> dict:
         data = super().clean()
@@ -132,8 +152,9 @@ class DashboardFilterForm(forms.Form):
         return window, scope
 
     def error_text(self) -> str:
-        return " ".join(f"{'' if name == '__all__' else name + ': '}{' '.join(errors)}"
-                        for name, errors in self.errors.items())
+        return " ".join(
+            f"{'' if name == '__all__' else name + ': '}{' '.join(errors)}" for name, errors in self.errors.items()
+        )
 
 
 # --- SVG geometry -------------------------------------------------------------------------------------
@@ -194,25 +215,42 @@ class Chart:
     legend: list[tuple[str, str]] = field(default_factory=list)  # (css, text)
     empty: bool = False
 
-
     def svg(self) -> SafeString:
         """The chart's SVG elements, every attribute and text escaped by ``format_html``."""
         parts = [
-            format_html_join("", '<line class="{}" x1="{}" y1="{}" x2="{}" y2="{}"/>',
-                             ((g.css, g.x1, g.y1, g.x2, g.y2) for g in self.grid)),
-            format_html_join("", '<text x="{}" y="{}" text-anchor="{}">{}</text>',
-                             ((t.x, t.y, t.anchor, t.text) for t in [*self.y_labels, *self.x_labels])),
-            format_html_join("", '<rect class="{}" x="{}" y="{}" width="{}" height="{}"><title>{}</title></rect>',
-                             ((r.css, r.x, r.y, r.w, r.h, r.title) for r in self.rects)),
-            format_html_join("", '<line class="{}" x1="{}" y1="{}" x2="{}" y2="{}"/>',
-                             ((w.css, w.x1, w.y1, w.x2, w.y2) for w in self.whiskers)),
+            format_html_join(
+                "",
+                '<line class="{}" x1="{}" y1="{}" x2="{}" y2="{}"/>',
+                ((g.css, g.x1, g.y1, g.x2, g.y2) for g in self.grid),
+            ),
+            format_html_join(
+                "",
+                '<text x="{}" y="{}" text-anchor="{}">{}</text>',
+                ((t.x, t.y, t.anchor, t.text) for t in [*self.y_labels, *self.x_labels]),
+            ),
+            format_html_join(
+                "",
+                '<rect class="{}" x="{}" y="{}" width="{}" height="{}"><title>{}</title></rect>',
+                ((r.css, r.x, r.y, r.w, r.h, r.title) for r in self.rects),
+            ),
+            format_html_join(
+                "",
+                '<line class="{}" x1="{}" y1="{}" x2="{}" y2="{}"/>',
+                ((w.css, w.x1, w.y1, w.x2, w.y2) for w in self.whiskers),
+            ),
             format_html_join("", '<path class="{}" d="{}"/>', ((css, d) for d, css in self.paths)),
-            format_html_join("", '<circle class="{}" cx="{}" cy="{}" r="3.2"><title>{}</title></circle>',
-                             ((d.css, d.x, d.y, d.title) for d in self.dots)),
+            format_html_join(
+                "",
+                '<circle class="{}" cx="{}" cy="{}" r="3.2"><title>{}</title></circle>',
+                ((d.css, d.x, d.y, d.title) for d in self.dots),
+            ),
         ]
         return format_html(
             '<svg class="chart" viewBox="0 0 {} {}" role="img" aria-label="{}">{}</svg>',
-            self.width, self.height, self.title, SafeString("".join(parts)),
+            self.width,
+            self.height,
+            self.title,
+            SafeString("".join(parts)),
         )
 
 
@@ -226,7 +264,7 @@ def nice_ceiling(value: float) -> float:
         return 1.0
     exponent = math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
-        candidate = step * 10 ** exponent
+        candidate = step * 10**exponent
         if candidate >= value * (1 - 1e-9):
             return candidate
     return 10 ** (exponent + 1)
@@ -264,8 +302,9 @@ class SeriesSpec:
     kind: str = "line"  # line, bar, stack
 
 
-def time_chart(*, key: str, title: str, unit: str, weeks: list[str], series: list[SeriesSpec],
-               caption: str = "") -> Chart:
+def time_chart(
+    *, key: str, title: str, unit: str, weeks: list[str], series: list[SeriesSpec], caption: str = ""
+) -> Chart:
     """Weekly values: bars (side by side or stacked) and lines; n < 20 points drawn hollow."""
     chart = Chart(key=key, title=title, caption=caption)
     count = max(len(weeks), 1)
@@ -298,8 +337,16 @@ def time_chart(*, key: str, title: str, unit: str, weeks: list[str], series: lis
                 continue
             x = x0 + band * i + band * 0.15 + width * b_index
             css = f"{s.css} small" if s.small[i] else s.css
-            chart.rects.append(Rect(_n(x), _n(y_of(value)), _n(width), _n(y1 - y_of(value)), css,
-                                    f"{weeks[i]}: {s.name} {_value_text(value, unit)}{_note(s, i)}"))
+            chart.rects.append(
+                Rect(
+                    _n(x),
+                    _n(y_of(value)),
+                    _n(width),
+                    _n(y1 - y_of(value)),
+                    css,
+                    f"{weeks[i]}: {s.name} {_value_text(value, unit)}{_note(s, i)}",
+                )
+            )
     base = [0.0] * len(weeks)
     for s in stacks:
         for i, value in enumerate(s.values):
@@ -307,8 +354,16 @@ def time_chart(*, key: str, title: str, unit: str, weeks: list[str], series: lis
                 continue
             x = x0 + band * i + band * 0.15
             top_y, bottom_y = y_of(base[i] + value), y_of(base[i])
-            chart.rects.append(Rect(_n(x), _n(top_y), _n(band * 0.7), _n(bottom_y - top_y), s.css,
-                                    f"{weeks[i]}: {s.name} {_value_text(value, unit)}"))
+            chart.rects.append(
+                Rect(
+                    _n(x),
+                    _n(top_y),
+                    _n(band * 0.7),
+                    _n(bottom_y - top_y),
+                    s.css,
+                    f"{weeks[i]}: {s.name} {_value_text(value, unit)}",
+                )
+            )
             base[i] += value
     for s in series:
         if s.kind != "line":
@@ -321,8 +376,14 @@ def time_chart(*, key: str, title: str, unit: str, weeks: list[str], series: lis
             x, y = x0 + band * (i + 0.5), y_of(value)
             parts.append(f"{'L' if pen_down else 'M'}{_n(x)} {_n(y)}")
             pen_down = True
-            chart.dots.append(Dot(_n(x), _n(y), f"{s.css} small" if s.small[i] else s.css,
-                                  f"{weeks[i]}: {s.name} {_value_text(value, unit)}{_note(s, i)}"))
+            chart.dots.append(
+                Dot(
+                    _n(x),
+                    _n(y),
+                    f"{s.css} small" if s.small[i] else s.css,
+                    f"{weeks[i]}: {s.name} {_value_text(value, unit)}{_note(s, i)}",
+                )
+            )
         if parts:
             chart.paths.append((" ".join(parts), s.css))
     chart.legend = [(s.css, s.name) for s in series]
@@ -360,13 +421,16 @@ def pod_bar_chart(*, key: str, title: str, unit: str, rows: list[tuple[str, Figu
         text = f"{label}: {_value_text(figure.value, unit)}, n={figure.n}{note}"
         chart.rects.append(Rect(_n(x0), _n(y + 5), _n(x_of(figure.value) - x0), _n(14), css, text))
         if figure.low is not None and figure.high is not None:
-            chart.whiskers.append(Segment(_n(x_of(figure.low)), _n(y + 12), _n(x_of(figure.high)), _n(y + 12), "whisker"))
+            chart.whiskers.append(
+                Segment(_n(x_of(figure.low)), _n(y + 12), _n(x_of(figure.high)), _n(y + 12), "whisker")
+            )
         label_x = x_of(max(figure.value, figure.high if figure.high is not None else figure.value)) + 4
         chart.y_labels.append(Label(_n(label_x), _n(y + 16), _value_text(figure.value, unit), "start"))
     return chart
 
 
 # --- headline cards and tables ------------------------------------------------------------------------
+
 
 @dataclass
 class Cell:
@@ -382,14 +446,29 @@ class Cell:
 
 def _figure_cell(figure: Figure) -> Cell:
     text = format_value(figure)
-    return Cell(key=figure.key, text=text, sub=format_interval(figure), value=figure.value, n=figure.n,
-                small=figure.small_sample, note=figure.note)
+    return Cell(
+        key=figure.key,
+        text=text,
+        sub=format_interval(figure),
+        value=figure.value,
+        n=figure.n,
+        small=figure.small_sample,
+        note=figure.note,
+    )
 
 
 def _spread_cell(spread: Spread) -> Cell:
     text = "—" if spread.median is None else f"{format_duration(spread.median)} / {format_duration(spread.upper)}"
-    return Cell(key=spread.key, text=text, sub=f"median / p{spread.upper_q}", value=spread.median, n=spread.n,
-                small=spread.small_sample, note=spread.note, upper=spread.upper)
+    return Cell(
+        key=spread.key,
+        text=text,
+        sub=f"median / p{spread.upper_q}",
+        value=spread.median,
+        n=spread.n,
+        small=spread.small_sample,
+        note=spread.note,
+        upper=spread.upper,
+    )
 
 
 def metric_cells(m: Metrics) -> list[Cell]:
@@ -398,9 +477,16 @@ def metric_cells(m: Metrics) -> list[Cell]:
     cost.sub = f"{format_value(tokens)} tokens" if tokens.value is not None else ""
     lead = _spread_cell(m.lead_time.total)
     return [
-        _figure_cell(m.accepted_throughput), _figure_cell(m.acceptance_yield), _figure_cell(m.first_pass_acceptance),
-        _figure_cell(m.revert_rate), lead, _spread_cell(m.escalation_response), _figure_cell(m.autonomy_rate),
-        cost, _figure_cell(m.wasted_spend_share), _figure_cell(m.supervision_load),
+        _figure_cell(m.accepted_throughput),
+        _figure_cell(m.acceptance_yield),
+        _figure_cell(m.first_pass_acceptance),
+        _figure_cell(m.revert_rate),
+        lead,
+        _spread_cell(m.escalation_response),
+        _figure_cell(m.autonomy_rate),
+        cost,
+        _figure_cell(m.wasted_spend_share),
+        _figure_cell(m.supervision_load),
     ]
 
 
@@ -444,6 +530,7 @@ def table_rows(rows: list[Metrics]) -> list[TableRow]:
 
 # --- CSV ----------------------------------------------------------------------------------------------
 
+
 def _hours(seconds: float | None) -> float | str:
     return "" if seconds is None else round(seconds / 3600, 4)
 
@@ -458,8 +545,13 @@ def csv_columns(m: Metrics) -> list[tuple[str, object]]:
     share = m.lead_time.waiting_share.value
     columns += [("waiting_share", "" if share is None else share)]
     columns += _spread_columns(m.escalation_response)
-    for figure in (m.autonomy_rate, m.cost_per_accepted, m.tokens_per_accepted, m.wasted_spend_share,
-                   m.supervision_load):
+    for figure in (
+        m.autonomy_rate,
+        m.cost_per_accepted,
+        m.tokens_per_accepted,
+        m.wasted_spend_share,
+        m.supervision_load,
+    ):
         columns += _figure_columns(figure)
     columns += [(name, value) for name, value in m.counts.items()]
     return columns
@@ -468,16 +560,22 @@ def csv_columns(m: Metrics) -> list[tuple[str, object]]:
 def _figure_columns(figure: Figure) -> list[tuple[str, object]]:
     out = [(figure.key, "" if figure.value is None else figure.value), (f"{figure.key}_n", figure.n)]
     if figure.unit == "ratio" and figure.key != "wasted_spend_share":
-        out += [(f"{figure.key}_ci95_low", "" if figure.low is None else figure.low),
-                (f"{figure.key}_ci95_high", "" if figure.high is None else figure.high)]
+        out += [
+            (f"{figure.key}_ci95_low", "" if figure.low is None else figure.low),
+            (f"{figure.key}_ci95_high", "" if figure.high is None else figure.high),
+        ]
     if figure.key != "accepted_throughput":
         out.append((f"{figure.key}_small_sample", int(figure.small_sample)))
     return out
 
 
 def _spread_columns(spread: Spread) -> list[tuple[str, object]]:
-    return [(f"{spread.key}_median_h", _hours(spread.median)), (f"{spread.key}_p{spread.upper_q}_h", _hours(spread.upper)),
-            (f"{spread.key}_n", spread.n), (f"{spread.key}_small_sample", int(spread.small_sample))]
+    return [
+        (f"{spread.key}_median_h", _hours(spread.median)),
+        (f"{spread.key}_p{spread.upper_q}_h", _hours(spread.upper)),
+        (f"{spread.key}_n", spread.n),
+        (f"{spread.key}_small_sample", int(spread.small_sample)),
+    ]
 
 
 def csv_response(report: Report, table: str) -> HttpResponse:
@@ -511,6 +609,7 @@ def csv_response(report: Report, table: str) -> HttpResponse:
 
 # --- the page -----------------------------------------------------------------------------------------
 
+
 def _hours_or_none(seconds: float | None) -> float | None:
     return None if seconds is None else seconds / 3600
 
@@ -520,55 +619,130 @@ def build_charts(report: Report) -> dict:
     points = [p.metrics for p in report.trend]
 
     def spec(name, css, figures, kind="line", value=lambda f: f.value):
-        return SeriesSpec(name=name, css=css, values=[value(f) for f in figures],
-                          small=[getattr(f, "small_sample", False) for f in figures],
-                          notes=[getattr(f, "note", "") for f in figures], kind=kind)
+        return SeriesSpec(
+            name=name,
+            css=css,
+            values=[value(f) for f in figures],
+            small=[getattr(f, "small_sample", False) for f in figures],
+            notes=[getattr(f, "note", "") for f in figures],
+            kind=kind,
+        )
 
     def ratio_chart(key, title, attr, caption=""):
         figures = [getattr(m, attr) for m in points]
-        return time_chart(key=key, title=title, unit="ratio", weeks=weeks, caption=caption,
-                          series=[spec(title, "s1", figures)])
+        return time_chart(
+            key=key, title=title, unit="ratio", weeks=weeks, caption=caption, series=[spec(title, "s1", figures)]
+        )
 
     lead = [m.lead_time.total for m in points]
     response = [m.escalation_response for m in points]
     pairs = [
-        (time_chart(key="throughput", title="Accepted per week", unit="count", weeks=weeks,
-                    series=[SeriesSpec(name="accepted", css="s0", kind="bar",
-                                       values=[m.accepted_throughput.value for m in points],
-                                       small=[False] * len(points), notes=[""] * len(points))]),
-         ratio_chart("revert_rate", "Revert rate (14 days)", "revert_rate")),
-        (time_chart(key="lead_time", title="Lead time to acceptance", unit="hours", weeks=weeks,
-                    series=[spec("median", "s1", lead, value=lambda f: _hours_or_none(f.median)),
-                            spec("p85", "s2", lead, value=lambda f: _hours_or_none(f.upper))]),
-         ratio_chart("first_pass", "First-pass acceptance", "first_pass_acceptance")),
-        (time_chart(key="escalation_response", title="Escalation response time", unit="hours", weeks=weeks,
-                    series=[spec("median", "s1", response, value=lambda f: _hours_or_none(f.median)),
-                            spec("p90", "s2", response, value=lambda f: _hours_or_none(f.upper))]),
-         time_chart(key="supervision_load", title="Supervision load (per accepted)", unit="count", weeks=weeks,
-                    series=[spec("load", "s1", [m.supervision_load for m in points])])),
-        (ratio_chart("yield", "Acceptance yield", "acceptance_yield"),
-         ratio_chart("autonomy", "Autonomy rate", "autonomy_rate")),
+        (
+            time_chart(
+                key="throughput",
+                title="Accepted per week",
+                unit="count",
+                weeks=weeks,
+                series=[
+                    SeriesSpec(
+                        name="accepted",
+                        css="s0",
+                        kind="bar",
+                        values=[m.accepted_throughput.value for m in points],
+                        small=[False] * len(points),
+                        notes=[""] * len(points),
+                    )
+                ],
+            ),
+            ratio_chart("revert_rate", "Revert rate (14 days)", "revert_rate"),
+        ),
+        (
+            time_chart(
+                key="lead_time",
+                title="Lead time to acceptance",
+                unit="hours",
+                weeks=weeks,
+                series=[
+                    spec("median", "s1", lead, value=lambda f: _hours_or_none(f.median)),
+                    spec("p85", "s2", lead, value=lambda f: _hours_or_none(f.upper)),
+                ],
+            ),
+            ratio_chart("first_pass", "First-pass acceptance", "first_pass_acceptance"),
+        ),
+        (
+            time_chart(
+                key="escalation_response",
+                title="Escalation response time",
+                unit="hours",
+                weeks=weeks,
+                series=[
+                    spec("median", "s1", response, value=lambda f: _hours_or_none(f.median)),
+                    spec("p90", "s2", response, value=lambda f: _hours_or_none(f.upper)),
+                ],
+            ),
+            time_chart(
+                key="supervision_load",
+                title="Supervision load (per accepted)",
+                unit="count",
+                weeks=weeks,
+                series=[spec("load", "s1", [m.supervision_load for m in points])],
+            ),
+        ),
+        (
+            ratio_chart("yield", "Acceptance yield", "acceptance_yield"),
+            ratio_chart("autonomy", "Autonomy rate", "autonomy_rate"),
+        ),
     ]
     cost = time_chart(
-        key="cost", title="Cost of closed sessions per week", unit="usd", weeks=weeks,
+        key="cost",
+        title="Cost of closed sessions per week",
+        unit="usd",
+        weeks=weeks,
         series=[
-            SeriesSpec(name="accepted work", css="ok", kind="stack",
-                       values=[m.counts["closed_cost_usd"] - m.counts["wasted_cost_usd"] for m in points],
-                       small=[False] * len(points), notes=[""] * len(points)),
-            SeriesSpec(name="wasted (rejected, cancelled, reverted)", css="bad", kind="stack",
-                       values=[m.counts["wasted_cost_usd"] for m in points],
-                       small=[False] * len(points), notes=[""] * len(points)),
-        ])
+            SeriesSpec(
+                name="accepted work",
+                css="ok",
+                kind="stack",
+                values=[m.counts["closed_cost_usd"] - m.counts["wasted_cost_usd"] for m in points],
+                small=[False] * len(points),
+                notes=[""] * len(points),
+            ),
+            SeriesSpec(
+                name="wasted (rejected, cancelled, reverted)",
+                css="bad",
+                kind="stack",
+                values=[m.counts["wasted_cost_usd"] for m in points],
+                small=[False] * len(points),
+                notes=[""] * len(points),
+            ),
+        ],
+    )
     pods = report.by_pod
     comparison = [
-        pod_bar_chart(key="pod_throughput", title="Accepted per week, by pod", unit="count",
-                      rows=[(m.label, m.accepted_throughput) for m in pods]),
-        pod_bar_chart(key="pod_yield", title="Acceptance yield, by pod (95% CI)", unit="ratio",
-                      rows=[(m.label, m.acceptance_yield) for m in pods]),
-        pod_bar_chart(key="pod_revert", title="Revert rate, by pod (95% CI)", unit="ratio",
-                      rows=[(m.label, m.revert_rate) for m in pods]),
-        pod_bar_chart(key="pod_cost", title="Cost per accepted session, by pod", unit="usd",
-                      rows=[(m.label, m.cost_per_accepted) for m in pods]),
+        pod_bar_chart(
+            key="pod_throughput",
+            title="Accepted per week, by pod",
+            unit="count",
+            rows=[(m.label, m.accepted_throughput) for m in pods],
+        ),
+        pod_bar_chart(
+            key="pod_yield",
+            title="Acceptance yield, by pod (95% CI)",
+            unit="ratio",
+            rows=[(m.label, m.acceptance_yield) for m in pods],
+        ),
+        pod_bar_chart(
+            key="pod_revert",
+            title="Revert rate, by pod (95% CI)",
+            unit="ratio",
+            rows=[(m.label, m.revert_rate) for m in pods],
+        ),
+        pod_bar_chart(
+            key="pod_cost",
+            title="Cost per accepted session, by pod",
+            unit="usd",
+            rows=[(m.label, m.cost_per_accepted) for m in pods],
+        ),
     ]
     return {"pairs": pairs, "cost": cost, "comparison": comparison}
 
@@ -581,8 +755,12 @@ def lead_split(m: Metrics) -> list[tuple[str, str, float | None, str]]:
         ("running", "agent running", lead.running.median, format_duration(lead.running.median)),
         ("waiting", "waiting on humans", lead.waiting.median, format_duration(lead.waiting.median)),
         ("queued", "queued", lead.queued.median, format_duration(lead.queued.median)),
-        ("waiting_share", "share of all lead time waiting on humans", share,
-         "—" if share is None else f"{share * 100:.0f}%"),
+        (
+            "waiting_share",
+            "share of all lead time waiting on humans",
+            share,
+            "—" if share is None else f"{share * 100:.0f}%",
+        ),
     ]
 
 
@@ -618,16 +796,23 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     query.pop("format", None)
     query.pop("table", None)
     context = {
-        "form": form, "report": report, "problems": [],
-        "headline": [(cell, label, EXPLAIN[key])
-                     for cell, (key, label, _) in zip(metric_cells(report.overall), COLUMNS, strict=True)],
+        "form": form,
+        "report": report,
+        "problems": [],
+        "headline": [
+            (cell, label, EXPLAIN[key])
+            for cell, (key, label, _) in zip(metric_cells(report.overall), COLUMNS, strict=True)
+        ],
         "lead_split": lead_split(report.overall),
         "columns": COLUMNS,
         "definitions": [(label, EXPLAIN[key]) for key, label, _ in COLUMNS],
-        "tables": [("pods", "By pod", "Pod", table_rows(report.by_pod)),
-                   ("stos", "By Single Task Owner", "STO", table_rows(report.by_sto)),
-                   ("task_types", "By task type", "Task type", table_rows(report.by_task_type))],
-        "csv_query": query.urlencode(), "small_sample": SMALL_SAMPLE,
+        "tables": [
+            ("pods", "By pod", "Pod", table_rows(report.by_pod)),
+            ("stos", "By Single Task Owner", "STO", table_rows(report.by_sto)),
+            ("task_types", "By task type", "Task type", table_rows(report.by_task_type)),
+        ],
+        "csv_query": query.urlencode(),
+        "small_sample": SMALL_SAMPLE,
         **build_charts(report),
     }
     return render(request, "controlroom/dashboard.html", context)

@@ -4,6 +4,7 @@ Every setting the project reads from the environment goes through these, so a ty
 deployment names the variable instead of surfacing later as a traceback wall.
 Secrets may also be given as ``NAME_FILE`` pointing at a file holding the value.
 """
+
 from __future__ import annotations
 
 import os

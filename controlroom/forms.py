@@ -3,6 +3,7 @@
 Forms only validate and translate input into the arguments of ``agents.services`` calls; they
 create nothing themselves (the views call the services).
 """
+
 from __future__ import annotations
 
 import re
@@ -33,10 +34,12 @@ from agents.services import GrantSpec
 class CanvasFilterForm(forms.Form):
     """The canvas filters, read from the query string. Invalid values are reported and ignored."""
 
-    pod = forms.ModelChoiceField(queryset=Pod.objects.none(), to_field_name="slug", required=False,
-                                 empty_label="All pods")
-    sto = forms.CharField(required=False, max_length=150,
-                          help_text='"mine" or a username: sessions this person is Single Task Owner of.')
+    pod = forms.ModelChoiceField(
+        queryset=Pod.objects.none(), to_field_name="slug", required=False, empty_label="All pods"
+    )
+    sto = forms.CharField(
+        required=False, max_length=150, help_text='"mine" or a username: sessions this person is Single Task Owner of.'
+    )
     status = forms.MultipleChoiceField(choices=Status.choices, required=False)
 
     def __init__(self, data, *, user: User):
@@ -73,7 +76,13 @@ class CanvasFilterForm(forms.Form):
 
 # --- launching -----------------------------------------------------------------------------------
 
-TEST_AND_COMMIT = ("Bash(python -m pytest *)", "Bash(pytest *)", "Bash(git status *)", "Bash(git diff *)", "Git(commit)")
+TEST_AND_COMMIT = (
+    "Bash(python -m pytest *)",
+    "Bash(pytest *)",
+    "Bash(git status *)",
+    "Bash(git diff *)",
+    "Git(commit)",
+)
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,9 @@ PRESETS: dict[str, Preset] = {
     "plan": Preset("Plan: read only", Grant.Mode.PLAN),
     "ask": Preset("Ask: reads allowed, everything else asks a human", Grant.Mode.ASK),
     "edits": Preset("Edits: reads and edits, tests and commits allowed", Grant.Mode.EDITS, allow=TEST_AND_COMMIT),
-    "autonomous": Preset("Autonomous: everything but push and network", Grant.Mode.AUTONOMOUS,
-                         deny=("Bash(git push *)", "Net(*)")),
+    "autonomous": Preset(
+        "Autonomous: everything but push and network", Grant.Mode.AUTONOMOUS, deny=("Bash(git push *)", "Net(*)")
+    ),
 }
 
 DATETIME_LOCAL = "%Y-%m-%dT%H:%M"
@@ -98,7 +108,10 @@ DATETIME_LOCAL = "%Y-%m-%dT%H:%M"
 
 def _datetime_field(label: str, help_text: str) -> forms.DateTimeField:
     return forms.DateTimeField(
-        label=label, required=False, help_text=help_text, input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M"],
+        label=label,
+        required=False,
+        help_text=help_text,
+        input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M"],
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=DATETIME_LOCAL),
     )
 
@@ -110,16 +123,26 @@ class _SharedLaunchFields(forms.Form):
     repository = forms.ModelChoiceField(queryset=Repository.objects.all(), empty_label=None)
     base_branch = forms.CharField(required=False, max_length=200, help_text="Empty: the repository's default branch.")
     model = forms.CharField(max_length=200, help_text="Any LiteLLM model string; sim/… runs offline.")
-    api_base = forms.URLField(required=False, assume_scheme="https", label="API base",
-                              help_text="Optional endpoint for local or hosted OpenAI-compatible servers.")
+    api_base = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        label="API base",
+        help_text="Optional endpoint for local or hosted OpenAI-compatible servers.",
+    )
     task_type = forms.ChoiceField(choices=TaskType.choices, initial=TaskType.FEATURE)
     priority = forms.TypedChoiceField(choices=Priority.choices, coerce=int, initial=Priority.P2)
     preset = forms.ChoiceField(label="Authority", choices=[(k, p.label) for k, p in PRESETS.items()], initial="edits")
     not_before = _datetime_field("Window from", "Empty: now.")
     expires_at = _datetime_field("Window until", "Empty: 8 hours after the start.")
     max_steps = forms.IntegerField(label="Budget: steps", required=False, min_value=1, max_value=100_000, initial=200)
-    max_cost_usd = forms.DecimalField(label="Budget: cost (USD)", required=False, min_value=Decimal("0.01"),
-                                      max_digits=12, decimal_places=4, initial=Decimal("5.00"))
+    max_cost_usd = forms.DecimalField(
+        label="Budget: cost (USD)",
+        required=False,
+        min_value=Decimal("0.01"),
+        max_digits=12,
+        decimal_places=4,
+        initial=Decimal("5.00"),
+    )
 
     def __init__(self, *args, user: User, **kwargs):
         super().__init__(*args, **kwargs)
@@ -140,9 +163,14 @@ class _SharedLaunchFields(forms.Form):
         data = self.cleaned_data
         preset = PRESETS[data["preset"]]
         return GrantSpec(
-            mode=preset.mode, allow=preset.allow, ask=preset.ask, deny=preset.deny,
-            max_steps=data.get("max_steps"), max_cost_usd=data.get("max_cost_usd"),
-            not_before=data.get("not_before"), expires_at=data.get("expires_at"),
+            mode=preset.mode,
+            allow=preset.allow,
+            ask=preset.ask,
+            deny=preset.deny,
+            max_steps=data.get("max_steps"),
+            max_cost_usd=data.get("max_cost_usd"),
+            not_before=data.get("not_before"),
+            expires_at=data.get("expires_at"),
             justification=f"launched from the browser ({data['preset']} preset)",
         )
 
@@ -154,8 +182,12 @@ class _SharedLaunchFields(forms.Form):
     def launch_kwargs(self) -> dict:
         data = self.cleaned_data
         return {
-            "pod": data["pod"], "repository": data["repository"], "base_branch": data.get("base_branch", "").strip(),
-            "model": data["model"].strip(), "api_base": data.get("api_base") or "", "task_type": data["task_type"],
+            "pod": data["pod"],
+            "repository": data["repository"],
+            "base_branch": data.get("base_branch", "").strip(),
+            "model": data["model"].strip(),
+            "api_base": data.get("api_base") or "",
+            "task_type": data["task_type"],
             "by": self.user,
         }
 
@@ -181,14 +213,32 @@ def _membership_error(*, sto: User, pod: Pod) -> str | None:
 class LaunchForm(_SharedLaunchFields):
     """Launch one session."""
 
-    field_order = ("pod", "sto", "name", "goal", "success_criteria", "repository", "base_branch", "model", "api_base",
-                   "task_type", "priority", "preset", "not_before", "expires_at", "max_steps", "max_cost_usd")
+    field_order = (
+        "pod",
+        "sto",
+        "name",
+        "goal",
+        "success_criteria",
+        "repository",
+        "base_branch",
+        "model",
+        "api_base",
+        "task_type",
+        "priority",
+        "preset",
+        "not_before",
+        "expires_at",
+        "max_steps",
+        "max_cost_usd",
+    )
 
-    sto = forms.ModelChoiceField(queryset=User.objects.none(), to_field_name="username", label="Single Task Owner",
-                                 empty_label=None)
+    sto = forms.ModelChoiceField(
+        queryset=User.objects.none(), to_field_name="username", label="Single Task Owner", empty_label=None
+    )
     name = forms.CharField(required=False, max_length=110, help_text="Empty: the first line of the goal.")
-    goal = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), max_length=4000,
-                           error_messages={"required": "Give the agent a goal."})
+    goal = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}), max_length=4000, error_messages={"required": "Give the agent a goal."}
+    )
     success_criteria = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}), max_length=2000)
 
     def __init__(self, *args, user: User, **kwargs):
@@ -215,9 +265,14 @@ class LaunchForm(_SharedLaunchFields):
         data = self.cleaned_data
         sto = data["sto"]
         return dict(
-            super().launch_kwargs(), sto=sto, goal=data["goal"], name=data.get("name", ""),
-            success_criteria=data.get("success_criteria", ""), priority=data["priority"],
-            grant=self.grant_spec(), delegator=self.delegator_for(sto=sto),
+            super().launch_kwargs(),
+            sto=sto,
+            goal=data["goal"],
+            name=data.get("name", ""),
+            success_criteria=data.get("success_criteria", ""),
+            priority=data["priority"],
+            grant=self.grant_spec(),
+            delegator=self.delegator_for(sto=sto),
         )
 
 
@@ -239,13 +294,37 @@ class BatchLine:
 class BatchLaunchForm(_SharedLaunchFields):
     """Plan the night: one task per line, shared settings. The view launches them in ONE transaction."""
 
-    field_order = ("pod", "sto", "tasks", "repository", "base_branch", "model", "api_base", "task_type",
-                   "priority", "preset", "not_before", "expires_at", "max_steps", "max_cost_usd")
+    field_order = (
+        "pod",
+        "sto",
+        "tasks",
+        "repository",
+        "base_branch",
+        "model",
+        "api_base",
+        "task_type",
+        "priority",
+        "preset",
+        "not_before",
+        "expires_at",
+        "max_steps",
+        "max_cost_usd",
+    )
 
-    sto = forms.ModelChoiceField(queryset=User.objects.none(), to_field_name="username", required=False,
-                                 label="Single Task Owner", empty_label="(per line: @username)")
+    sto = forms.ModelChoiceField(
+        queryset=User.objects.none(),
+        to_field_name="username",
+        required=False,
+        label="Single Task Owner",
+        empty_label="(per line: @username)",
+    )
     tasks = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 8, "placeholder": "@sam P1 Fix the rounding bug in totals | tests pass\nAdd docstrings to shopcart/cart.py"}),
+        widget=forms.Textarea(
+            attrs={
+                "rows": 8,
+                "placeholder": "@sam P1 Fix the rounding bug in totals | tests pass\nAdd docstrings to shopcart/cart.py",
+            }
+        ),
         help_text="One task per line: [@owner] [P0–P3] goal [| success criteria]. Blank lines and lines starting with # are skipped.",
         error_messages={"required": "Write at least one task."},
     )
@@ -293,7 +372,9 @@ class BatchLaunchForm(_SharedLaunchFields):
             elif shared_sto is not None:
                 sto = shared_sto
             else:
-                errors.append(f"Line {number}: no Single Task Owner: choose one above or start the line with @username.")
+                errors.append(
+                    f"Line {number}: no Single Task Owner: choose one above or start the line with @username."
+                )
                 continue
             priority = int(prio[1]) if prio else cleaned.get("priority", Priority.P2)
             lines.append(BatchLine(number=number, goal=goal, success_criteria=criteria, sto=sto, priority=priority))
@@ -308,7 +389,11 @@ class BatchLaunchForm(_SharedLaunchFields):
 
     def launch_kwargs_for(self, line: BatchLine) -> dict:
         return dict(
-            super().launch_kwargs(), sto=line.sto, goal=line.goal, success_criteria=line.success_criteria,
-            priority=line.priority, grant=self.grant_spec(), delegator=self.delegator_for(sto=line.sto),
+            super().launch_kwargs(),
+            sto=line.sto,
+            goal=line.goal,
+            success_criteria=line.success_criteria,
+            priority=line.priority,
+            grant=self.grant_spec(),
+            delegator=self.delegator_for(sto=line.sto),
         )
-

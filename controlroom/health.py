@@ -10,6 +10,7 @@ monitor), or a caller passing ``?token=`` equal to ``CONTROLROOM["HEALTHZ_TOKEN"
 set. Everyone else gets 403. The view is exempt from the site-wide login redirect so that a
 monitor gets a JSON answer instead of a login page.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -64,9 +65,7 @@ def check_database() -> dict[str, Any]:
 def check_redis(*, url: str) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
-        )
+        client = redis.Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S)
     except ValueError as exc:
         return {"ok": False, "detail": f"REDIS_URL cannot be parsed: {exc}"}
     try:
@@ -87,16 +86,14 @@ def check_celery(*, broker_url: str) -> dict[str, Any]:
         with app.connection_for_write(
             broker_url,
             connect_timeout=REDIS_TIMEOUT_S,
-            transport_options={"socket_timeout": 2.0, "socket_connect_timeout": REDIS_TIMEOUT_S,
-                               "max_retries": 0},
+            transport_options={"socket_timeout": 2.0, "socket_connect_timeout": REDIS_TIMEOUT_S, "max_retries": 0},
         ) as conn:
             replies = app.control.ping(timeout=CELERY_PING_TIMEOUT_S, connection=conn)
     except (OSError, KombuError, redis.exceptions.RedisError) as exc:
         return {"ok": False, "workers": [], "detail": _one_line(exc)}
     workers = sorted(name for reply in replies or [] for name in reply)
     if not workers:
-        return {"ok": False, "workers": [],
-                "detail": f"no worker answered a ping within {CELERY_PING_TIMEOUT_S} s"}
+        return {"ok": False, "workers": [], "detail": f"no worker answered a ping within {CELERY_PING_TIMEOUT_S} s"}
     return {"ok": True, "workers": workers, "detail": f"{len(workers)} worker(s) answered"}
 
 

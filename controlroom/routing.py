@@ -1,4 +1,5 @@
 """Websocket routes (wrapped in controlroom/asgi.py by the origin check and the session auth)."""
+
 from django.urls import path
 
 from controlroom.consumers import CanvasConsumer

@@ -4,6 +4,7 @@ Every variable is documented in README.md ("Configuration"). Everything the app 
 under DATA_DIR (default ./var/): the SQLite database, the generated dev secret key, the demo
 repository, the agents' worktrees, logs and the audit signing key.
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ Imported before Django settings load, so it can point the settings at what it st
   (initdb + pg_ctl as the ``postgres`` system user when running as root).
 Everything it starts is stopped at exit.
 """
+
 from __future__ import annotations
 
 import atexit

@@ -1,5 +1,6 @@
 """Pages that look across the whole fleet: the canvas (tiles, filters, "needs you", the summary bar)
 and launching sessions from the browser. Views read through selectors and write through services."""
+
 from __future__ import annotations
 
 import time
@@ -32,19 +33,27 @@ from agents.models import (
 from controlroom.forms import BatchLaunchForm, CanvasFilterForm, LaunchForm
 
 STATUS_ICONS = {
-    Status.QUEUED: "◷", Status.RUNNING: "▶", Status.NEEDS_APPROVAL: "⚑", Status.BLOCKED: "■",
-    Status.PAUSED: "❚❚", Status.SUCCEEDED: "✓", Status.FAILED: "✗", Status.CANCELLED: "⊘",
+    Status.QUEUED: "◷",
+    Status.RUNNING: "▶",
+    Status.NEEDS_APPROVAL: "⚑",
+    Status.BLOCKED: "■",
+    Status.PAUSED: "❚❚",
+    Status.SUCCEEDED: "✓",
+    Status.FAILED: "✗",
+    Status.CANCELLED: "⊘",
 }
 NEEDS_YOU_LIMIT = 100
 
 
 # --- reads for the canvas ------------------------------------------------------------------------
 
+
 def _active_grants() -> Prefetch:
     """One query for the active grants of every tile (the template reads ``s.grants.all.0``)."""
     return Prefetch(
         "grants",
-        queryset=Grant.objects.filter(revoked_at__isnull=True).order_by("-version")
+        queryset=Grant.objects.filter(revoked_at__isnull=True)
+        .order_by("-version")
         .only("id", "session_id", "version", "max_cost_usd", "max_steps", "revoked_at"),
     )
 
@@ -101,10 +110,16 @@ def fleet_summary(*, user: User) -> FleetSummary:
     )
     pods = list(selectors.pods_visible_to(user=user).filter(Q(paused=True) | Q(review_wip_limit__isnull=False)))
     wip_pods = [p for p in pods if p.review_wip_limit is not None]
-    awaiting = dict(
-        AgentSession.objects.filter(selectors.awaiting_review_q(), pod__in=wip_pods)
-        .order_by().values_list("pod_id").annotate(n=Count("id"))
-    ) if wip_pods else {}
+    awaiting = (
+        dict(
+            AgentSession.objects.filter(selectors.awaiting_review_q(), pod__in=wip_pods)
+            .order_by()
+            .values_list("pod_id")
+            .annotate(n=Count("id"))
+        )
+        if wip_pods
+        else {}
+    )
     return FleetSummary(
         counts=[(value, label, STATUS_ICONS[value], by_status.get(value, 0)) for value, label in Status.choices],
         total=sum(by_status.values()),
@@ -146,10 +161,16 @@ def needs_you(*, user: User) -> list[Waiting]:
             decided[key] = authority.refuse_session_control(user=user, session=session) is None
         if decided[key]:
             mine.append(session)
-    opened = dict(
-        Escalation.objects.filter(session__in=[s.pk for s in mine], state=Escalation.State.OPEN)
-        .order_by().values_list("session_id").annotate(first=Min("created_at"))
-    ) if mine else {}
+    opened = (
+        dict(
+            Escalation.objects.filter(session__in=[s.pk for s in mine], state=Escalation.State.OPEN)
+            .order_by()
+            .values_list("session_id")
+            .annotate(first=Min("created_at"))
+        )
+        if mine
+        else {}
+    )
     waiting = [Waiting(session=s, since=opened.get(s.pk) or s.updated_at) for s in mine]
     waiting.sort(key=lambda w: (w.since, w.session.pk))
     return waiting[:NEEDS_YOU_LIMIT]
@@ -172,6 +193,7 @@ def _side_context(user: User) -> dict:
 
 
 # --- pages ---------------------------------------------------------------------------------------
+
 
 @require_GET
 def canvas(request: HttpRequest) -> HttpResponse:
@@ -233,9 +255,16 @@ def _add_service_errors(form, exc: ValidationError) -> None:
 
 
 def _launch_page(request: HttpRequest, *, form: LaunchForm, batch: BatchLaunchForm, status: int = 200) -> HttpResponse:
-    return render(request, "controlroom/launch.html", {
-        "form": form, "batch": batch, "is_leader": request.user.role == User.Role.LEADER,
-    }, status=status)
+    return render(
+        request,
+        "controlroom/launch.html",
+        {
+            "form": form,
+            "batch": batch,
+            "is_leader": request.user.role == User.Role.LEADER,
+        },
+        status=status,
+    )
 
 
 def _initial(request: HttpRequest) -> dict:
@@ -273,9 +302,11 @@ def launch(request: HttpRequest) -> HttpResponse:
 class _BatchLineError(Exception):
     def __init__(self, number: int, exc: Exception):
         if isinstance(exc, ValidationError):
-            text = "; ".join(
-                " ".join(m) for m in exc.message_dict.values()
-            ) if hasattr(exc, "message_dict") else " ".join(exc.messages)
+            text = (
+                "; ".join(" ".join(m) for m in exc.message_dict.values())
+                if hasattr(exc, "message_dict")
+                else " ".join(exc.messages)
+            )
         else:
             text = str(exc)
         super().__init__(f"Line {number}: {text} Nothing was launched.")

@@ -1,5 +1,6 @@
 """Admin: the audit log and checkpoints are read-only evidence; reviews are read-only too
 (decisions are made through the review services, which write their audit events)."""
+
 from __future__ import annotations
 
 from django.contrib import admin
@@ -23,8 +24,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ("id", "created_at", "chain", "seq", "kind", "actor_type", "actor_label",
-                    "on_behalf_of_label", "grant_id", "provenance", "session_id")
+    list_display = (
+        "id",
+        "created_at",
+        "chain",
+        "seq",
+        "kind",
+        "actor_type",
+        "actor_label",
+        "on_behalf_of_label",
+        "grant_id",
+        "provenance",
+        "session_id",
+    )
     list_filter = ("kind", "actor_type")
     search_fields = ("session_id",)
     search_help_text = "A session id (exact), or a chain name such as s:42 or system."

@@ -9,6 +9,7 @@ commit. Attesting again replaces the verdict (both events stay in the log).
 Audit event ``session.attested``: actor the STO (user), provenance ``human``, payload
 ``{"verdict": "accepted"|"disowned", "reason": str, "previous": str, "previous_reason": str}``.
 """
+
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
@@ -31,8 +32,10 @@ def refuse_attest(*, user: User, session: AgentSession) -> str | None:
     if not user.is_authenticated:
         return "You must be logged in."
     if user.pk != session.sto_id:
-        return (f"Only the session's Single Task Owner ({session.sto.username}) may accept or disown its work: "
-                "it is their statement that the work is theirs.")
+        return (
+            f"Only the session's Single Task Owner ({session.sto.username}) may accept or disown its work: "
+            "it is their statement that the work is theirs."
+        )
     return None
 
 
@@ -53,13 +56,23 @@ def session_attest(*, session: AgentSession, by: User, verdict: str, reason: str
         raise ValidationError({"reason": f"Keep the reason under {REASON_MAX} characters."})
     previous, previous_reason = locked.attestation, locked.attestation_reason
     AgentSession.objects.filter(pk=locked.pk).update(
-        attestation=verdict, attestation_reason=reason, version=F("version") + 1, updated_at=timezone.now(),
+        attestation=verdict,
+        attestation_reason=reason,
+        version=F("version") + 1,
+        updated_at=timezone.now(),
     )
     locked.refresh_from_db(fields=["attestation", "attestation_reason", "version", "updated_at"])
     record(
-        "session.attested", session=locked, user=by, provenance="human",
-        payload={"verdict": verdict, "reason": reason, "previous": previous,
-                 "previous_reason": Truncator(previous_reason).chars(200)},
+        "session.attested",
+        session=locked,
+        user=by,
+        provenance="human",
+        payload={
+            "verdict": verdict,
+            "reason": reason,
+            "previous": previous,
+            "previous_reason": Truncator(previous_reason).chars(200),
+        },
     )
     send_on_commit(locked.pk)
     return locked

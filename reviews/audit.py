@@ -18,6 +18,7 @@ every human action, so its cost is the log's throughput.
 
 This module is the bottom layer: it imports nothing from ``agents``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,9 +39,21 @@ SYSTEM_CHAIN = "system"
 
 # Fields covered by an event's hash, in the documented order (docs/AUDIT.md).
 HASHED_FIELDS = (
-    "chain", "seq", "created_at", "kind", "actor_type", "actor_user_id", "actor_session_id",
-    "actor_label", "on_behalf_of_id", "on_behalf_of_label", "grant_id", "provenance",
-    "session_id", "pod_id", "payload",
+    "chain",
+    "seq",
+    "created_at",
+    "kind",
+    "actor_type",
+    "actor_user_id",
+    "actor_session_id",
+    "actor_label",
+    "on_behalf_of_id",
+    "on_behalf_of_label",
+    "grant_id",
+    "provenance",
+    "session_id",
+    "pod_id",
+    "payload",
 )
 
 # The canonical JSON of docs/AUDIT.md: keys sorted, no whitespace, UTF-8 (not \\u escapes).
@@ -147,10 +160,21 @@ BODY_TEMPLATE = (
 
 
 def canonical_text(
-    chain: str, seq: int, created_at: str, kind: str, actor_type: str, actor_user_id: int | None,
-    actor_session_id: int | None, actor_label: str, on_behalf_of_id: int | None,
-    on_behalf_of_label: str, grant_id: int | None, provenance: str, session_id: int | None,
-    pod_id: int | None, payload_json: str,
+    chain: str,
+    seq: int,
+    created_at: str,
+    kind: str,
+    actor_type: str,
+    actor_user_id: int | None,
+    actor_session_id: int | None,
+    actor_label: str,
+    on_behalf_of_id: int | None,
+    on_behalf_of_label: str,
+    grant_id: int | None,
+    provenance: str,
+    session_id: int | None,
+    pod_id: int | None,
+    payload_json: str,
 ) -> str:
     """``canonical_body`` as text, from the field values and the payload's canonical JSON."""
     return BODY_TEMPLATE % (
@@ -338,14 +362,41 @@ def record(
         created_at = format_time(now)
         seq = prev_seq + 1
         body = canonical_text(
-            chain, seq, created_at, kind, actor_type, actor_user_id, actor_session_id, actor_label,
-            on_behalf_of_id, on_behalf_of_label, grant_id, provenance, session_id, pod_id, payload_json,
+            chain,
+            seq,
+            created_at,
+            kind,
+            actor_type,
+            actor_user_id,
+            actor_session_id,
+            actor_label,
+            on_behalf_of_id,
+            on_behalf_of_label,
+            grant_id,
+            provenance,
+            session_id,
+            pod_id,
+            payload_json,
         )
         digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + body.encode("utf-8")).hexdigest()
         return [
-            chain, seq, conn.ops.adapt_datetimefield_value(now), kind, actor_type, actor_user_id, actor_session_id, actor_label,
-            on_behalf_of_id, on_behalf_of_label, grant_id, provenance, session_id, pod_id, payload_json,
-            prev_hash, digest,
+            chain,
+            seq,
+            conn.ops.adapt_datetimefield_value(now),
+            kind,
+            actor_type,
+            actor_user_id,
+            actor_session_id,
+            actor_label,
+            on_behalf_of_id,
+            on_behalf_of_label,
+            grant_id,
+            provenance,
+            session_id,
+            pod_id,
+            payload_json,
+            prev_hash,
+            digest,
         ]
 
     event_id, values = _append(conn, sql, chain, build)

@@ -8,6 +8,7 @@
 /audit/event/<id>             one event: payload, hash, chain position
 /audit/commit/<sha>           who is behind an agent's commit
 """
+
 from django.urls import path
 
 from reviews import audit_views

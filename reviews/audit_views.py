@@ -4,6 +4,7 @@ the night's timeline, the audit explorer, one event, and the explanation of a co
 Views only parse the request, call the selectors of ``reviews.digest`` (which take the viewer)
 and the attestation service, and render templates (autoescaped; the timeline's SVG too).
 """
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -25,15 +26,18 @@ from reviews.attest import session_attest
 
 def _window(request: HttpRequest, *, default: str) -> overnight.Window:
     q = request.GET if request.method == "GET" else request.POST
-    return overnight.window_from(since=q.get("since", ""), until=q.get("until", ""), preset=q.get("preset", ""),
-                              default=default)
+    return overnight.window_from(
+        since=q.get("since", ""), until=q.get("until", ""), preset=q.get("preset", ""), default=default
+    )
 
 
 def _window_context(window: overnight.Window, *, default: str) -> dict:
     from django.utils import timezone
 
     return {
-        "window": window, "presets": overnight.PRESETS.items(), "default_preset": default,
+        "window": window,
+        "presets": overnight.PRESETS.items(),
+        "default_preset": default,
         "since_value": timezone.localtime(window.since).strftime("%Y-%m-%dT%H:%M"),
         "until_value": timezone.localtime(window.until).strftime("%Y-%m-%dT%H:%M"),
     }
@@ -48,11 +52,18 @@ def digest_page(request: HttpRequest) -> HttpResponse:
     window = _window(request, default="overnight")
     scope = "all" if request.GET.get("scope") == "all" else "mine"
     result = overnight.digest(user=request.user, window=window, scope=scope)
-    return render(request, "reviews/digest.html", {
-        "digest": result, "rows": result.rows, "totals": result.totals, "scope": scope,
-        "scope_keep": [("scope", "all")] if scope == "all" else [],
-        **_window_context(window, default="overnight"),
-    })
+    return render(
+        request,
+        "reviews/digest.html",
+        {
+            "digest": result,
+            "rows": result.rows,
+            "totals": result.totals,
+            "scope": scope,
+            "scope_keep": [("scope", "all")] if scope == "all" else [],
+            **_window_context(window, default="overnight"),
+        },
+    )
 
 
 @require_POST
@@ -68,8 +79,9 @@ def digest_attest(request: HttpRequest, session_id: int) -> HttpResponse:
     try:
         session_attest(session=session, by=request.user, verdict=verdict, reason=reason)
     except NotAllowed as exc:
-        agent_services.record_refused_action(session=session, by=request.user, action=f"attest {verdict}"[:40],
-                                             refusal=str(exc))
+        agent_services.record_refused_action(
+            session=session, by=request.user, action=f"attest {verdict}"[:40], refusal=str(exc)
+        )
         return _attest_answer(request, session_id, window, error=str(exc), status=403)
     except ValidationError as exc:
         return _attest_answer(request, session_id, window, error=validation_text(exc), status=422, reason=reason)
@@ -79,17 +91,39 @@ def digest_attest(request: HttpRequest, session_id: int) -> HttpResponse:
     return _attest_answer(request, session_id, window)
 
 
-def _attest_answer(request: HttpRequest, session_id: int, window: overnight.Window, *, error: str = "",
-                   status: int = 200, reason: str = "") -> HttpResponse:
+def _attest_answer(
+    request: HttpRequest,
+    session_id: int,
+    window: overnight.Window,
+    *,
+    error: str = "",
+    status: int = 200,
+    reason: str = "",
+) -> HttpResponse:
     row = overnight.digest_row(user=request.user, session_id=session_id, window=window)
     if request.htmx and row is not None:
-        return render(request, "reviews/digest.html#row", {
-            "r": row, "window": window, "attest_error": error, "attest_reason": reason,
-        }, status=status)
-    return render(request, "reviews/audit_error.html", {
-        "title": "Refused" if status == 403 else "Not recorded", "error": error or "Recorded.",
-        "back": f"{reverse('digest')}?{window.query()}", "recorded": status == 403,
-    }, status=status)
+        return render(
+            request,
+            "reviews/digest.html#row",
+            {
+                "r": row,
+                "window": window,
+                "attest_error": error,
+                "attest_reason": reason,
+            },
+            status=status,
+        )
+    return render(
+        request,
+        "reviews/audit_error.html",
+        {
+            "title": "Refused" if status == 403 else "Not recorded",
+            "error": error or "Recorded.",
+            "back": f"{reverse('digest')}?{window.query()}",
+            "recorded": status == 403,
+        },
+        status=status,
+    )
 
 
 # -- "Did I do this work?" -----------------------------------------------------------------------
@@ -100,9 +134,15 @@ def audit_mine(request: HttpRequest) -> HttpResponse:
     window = _window(request, default="overnight")
     include_model = request.GET.get("model_calls") == "1"
     mine = overnight.actions_on_behalf_of(user=request.user, window=window, include_model_calls=include_model)
-    return render(request, "reviews/audit_mine.html", {
-        "mine": mine, "include_model": include_model, **_window_context(window, default="overnight"),
-    })
+    return render(
+        request,
+        "reviews/audit_mine.html",
+        {
+            "mine": mine,
+            "include_model": include_model,
+            **_window_context(window, default="overnight"),
+        },
+    )
 
 
 # -- the night at a glance -----------------------------------------------------------------------
@@ -113,14 +153,23 @@ def timeline_page(request: HttpRequest) -> HttpResponse:
     window = _window(request, default="night")
     pod = request.GET.get("pod", "").strip()
     result = overnight.timeline(
-        user=request.user, window=window, pod=pod,
+        user=request.user,
+        window=window,
+        pod=pod,
         event_url=lambda event_id: reverse("audit_event", args=[event_id]),
         session_url=lambda session_id: reverse("session_drawer", args=[session_id]),
     )
-    return render(request, "reviews/timeline.html", {
-        "t": result, "pod": pod, "pods": pods_visible_to(user=request.user),
-        "statuses": overnight.STATUS_LABELS.items(), **_window_context(window, default="night"),
-    })
+    return render(
+        request,
+        "reviews/timeline.html",
+        {
+            "t": result,
+            "pod": pod,
+            "pods": pods_visible_to(user=request.user),
+            "statuses": overnight.STATUS_LABELS.items(),
+            **_window_context(window, default="night"),
+        },
+    )
 
 
 # -- the audit explorer --------------------------------------------------------------------------
@@ -132,7 +181,10 @@ def audit_explorer(request: HttpRequest) -> HttpResponse:
     filters = overnight.ExplorerFilters.from_query(request.GET)
     page = overnight.explore(user=request.user, filters=filters)
     context = {
-        "page": page, "f": filters, "events": page.events, "kinds": overnight.known_kinds(),
+        "page": page,
+        "f": filters,
+        "events": page.events,
+        "kinds": overnight.known_kinds(),
         "decision_choices": overnight.DECISION_CHOICES,
         "pods": pods_visible_to(user=request.user),
         "next_url": f"{reverse('audit_explorer')}?{filters.query(before=page.next_before)}" if page.next_before else "",
@@ -149,13 +201,26 @@ def audit_event(request: HttpRequest, event_id: int) -> HttpResponse:
     event = overnight.event_visible_to(user=request.user, event_id=event_id)
     if event is None:
         if AuditEvent.objects.filter(pk=event_id).exists():
-            return render(request, "reviews/audit_error.html", {
-                "title": "Not yours to see", "error": "This event belongs to a session of a pod you are not a member of.",
+            return render(
+                request,
+                "reviews/audit_error.html",
+                {
+                    "title": "Not yours to see",
+                    "error": "This event belongs to a session of a pod you are not a member of.",
+                    "back": reverse("audit_explorer"),
+                },
+                status=403,
+            )
+        return render(
+            request,
+            "reviews/audit_error.html",
+            {
+                "title": "No such event",
+                "error": f"There is no audit event #{event_id}.",
                 "back": reverse("audit_explorer"),
-            }, status=403)
-        return render(request, "reviews/audit_error.html", {
-            "title": "No such event", "error": f"There is no audit event #{event_id}.", "back": reverse("audit_explorer"),
-        }, status=404)
+            },
+            status=404,
+        )
     return render(request, "reviews/audit_event.html", {"d": overnight.event_detail(event=event)})
 
 
@@ -167,13 +232,30 @@ def audit_commit(request: HttpRequest, sha: str) -> HttpResponse:
     try:
         x = overnight.commit_explain(sha=sha, user=request.user)
     except overnight.CommitNotFound as exc:
-        return render(request, "reviews/audit_error.html", {
-            "title": "Unknown commit", "error": str(exc), "back": reverse("audit_explorer"),
-        }, status=404)
+        return render(
+            request,
+            "reviews/audit_error.html",
+            {
+                "title": "Unknown commit",
+                "error": str(exc),
+                "back": reverse("audit_explorer"),
+            },
+            status=404,
+        )
     except PermissionError as exc:
-        return render(request, "reviews/audit_error.html", {
-            "title": "Not yours to see", "error": str(exc), "back": reverse("audit_explorer"),
-        }, status=403)
+        return render(
+            request,
+            "reviews/audit_error.html",
+            {
+                "title": "Not yours to see",
+                "error": str(exc),
+                "back": reverse("audit_explorer"),
+            },
+            status=403,
+        )
     in_commit = [a for a in x.approvals if a.in_commit]
-    return render(request, "reviews/audit_commit.html", {"x": x, "in_commit": in_commit,
-                                                         "earlier": [a for a in x.approvals if not a.in_commit]})
+    return render(
+        request,
+        "reviews/audit_commit.html",
+        {"x": x, "in_commit": in_commit, "earlier": [a for a in x.approvals if not a.in_commit]},
+    )

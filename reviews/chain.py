@@ -12,6 +12,7 @@
 Reads go through plain SQL in (chain, seq) keyset chunks, never model instances: verification
 must keep up with a log of millions of events.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -37,7 +38,14 @@ from django.db.models import Min
 from django.utils import timezone
 
 from reviews.audit import (
-    BODY_TEMPLATE, CANONICAL_JSON, GENESIS, HASHED_FIELDS, event_hash, format_time, json_string, session_chain,
+    BODY_TEMPLATE,
+    CANONICAL_JSON,
+    GENESIS,
+    HASHED_FIELDS,
+    event_hash,
+    format_time,
+    json_string,
+    session_chain,
 )
 from reviews.models import AuditEvent, ChainHead, Checkpoint
 
@@ -59,12 +67,31 @@ _sha256 = hashlib.sha256
 logger = logging.getLogger(__name__)
 
 # Columns read for verification and export, in this order (indexes used below).
-_ID, _CHAIN, _SEQ, _TIME, _KIND, _ACTOR_TYPE, _ACTOR_USER, _ACTOR_SESSION, _ACTOR_LABEL, _OBO_ID, \
-    _OBO_LABEL, _GRANT, _PROVENANCE, _SESSION, _POD, _PAYLOAD, _PREV, _HASH = range(18)
+(
+    _ID,
+    _CHAIN,
+    _SEQ,
+    _TIME,
+    _KIND,
+    _ACTOR_TYPE,
+    _ACTOR_USER,
+    _ACTOR_SESSION,
+    _ACTOR_LABEL,
+    _OBO_ID,
+    _OBO_LABEL,
+    _GRANT,
+    _PROVENANCE,
+    _SESSION,
+    _POD,
+    _PAYLOAD,
+    _PREV,
+    _HASH,
+) = range(18)
 _COLUMNS = ("id", *HASHED_FIELDS, "prev_hash", "hash")
 
 
 # --- results ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Break:
@@ -119,18 +146,24 @@ class VerifyResult:
 
     def to_dict(self) -> dict:
         return {
-            "ok": self.ok, "events": self.events, "chains": self.chains, "checkpoints": self.checkpoints,
-            "seconds": round(self.seconds, 3), "breaks": [asdict(b) for b in self.breaks],
+            "ok": self.ok,
+            "events": self.events,
+            "chains": self.chains,
+            "checkpoints": self.checkpoints,
+            "seconds": round(self.seconds, 3),
+            "breaks": [asdict(b) for b in self.breaks],
         }
 
 
 def _sort_breaks(breaks: list[Break]) -> list[Break]:
     """Event breaks by event id (the earliest written first), then the others."""
-    return sorted(breaks, key=lambda b: (b.event_id is None, b.event_id or 0, b.chain or "", b.seq or 0,
-                                         b.checkpoint_id or 0))
+    return sorted(
+        breaks, key=lambda b: (b.event_id is None, b.event_id or 0, b.chain or "", b.seq or 0, b.checkpoint_id or 0)
+    )
 
 
 # --- keys and signatures ---------------------------------------------------------------------
+
 
 def signing_key() -> bytes:
     key = getattr(settings, "AUDIT_SIGNING_KEY", None)
@@ -151,6 +184,7 @@ def checkpoint_sign(*, key: bytes, created_at: str, reason: str, heads: dict, pr
 
 
 # --- fast row reading --------------------------------------------------------------------------
+
 
 def _time_text(value: Any) -> str:
     """The hashed form of created_at from what the database returns (text on SQLite)."""
@@ -184,8 +218,9 @@ class _Reader:
         self.chain_col, self.seq_col = qn("chain"), qn("seq")
         self.select = f"SELECT {', '.join(cols)} FROM {self.table}"
 
-    def rows(self, *, chains: list[str] | None = None, since_seq: dict[str, int] | None = None,
-             chunk: int = CHUNK) -> Iterator[tuple]:
+    def rows(
+        self, *, chains: list[str] | None = None, since_seq: dict[str, int] | None = None, chunk: int = CHUNK
+    ) -> Iterator[tuple]:
         """Every event (of ``chains``), ordered by (chain, seq); ``since_seq``: first seq per chain."""
         if chains is None:
             yield from self.range_rows(None, None, chunk=chunk)
@@ -223,8 +258,7 @@ class _Reader:
         last = from_seq - 1
         while True:
             with self.conn.cursor() as cursor:
-                cursor.execute(f"{self.select} WHERE {c} = %s AND {s} > %s ORDER BY {s} LIMIT %s",
-                               [chain, last, chunk])
+                cursor.execute(f"{self.select} WHERE {c} = %s AND {s} > %s ORDER BY {s} LIMIT %s", [chain, last, chunk])
                 batch = cursor.fetchall()
             yield from batch
             if len(batch) < chunk:
@@ -315,6 +349,7 @@ class _Rehash:
 
 # --- classification of the first anomaly in a chain (same logic as tools/verify_audit_export.py) ---
 
+
 @dataclass(frozen=True)
 class _Ev:
     id: int
@@ -347,9 +382,14 @@ def _classify(chain: str, anchor: _Ev | None, events: list[_Ev]) -> Break:
         # Both claim the same predecessor: the one written later (its id is higher) was slipped
         # in between, with a hash computed to link, and the events after it renumbered.
         inserted, original = (anchor, e) if anchor.id > e.id else (e, anchor)
-        return Break(kind=FORGED, chain=chain, seq=inserted.seq, event_id=inserted.id,
-                     message=f"it and seq {original.seq} (id {original.id}) both link to the same predecessor; "
-                             f"it was written later: an event inserted with a computed hash")
+        return Break(
+            kind=FORGED,
+            chain=chain,
+            seq=inserted.seq,
+            event_id=inserted.id,
+            message=f"it and seq {original.seq} (id {original.id}) both link to the same predecessor; "
+            f"it was written later: an event inserted with a computed hash",
+        )
     if anchor and e.id <= anchor.id:
         return brk(REORDERED, f"its id comes before {p_label}'s although its seq comes after: events were swapped")
     later = {x.hash: x for x in events[1:]}
@@ -361,14 +401,18 @@ def _classify(chain: str, anchor: _Ev | None, events: list[_Ev]) -> Break:
         return brk(REORDERED, f"its time {e.time} is before {p_label}'s ({anchor.time}): events were swapped")
     if e.prev_hash != p_hash:
         if self_consistent:
-            return brk(FORGED, f"its hash is self-consistent but its prev_hash {e.prev_hash[:12]}… does not "
-                               f"link to {p_label} ({p_hash[:12]}…): an event inserted with a computed hash "
-                               f"(or its predecessor rewritten and rehashed)")
+            return brk(
+                FORGED,
+                f"its hash is self-consistent but its prev_hash {e.prev_hash[:12]}… does not "
+                f"link to {p_label} ({p_hash[:12]}…): an event inserted with a computed hash "
+                f"(or its predecessor rewritten and rehashed)",
+            )
         return brk(MODIFIED, f"neither its prev_hash nor its stored hash match (link to {p_label} broken)")
     if not self_consistent:
         shown = (e.recomputed or "uncomputable")[:12]
-        return brk(MODIFIED, f"stored hash {e.hash[:12]}… but its content hashes to {shown}…: edited after it "
-                             f"was written")
+        return brk(
+            MODIFIED, f"stored hash {e.hash[:12]}… but its content hashes to {shown}…: edited after it was written"
+        )
     return brk(MODIFIED, "inconsistent with its predecessor")
 
 
@@ -381,6 +425,7 @@ def _as_ev(row: tuple, rehash: _Rehash) -> _Ev:
 
 
 # --- verification ------------------------------------------------------------------------------
+
 
 @dataclass
 class _Signed:
@@ -418,8 +463,17 @@ def read_checkpoint_file(path: Path | str) -> list[_Signed]:
             if item.get("type") != "checkpoint":
                 continue
             try:
-                out.append(_Signed(item["id"], item["created_at"], item["reason"], item["heads"], item["signature"],
-                                   item["prev"], f"checkpoint #{item['id']} in {path}"))
+                out.append(
+                    _Signed(
+                        item["id"],
+                        item["created_at"],
+                        item["reason"],
+                        item["heads"],
+                        item["signature"],
+                        item["prev"],
+                        f"checkpoint #{item['id']} in {path}",
+                    )
+                )
             except KeyError as exc:
                 raise ValueError(f"{path}:{number}: checkpoint line without {exc}") from None
     return out
@@ -429,17 +483,22 @@ def _check_signatures(checkpoints: list[_Signed], key: bytes) -> tuple[list[Brea
     breaks, good = [], []
     for cp in checkpoints:
         try:
-            expected = checkpoint_sign(key=key, created_at=cp.created_at, reason=cp.reason, heads=cp.heads, prev=cp.prev)
+            expected = checkpoint_sign(
+                key=key, created_at=cp.created_at, reason=cp.reason, heads=cp.heads, prev=cp.prev
+            )
         except (TypeError, ValueError, AttributeError):
             expected = ""
         if hmac.compare_digest(expected.encode(), str(cp.signature).encode("utf-8")):
             good.append(cp)
             continue
-        breaks.append(Break(
-            kind=BAD_SIGNATURE, checkpoint_id=cp.id,
-            message=f"{cp.source}: its HMAC does not match its content (created_at, reason, heads), or the "
-                    f"checkpoint before it was deleted or altered",
-        ))
+        breaks.append(
+            Break(
+                kind=BAD_SIGNATURE,
+                checkpoint_id=cp.id,
+                message=f"{cp.source}: its HMAC does not match its content (created_at, reason, heads), or the "
+                f"checkpoint before it was deleted or altered",
+            )
+        )
     return breaks, good
 
 
@@ -451,8 +510,14 @@ def _heads_of(cp: _Signed) -> Iterator[tuple[str, int, str]]:
             yield chain, head[0], str(head[1])
 
 
-def verify_log(*, chains: Iterable[str] | None = None, checkpoint_file: Path | str | None = None,
-               key: bytes | None = None, workers: int = 1, parallel_min_events: int | None = None) -> VerifyResult:
+def verify_log(
+    *,
+    chains: Iterable[str] | None = None,
+    checkpoint_file: Path | str | None = None,
+    key: bytes | None = None,
+    workers: int = 1,
+    parallel_min_events: int | None = None,
+) -> VerifyResult:
     """Recompute every chain (or ``chains``) and check every checkpoint.
 
     ``workers`` > 1: verify the whole log (``chains`` None) in that many forked processes, each
@@ -480,8 +545,13 @@ def verify_log(*, chains: Iterable[str] | None = None, checkpoint_file: Path | s
         from_file = read_checkpoint_file(checkpoint_file)
         for cp in from_file:
             if cp.id not in db_ids:
-                breaks.append(Break(kind=MISSING, checkpoint_id=cp.id,
-                                    message=f"{cp.source} is missing from the database: checkpoints were deleted"))
+                breaks.append(
+                    Break(
+                        kind=MISSING,
+                        checkpoint_id=cp.id,
+                        message=f"{cp.source} is missing from the database: checkpoints were deleted",
+                    )
+                )
         checkpoints += [cp for cp in from_file if db_ids.get(cp.id) != cp.signature]
     result.checkpoints = len(checkpoints)
     sig_breaks, trusted = _check_signatures(checkpoints, key)
@@ -568,8 +638,9 @@ def _verify_rows(reader: _Reader, rows: Iterable[tuple], expect: dict) -> tuple[
     return breaks, n_events, seen
 
 
-def _finish_chain(reader: _Reader, breaks: list[Break], chain: str, last_seq: int, exp: dict, anomaly: bool,
-                  mismatch: Break | None) -> None:
+def _finish_chain(
+    reader: _Reader, breaks: list[Break], chain: str, last_seq: int, exp: dict, anomaly: bool, mismatch: Break | None
+) -> None:
     """The end of a chain's rows: record its first break, if any."""
     if mismatch is not None:  # found before any anomaly, so at a lower seq
         breaks.append(mismatch)
@@ -582,6 +653,7 @@ def _finish_chain(reader: _Reader, breaks: list[Break], chain: str, last_seq: in
 
 
 # --- parallel verification ---------------------------------------------------------------------
+
 
 def _may_fork() -> bool:
     """Forked children read through their own connections: they would not see what an open
@@ -627,20 +699,26 @@ def _verify_range(lo: str | None, hi: str | None) -> tuple[list[Break], int, set
         connections.close_all()
 
 
-def _verify_parallel(ranges: list[tuple[str | None, str | None]],
-                     expect: dict) -> tuple[list[Break], int, set[str]] | None:
+def _verify_parallel(
+    ranges: list[tuple[str | None, str | None]], expect: dict
+) -> tuple[list[Break], int, set[str]] | None:
     """Verify each range in a forked process and merge, in range order; None when that fails
     (the caller then verifies in this process)."""
     try:
         connections.close_all()  # a forked child must not share this process's connections
         context = multiprocessing.get_context("fork")
         # With fork, initargs reach the children by inheritance, not pickled.
-        with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context,
-                                 initializer=_child_start, initargs=(expect,)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=len(ranges), mp_context=context, initializer=_child_start, initargs=(expect,)
+        ) as pool:
             parts = list(pool.map(_verify_range, [lo for lo, _ in ranges], [hi for _, hi in ranges]))
     except Exception as exc:  # noqa: BLE001 - any failure: verify in this process instead
-        logger.warning("audit verification in %d processes failed (%s: %s); verifying in one process",
-                       len(ranges), type(exc).__name__, exc)
+        logger.warning(
+            "audit verification in %d processes failed (%s: %s); verifying in one process",
+            len(ranges),
+            type(exc).__name__,
+            exc,
+        )
         return None
     breaks: list[Break] = []
     n_events = 0
@@ -668,10 +746,14 @@ def _rewritten(chain: str, row: tuple, source: str, cp_id: int | None, signed: s
     agreeing = [s for s in exp if s < seq]
     since = "its first event" if not agreeing else f"seq {max(agreeing) + 1}"
     return Break(
-        kind=FORGED, chain=chain, seq=seq, event_id=row[_ID], checkpoint_id=cp_id,
+        kind=FORGED,
+        chain=chain,
+        seq=seq,
+        event_id=row[_ID],
+        checkpoint_id=cp_id,
         message=f"the chain links and hashes consistently, but its event at seq {seq} has hash {row[_HASH][:12]}… "
-                f"while {source} says {signed[:12]}…: the chain was rewritten and rehashed "
-                f"(somewhere from {since} to seq {seq})",
+        f"while {source} says {signed[:12]}…: the chain was rewritten and rehashed "
+        f"(somewhere from {since} to seq {seq})",
     )
 
 
@@ -683,20 +765,26 @@ def _truncation(chain: str, last_seq: int, exp: dict) -> Break | None:
     source, cp_id, _ = claims[0]
     ends = f"ends at seq {last_seq}" if last_seq else "has no events"
     return Break(
-        kind=TRUNCATED, chain=chain, seq=last_seq + 1, event_id=None, checkpoint_id=cp_id,
+        kind=TRUNCATED,
+        chain=chain,
+        seq=last_seq + 1,
+        event_id=None,
+        checkpoint_id=cp_id,
         message=f"{source} says the chain reached seq {seq} but it {ends}: the last {seq - last_seq} "
-                f"event(s) were removed",
+        f"event(s) were removed",
     )
 
 
 # --- checkpoints -----------------------------------------------------------------------------
 
+
 def _lock_checkpoints() -> None:
     """Serialize checkpoint writers (each links to the previous one's signature)."""
     if default_connection.vendor == "postgresql":
         with default_connection.cursor() as cursor:
-            cursor.execute(f"LOCK TABLE {default_connection.ops.quote_name(Checkpoint._meta.db_table)} "
-                           f"IN SHARE ROW EXCLUSIVE MODE")
+            cursor.execute(
+                f"LOCK TABLE {default_connection.ops.quote_name(Checkpoint._meta.db_table)} IN SHARE ROW EXCLUSIVE MODE"
+            )
     # SQLite: the settings' IMMEDIATE transactions already hold the database's write lock.
 
 
@@ -704,7 +792,9 @@ def _signed_state() -> tuple[dict[str, list], str]:
     """({chain: [seq, hash]} as last signed, the latest checkpoint's signature)."""
     state: dict[str, list] = {}
     last = ""
-    for heads, signature in Checkpoint.objects.order_by("id").values_list("heads", "signature").iterator(chunk_size=2000):
+    for heads, signature in (
+        Checkpoint.objects.order_by("id").values_list("heads", "signature").iterator(chunk_size=2000)
+    ):
         if isinstance(heads, dict):
             state.update(heads)
         last = signature
@@ -716,8 +806,12 @@ def _create(*, reason: str, only_if_changed: bool) -> Checkpoint | None:
     with transaction.atomic():
         _lock_checkpoints()
         signed, prev = _signed_state()
-        current = {chain: [seq, digest] for chain, seq, digest in
-                   ChainHead.objects.filter(seq__gt=0).values_list("chain", "seq", "hash").iterator(chunk_size=5000)}
+        current = {
+            chain: [seq, digest]
+            for chain, seq, digest in ChainHead.objects.filter(seq__gt=0)
+            .values_list("chain", "seq", "hash")
+            .iterator(chunk_size=5000)
+        }
         heads = {chain: head for chain, head in current.items() if signed.get(chain) != head}
         if only_if_changed and not heads:
             return None
@@ -745,8 +839,15 @@ def default_checkpoint_file() -> Path:
 
 
 def _checkpoint_line(cp: _Signed) -> dict:
-    return {"type": "checkpoint", "id": cp.id, "created_at": cp.created_at, "reason": cp.reason,
-            "heads": cp.heads, "prev": cp.prev, "signature": cp.signature}
+    return {
+        "type": "checkpoint",
+        "id": cp.id,
+        "created_at": cp.created_at,
+        "reason": cp.reason,
+        "heads": cp.heads,
+        "prev": cp.prev,
+        "signature": cp.signature,
+    }
 
 
 def _dumps(item: dict) -> str:
@@ -780,6 +881,7 @@ def checkpoint_export(path: Path | str | None = None) -> int:
 
 
 # --- export ------------------------------------------------------------------------------------
+
 
 @dataclass
 class ExportStats:
@@ -817,8 +919,11 @@ def export_log(*, out: TextIO, since: datetime | None = None, session_id: int | 
         starts = dict(first.values("chain").annotate(first=Min("seq")).values_list("chain", "first"))
         chains = sorted(starts)
     header = {
-        "type": "export", "format": EXPORT_FORMAT, "exported_at": format_time(timezone.now()),
-        "since": format_time(since) if since is not None else None, "session": session_id,
+        "type": "export",
+        "format": EXPORT_FORMAT,
+        "exported_at": format_time(timezone.now()),
+        "since": format_time(since) if since is not None else None,
+        "session": session_id,
         "all_checkpoints": since is None and session_id is None,
         "hash": "sha256(prev_hash + '\\n' + canonical_json(hashed fields)); see docs/AUDIT.md",
     }

@@ -14,6 +14,7 @@ aggregate queries per page over the window (``GROUP BY session_id, kind``), neve
 session per kind: the digest stays fast over tens of thousands of events. Diff stats come from
 git (``reviews.selectors.diff_stats``: memoised by commit shas, computed in parallel, with timeouts).
 """
+
 from __future__ import annotations
 
 import json
@@ -140,8 +141,9 @@ def parse_time(text: str) -> datetime:
     return value
 
 
-def window_from(*, since: str = "", until: str = "", preset: str = "", default: str = "overnight",
-                now: datetime | None = None) -> Window:
+def window_from(
+    *, since: str = "", until: str = "", preset: str = "", default: str = "overnight", now: datetime | None = None
+) -> Window:
     """The window a page was asked for: a preset, or explicit ``since``/``until`` (either may be left
     out: ``since`` defaults to the default preset's start, ``until`` to now). A bad request falls back
     to the default window with the reason in ``error``."""
@@ -160,8 +162,12 @@ def window_from(*, since: str = "", until: str = "", preset: str = "", default: 
     except ValueError as exc:
         return Window(fallback.since, fallback.until, fallback.preset, error=str(exc))
     if end <= start:
-        return Window(fallback.since, fallback.until, fallback.preset,
-                      error=f"the window must end after it starts ({_iso_minutes(start)} → {_iso_minutes(end)})")
+        return Window(
+            fallback.since,
+            fallback.until,
+            fallback.preset,
+            error=f"the window must end after it starts ({_iso_minutes(start)} → {_iso_minutes(end)})",
+        )
     return Window(start, end)
 
 
@@ -482,8 +488,9 @@ def _model_sum(key: str, output) -> Sum:
     return Sum(_PayloadValue(key, output), filter=Q(kind="model.call"))
 
 
-def digest(*, user: User, window: Window, scope: str = "mine", with_diffstat: bool = True,
-           only: int | None = None) -> Digest:
+def digest(
+    *, user: User, window: Window, scope: str = "mine", with_diffstat: bool = True, only: int | None = None
+) -> Digest:
     """The morning digest of ``user`` over ``window``: one row per session of theirs that did
     something in the window or is waiting for a human now, sessions needing a decision first.
     ``only``: just that session (always listed when the user may see it).
@@ -506,19 +513,26 @@ def digest(*, user: User, window: Window, scope: str = "mine", with_diffstat: bo
     # 1. one pass over the window: per session and kind, how many events, and what they say
     counts: dict[int, dict[str, int]] = defaultdict(dict)
     aggregates: dict[int, dict] = defaultdict(dict)
-    grouped = in_window.filter(session_id__isnull=False).order_by().values("session_id", "kind").annotate(
-        n=Count("id"),
-        tin=_model_sum("tokens_in", BigIntegerField()),
-        tout=_model_sum("tokens_out", BigIntegerField()),
-        cost=_model_sum("cost_usd", FloatField()),
-        unknown=Count("id", filter=Q(kind="model.call") & _payload_is("cost_known", False)),
-        denied=Count("id", filter=Q(kind="tool.call") & _payload_is("decision", "deny")),
-        passed=Count("id", filter=Q(kind="tests.run") & (_payload_is("passed", True) | _payload_is("exit_code", 0))),
-        final=Count("id", filter=Q(kind="model.error") & _payload_is("final", True)),
-        failed=Count("id", filter=Q(kind="session.status") & _payload_is("to", str(Status.FAILED))),
-        last_denied=Max("id", filter=Q(kind="tool.call") & _payload_is("decision", "deny")),
-        last_final=Max("id", filter=Q(kind="model.error") & _payload_is("final", True)),
-        last_failed=Max("id", filter=Q(kind="session.status") & _payload_is("to", str(Status.FAILED))),
+    grouped = (
+        in_window.filter(session_id__isnull=False)
+        .order_by()
+        .values("session_id", "kind")
+        .annotate(
+            n=Count("id"),
+            tin=_model_sum("tokens_in", BigIntegerField()),
+            tout=_model_sum("tokens_out", BigIntegerField()),
+            cost=_model_sum("cost_usd", FloatField()),
+            unknown=Count("id", filter=Q(kind="model.call") & _payload_is("cost_known", False)),
+            denied=Count("id", filter=Q(kind="tool.call") & _payload_is("decision", "deny")),
+            passed=Count(
+                "id", filter=Q(kind="tests.run") & (_payload_is("passed", True) | _payload_is("exit_code", 0))
+            ),
+            final=Count("id", filter=Q(kind="model.error") & _payload_is("final", True)),
+            failed=Count("id", filter=Q(kind="session.status") & _payload_is("to", str(Status.FAILED))),
+            last_denied=Max("id", filter=Q(kind="tool.call") & _payload_is("decision", "deny")),
+            last_final=Max("id", filter=Q(kind="model.error") & _payload_is("final", True)),
+            last_failed=Max("id", filter=Q(kind="session.status") & _payload_is("to", str(Status.FAILED))),
+        )
     )
     latest_ids: set[int] = set()  # the latest denial, final model error and failure of each session
     for g in grouped:
@@ -529,14 +543,17 @@ def digest(*, user: User, window: Window, scope: str = "mine", with_diffstat: bo
         latest_ids.update(i for i in (g["last_denied"], g["last_final"], g["last_failed"]) if i)
     waiting = {pk for pk, status in candidates.items() if status in (Status.NEEDS_APPROVAL, Status.BLOCKED)}
     open_escalated = set(
-        Escalation.objects.filter(state=Escalation.State.OPEN).filter(
-            **({} if every_session else {"session_id__in": ids})).values_list("session_id", flat=True)
+        Escalation.objects.filter(state=Escalation.State.OPEN)
+        .filter(**({} if every_session else {"session_id__in": ids}))
+        .values_list("session_id", flat=True)
     ) & set(candidates)
     chosen = set(counts) | waiting | open_escalated | ({only} if only in candidates else set())
     if not chosen:
         return Digest(window=window, rows=[], scope=scope)
     sessions = list(AgentSession.objects.filter(pk__in=chosen).select_related("pod", "sto", "repository"))
-    delegated_ids = set(Grant.objects.filter(session_id__in=chosen, delegator=user).values_list("session_id", flat=True))
+    delegated_ids = set(
+        Grant.objects.filter(session_id__in=chosen, delegator=user).values_list("session_id", flat=True)
+    )
     rows: dict[int, DigestRow] = {}
     for s in sessions:
         roles = []
@@ -562,7 +579,8 @@ def digest(*, user: User, window: Window, scope: str = "mine", with_diffstat: bo
     latest = list(
         in_window.filter(session_id__in=chosen_ids, kind__in=LINE_KINDS)
         .annotate(rank=SqlWindow(RowNumber(), partition_by=[F("session_id"), F("kind")], order_by=F("id").desc()))
-        .filter(rank__lte=LINES_PER_KIND).values_list(*fields)
+        .filter(rank__lte=LINES_PER_KIND)
+        .values_list(*fields)
     )
     if latest_ids:
         latest += list(AuditEvent.objects.filter(pk__in=sorted(latest_ids)).values_list(*fields))
@@ -572,14 +590,23 @@ def digest(*, user: User, window: Window, scope: str = "mine", with_diffstat: bo
     escalations = (
         Escalation.objects.filter(session_id__in=chosen_ids)
         .filter(Q(created_at__gte=window.since, created_at__lt=window.until) | Q(state=Escalation.State.OPEN))
-        .select_related("decided_by").order_by("created_at", "pk")
+        .select_related("decided_by")
+        .order_by("created_at", "pk")
     )
     for e in escalations:
-        rows[e.session_id].escalations.append(EscalationLine(
-            id=e.pk, action=e.action, tool=e.tool, state=e.state, state_label=e.get_state_display(),
-            created_at=e.created_at, decided_by=e.decided_by.username if e.decided_by else "",
-            decided_at=e.decided_at, reason=e.decision_reason,
-        ))
+        rows[e.session_id].escalations.append(
+            EscalationLine(
+                id=e.pk,
+                action=e.action,
+                tool=e.tool,
+                state=e.state,
+                state_label=e.get_state_display(),
+                created_at=e.created_at,
+                decided_by=e.decided_by.username if e.decided_by else "",
+                decided_at=e.decided_at,
+                reason=e.decision_reason,
+            )
+        )
     # 4. the diff of each branch (git, memoised by commit shas)
     if with_diffstat:
         with_branch = [r.session for r in rows.values() if r.session.branch and (r.commits or r.session.steps)]
@@ -602,8 +629,16 @@ def _last_activity(row: DigestRow) -> float:
 
 def _digest_line(row: DigestRow, event_id: int, kind: str, at: datetime, actor: str, payload: dict) -> None:
     if kind == "git.commit":
-        row.commits.append(Line(event_id, kind, at, _short(_first_line(payload.get("message")), 120), actor,
-                                code=str(payload.get("sha", ""))[:10]))
+        row.commits.append(
+            Line(
+                event_id,
+                kind,
+                at,
+                _short(_first_line(payload.get("message")), 120),
+                actor,
+                code=str(payload.get("sha", ""))[:10],
+            )
+        )
     elif kind == "tests.run":
         passed = bool(payload.get("passed")) or payload.get("exit_code") == 0
         row.tests.append(Line(event_id, kind, at, describe(kind, payload), actor, "ok" if passed else "bad"))
@@ -666,11 +701,16 @@ def _human_decisions(session_ids: list[int]) -> dict[tuple[int, str], list[tuple
     decisions: dict[tuple[int, str], list[tuple[int, str, str]]] = defaultdict(list)
     if not session_ids:
         return decisions
-    rows = (AuditEvent.objects.filter(kind="escalation.decided", session_id__in=session_ids)
-            .order_by("id").values_list("id", "session_id", "actor_label", "payload"))
+    rows = (
+        AuditEvent.objects.filter(kind="escalation.decided", session_id__in=session_ids)
+        .order_by("id")
+        .values_list("id", "session_id", "actor_label", "payload")
+    )
     for event_id, session_id, who, payload in rows:
         payload = payload or {}
-        decisions[(session_id, str(payload.get("action_hash", "")))].append((event_id, who, str(payload.get("decision", ""))))
+        decisions[(session_id, str(payload.get("action_hash", "")))].append(
+            (event_id, who, str(payload.get("decision", "")))
+        )
     return decisions
 
 
@@ -684,7 +724,9 @@ def _approval(event: AuditEvent, decisions) -> tuple[str, str]:
     payload = event.payload or {}
     decision = payload.get("decision", "")
     if provenance == "human":
-        candidates = [d for d in decisions.get((event.session_id, str(payload.get("action_hash", ""))), []) if d[0] < event.id]
+        candidates = [
+            d for d in decisions.get((event.session_id, str(payload.get("action_hash", ""))), []) if d[0] < event.id
+        ]
         if candidates:
             _, who, verdict = candidates[-1]
             return f"{verdict} by {who}", who
@@ -700,10 +742,14 @@ def actions_on_behalf_of(*, user: User, window: Window, include_model_calls: boo
     with how each action was authorised (and by whom, when a human decided)."""
     mine = AuditEvent.objects.filter(on_behalf_of_id=user.pk, created_at__gte=window.since, created_at__lt=window.until)
     model = {
-        (m["session_id"], m["grant_id"]): m for m in
-        mine.filter(kind="model.call").order_by().values("session_id", "grant_id").annotate(
+        (m["session_id"], m["grant_id"]): m
+        for m in mine.filter(kind="model.call")
+        .order_by()
+        .values("session_id", "grant_id")
+        .annotate(
             n=Count("id"),
-            tokens=Sum(Cast(KT("payload__tokens_in"), BigIntegerField())) + Sum(Cast(KT("payload__tokens_out"), BigIntegerField())),
+            tokens=Sum(Cast(KT("payload__tokens_in"), BigIntegerField()))
+            + Sum(Cast(KT("payload__tokens_out"), BigIntegerField())),
         )
     }
     listed = mine if include_model_calls else mine.exclude(kind="model.call")
@@ -726,15 +772,20 @@ def actions_on_behalf_of(*, user: User, window: Window, include_model_calls: boo
     for event in events:
         approval, who = _approval(event, decisions)
         g = group(event.session_id, event.grant_id)
-        g.lines.append(MineLine(event=event, text=describe(event.kind, event.payload), approval=approval, approved_by=who))
+        g.lines.append(
+            MineLine(event=event, text=describe(event.kind, event.payload), approval=approval, approved_by=who)
+        )
         if event.kind == "tool.call":
             g.by_provenance[event.provenance or "—"] = g.by_provenance.get(event.provenance or "—", 0) + 1
     for (session_id, grant_id), m in model.items():
         g = group(session_id, grant_id)
         g.model_calls, g.tokens = m["n"], m["tokens"] or 0
-    ordered = sorted(groups.values(), key=lambda g: (g.session_id or 0, g.grant.version if g.grant else 0, g.grant_id or 0))
-    return Mine(window=window, groups=ordered, total=len(events), truncated=truncated,
-                include_model_calls=include_model_calls)
+    ordered = sorted(
+        groups.values(), key=lambda g: (g.session_id or 0, g.grant.version if g.grant else 0, g.grant_id or 0)
+    )
+    return Mine(
+        window=window, groups=ordered, total=len(events), truncated=truncated, include_model_calls=include_model_calls
+    )
 
 
 # -- the audit explorer --------------------------------------------------------------------------
@@ -786,9 +837,14 @@ class ExplorerFilters:
         from urllib.parse import urlencode
 
         values = {
-            "session": self.session or "", "pod": self.pod, "sto": self.sto, "delegator": self.delegator,
-            "kind": self.kind, "decision": self.decision,
-            "since": _iso_minutes(self.since) if self.since else "", "until": _iso_minutes(self.until) if self.until else "",
+            "session": self.session or "",
+            "pod": self.pod,
+            "sto": self.sto,
+            "delegator": self.delegator,
+            "kind": self.kind,
+            "decision": self.decision,
+            "since": _iso_minutes(self.since) if self.since else "",
+            "until": _iso_minutes(self.until) if self.until else "",
         }
         values.update(override)
         return urlencode({k: v for k, v in values.items() if v not in ("", None)})
@@ -851,14 +907,22 @@ def explore(*, user: User, filters: ExplorerFilters, page_size: int = PAGE_SIZE)
         events = events.filter(_payload_is("decision", filters.decision))
     if filters.since:
         events = events.filter(created_at__gte=filters.since)
-        floor = (AuditEvent.objects.filter(created_at__lt=filters.since - ID_TIME_SKEW)
-                 .order_by("-created_at").values_list("id", flat=True).first())
+        floor = (
+            AuditEvent.objects.filter(created_at__lt=filters.since - ID_TIME_SKEW)
+            .order_by("-created_at")
+            .values_list("id", flat=True)
+            .first()
+        )
         if floor is not None:
             events = events.filter(id__gt=floor)
     if filters.until:
         events = events.filter(created_at__lt=filters.until)
-        bound = (AuditEvent.objects.filter(created_at__gte=filters.until + ID_TIME_SKEW)
-                 .order_by("created_at").values_list("id", flat=True).first())
+        bound = (
+            AuditEvent.objects.filter(created_at__gte=filters.until + ID_TIME_SKEW)
+            .order_by("created_at")
+            .values_list("id", flat=True)
+            .first()
+        )
         if bound is not None:  # lets the database walk ids down from ``until`` instead of from the newest
             events = events.filter(id__lt=bound)
     if filters.before:
@@ -874,19 +938,45 @@ def explore(*, user: User, filters: ExplorerFilters, page_size: int = PAGE_SIZE)
 
 
 DECISION_CHOICES = [
-    ("", "Any"), ("allow", "allow (tool call)"), ("deny", "deny"), ("ask", "ask (tool call)"),
-    ("allow-once", "allow once (human)"), ("allow-always", "allow always (human)"),
+    ("", "Any"),
+    ("allow", "allow (tool call)"),
+    ("deny", "deny"),
+    ("ask", "ask (tool call)"),
+    ("allow-once", "allow once (human)"),
+    ("allow-always", "allow always (human)"),
 ]
 
 
 def known_kinds() -> list[str]:
     """Kinds to offer in the explorer's filter (the documented ones; any other can be typed)."""
     return [
-        "session.launched", "session.status", "session.iteration", "session.paused", "session.resumed",
-        "session.cancelled", "session.sto_reassigned", "session.attested", "session.action_refused",
-        "grant.issued", "grant.revoked", "grant.expired", "model.call", "model.error", "tool.call",
-        "tool.interrupted", "git.commit", "tests.run", "escalation.", "escalation.opened", "escalation.decided",
-        "escalation.expired", "escalation.refused", "budget.exhausted", "review.", "fleet.", "pod.",
+        "session.launched",
+        "session.status",
+        "session.iteration",
+        "session.paused",
+        "session.resumed",
+        "session.cancelled",
+        "session.sto_reassigned",
+        "session.attested",
+        "session.action_refused",
+        "grant.issued",
+        "grant.revoked",
+        "grant.expired",
+        "model.call",
+        "model.error",
+        "tool.call",
+        "tool.interrupted",
+        "git.commit",
+        "tests.run",
+        "escalation.",
+        "escalation.opened",
+        "escalation.decided",
+        "escalation.expired",
+        "escalation.refused",
+        "budget.exhausted",
+        "review.",
+        "fleet.",
+        "pod.",
     ]
 
 
@@ -926,7 +1016,11 @@ def event_detail(*, event: AuditEvent) -> EventDetail:
         event=event,
         payload_json=json.dumps(event.payload, indent=2, sort_keys=True, ensure_ascii=False),
         hash_ok=event_hash(event.prev_hash, event_fields(event)) == event.hash,
-        previous_id=previous_id, next_id=next_id, chain_length=length, checkpoint=checkpoint, session=session,
+        previous_id=previous_id,
+        next_id=next_id,
+        chain_length=length,
+        checkpoint=checkpoint,
+        session=session,
         text=describe(event.kind, event.payload),
     )
 
@@ -940,8 +1034,15 @@ LANE_GAP = 3
 POD_H = 20
 AXIS_H = 24
 MAX_LANES = 400
-TIMELINE_KINDS = ("session.status", "git.commit", "budget.exhausted", "tool.interrupted", "session.error",
-                  "escalation.opened", "grant.expired")
+TIMELINE_KINDS = (
+    "session.status",
+    "git.commit",
+    "budget.exhausted",
+    "tool.interrupted",
+    "session.error",
+    "escalation.opened",
+    "grant.expired",
+)
 STATUS_LABELS = dict(Status.choices)
 
 
@@ -1106,16 +1207,21 @@ def timeline(*, user: User, window: Window, pod: str = "", event_url=None, sessi
     event_url = event_url or (lambda event_id: f"/audit/event/{event_id}")
     session_url = session_url or (lambda session_id: f"/sessions/{session_id}/")
     now = timezone.now()
-    sessions = (sessions_visible_to(user=user)
-                .filter(created_at__lt=window.until)
-                .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=window.since)))
+    sessions = (
+        sessions_visible_to(user=user)
+        .filter(created_at__lt=window.until)
+        .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=window.since))
+    )
     if pod:
         sessions = sessions.filter(pod__slug=pod)
     sessions = list(sessions.order_by("pod__name", "pod_id", "priority", "pk")[: MAX_LANES + 1])
     truncated = 0
     if len(sessions) > MAX_LANES:
-        total = sessions_visible_to(user=user).filter(created_at__lt=window.until).filter(
-            Q(finished_at__isnull=True) | Q(finished_at__gte=window.since))
+        total = (
+            sessions_visible_to(user=user)
+            .filter(created_at__lt=window.until)
+            .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=window.since))
+        )
         truncated = (total.filter(pod__slug=pod) if pod else total).count() - MAX_LANES
         sessions = sessions[:MAX_LANES]
     ids = [s.pk for s in sessions]
@@ -1127,24 +1233,36 @@ def timeline(*, user: User, window: Window, pod: str = "", event_url=None, sessi
         return round(LABEL_W + max(0.0, min(1.0, offset / span)) * PLOT_W, 1)
 
     # status at the start of the window: the last status change before it
-    last_before = (AuditEvent.objects.filter(kind="session.status", session_id__in=ids, created_at__lt=window.since)
-                   .order_by().values("session_id").annotate(m=Max("id")).values_list("m", flat=True))
-    start_status = {sid: (payload or {}).get("to", Status.QUEUED) for sid, payload in
-                    AuditEvent.objects.filter(pk__in=list(last_before)).values_list("session_id", "payload")}
+    last_before = (
+        AuditEvent.objects.filter(kind="session.status", session_id__in=ids, created_at__lt=window.since)
+        .order_by()
+        .values("session_id")
+        .annotate(m=Max("id"))
+        .values_list("m", flat=True)
+    )
+    start_status = {
+        sid: (payload or {}).get("to", Status.QUEUED)
+        for sid, payload in AuditEvent.objects.filter(pk__in=list(last_before)).values_list("session_id", "payload")
+    }
     # one query per family, each through the (kind, created_at) index
     in_window = AuditEvent.objects.filter(session_id__in=ids, created_at__gte=window.since, created_at__lt=window.until)
     fields = ("id", "session_id", "kind", "created_at", "actor_label", "payload")
-    events = sorted([
-        *in_window.filter(kind__in=TIMELINE_KINDS).values_list(*fields),
-        *in_window.filter(Q(kind="model.error") & _payload_is("final", True)).values_list(*fields),
-        *in_window.filter(Q(kind="tool.call") & _payload_is("decision", "deny")).values_list(*fields),
-    ])
+    events = sorted(
+        [
+            *in_window.filter(kind__in=TIMELINE_KINDS).values_list(*fields),
+            *in_window.filter(Q(kind="model.error") & _payload_is("final", True)).values_list(*fields),
+            *in_window.filter(Q(kind="tool.call") & _payload_is("decision", "deny")).values_list(*fields),
+        ]
+    )
     by_session: dict[int, list[tuple]] = defaultdict(list)
     for row in events:
         by_session[row[1]].append(row)
-    escalations = (Escalation.objects.filter(session_id__in=ids, created_at__lt=window.until)
-                   .filter(Q(decided_at__isnull=True) | Q(decided_at__gte=window.since))
-                   .select_related("decided_by").order_by("created_at"))
+    escalations = (
+        Escalation.objects.filter(session_id__in=ids, created_at__lt=window.until)
+        .filter(Q(decided_at__isnull=True) | Q(decided_at__gte=window.since))
+        .select_related("decided_by")
+        .order_by("created_at")
+    )
     esc_by_session: dict[int, list[Escalation]] = defaultdict(list)
     for e in escalations:
         esc_by_session[e.session_id].append(e)
@@ -1180,32 +1298,57 @@ def timeline(*, user: User, window: Window, pod: str = "", event_url=None, sessi
             if kind == "git.commit":
                 lane.markers.append(Marker(x(at), "commit", when + describe(kind, payload), event_url(event_id)))
             elif kind == "tool.call":
-                lane.markers.append(Marker(x(at), "deny", when + "denied: " + describe(kind, payload), event_url(event_id)))
+                lane.markers.append(
+                    Marker(x(at), "deny", when + "denied: " + describe(kind, payload), event_url(event_id))
+                )
             elif kind == "budget.exhausted" or kind == "grant.expired":
                 lane.markers.append(Marker(x(at), "budget", when + describe(kind, payload), event_url(event_id)))
             elif kind in ("tool.interrupted", "session.error", "model.error"):
                 lane.markers.append(Marker(x(at), "fail", when + describe(kind, payload), event_url(event_id)))
             elif kind == "session.status" and payload.get("to") == Status.FAILED:
-                lane.markers.append(Marker(x(at), "fail", when + "failed: " + _short(payload.get("reason"), 140), event_url(event_id)))
+                lane.markers.append(
+                    Marker(x(at), "fail", when + "failed: " + _short(payload.get("reason"), 140), event_url(event_id))
+                )
         # escalation waits
         for e in esc_by_session.get(s.pk, ()):
             start = max(e.created_at, window.since)
             stop = max(start, min(e.decided_at or end_at, end_at))
-            who = (f"{e.get_state_display().lower()} by {e.decided_by.username}" if e.decided_by
-                   else e.get_state_display().lower())
+            who = (
+                f"{e.get_state_display().lower()} by {e.decided_by.username}"
+                if e.decided_by
+                else e.get_state_display().lower()
+            )
             waited = (e.decided_at or now) - e.created_at
-            title = (f"{_hm(e.created_at, tz)} asked: {_short(e.action, 100)} — "
-                     f"{who if e.state != Escalation.State.OPEN else 'still open'}"
-                     f"{' at ' + _hm(e.decided_at, tz) if e.decided_at else ''} (waited {_duration(waited.total_seconds())})")
+            title = (
+                f"{_hm(e.created_at, tz)} asked: {_short(e.action, 100)} — "
+                f"{who if e.state != Escalation.State.OPEN else 'still open'}"
+                f"{' at ' + _hm(e.decided_at, tz) if e.decided_at else ''} (waited {_duration(waited.total_seconds())})"
+            )
             opener = opened_events.get(e.pk)
             href = event_url(opener) if opener else f"/audit/?session={s.pk}&kind=escalation."
-            lane.spans.append(Span(x(start), max(2.0, round(x(stop) - x(start), 1)),
-                                   "esc open" if e.state == Escalation.State.OPEN else "esc", title, href, y=lane.y - 1))
+            lane.spans.append(
+                Span(
+                    x(start),
+                    max(2.0, round(x(stop) - x(start), 1)),
+                    "esc open" if e.state == Escalation.State.OPEN else "esc",
+                    title,
+                    href,
+                    y=lane.y - 1,
+                )
+            )
         for m in lane.markers:
             m.y = lane.mid
     now_x = x(now) if window.since <= now <= window.until else None
-    return Timeline(window=window, pods=blocks, ticks=_ticks(window, x), width=LABEL_W + PLOT_W + 10,
-                    height=int(y + 8), lane_count=len(sessions), truncated=truncated, now_x=now_x)
+    return Timeline(
+        window=window,
+        pods=blocks,
+        ticks=_ticks(window, x),
+        width=LABEL_W + PLOT_W + 10,
+        height=int(y + 8),
+        lane_count=len(sessions),
+        truncated=truncated,
+        now_x=now_x,
+    )
 
 
 def _segment(lane: LaneView, x, start: datetime, stop: datetime, status: str, event_id, event_url, tz) -> None:
@@ -1214,7 +1357,9 @@ def _segment(lane: LaneView, x, start: datetime, stop: datetime, status: str, ev
     x0, x1 = x(start), x(stop)
     label = STATUS_LABELS.get(status, status)
     title = f"{label} {_hm(start, tz)}–{_hm(stop, tz)} ({_duration((stop - start).total_seconds())})"
-    lane.segments.append(Segment(x0, max(1.0, round(x1 - x0, 1)), status, title, event_url(event_id) if event_id else ""))
+    lane.segments.append(
+        Segment(x0, max(1.0, round(x1 - x0, 1)), status, title, event_url(event_id) if event_id else "")
+    )
 
 
 # -- explaining a commit -------------------------------------------------------------------------
@@ -1271,8 +1416,14 @@ def _git_show(repo_path: Path, sha: str) -> dict:
     """The commit's author, date, message and trailers (GitPython, with a timeout)."""
     sep = "\x1f"
     out = git_ops.run(
-        repo_path, "show", "-s", f"--format=%H{sep}%an <%ae>{sep}%aI{sep}%(trailers:only=true,unfold=true){sep}%B",
-        sha, "--", what=f"reading commit {sha[:12]}", timeout_s=GIT_TIMEOUT_S,
+        repo_path,
+        "show",
+        "-s",
+        f"--format=%H{sep}%an <%ae>{sep}%aI{sep}%(trailers:only=true,unfold=true){sep}%B",
+        sha,
+        "--",
+        what=f"reading commit {sha[:12]}",
+        timeout_s=GIT_TIMEOUT_S,
     )
     full, author, date, trailer_text, message = (out.split(sep, 4) + ["", "", "", "", ""])[:5]
     trailers: dict[str, str] = {}
@@ -1313,7 +1464,9 @@ def commit_explain(*, sha: str, user: User | None = None) -> CommitExplanation:
     if commit_event is not None:
         explanation.commit_event = commit_event
         explanation.session_id = commit_event.session_id
-        session = AgentSession.objects.select_related("repository", "pod", "sto").filter(pk=commit_event.session_id).first()
+        session = (
+            AgentSession.objects.select_related("repository", "pod", "sto").filter(pk=commit_event.session_id).first()
+        )
         if session is not None:
             repo_path = Path(session.repository.path)
             full = _resolve_in(repo_path, explanation.sha)
@@ -1321,7 +1474,9 @@ def commit_explain(*, sha: str, user: User | None = None) -> CommitExplanation:
                 info = _git_show(repo_path, full)
                 explanation.repository = session.repository.name
             else:
-                explanation.notes.append(f"the commit is no longer in {session.repository.name} ({repo_path}): shown from the audit log only")
+                explanation.notes.append(
+                    f"the commit is no longer in {session.repository.name} ({repo_path}): shown from the audit log only"
+                )
     else:
         for repository in Repository.objects.order_by("pk"):
             full = _resolve_in(Path(repository.path), sha)
@@ -1330,14 +1485,20 @@ def commit_explain(*, sha: str, user: User | None = None) -> CommitExplanation:
                 explanation.repository = repository.name
                 break
         if info is None:
-            raise CommitNotFound(f"no commit {sha} in the audit log's git.commit events or in any registered repository")
+            raise CommitNotFound(
+                f"no commit {sha} in the audit log's git.commit events or in any registered repository"
+            )
         trailer_session = info["trailers"].get("Agent-Session", "")
         if not trailer_session.isdigit():
             raise CommitNotFound(
-                f"commit {info['sha'][:12]} in {explanation.repository} has no Agent-Session trailer: no agent made it")
+                f"commit {info['sha'][:12]} in {explanation.repository} has no Agent-Session trailer: no agent made it"
+            )
         explanation.session_id = int(trailer_session)
-        explanation.commit_event = (AuditEvent.objects.filter(kind="git.commit", session_id=explanation.session_id,
-                                                              payload__sha=info["sha"]).order_by("id").first())
+        explanation.commit_event = (
+            AuditEvent.objects.filter(kind="git.commit", session_id=explanation.session_id, payload__sha=info["sha"])
+            .order_by("id")
+            .first()
+        )
         if explanation.commit_event is None:
             explanation.notes.append("no git.commit event records this commit in the audit log")
     if info is not None:
@@ -1346,8 +1507,11 @@ def commit_explain(*, sha: str, user: User | None = None) -> CommitExplanation:
         explanation.trailers = info["trailers"]
     elif commit_event is not None:
         explanation.message = str(commit_event.payload.get("message", ""))
-    explanation.session = (AgentSession.objects.select_related("repository", "pod", "sto")
-                           .filter(pk=explanation.session_id).first() if explanation.session_id else None)
+    explanation.session = (
+        AgentSession.objects.select_related("repository", "pod", "sto").filter(pk=explanation.session_id).first()
+        if explanation.session_id
+        else None
+    )
     if user is not None and explanation.session_id is not None:
         visible = visible_session_ids(user=user)
         if visible is not None and explanation.session_id not in visible:
@@ -1365,13 +1529,20 @@ def _explain_authority(x: CommitExplanation) -> None:
     x.grant_id = int(grant_id) if grant_id.isdigit() else (event.grant_id if event else None)
     if event and x.grant_id and event.grant_id and event.grant_id != x.grant_id:
         x.notes.append(f"the Grant trailer says {x.grant_id}, the audit log says {event.grant_id}")
-    x.grant = Grant.objects.select_related("delegator", "issued_by").filter(pk=x.grant_id).first() if x.grant_id else None
+    x.grant = (
+        Grant.objects.select_related("delegator", "issued_by").filter(pk=x.grant_id).first() if x.grant_id else None
+    )
     if x.grant is not None and x.session_id and x.grant.session_id != x.session_id:
         x.notes.append(f"grant {x.grant.pk} belongs to session #{x.grant.session_id}, not #{x.session_id}")
-    x.delegator = trailers.get("Delegated-By") or (event.on_behalf_of_label if event else "") or (
-        x.grant.delegator.username if x.grant else "")
+    x.delegator = (
+        trailers.get("Delegated-By")
+        or (event.on_behalf_of_label if event else "")
+        or (x.grant.delegator.username if x.grant else "")
+    )
     if x.grant is not None and trailers.get("Delegated-By") and trailers["Delegated-By"] != x.grant.delegator.username:
-        x.notes.append(f"the Delegated-By trailer says {trailers['Delegated-By']}, grant {x.grant.pk} was delegated by {x.grant.delegator.username}")
+        x.notes.append(
+            f"the Delegated-By trailer says {trailers['Delegated-By']}, grant {x.grant.pk} was delegated by {x.grant.delegator.username}"
+        )
     if not x.session_id:
         return
     history = AuditEvent.objects.filter(session_id=x.session_id)
@@ -1384,13 +1555,24 @@ def _explain_authority(x: CommitExplanation) -> None:
             x.notes.append(f"cannot read the commit's date {x.authored_at!r}")
     previous_commit = None
     if event is not None:
-        previous_commit = (AuditEvent.objects.filter(session_id=x.session_id, kind="git.commit", id__lt=event.id)
-                           .order_by("-id").values_list("id", flat=True).first())
+        previous_commit = (
+            AuditEvent.objects.filter(session_id=x.session_id, kind="git.commit", id__lt=event.id)
+            .order_by("-id")
+            .values_list("id", flat=True)
+            .first()
+        )
     decisions = _human_decisions([x.session_id])
     for e in history.filter(kind="tool.call").order_by("id"):
         approval, who = _approval(e, decisions)
-        x.approvals.append(Approval(e, describe(e.kind, e.payload), approval, who,
-                                    in_commit=previous_commit is None or e.id > previous_commit))
+        x.approvals.append(
+            Approval(
+                e,
+                describe(e.kind, e.payload),
+                approval,
+                who,
+                in_commit=previous_commit is None or e.id > previous_commit,
+            )
+        )
     x.human_decisions = list(history.filter(kind__in=("escalation.decided", "escalation.expired")).order_by("id"))
     x.grant_events = list(history.filter(kind__in=("grant.issued", "grant.revoked", "grant.expired")).order_by("id"))
 
@@ -1404,7 +1586,9 @@ def explanation_text(x: CommitExplanation) -> str:
         out.append(f"  author {x.author}, {x.authored_at}" + (f", in {x.repository}" if x.repository else ""))
     s = x.session
     if s is not None:
-        out.append(f"session  #{s.pk} {s.name} (pod {s.pod.name}, STO {s.sto.username}, status {s.status}, branch {s.branch})")
+        out.append(
+            f"session  #{s.pk} {s.name} (pod {s.pod.name}, STO {s.sto.username}, status {s.status}, branch {s.branch})"
+        )
     else:
         out.append(f"session  #{x.session_id} (no longer in the database)")
     out.append(f"agent    {x.agent}")
@@ -1412,17 +1596,25 @@ def explanation_text(x: CommitExplanation) -> str:
     g = x.grant
     if g is not None:
         window = f"{timezone.localtime(g.not_before):%Y-%m-%d %H:%M}–{timezone.localtime(g.expires_at):%Y-%m-%d %H:%M}"
-        state = f"revoked {timezone.localtime(g.revoked_at):%Y-%m-%d %H:%M} ({g.revoke_reason})" if g.revoked_at else "in force"
-        out.append(f"grant    #{g.pk} version {g.version}, mode {g.mode}, delegated by {g.delegator.username}, "
-                   f"issued by {g.issued_by.username}, valid {window}, {state}")
+        state = (
+            f"revoked {timezone.localtime(g.revoked_at):%Y-%m-%d %H:%M} ({g.revoke_reason})"
+            if g.revoked_at
+            else "in force"
+        )
+        out.append(
+            f"grant    #{g.pk} version {g.version}, mode {g.mode}, delegated by {g.delegator.username}, "
+            f"issued by {g.issued_by.username}, valid {window}, {state}"
+        )
         out.append(f"  allow: {', '.join(g.allow) or '—'}")
         out.append(f"  ask:   {', '.join(g.ask) or '—'}")
         out.append(f"  deny:  {', '.join(g.deny) or '—'}")
     else:
         out.append(f"grant    #{x.grant_id} (not found)" if x.grant_id else "grant    unknown")
     if x.commit_event is not None:
-        out.append(f"recorded as audit event #{x.commit_event.pk} ({x.commit_event.chain}#{x.commit_event.seq}) "
-                   f"at {timezone.localtime(x.commit_event.created_at):%Y-%m-%d %H:%M:%S}")
+        out.append(
+            f"recorded as audit event #{x.commit_event.pk} ({x.commit_event.chain}#{x.commit_event.seq}) "
+            f"at {timezone.localtime(x.commit_event.created_at):%Y-%m-%d %H:%M:%S}"
+        )
     in_commit = [a for a in x.approvals if a.in_commit]
     out.append(f"tool calls behind it ({len(in_commit)} since the previous commit, {len(x.approvals)} in all):")
     for a in in_commit:

@@ -16,6 +16,7 @@ human's uncommitted work:
   working tree, typically), which updates that working tree too and refuses, changing nothing,
   when local changes there would be overwritten. A base that moved meanwhile is retried.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,11 +51,17 @@ class Conflict(GitOpsError):
 # -- plumbing ------------------------------------------------------------------------------------
 
 
-def _execute(cwd: Path, argv: list[str], *, timeout_s: float, env: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
+def _execute(
+    cwd: Path, argv: list[str], *, timeout_s: float, env: dict[str, str] | None = None
+) -> tuple[int, bytes, bytes]:
     try:
         status, out, err = git.Git(str(cwd)).execute(
-            ["git", *argv], kill_after_timeout=timeout_s, with_extended_output=True, with_exceptions=False,
-            stdout_as_string=False, strip_newline_in_stdout=False,
+            ["git", *argv],
+            kill_after_timeout=timeout_s,
+            with_extended_output=True,
+            with_exceptions=False,
+            stdout_as_string=False,
+            strip_newline_in_stdout=False,
             env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0", **(env or {})},
         )
     except git.GitCommandNotFound as exc:
@@ -102,8 +109,11 @@ def resolve(repo_path: Path, rev: str) -> str | None:
     """The commit sha ``rev`` names, or None."""
     if not rev or rev.startswith("-"):
         return None
-    status, out, _ = _execute(Path(repo_path), ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
-                              timeout_s=GIT_TIMEOUT_S)
+    status, out, _ = _execute(
+        Path(repo_path),
+        ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
+        timeout_s=GIT_TIMEOUT_S,
+    )
     sha = _text(out).strip()
     return sha if status == 0 and sha else None
 
@@ -112,8 +122,14 @@ def refs(repo_path: Path) -> dict[str, str]:
     """Every branch and archive ref of the repository → its commit sha, in one git call.
 
     Keys are full ref names (``refs/heads/main``, ``refs/archive/agents/12-x``)."""
-    out = run(repo_path, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/archive",
-              what=f"listing the branches of {repo_path}")
+    out = run(
+        repo_path,
+        "for-each-ref",
+        "--format=%(objectname) %(refname)",
+        "refs/heads",
+        "refs/archive",
+        what=f"listing the branches of {repo_path}",
+    )
     result = {}
     for line in out.splitlines():
         sha, _, name = line.partition(" ")
@@ -129,7 +145,9 @@ def merge_base(repo_path: Path, a: str, b: str) -> str | None:
 
 
 def is_ancestor(repo_path: Path, ancestor: str, descendant: str) -> bool:
-    status, _, err = _execute(Path(repo_path), ["merge-base", "--is-ancestor", ancestor, descendant], timeout_s=GIT_TIMEOUT_S)
+    status, _, err = _execute(
+        Path(repo_path), ["merge-base", "--is-ancestor", ancestor, descendant], timeout_s=GIT_TIMEOUT_S
+    )
     if status not in (0, 1):
         raise GitOpsError(f"comparing {ancestor[:12]} and {descendant[:12]}: {' '.join(_text(err).split())[:300]}")
     return status == 0
@@ -227,21 +245,46 @@ def parse_raw_numstat(data: bytes) -> DiffStat:
     for path in order or list(counts):
         letter, old = statuses.get(path, ("M", ""))
         added, deleted, binary = counts.get(path, (0, 0, False))
-        files.append(FileStat(path=path, old_path=old, status=letter, additions=added, deletions=deleted, binary=binary))
+        files.append(
+            FileStat(path=path, old_path=old, status=letter, additions=added, deletions=deleted, binary=binary)
+        )
     return DiffStat(files=tuple(files))
 
 
 def diff_stat(repo_path: Path, base: str, tip: str) -> DiffStat:
     """What ``tip`` changes since it forked from ``base`` (``git diff base...tip``): one git call."""
-    out = _run_bytes(repo_path, "diff", "--no-color", "--no-ext-diff", "--raw", "--numstat", "-z", "-M",
-                     f"{base}...{tip}", "--", what=f"diff stat of {tip[:12]} against {base[:12]}")
+    out = _run_bytes(
+        repo_path,
+        "diff",
+        "--no-color",
+        "--no-ext-diff",
+        "--raw",
+        "--numstat",
+        "-z",
+        "-M",
+        f"{base}...{tip}",
+        "--",
+        what=f"diff stat of {tip[:12]} against {base[:12]}",
+    )
     return parse_raw_numstat(out)
 
 
 def diff_stat_between(repo_path: Path, old: str, new: str) -> DiffStat:
     """``git diff old new`` (two commits, no merge-base)."""
-    out = _run_bytes(repo_path, "diff", "--no-color", "--no-ext-diff", "--raw", "--numstat", "-z", "-M",
-                     old, new, "--", what=f"diff stat of {new[:12]} against {old[:12]}")
+    out = _run_bytes(
+        repo_path,
+        "diff",
+        "--no-color",
+        "--no-ext-diff",
+        "--raw",
+        "--numstat",
+        "-z",
+        "-M",
+        old,
+        new,
+        "--",
+        what=f"diff stat of {new[:12]} against {old[:12]}",
+    )
     return parse_raw_numstat(out)
 
 
@@ -331,12 +374,25 @@ def parse_patch(text: str, *, path: str, old_path: str = "", max_lines: int = 40
     return patch
 
 
-def file_patch(repo_path: Path, base: str, tip: str, *, path: str, old_path: str = "", max_lines: int = 4000) -> FilePatch:
+def file_patch(
+    repo_path: Path, base: str, tip: str, *, path: str, old_path: str = "", max_lines: int = 4000
+) -> FilePatch:
     """The patch of one file between two commits (renames followed when ``old_path`` is given)."""
     paths = [p for p in dict.fromkeys([old_path, path]) if p]
     out = _run_bytes(
-        repo_path, "-c", "core.quotePath=false", "diff", "--no-color", "--no-ext-diff", "-M", "--src-prefix=a/",
-        "--dst-prefix=b/", base, tip, "--", *[f":(literal){p}" for p in paths],
+        repo_path,
+        "-c",
+        "core.quotePath=false",
+        "diff",
+        "--no-color",
+        "--no-ext-diff",
+        "-M",
+        "--src-prefix=a/",
+        "--dst-prefix=b/",
+        base,
+        tip,
+        "--",
+        *[f":(literal){p}" for p in paths],
         what=f"diff of {path}",
     )
     return parse_patch(_text(out), path=path, old_path=old_path, max_lines=max_lines)
@@ -362,8 +418,13 @@ class CommitInfo:
 def commits(repo_path: Path, base: str, tip: str, *, limit: int = 200) -> list[CommitInfo]:
     """Commits reachable from ``tip`` and not from ``base``, newest first, with their trailers."""
     out = run(
-        repo_path, "log", "--no-color", f"--max-count={limit}",
-        "--format=%H%x1f%an <%ae>%x1f%aI%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e", f"{base}..{tip}", "--",
+        repo_path,
+        "log",
+        "--no-color",
+        f"--max-count={limit}",
+        "--format=%H%x1f%an <%ae>%x1f%aI%x1f%s%x1f%b%x1f%(trailers:only,unfold)%x1e",
+        f"{base}..{tip}",
+        "--",
         what=f"commits of {tip[:12]} since {base[:12]}",
     )
     result = []
@@ -379,8 +440,16 @@ def commits(repo_path: Path, base: str, tip: str, *, limit: int = 200) -> list[C
                 trailers.append((key.strip(), value.strip()))
         trailer_lines = {line.strip() for line in trailer_text.splitlines() if line.strip()}
         body_lines = [line for line in body.rstrip().splitlines() if line.strip() not in trailer_lines]
-        result.append(CommitInfo(sha=sha.strip(), author=author, date=date, subject=subject,
-                                 body="\n".join(body_lines).strip(), trailers=trailers))
+        result.append(
+            CommitInfo(
+                sha=sha.strip(),
+                author=author,
+                date=date,
+                subject=subject,
+                body="\n".join(body_lines).strip(),
+                trailers=trailers,
+            )
+        )
     return result
 
 
@@ -394,11 +463,11 @@ def worktree_with(repo_path: Path, branch: str) -> Path | None:
     bare = False
     for line in out.splitlines():
         if line.startswith("worktree "):
-            current, bare = Path(line[len("worktree "):]), False
+            current, bare = Path(line[len("worktree ") :]), False
         elif line == "bare":
             bare = True
         elif line.startswith("branch ") and current is not None and not bare:
-            if line[len("branch "):] == f"refs/heads/{branch}":
+            if line[len("branch ") :] == f"refs/heads/{branch}":
                 return current
     return None
 
@@ -407,7 +476,9 @@ def is_dirty(worktree_path: Path) -> list[str]:
     """Paths with uncommitted changes in a worktree (untracked files included); [] when clean or missing."""
     if not (Path(worktree_path) / ".git").exists():
         return []
-    out = _run_bytes(worktree_path, "status", "--porcelain", "-z", "--untracked-files=normal", what=f"status of {worktree_path}")
+    out = _run_bytes(
+        worktree_path, "status", "--porcelain", "-z", "--untracked-files=normal", what=f"status of {worktree_path}"
+    )
     tokens = out.split(b"\0")
     paths, i = [], 0
     while i < len(tokens):
@@ -437,11 +508,29 @@ class _Scratch:
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with worktrees.repository_lock(_common_dir(self.repo_path)):
-            run(self.repo_path, *NO_HOOKS, "worktree", "add", "--detach", "--no-checkout", str(self.path), self.commit,
-                what="creating a temporary worktree", timeout_s=MERGE_TIMEOUT_S)
+            run(
+                self.repo_path,
+                *NO_HOOKS,
+                "worktree",
+                "add",
+                "--detach",
+                "--no-checkout",
+                str(self.path),
+                self.commit,
+                what="creating a temporary worktree",
+                timeout_s=MERGE_TIMEOUT_S,
+            )
         try:
-            run(self.path, *NO_HOOKS, "checkout", "--detach", "--quiet", self.commit,
-                what="checking out the base in a temporary worktree", timeout_s=MERGE_TIMEOUT_S)
+            run(
+                self.path,
+                *NO_HOOKS,
+                "checkout",
+                "--detach",
+                "--quiet",
+                self.commit,
+                what="checking out the base in a temporary worktree",
+                timeout_s=MERGE_TIMEOUT_S,
+            )
         except BaseException:
             self.__exit__()
             raise
@@ -460,7 +549,12 @@ def _identity_env(author: tuple[str, str]) -> dict[str, str]:
     name, email = author
     name = " ".join(name.replace("<", "").replace(">", "").split()) or "Control Room"
     email = " ".join(email.replace("<", "").replace(">", "").split()) or "reviewer@controlroom.invalid"
-    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }
 
 
 def _unmerged(worktree_path: Path) -> list[str]:
@@ -473,8 +567,11 @@ def _move_base(repo_path: Path, base_branch: str, *, old: str, new: str, reason:
     tree that has it checked out, if any. ``_BaseMoved`` when the base is no longer at ``old``."""
     holder = worktree_with(repo_path, base_branch)
     if holder is None:
-        status, out, err = _execute(Path(repo_path), ["update-ref", "-m", reason, f"refs/heads/{base_branch}", new, old],
-                                    timeout_s=GIT_TIMEOUT_S)
+        status, out, err = _execute(
+            Path(repo_path),
+            ["update-ref", "-m", reason, f"refs/heads/{base_branch}", new, old],
+            timeout_s=GIT_TIMEOUT_S,
+        )
         if status != 0:
             if resolve(repo_path, f"refs/heads/{base_branch}") != old:
                 raise _BaseMoved()
@@ -482,8 +579,12 @@ def _move_base(repo_path: Path, base_branch: str, *, old: str, new: str, reason:
         return
     if resolve(holder, "HEAD") != old:
         raise _BaseMoved()
-    status, out, err = _execute(holder, [*NO_HOOKS, "merge", "--ff-only", "--no-edit", "--quiet", new], timeout_s=MERGE_TIMEOUT_S,
-                                env={"GIT_REFLOG_ACTION": reason})
+    status, out, err = _execute(
+        holder,
+        [*NO_HOOKS, "merge", "--ff-only", "--no-edit", "--quiet", new],
+        timeout_s=MERGE_TIMEOUT_S,
+        env={"GIT_REFLOG_ACTION": reason},
+    )
     if status != 0:
         if resolve(holder, "HEAD") != old:
             raise _BaseMoved()
@@ -512,8 +613,9 @@ class MergeResult:
     merge_commit: str = ""
 
 
-def merge_branch(*, repo_path: Path, base_branch: str, branch: str, message: str, author: tuple[str, str],
-                 scratch_dir: Path) -> MergeResult:
+def merge_branch(
+    *, repo_path: Path, base_branch: str, branch: str, message: str, author: tuple[str, str], scratch_dir: Path
+) -> MergeResult:
     """Merge ``branch`` into ``base_branch``: fast-forward when possible, a merge commit otherwise.
 
     ``Conflict`` (with the files) leaves the base, the branch and every worktree untouched."""
@@ -534,8 +636,16 @@ def merge_branch(*, repo_path: Path, base_branch: str, branch: str, message: str
             if fork == base:
                 _move_base(repo_path, base_branch, old=base, new=tip, reason=f"review: fast-forward {branch}")
                 return MergeResult("fast-forward", base_branch, base, tip, tip, fork)
-            merge_commit = _merge_commit(repo_path, base=base, tip=tip, branch=branch, base_branch=base_branch,
-                                         message=message, author=author, scratch_dir=scratch_dir)
+            merge_commit = _merge_commit(
+                repo_path,
+                base=base,
+                tip=tip,
+                branch=branch,
+                base_branch=base_branch,
+                message=message,
+                author=author,
+                scratch_dir=scratch_dir,
+            )
             _move_base(repo_path, base_branch, old=base, new=merge_commit, reason=f"review: merge {branch}")
             return MergeResult("merge", base_branch, base, merge_commit, tip, fork, merge_commit)
         except _BaseMoved:
@@ -543,12 +653,23 @@ def merge_branch(*, repo_path: Path, base_branch: str, branch: str, message: str
     raise GitOpsError(f"{base_branch} kept moving while merging {branch}; try again")
 
 
-def _merge_commit(repo_path: Path, *, base: str, tip: str, branch: str, base_branch: str, message: str,
-                  author: tuple[str, str], scratch_dir: Path) -> str:
+def _merge_commit(
+    repo_path: Path,
+    *,
+    base: str,
+    tip: str,
+    branch: str,
+    base_branch: str,
+    message: str,
+    author: tuple[str, str],
+    scratch_dir: Path,
+) -> str:
     with _Scratch(repo_path, base, scratch_dir) as scratch:
         status, out, err = _execute(
-            scratch, [*NO_HOOKS, "merge", "--no-ff", "--no-edit", "--no-log", "-m", message, tip],
-            timeout_s=MERGE_TIMEOUT_S, env=_identity_env(author),
+            scratch,
+            [*NO_HOOKS, "merge", "--no-ff", "--no-edit", "--no-log", "-m", message, tip],
+            timeout_s=MERGE_TIMEOUT_S,
+            env=_identity_env(author),
         )
         if status != 0:
             files = _unmerged(scratch)
@@ -571,8 +692,15 @@ class RevertResult:
     revert_commit: str
 
 
-def revert_merge(*, repo_path: Path, base_branch: str, merged: MergeResult | dict, message: str,
-                 author: tuple[str, str], scratch_dir: Path) -> RevertResult:
+def revert_merge(
+    *,
+    repo_path: Path,
+    base_branch: str,
+    merged: MergeResult | dict,
+    message: str,
+    author: tuple[str, str],
+    scratch_dir: Path,
+) -> RevertResult:
     """Undo an earlier ``merge_branch`` with one revert commit on the base branch: the merge commit
     reverted with ``-m 1``, or the fast-forwarded range ``base_before..base_after``.
 
@@ -592,20 +720,39 @@ def revert_merge(*, repo_path: Path, base_branch: str, merged: MergeResult | dic
         if not is_ancestor(repo_path, after, head):
             raise GitOpsError(f"{base_branch} no longer contains the merged commits ({after[:12]}): nothing to revert")
         with _Scratch(repo_path, head, scratch_dir) as scratch:
-            argv = ["revert", "--no-commit", "-m", "1", after] if method == "merge" else ["revert", "--no-commit", f"{before}..{after}"]
-            status, out, err = _execute(scratch, [*NO_HOOKS, *argv], timeout_s=MERGE_TIMEOUT_S, env=_identity_env(author))
+            argv = (
+                ["revert", "--no-commit", "-m", "1", after]
+                if method == "merge"
+                else ["revert", "--no-commit", f"{before}..{after}"]
+            )
+            status, out, err = _execute(
+                scratch, [*NO_HOOKS, *argv], timeout_s=MERGE_TIMEOUT_S, env=_identity_env(author)
+            )
             if status != 0:
                 files = _unmerged(scratch)
                 _execute(scratch, ["revert", "--abort"], timeout_s=GIT_TIMEOUT_S)
                 if files:
-                    raise Conflict(f"reverting conflicts with later changes to {base_branch} in {len(files)} file(s): "
-                                   f"{', '.join(files)}", files=files)
+                    raise Conflict(
+                        f"reverting conflicts with later changes to {base_branch} in {len(files)} file(s): "
+                        f"{', '.join(files)}",
+                        files=files,
+                    )
                 raise GitOpsError(f"reverting on {base_branch}: {' '.join(_text(err or out).split())[:600]}")
             staged, _, _ = _execute(scratch, ["diff", "--cached", "--quiet"], timeout_s=GIT_TIMEOUT_S)
             if staged == 0:
                 raise GitOpsError(f"nothing to revert: {base_branch} no longer holds these changes")
-            run(scratch, *NO_HOOKS, "commit", "--quiet", "--no-verify", "-m", message, what="committing the revert",
-                timeout_s=MERGE_TIMEOUT_S, env=_identity_env(author))
+            run(
+                scratch,
+                *NO_HOOKS,
+                "commit",
+                "--quiet",
+                "--no-verify",
+                "-m",
+                message,
+                what="committing the revert",
+                timeout_s=MERGE_TIMEOUT_S,
+                env=_identity_env(author),
+            )
             revert_commit = run(scratch, "rev-parse", "HEAD", what="reading the revert commit").strip()
         try:
             _move_base(repo_path, base_branch, old=head, new=revert_commit, reason="review: revert")
@@ -617,8 +764,9 @@ def revert_merge(*, repo_path: Path, base_branch: str, merged: MergeResult | dic
 
 def archive_branch(*, repo_path: Path, branch: str, delete_branch: bool) -> str:
     """``refs/archive/<branch>`` at the branch's tip (commits stay reachable); optionally delete the branch."""
-    return worktrees.archive_branch(repo_path=Path(repo_path), branch=branch, archive_ref=archive_ref_for(branch),
-                                    delete_branch=delete_branch)
+    return worktrees.archive_branch(
+        repo_path=Path(repo_path), branch=branch, archive_ref=archive_ref_for(branch), delete_branch=delete_branch
+    )
 
 
 def scratch_leftovers(scratch_dir: Path) -> list[Path]:

@@ -4,6 +4,7 @@ AuditEvent and Checkpoint are append-only: the database refuses UPDATE and DELET
 (triggers created in migrations). They hold plain ids, not foreign keys, so the log never
 depends on, cascades with, or blocks the deletion of the rows it describes.
 """
+
 from __future__ import annotations
 
 from django.conf import settings

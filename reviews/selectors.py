@@ -16,6 +16,7 @@ Diff stats come from git at read time, never from a copy that could go stale: on
 per (base, tip) pair of commit shas not seen before. Stats are memoised by those shas, which
 are immutable, so the memo can never go stale; new pairs are computed in parallel threads.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -56,11 +57,29 @@ def sessions_awaiting_review(*, user: User) -> QuerySet[AgentSession]:
 
 # -- risk ----------------------------------------------------------------------------------------
 
-DEPENDENCY_FILES = frozenset({
-    "pyproject.toml", "setup.py", "setup.cfg", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock",
-    "constraints.txt", "package.json", "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "Cargo.toml",
-    "Cargo.lock", "go.mod", "go.sum", "Gemfile", "Gemfile.lock", "Dockerfile",
-})
+DEPENDENCY_FILES = frozenset(
+    {
+        "pyproject.toml",
+        "setup.py",
+        "setup.cfg",
+        "Pipfile",
+        "Pipfile.lock",
+        "poetry.lock",
+        "uv.lock",
+        "constraints.txt",
+        "package.json",
+        "package-lock.json",
+        "yarn.lock",
+        "pnpm-lock.yaml",
+        "Cargo.toml",
+        "Cargo.lock",
+        "go.mod",
+        "go.sum",
+        "Gemfile",
+        "Gemfile.lock",
+        "Dockerfile",
+    }
+)
 DEPENDENCY_GLOBS = ("requirements*.txt", "requirements*.in")
 
 RISK_BASE = 1.0
@@ -130,10 +149,15 @@ class QueueRow:
     def why(self) -> str:
         """The score's ingredients in one line (shown on the row)."""
         risk = " + ".join(f"{i.value:g} {i.label}" for i in self.risk_ingredients)
-        size = (f"{self.stat.additions}+ {self.stat.deletions}− in {len(self.stat.files)} file(s)"
-                if self.stat else "size unknown")
-        return (f"risk {self.risk:g} ({risk}) × size {self.size:.1f} ({size}) × age {self.age:.1f} "
-                f"(waited {self.waited_hours:.1f} h) = {self.score:.1f}")
+        size = (
+            f"{self.stat.additions}+ {self.stat.deletions}− in {len(self.stat.files)} file(s)"
+            if self.stat
+            else "size unknown"
+        )
+        return (
+            f"risk {self.risk:g} ({risk}) × size {self.size:.1f} ({size}) × age {self.age:.1f} "
+            f"(waited {self.waited_hours:.1f} h) = {self.score:.1f}"
+        )
 
 
 def _score(row: QueueRow) -> None:
@@ -222,6 +246,7 @@ def diff_stats(sessions: list[AgentSession]) -> dict[int, tuple[git_ops.DiffStat
                 else:
                     pending.setdefault(key, []).append(session.pk)
     if pending:
+
         def compute(key):
             try:
                 return key, diff_stat(repo_path=key[0], base=key[1], tip=key[2]), ""
@@ -246,8 +271,11 @@ def _counted(model, **filters) -> Subquery:
 def latest_test_runs(session_ids: list[int]) -> dict[int, dict]:
     """Session id → payload (plus ``at``) of its latest ``tests.run`` audit event."""
     latest: dict[int, dict] = {}
-    events = (AuditEvent.objects.filter(session_id__in=session_ids, kind="tests.run")
-              .order_by("session_id", "id").values("session_id", "payload", "created_at"))
+    events = (
+        AuditEvent.objects.filter(session_id__in=session_ids, kind="tests.run")
+        .order_by("session_id", "id")
+        .values("session_id", "payload", "created_at")
+    )
     for event in events:
         latest[event["session_id"]] = {**event["payload"], "at": event["created_at"]}
     return latest
@@ -255,7 +283,11 @@ def latest_test_runs(session_ids: list[int]) -> dict[int, dict]:
 
 def latest_reviews(session_ids: list[int]) -> dict[int, Review]:
     latest: dict[int, Review] = {}
-    for review in Review.objects.filter(session_id__in=session_ids).select_related("reviewer").order_by("session_id", "created_at", "id"):
+    for review in (
+        Review.objects.filter(session_id__in=session_ids)
+        .select_related("reviewer")
+        .order_by("session_id", "created_at", "id")
+    ):
         latest[review.session_id] = review
     return latest
 
@@ -269,10 +301,12 @@ def review_queue(*, user: User, pod: str = "", sto: str = "", now: datetime | No
         sessions = sessions.filter(pod__slug=pod)
     if sto:
         sessions = sessions.filter(sto__username=sto)
-    sessions = list(sessions.annotate(
-        denial_count=_counted(ToolCall, decision="deny"),
-        escalation_count=_counted(Escalation),
-    ))
+    sessions = list(
+        sessions.annotate(
+            denial_count=_counted(ToolCall, decision="deny"),
+            escalation_count=_counted(Escalation),
+        )
+    )
     ids = [s.pk for s in sessions]
     stats = diff_stats(sessions)
     tests = latest_test_runs(ids)
@@ -282,10 +316,16 @@ def review_queue(*, user: User, pod: str = "", sto: str = "", now: datetime | No
         stat, error = stats.get(session.pk, (None, "not computed"))
         finished = session.finished_at or session.updated_at
         row = QueueRow(
-            session=session, own=session.sto_id == user.pk, stat=stat, stat_error=error,
-            protected=protected_files(stat) if stat else [], denials=session.denial_count,
-            escalations=session.escalation_count, tests=tests.get(session.pk),
-            waited_hours=max(0.0, (now - finished).total_seconds() / 3600), last_review=reviews.get(session.pk),
+            session=session,
+            own=session.sto_id == user.pk,
+            stat=stat,
+            stat_error=error,
+            protected=protected_files(stat) if stat else [],
+            denials=session.denial_count,
+            escalations=session.escalation_count,
+            tests=tests.get(session.pk),
+            waited_hours=max(0.0, (now - finished).total_seconds() / 3600),
+            last_review=reviews.get(session.pk),
         )
         _score(row)
         rows.append(row)
@@ -312,13 +352,22 @@ def wip_states(*, user: User, pod: str = "") -> list[WipState]:
     """Per visible pod: sessions awaiting review, the WIP limit, sessions held queued by it."""
     pods = list(pods_visible_to(user=user).filter(slug=pod) if pod else pods_visible_to(user=user))
     ids = [p.pk for p in pods]
-    awaiting = dict(AgentSession.objects.filter(awaiting_review_q(), pod_id__in=ids).order_by()
-                    .values_list("pod_id").annotate(n=Count("pk")))
-    held = dict(AgentSession.objects.filter(pod_id__in=ids, status=Status.QUEUED,
-                                            status_reason__startswith=WIP_REASON_PREFIX).order_by()
-                .values_list("pod_id").annotate(n=Count("pk")))
-    return [WipState(pod=p, awaiting=awaiting.get(p.pk, 0), limit=p.review_wip_limit, waiting_to_start=held.get(p.pk, 0))
-            for p in pods]
+    awaiting = dict(
+        AgentSession.objects.filter(awaiting_review_q(), pod_id__in=ids)
+        .order_by()
+        .values_list("pod_id")
+        .annotate(n=Count("pk"))
+    )
+    held = dict(
+        AgentSession.objects.filter(pod_id__in=ids, status=Status.QUEUED, status_reason__startswith=WIP_REASON_PREFIX)
+        .order_by()
+        .values_list("pod_id")
+        .annotate(n=Count("pk"))
+    )
+    return [
+        WipState(pod=p, awaiting=awaiting.get(p.pk, 0), limit=p.review_wip_limit, waiting_to_start=held.get(p.pk, 0))
+        for p in pods
+    ]
 
 
 # -- one session's diff --------------------------------------------------------------------------
@@ -368,8 +417,9 @@ def session_diff(*, session: AgentSession, with_commits: bool = True) -> Session
     try:
         git_ops.check_repository(Path(session.repository.path))
         base, tip, archived = diff_range(session)
-        result = SessionDiff(base=base, tip=tip, archived=archived,
-                             stat=diff_stat(repo_path=session.repository.path, base=base, tip=tip))
+        result = SessionDiff(
+            base=base, tip=tip, archived=archived, stat=diff_stat(repo_path=session.repository.path, base=base, tip=tip)
+        )
         if with_commits:
             result.commits = git_ops.commits(Path(session.repository.path), base, tip)
         if session.worktree_path and Path(session.worktree_path).is_dir():

@@ -14,6 +14,7 @@ nothing in git, is recorded (``review.merge_conflict`` / ``review.revert_conflic
 review.rejected, review.reverted, review.refused, review.merge_conflict, review.revert_conflict,
 review.git_failed, session.worktree_removed, session.branch_archived.
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,21 +101,31 @@ def refuse_review(*, session: AgentSession, reviewer: User, acting_session_id: i
     return authority.refuse_session_control(user=reviewer, session=session)
 
 
-def record_refusal(*, session: AgentSession, reviewer: User, decision: str, refusal: str,
-                   acting_session_id: int | None = None) -> None:
+def record_refusal(
+    *, session: AgentSession, reviewer: User, decision: str, refusal: str, acting_session_id: int | None = None
+) -> None:
     """Record a refused review decision (its own transaction: the refusal outlives the request)."""
     with transaction.atomic():
-        record("review.refused", session=session, user=reviewer if reviewer.is_authenticated else None,
-               provenance="human",
-               payload={"decision": decision, "refusal": refusal, "acting_session": acting_session_id,
-                        "who": getattr(reviewer, "username", "")})
+        record(
+            "review.refused",
+            session=session,
+            user=reviewer if reviewer.is_authenticated else None,
+            provenance="human",
+            payload={
+                "decision": decision,
+                "refusal": refusal,
+                "acting_session": acting_session_id,
+                "who": getattr(reviewer, "username", ""),
+            },
+        )
 
 
 def _require_authority(*, session: AgentSession, reviewer: User, decision: str, acting_session_id: int | None) -> None:
     refusal = refuse_review(session=session, reviewer=reviewer, acting_session_id=acting_session_id)
     if refusal:
-        record_refusal(session=session, reviewer=reviewer, decision=decision, refusal=refusal,
-                       acting_session_id=acting_session_id)
+        record_refusal(
+            session=session, reviewer=reviewer, decision=decision, refusal=refusal, acting_session_id=acting_session_id
+        )
         raise authority.NotAllowed(refusal)
 
 
@@ -131,10 +142,14 @@ def _require_awaiting(session: AgentSession) -> None:
         raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
     if session.status not in (Status.SUCCEEDED, *STOPPED_STATUSES):
         if session.review_state == ReviewState.CHANGES_REQUESTED:
-            raise ValidationError(f"Session #{session.pk} is working on the requested changes "
-                                  f"({session.get_status_display().lower()}): review it when it has finished.")
-        raise ValidationError(f"Session #{session.pk} is {session.get_status_display().lower()}: "
-                              "its work can be reviewed once it has finished or stopped.")
+            raise ValidationError(
+                f"Session #{session.pk} is working on the requested changes "
+                f"({session.get_status_display().lower()}): review it when it has finished."
+            )
+        raise ValidationError(
+            f"Session #{session.pk} is {session.get_status_display().lower()}: "
+            "its work can be reviewed once it has finished or stopped."
+        )
 
 
 def _close_if_open(session: AgentSession, *, by: User, reason: str) -> str:
@@ -142,19 +157,37 @@ def _close_if_open(session: AgentSession, *, by: User, reason: str) -> str:
     previous = session.status
     if session.status not in TERMINAL_STATUSES:
         Escalation.objects.filter(session=session, state=Escalation.State.OPEN).update(
-            state=Escalation.State.DENIED, decided_by=by, decided_at=timezone.now(), decision_reason=reason,
+            state=Escalation.State.DENIED,
+            decided_by=by,
+            decided_at=timezone.now(),
+            decision_reason=reason,
         )
         agent_services.set_status(session, Status.CANCELLED, reason=reason, by=by, hold="")
     return previous
 
 
-def _record_git_failure(*, session: AgentSession, reviewer: User, decision: str, error: str,
-                        files: list[str] | None = None) -> None:
-    kind = {"approve": "review.merge_conflict", "revert": "review.revert_conflict"}.get(decision) if files else "review.git_failed"
+def _record_git_failure(
+    *, session: AgentSession, reviewer: User, decision: str, error: str, files: list[str] | None = None
+) -> None:
+    kind = (
+        {"approve": "review.merge_conflict", "revert": "review.revert_conflict"}.get(decision)
+        if files
+        else "review.git_failed"
+    )
     with transaction.atomic():
-        record(kind, session=session, user=reviewer, provenance="human",
-               payload={"decision": decision, "error": error, "files": files or [],
-                        "branch": session.branch, "base_branch": session.base_branch})
+        record(
+            kind,
+            session=session,
+            user=reviewer,
+            provenance="human",
+            payload={
+                "decision": decision,
+                "error": error,
+                "files": files or [],
+                "branch": session.branch,
+                "base_branch": session.base_branch,
+            },
+        )
 
 
 # -- worktree hygiene ----------------------------------------------------------------------------
@@ -182,8 +215,12 @@ def remove_session_worktree(*, session: AgentSession, reason: str, by: User | No
     if not removed:
         return None
     with transaction.atomic():
-        record("session.worktree_removed", session=session, user=by,
-               payload={"path": str(path), "bytes": size, "reason": reason})
+        record(
+            "session.worktree_removed",
+            session=session,
+            user=by,
+            payload={"path": str(path), "bytes": size, "reason": reason},
+        )
     return size
 
 
@@ -200,38 +237,58 @@ def _archive_and_drop_branch(*, session: AgentSession, by: User | None) -> str |
         sha = git_ops.archive_branch(repo_path=repo, branch=session.branch, delete_branch=True)
         deleted = True
     with transaction.atomic():
-        record("session.branch_archived", session=session, user=by,
-               payload={"branch": session.branch, "archive_ref": git_ops.archive_ref_for(session.branch),
-                        "sha": sha, "branch_deleted": deleted})
+        record(
+            "session.branch_archived",
+            session=session,
+            user=by,
+            payload={
+                "branch": session.branch,
+                "archive_ref": git_ops.archive_ref_for(session.branch),
+                "sha": sha,
+                "branch_deleted": deleted,
+            },
+        )
     return sha
 
 
 # -- decisions -----------------------------------------------------------------------------------
 
 
-def review_approve(*, session: AgentSession, reviewer: User, comment: str = "",
-                   acting_session_id: int | None = None) -> Review:
+def review_approve(
+    *, session: AgentSession, reviewer: User, comment: str = "", acting_session_id: int | None = None
+) -> Review:
     """Merge the session's branch into its base branch (fast-forward when possible, a merge
     commit otherwise), record the approval, remove the worktree (the branch stays)."""
     _require_authority(session=session, reviewer=reviewer, decision="approve", acting_session_id=acting_session_id)
     session = _fresh(session)
     _require_awaiting(session)
     comment = (comment or "").strip()
-    message = "\n\n".join(filter(None, [
-        f"Merge session #{session.pk}: {session.name}",
-        f"Work of agent session #{session.pk} on {session.branch}, approved by {reviewer.username}.",
-        comment,
-        f"Agent-Session: {session.pk}\nReviewed-By: {reviewer.username}",
-    ]))
+    message = "\n\n".join(
+        filter(
+            None,
+            [
+                f"Merge session #{session.pk}: {session.name}",
+                f"Work of agent session #{session.pk} on {session.branch}, approved by {reviewer.username}.",
+                comment,
+                f"Agent-Session: {session.pk}\nReviewed-By: {reviewer.username}",
+            ],
+        )
+    )
     try:
         merged = git_ops.merge_branch(
-            repo_path=Path(session.repository.path), base_branch=session.base_branch, branch=session.branch,
-            message=message, author=_author(reviewer), scratch_dir=_scratch_dir(),
+            repo_path=Path(session.repository.path),
+            base_branch=session.base_branch,
+            branch=session.branch,
+            message=message,
+            author=_author(reviewer),
+            scratch_dir=_scratch_dir(),
         )
     except git_ops.Conflict as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="approve", error=str(exc), files=exc.files)
-        raise ReviewConflict(f"Not merged: {exc}. Nothing was changed; ask the agent to rebase (request changes) "
-                             "or resolve it by hand.", files=exc.files) from None
+        raise ReviewConflict(
+            f"Not merged: {exc}. Nothing was changed; ask the agent to rebase (request changes) or resolve it by hand.",
+            files=exc.files,
+        ) from None
     except git_ops.GitOpsError as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="approve", error=str(exc))
         raise ReviewError(f"Not merged: {exc}") from None
@@ -240,29 +297,42 @@ def review_approve(*, session: AgentSession, reviewer: User, comment: str = "",
         if session.review_state in CLOSED_REVIEW_STATES:
             raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
         details = {**merged.__dict__, "branch": session.branch}
-        review = Review.objects.create(session=session, reviewer=reviewer, decision=Review.Decision.APPROVE,
-                                       comment=comment, details=details)
+        review = Review.objects.create(
+            session=session, reviewer=reviewer, decision=Review.Decision.APPROVE, comment=comment, details=details
+        )
         previous = _close_if_open(session, by=reviewer, reason=f"approved and merged by {reviewer.username}")
-        record("review.approved", session=session, user=reviewer, provenance="human",
-               payload={"review": review.pk, "comment": comment, "previous_status": previous, **details})
+        record(
+            "review.approved",
+            session=session,
+            user=reviewer,
+            provenance="human",
+            payload={"review": review.pk, "comment": comment, "previous_status": previous, **details},
+        )
         agent_services.session_update(session, review_state=ReviewState.APPROVED)
     remove_session_worktree(session=_fresh(session), reason="approved and merged", by=reviewer)
     return review
 
 
-def review_request_changes(*, session: AgentSession, reviewer: User, comment: str,
-                           acting_session_id: int | None = None) -> Review:
+def review_request_changes(
+    *, session: AgentSession, reviewer: User, comment: str, acting_session_id: int | None = None
+) -> Review:
     """Send the work back: a fresh iteration whose context says ``Changes requested: <comment>``,
     the session running again (its worktree re-created if it was removed), its next step enqueued."""
-    _require_authority(session=session, reviewer=reviewer, decision="request_changes", acting_session_id=acting_session_id)
+    _require_authority(
+        session=session, reviewer=reviewer, decision="request_changes", acting_session_id=acting_session_id
+    )
     comment = (comment or "").strip()
     if not comment:
         raise ValidationError({"comment": "Say what should change: the comment is what the agent receives."})
     session = _fresh(session)
     _require_awaiting(session)
     try:
-        worktrees.ensure_worktree(repo_path=Path(session.repository.path), base_branch=session.base_branch,
-                                  branch=session.branch, worktree_path=Path(session.worktree_path))
+        worktrees.ensure_worktree(
+            repo_path=Path(session.repository.path),
+            base_branch=session.base_branch,
+            branch=session.branch,
+            worktree_path=Path(session.worktree_path),
+        )
     except worktrees.WorktreeError as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="request_changes", error=str(exc))
         raise ReviewError(f"The agent cannot get back to work: its worktree cannot be re-created ({exc}).") from None
@@ -274,21 +344,39 @@ def review_request_changes(*, session: AgentSession, reviewer: User, comment: st
         if grant is None:
             warning = "The session has no active grant: issue one so the agent can work on the changes."
         elif grant.expires_at <= now:
-            warning = (f"Its grant expired at {timezone.localtime(grant.expires_at):%Y-%m-%d %H:%M}: issue a new grant "
-                       "so the agent can work on the changes.")
+            warning = (
+                f"Its grant expired at {timezone.localtime(grant.expires_at):%Y-%m-%d %H:%M}: issue a new grant "
+                "so the agent can work on the changes."
+            )
         else:
             exhausted = budget_exhausted(session=session, grant=grant, now=now)
-            warning = f"Its grant's {exhausted}: issue a new grant so the agent can work on the changes." if exhausted else ""
+            warning = (
+                f"Its grant's {exhausted}: issue a new grant so the agent can work on the changes." if exhausted else ""
+            )
         previous = session.status
         review = Review.objects.create(
-            session=session, reviewer=reviewer, decision=Review.Decision.REQUEST_CHANGES, comment=comment,
+            session=session,
+            reviewer=reviewer,
+            decision=Review.Decision.REQUEST_CHANGES,
+            comment=comment,
             details={"previous_status": previous, "iteration": session.iteration + 1, "warning": warning},
         )
-        record("review.changes_requested", session=session, user=reviewer, provenance="human",
-               payload={"review": review.pk, "comment": comment, "previous_status": previous, "warning": warning})
+        record(
+            "review.changes_requested",
+            session=session,
+            user=reviewer,
+            provenance="human",
+            payload={"review": review.pk, "comment": comment, "previous_status": previous, "warning": warning},
+        )
         agent_services.set_status(
-            session, Status.RUNNING, reason=f"changes requested by {reviewer.username}", by=reviewer, hold="",
-            review_state=ReviewState.CHANGES_REQUESTED, finished_at=None, idle_steps=0,
+            session,
+            Status.RUNNING,
+            reason=f"changes requested by {reviewer.username}",
+            by=reviewer,
+            hold="",
+            review_state=ReviewState.CHANGES_REQUESTED,
+            finished_at=None,
+            idle_steps=0,
             current_activity=Truncator(f"changes requested: {comment}").chars(200),
         )
         start_iteration(session=session, reason="changes requested", extra=f"Changes requested: {comment}", by=reviewer)
@@ -296,8 +384,9 @@ def review_request_changes(*, session: AgentSession, reviewer: User, comment: st
     return review
 
 
-def review_reject(*, session: AgentSession, reviewer: User, comment: str = "",
-                  acting_session_id: int | None = None) -> Review:
+def review_reject(
+    *, session: AgentSession, reviewer: User, comment: str = "", acting_session_id: int | None = None
+) -> Review:
     """Close the session without merging: cancelled if it had not ended, its worktree removed, its
     branch kept under ``refs/archive/<branch>`` (every commit stays reachable)."""
     _require_authority(session=session, reviewer=reviewer, decision="reject", acting_session_id=acting_session_id)
@@ -319,13 +408,22 @@ def review_reject(*, session: AgentSession, reviewer: User, comment: str = "",
         session = _locked(session)
         if session.review_state in CLOSED_REVIEW_STATES:
             raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
-        details = {"archive_ref": git_ops.archive_ref_for(session.branch) if archived_sha else "",
-                   "archived_sha": archived_sha or "", "branch": session.branch}
-        review = Review.objects.create(session=session, reviewer=reviewer, decision=Review.Decision.REJECT,
-                                       comment=comment, details=details)
+        details = {
+            "archive_ref": git_ops.archive_ref_for(session.branch) if archived_sha else "",
+            "archived_sha": archived_sha or "",
+            "branch": session.branch,
+        }
+        review = Review.objects.create(
+            session=session, reviewer=reviewer, decision=Review.Decision.REJECT, comment=comment, details=details
+        )
         previous = _close_if_open(session, by=reviewer, reason=f"rejected by {reviewer.username}")
-        record("review.rejected", session=session, user=reviewer, provenance="human",
-               payload={"review": review.pk, "comment": comment, "previous_status": previous, **details})
+        record(
+            "review.rejected",
+            session=session,
+            user=reviewer,
+            provenance="human",
+            payload={"review": review.pk, "comment": comment, "previous_status": previous, **details},
+        )
         agent_services.session_update(session, review_state=ReviewState.REJECTED)
     session = _fresh(session)
     remove_session_worktree(session=session, reason="rejected", by=reviewer)
@@ -336,31 +434,43 @@ def review_reject(*, session: AgentSession, reviewer: User, comment: str = "",
     return review
 
 
-def review_revert(*, session: AgentSession, reviewer: User, comment: str = "",
-                  acting_session_id: int | None = None) -> Review:
+def review_revert(
+    *, session: AgentSession, reviewer: User, comment: str = "", acting_session_id: int | None = None
+) -> Review:
     """Undo merged work with one revert commit on the base branch (the merge commit reverted with
     ``-m 1``, or the fast-forwarded range)."""
     _require_authority(session=session, reviewer=reviewer, decision="revert", acting_session_id=acting_session_id)
     session = _fresh(session)
     if session.review_state != ReviewState.APPROVED:
-        raise ValidationError(f"Only approved (merged) work can be reverted; session #{session.pk} is "
-                              f"{session.get_review_state_display().lower()}.")
+        raise ValidationError(
+            f"Only approved (merged) work can be reverted; session #{session.pk} is "
+            f"{session.get_review_state_display().lower()}."
+        )
     approval = approval_of(session)
     merged = approval.details if approval else {}
     if merged.get("method") not in ("fast-forward", "merge"):
         raise ValidationError(f"Session #{session.pk}'s approval merged no commits: there is nothing to revert.")
     comment = (comment or "").strip()
-    message = "\n\n".join(filter(None, [
-        f"Revert session #{session.pk}: {session.name}",
-        f"This reverts the work of agent session #{session.pk} ({session.branch}), merged into "
-        f"{session.base_branch} at {merged['base_after'][:12]} ({merged['method']}).",
-        comment,
-        f"Agent-Session: {session.pk}\nReverted-By: {reviewer.username}",
-    ]))
+    message = "\n\n".join(
+        filter(
+            None,
+            [
+                f"Revert session #{session.pk}: {session.name}",
+                f"This reverts the work of agent session #{session.pk} ({session.branch}), merged into "
+                f"{session.base_branch} at {merged['base_after'][:12]} ({merged['method']}).",
+                comment,
+                f"Agent-Session: {session.pk}\nReverted-By: {reviewer.username}",
+            ],
+        )
+    )
     try:
         reverted = git_ops.revert_merge(
-            repo_path=Path(session.repository.path), base_branch=session.base_branch, merged=merged,
-            message=message, author=_author(reviewer), scratch_dir=_scratch_dir(),
+            repo_path=Path(session.repository.path),
+            base_branch=session.base_branch,
+            merged=merged,
+            message=message,
+            author=_author(reviewer),
+            scratch_dir=_scratch_dir(),
         )
     except git_ops.Conflict as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="revert", error=str(exc), files=exc.files)
@@ -371,12 +481,24 @@ def review_revert(*, session: AgentSession, reviewer: User, comment: str = "",
     with transaction.atomic():
         session = _locked(session)
         details = {**reverted.__dict__, "reverted": merged, "approval": approval.pk}
-        review = Review.objects.create(session=session, reviewer=reviewer, decision=Review.Decision.REVERT,
-                                       comment=comment, details=details)
-        record("review.reverted", session=session, user=reviewer, provenance="human",
-               payload={"review": review.pk, "comment": comment, "revert_commit": reverted.revert_commit,
-                        "base_branch": reverted.base_branch, "base_before": reverted.base_before,
-                        "merged_method": merged["method"], "merged_at": merged["base_after"]})
+        review = Review.objects.create(
+            session=session, reviewer=reviewer, decision=Review.Decision.REVERT, comment=comment, details=details
+        )
+        record(
+            "review.reverted",
+            session=session,
+            user=reviewer,
+            provenance="human",
+            payload={
+                "review": review.pk,
+                "comment": comment,
+                "revert_commit": reverted.revert_commit,
+                "base_branch": reverted.base_branch,
+                "base_before": reverted.base_before,
+                "merged_method": merged["method"],
+                "merged_at": merged["base_after"],
+            },
+        )
         agent_services.session_update(session, review_state=ReviewState.REVERTED)
     return review
 
@@ -420,16 +542,21 @@ def closed_sessions_with_worktrees(*, older_than_hours: float, now: datetime | N
     now = now or timezone.now()
     cutoff = now - timedelta(hours=older_than_hours)
     return (
-        AgentSession.objects.select_related("repository").exclude(worktree_path="")
-        .filter(Q(review_state__in=CLOSED_REVIEW_STATES)
-                | Q(status__in=[Status.FAILED, Status.CANCELLED], finished_at__lt=cutoff))
+        AgentSession.objects.select_related("repository")
+        .exclude(worktree_path="")
+        .filter(
+            Q(review_state__in=CLOSED_REVIEW_STATES)
+            | Q(status__in=[Status.FAILED, Status.CANCELLED], finished_at__lt=cutoff)
+        )
         .exclude(status__in=[Status.RUNNING, Status.QUEUED, Status.NEEDS_APPROVAL])
         .exclude(lease_until__gt=now)
         .order_by("pk")
     )
 
 
-def worktrees_cleanup(*, older_than_hours: float = 24.0, dry_run: bool = False, now: datetime | None = None) -> CleanupReport:
+def worktrees_cleanup(
+    *, older_than_hours: float = 24.0, dry_run: bool = False, now: datetime | None = None
+) -> CleanupReport:
     """Remove the worktrees of closed sessions (branches stay; a rejected session's branch moves
     under its archive ref), and temporary review worktrees left by a crash. Reports the disk used."""
     from reviews.selectors import worktrees_disk_usage
@@ -445,8 +572,11 @@ def worktrees_cleanup(*, older_than_hours: float = 24.0, dry_run: bool = False, 
                 logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
         if not path.exists():
             continue
-        reason = (f"review {session.review_state}" if session.review_state in CLOSED_REVIEW_STATES
-                  else f"{session.status} over {older_than_hours:g} h ago")
+        reason = (
+            f"review {session.review_state}"
+            if session.review_state in CLOSED_REVIEW_STATES
+            else f"{session.status} over {older_than_hours:g} h ago"
+        )
         item = CleanupItem(session_id=session.pk, path=str(path), reason=reason, bytes=worktrees.disk_usage(path))
         report.items.append(item)
         if dry_run:

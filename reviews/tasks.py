@@ -1,4 +1,5 @@
 """Celery tasks of the reviews app: thin adapters over services."""
+
 from __future__ import annotations
 
 from celery import shared_task
@@ -9,9 +10,13 @@ from reviews.chain import checkpoint_export, checkpoint_if_changed
 
 @shared_task(
     name="reviews.tasks.audit_checkpoint",
-    acks_late=True, reject_on_worker_lost=True,  # idempotent: a rerun signs nothing new
-    autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3,
-    soft_time_limit=120, time_limit=180,
+    acks_late=True,
+    reject_on_worker_lost=True,  # idempotent: a rerun signs nothing new
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=3,
+    soft_time_limit=120,
+    time_limit=180,
 )
 def audit_checkpoint() -> int | None:
     """Periodic (beat, every CONTROLROOM["AUDIT_CHECKPOINT_EVERY_S"]): sign the chains that moved

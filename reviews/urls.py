@@ -1,5 +1,6 @@
 """Review of agent output: /reviews/ (queue), /reviews/<id>/ (diff), /reviews/<id>/file (one file's
 hunks, an htmx partial), POST /reviews/<id>/decide/<approve|request-changes|reject|revert>."""
+
 from django.urls import path
 
 from reviews import views

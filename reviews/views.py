@@ -1,6 +1,7 @@
 """Review pages: the ranked queue, a session's diff (files loaded one by one with htmx), and the
 decisions. Views only call selectors and services; the diff's syntax colouring is presentation
 and lives here."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -95,8 +96,15 @@ def render_patch(patch: git_ops.FilePatch) -> list[dict]:
                 html = next(old_html)
             else:
                 html = next(new_html)
-            rows.append({"kind": {"+": "add", "-": "del", " ": "ctx"}[line.kind], "marker": line.kind,
-                         "html": mark_safe(html), "old": line.old_no or "", "new": line.new_no or ""})
+            rows.append(
+                {
+                    "kind": {"+": "add", "-": "del", " ": "ctx"}[line.kind],
+                    "marker": line.kind,
+                    "html": mark_safe(html),
+                    "old": line.old_no or "",
+                    "new": line.new_no or "",
+                }
+            )
         hunks.append({"header": hunk.header, "rows": rows})
     return hunks
 
@@ -118,11 +126,25 @@ def _file_anchor(index: int) -> str:
 
 
 def _file_context(session: AgentSession, diff: selectors.SessionDiff, stat: git_ops.FileStat, index: int) -> dict:
-    patch = git_ops.file_patch(Path(session.repository.path), diff.base, diff.tip, path=stat.path,
-                               old_path=stat.old_path, max_lines=MAX_FILE_LINES)
-    return {"f": stat, "index": index, "anchor": _file_anchor(index), "patch": patch, "hunks": render_patch(patch),
-            "binary": stat.binary or patch.binary, "max_lines": MAX_FILE_LINES, "range_base": diff.base,
-            "range_tip": diff.tip}
+    patch = git_ops.file_patch(
+        Path(session.repository.path),
+        diff.base,
+        diff.tip,
+        path=stat.path,
+        old_path=stat.old_path,
+        max_lines=MAX_FILE_LINES,
+    )
+    return {
+        "f": stat,
+        "index": index,
+        "anchor": _file_anchor(index),
+        "patch": patch,
+        "hunks": render_patch(patch),
+        "binary": stat.binary or patch.binary,
+        "max_lines": MAX_FILE_LINES,
+        "range_base": diff.base,
+        "range_tip": diff.tip,
+    }
 
 
 def _handoff_rows(handoff) -> list[tuple[str, str]]:
@@ -150,11 +172,20 @@ def review_queue(request: HttpRequest) -> HttpResponse:
     sto = request.GET.get("sto", "").strip()
     rows = selectors.review_queue(user=request.user, pod=pod, sto=sto)
     pods = list(pods_visible_to(user=request.user))
-    stos = (User.objects.filter(memberships__pod__in=pods).distinct().order_by("username"))
-    return render(request, "reviews/queue.html", {
-        "rows": rows, "wip": selectors.wip_states(user=request.user, pod=pod), "pods": pods, "stos": stos,
-        "pod": pod, "sto": sto, "own_count": sum(1 for r in rows if r.own),
-    })
+    stos = User.objects.filter(memberships__pod__in=pods).distinct().order_by("username")
+    return render(
+        request,
+        "reviews/queue.html",
+        {
+            "rows": rows,
+            "wip": selectors.wip_states(user=request.user, pod=pod),
+            "pods": pods,
+            "stos": stos,
+            "pod": pod,
+            "sto": sto,
+            "own_count": sum(1 for r in rows if r.own),
+        },
+    )
 
 
 @require_GET
@@ -166,18 +197,33 @@ def review_diff(request: HttpRequest, session_id: int) -> HttpResponse:
     return _render_diff(request, session)
 
 
-def _render_diff(request: HttpRequest, session: AgentSession, *, status: int = 200, conflict: list[str] | None = None,
-                 error: str = "") -> HttpResponse:
+def _render_diff(
+    request: HttpRequest,
+    session: AgentSession,
+    *,
+    status: int = 200,
+    conflict: list[str] | None = None,
+    error: str = "",
+) -> HttpResponse:
     diff = selectors.session_diff(session=session)
     files = []
     inlined = inline_lines = 0
     inlining = True
     for index, stat in enumerate(diff.stat.files):
-        inlining = (inlining and inlined < INLINE_FILES and stat.lines <= INLINE_MAX_LINES
-                    and inline_lines + stat.lines <= INLINE_TOTAL_LINES)
-        entry = {"f": stat, "index": index, "anchor": _file_anchor(index), "inline": inlining,
-                 "protected": selectors.protected_reason(stat.path) or selectors.protected_reason(stat.old_path),
-                 "placeholder_px": min(max(stat.lines, 3), 40) * PLACEHOLDER_LINE_PX}
+        inlining = (
+            inlining
+            and inlined < INLINE_FILES
+            and stat.lines <= INLINE_MAX_LINES
+            and inline_lines + stat.lines <= INLINE_TOTAL_LINES
+        )
+        entry = {
+            "f": stat,
+            "index": index,
+            "anchor": _file_anchor(index),
+            "inline": inlining,
+            "protected": selectors.protected_reason(stat.path) or selectors.protected_reason(stat.old_path),
+            "placeholder_px": min(max(stat.lines, 3), 40) * PLACEHOLDER_LINE_PX,
+        }
         if inlining:
             try:
                 entry.update(_file_context(session, diff, stat, index))
@@ -187,15 +233,27 @@ def _render_diff(request: HttpRequest, session: AgentSession, *, status: int = 2
             inline_lines += stat.lines
         files.append(entry)
     refusal = services.refuse_review(session=session, reviewer=request.user)
-    return render(request, "reviews/diff.html", {
-        "s": session, "diff": diff, "files": files, "tests": selectors.recorded_test_runs(session=session),
-        "reviews": selectors.reviews_of(session=session), "can_decide": refusal is None, "refusal": refusal,
-        "awaiting": session.review_state in selectors.OPEN_REVIEW_STATES
-        and session.status in ("succeeded", *selectors.STOPPED_STATUSES),
-        "closable": session.review_state not in services.CLOSED_REVIEW_STATES,
-        "conflict": conflict, "error": error, "pygments_css": PYGMENTS_CSS,
-        "handoff": _handoff_rows(session.handoff),
-    }, status=status)
+    return render(
+        request,
+        "reviews/diff.html",
+        {
+            "s": session,
+            "diff": diff,
+            "files": files,
+            "tests": selectors.recorded_test_runs(session=session),
+            "reviews": selectors.reviews_of(session=session),
+            "can_decide": refusal is None,
+            "refusal": refusal,
+            "awaiting": session.review_state in selectors.OPEN_REVIEW_STATES
+            and session.status in ("succeeded", *selectors.STOPPED_STATUSES),
+            "closable": session.review_state not in services.CLOSED_REVIEW_STATES,
+            "conflict": conflict,
+            "error": error,
+            "pygments_css": PYGMENTS_CSS,
+            "handoff": _handoff_rows(session.handoff),
+        },
+        status=status,
+    )
 
 
 @require_GET
@@ -262,10 +320,14 @@ def _done_text(review, session: AgentSession) -> str:
     if review.decision == "approve":
         if d.get("method") == "up-to-date":
             return f"#{session.pk} approved: {session.base_branch} already had its commits."
-        return (f"#{session.pk} merged into {session.base_branch} ({d.get('method')}, now at {d.get('base_after', '')[:10]}); "
-                "its worktree was removed, its branch kept.")
+        return (
+            f"#{session.pk} merged into {session.base_branch} ({d.get('method')}, now at {d.get('base_after', '')[:10]}); "
+            "its worktree was removed, its branch kept."
+        )
     if review.decision == "request_changes":
         return f"#{session.pk} is back at work with your comment (iteration {d.get('iteration')})."
     if review.decision == "reject":
-        return f"#{session.pk} rejected; its commits are kept under {d.get('archive_ref') or 'no archive (no commits)'}."
+        return (
+            f"#{session.pk} rejected; its commits are kept under {d.get('archive_ref') or 'no archive (no commits)'}."
+        )
     return f"#{session.pk} reverted on {session.base_branch} by {d.get('revert_commit', '')[:10]}."

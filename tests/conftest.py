@@ -1,4 +1,5 @@
 """Shared fixtures: the demo repository (real git), the personas, real Celery workers."""
+
 from __future__ import annotations
 
 import os
@@ -76,9 +77,29 @@ class WorkerPool:
         log = self.worktrees.parent / f"worker{index}-{len(self.logs)}.log"
         self.logs.append(log)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "controlroom", "worker", "-l", "info", "-P", "prefork",
-             "-c", str(self.concurrency), "-n", f"test{index}-{len(self.logs)}@%h", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "controlroom",
+                "worker",
+                "-l",
+                "info",
+                "-P",
+                "prefork",
+                "-c",
+                str(self.concurrency),
+                "-n",
+                f"test{index}-{len(self.logs)}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
@@ -108,7 +129,9 @@ class WorkerPool:
                         pass
 
     def log_tail(self, lines: int = 60) -> str:
-        return "\n".join("\n".join(p.read_text(errors="replace").splitlines()[-lines:]) for p in self.logs if p.exists())
+        return "\n".join(
+            "\n".join(p.read_text(errors="replace").splitlines()[-lines:]) for p in self.logs if p.exists()
+        )
 
 
 @pytest.fixture
@@ -116,8 +139,12 @@ def celery_workers(worktrees_dir, transactional_db):
     pools: list[WorkerPool] = []
 
     def start(processes: int = 1, concurrency: int = 1, **extra_env) -> WorkerPool:
-        pool = WorkerPool(worktrees=worktrees_dir, processes=processes, concurrency=concurrency,
-                          extra_env={k: str(v) for k, v in extra_env.items()}).start()
+        pool = WorkerPool(
+            worktrees=worktrees_dir,
+            processes=processes,
+            concurrency=concurrency,
+            extra_env={k: str(v) for k, v in extra_env.items()},
+        ).start()
         pools.append(pool)
         return pool
 

@@ -4,6 +4,7 @@ Pod A ("alpha"): lead ``lena`` (pod lead), STO ``sam`` (member, owns the session
 Pod B ("bravo"): ``otto`` (an outsider to pod A, lead of B).
 Fleet-wide: ``max`` (manager), ``leo`` (leader: reads, never acts).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

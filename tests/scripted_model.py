@@ -12,6 +12,7 @@ Each script item answers one request:
 - ``{"empty_choices": True}`` → a 200 with ``choices: []``.
 When the script runs out, the server answers with a ``finish`` call.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ def calls(items, content: str = "") -> dict:
     tool_calls = []
     for index, (name, args) in enumerate(items):
         arguments = args if isinstance(args, str) else json.dumps(args)
-        tool_calls.append({"id": f"call_{index}_{name}", "type": "function", "function": {"name": name, "arguments": arguments}})
+        tool_calls.append(
+            {"id": f"call_{index}_{name}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        )
     return {"tool_calls": tool_calls, "content": content}
 
 
@@ -57,19 +60,37 @@ class ScriptedModel:
                     time.sleep(item["sleep"])
                     item = item.get("then", finish("late"))
                 if "status" in item:
-                    self._send(item["status"], json.dumps({"error": {"message": f"scripted HTTP {item['status']}", "type": "server_error"}}).encode())
+                    self._send(
+                        item["status"],
+                        json.dumps(
+                            {"error": {"message": f"scripted HTTP {item['status']}", "type": "server_error"}}
+                        ).encode(),
+                    )
                     return
                 if "raw" in item:
                     self._send(200, item["raw"].encode())
                     return
-                choices = [] if item.get("empty_choices") else [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": item.get("content", ""), "tool_calls": item.get("tool_calls") or None},
-                    "finish_reason": "tool_calls" if item.get("tool_calls") else "stop",
-                }]
+                choices = (
+                    []
+                    if item.get("empty_choices")
+                    else [
+                        {
+                            "index": 0,
+                            "message": {
+                                "role": "assistant",
+                                "content": item.get("content", ""),
+                                "tool_calls": item.get("tool_calls") or None,
+                            },
+                            "finish_reason": "tool_calls" if item.get("tool_calls") else "stop",
+                        }
+                    ]
+                )
                 payload = {
-                    "id": f"chatcmpl-{len(model.requests)}", "object": "chat.completion", "created": int(time.time()),
-                    "model": request.get("model", "scripted"), "choices": choices,
+                    "id": f"chatcmpl-{len(model.requests)}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": request.get("model", "scripted"),
+                    "choices": choices,
                     "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
                 }
                 self._send(200, json.dumps(payload).encode())

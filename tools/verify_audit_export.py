@@ -20,6 +20,7 @@ The algorithm (docs/AUDIT.md):
   checkpoint signature = HMAC-SHA256(key, "controlroom-audit-checkpoint-v1\\n" +
                    canonical_json({"created_at", "heads", "prev", "reason"}))
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,14 +33,31 @@ from typing import Optional
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (
-    "chain", "seq", "created_at", "kind", "actor_type", "actor_user_id", "actor_session_id",
-    "actor_label", "on_behalf_of_id", "on_behalf_of_label", "grant_id", "provenance",
-    "session_id", "pod_id", "payload",
+    "chain",
+    "seq",
+    "created_at",
+    "kind",
+    "actor_type",
+    "actor_user_id",
+    "actor_session_id",
+    "actor_label",
+    "on_behalf_of_id",
+    "on_behalf_of_label",
+    "grant_id",
+    "provenance",
+    "session_id",
+    "pod_id",
+    "payload",
 )
 CHECKPOINT_DOMAIN = b"controlroom-audit-checkpoint-v1\n"
 
 MODIFIED, MISSING, REORDERED, TRUNCATED, FORGED, BAD_SIGNATURE = (
-    "modified", "missing", "reordered", "truncated", "forged", "bad signature",
+    "modified",
+    "missing",
+    "reordered",
+    "truncated",
+    "forged",
+    "bad signature",
 )
 
 
@@ -116,9 +134,14 @@ def classify(chain: str, anchor: Optional[Ev], events: list) -> Break:
         # Both claim the same predecessor: the one written later (its id is higher) was slipped
         # in between, with a hash computed to link, and the events after it renumbered.
         inserted, original = (anchor, e) if anchor.id > e.id else (e, anchor)
-        return Break(kind=FORGED, chain=chain, seq=inserted.seq, event_id=inserted.id,
-                     message=f"it and seq {original.seq} (id {original.id}) both link to the same predecessor; "
-                             f"it was written later: an event inserted with a computed hash")
+        return Break(
+            kind=FORGED,
+            chain=chain,
+            seq=inserted.seq,
+            event_id=inserted.id,
+            message=f"it and seq {original.seq} (id {original.id}) both link to the same predecessor; "
+            f"it was written later: an event inserted with a computed hash",
+        )
     if anchor and e.id <= anchor.id:
         return brk(REORDERED, f"its id comes before {p_label}'s although its seq comes after: events were swapped")
     later = {x.hash: x for x in events[1:]}
@@ -130,14 +153,18 @@ def classify(chain: str, anchor: Optional[Ev], events: list) -> Break:
         return brk(REORDERED, f"its time {e.time} is before {p_label}'s ({anchor.time}): events were swapped")
     if e.prev_hash != p_hash:
         if self_consistent:
-            return brk(FORGED, f"its hash is self-consistent but its prev_hash {e.prev_hash[:12]}… does not "
-                               f"link to {p_label} ({p_hash[:12]}…): an event inserted with a computed hash "
-                               f"(or its predecessor rewritten and rehashed)")
+            return brk(
+                FORGED,
+                f"its hash is self-consistent but its prev_hash {e.prev_hash[:12]}… does not "
+                f"link to {p_label} ({p_hash[:12]}…): an event inserted with a computed hash "
+                f"(or its predecessor rewritten and rehashed)",
+            )
         return brk(MODIFIED, f"neither its prev_hash nor its stored hash match (link to {p_label} broken)")
     if not self_consistent:
         shown = (e.recomputed or "uncomputable")[:12]
-        return brk(MODIFIED, f"stored hash {e.hash[:12]}… but its content hashes to {shown}…: edited after it "
-                             f"was written")
+        return brk(
+            MODIFIED, f"stored hash {e.hash[:12]}… but its content hashes to {shown}…: edited after it was written"
+        )
     return brk(MODIFIED, "inconsistent with its predecessor")
 
 
@@ -153,7 +180,7 @@ def read_lines(path: str) -> list:
                 except ValueError as exc:
                     raise CannotVerify(f"{path}:{number}: not a JSON line ({exc})") from None
                 if not isinstance(item, dict) or "type" not in item:
-                    raise CannotVerify(f"{path}:{number}: not an audit export line (no \"type\")")
+                    raise CannotVerify(f'{path}:{number}: not an audit export line (no "type")')
                 item["_line"] = number
                 items.append(item)
     except OSError as exc:
@@ -169,8 +196,12 @@ def _to_ev(item: dict, path: str) -> Ev:
         prev_hash, digest = item["prev_hash"], item["hash"]
     except KeyError as exc:
         raise CannotVerify(f"{path}:{item['_line']}: event line without {exc}") from None
-    if not isinstance(ev_id, int) or not isinstance(seq, int) or not isinstance(prev_hash, str) \
-            or not isinstance(digest, str):
+    if (
+        not isinstance(ev_id, int)
+        or not isinstance(seq, int)
+        or not isinstance(prev_hash, str)
+        or not isinstance(digest, str)
+    ):
         raise CannotVerify(f"{path}:{item['_line']}: id and seq must be integers, prev_hash and hash strings")
     return Ev(ev_id, seq, str(item.get("created_at", "")), prev_hash, digest, event_hash(prev_hash, item))
 
@@ -198,8 +229,9 @@ def verify(path: str, *, key: Optional[bytes], checkpoint_file: Optional[str] = 
     exported = [i for i in items if i["type"] == "checkpoint"]
     extra = read_lines(checkpoint_file) if checkpoint_file else []
     known = {(c.get("id"), c.get("signature")) for c in exported}
-    checkpoints = exported + [c for c in extra if c["type"] == "checkpoint"
-                              and (c.get("id"), c.get("signature")) not in known]
+    checkpoints = exported + [
+        c for c in extra if c["type"] == "checkpoint" and (c.get("id"), c.get("signature")) not in known
+    ]
     breaks = []
 
     # Signatures (with the key) and, in a complete export, the link of each to the previous one.
@@ -208,29 +240,42 @@ def verify(path: str, *, key: Optional[bytes], checkpoint_file: Optional[str] = 
         cp_id = cp.get("id")
         if key is not None:
             try:
-                good = hmac.compare_digest(checkpoint_signature(key, cp).encode(),
-                                           str(cp.get("signature")).encode("utf-8"))
+                good = hmac.compare_digest(
+                    checkpoint_signature(key, cp).encode(), str(cp.get("signature")).encode("utf-8")
+                )
             except (KeyError, TypeError, ValueError):
                 good = False
             if not good:
-                breaks.append(Break(kind=BAD_SIGNATURE, checkpoint_id=cp_id,
-                                    message=f"checkpoint #{cp_id}: its HMAC does not match its content "
-                                            f"(created_at, reason, heads, prev)"))
+                breaks.append(
+                    Break(
+                        kind=BAD_SIGNATURE,
+                        checkpoint_id=cp_id,
+                        message=f"checkpoint #{cp_id}: its HMAC does not match its content "
+                        f"(created_at, reason, heads, prev)",
+                    )
+                )
                 continue
         trusted.append(cp)
     if header.get("all_checkpoints"):
         previous = ""
         for cp in sorted(exported, key=lambda c: c.get("id") or 0):
             if cp.get("prev") != previous:
-                breaks.append(Break(kind=MISSING, checkpoint_id=cp.get("id"),
-                                    message=f"checkpoint #{cp.get('id')} follows a checkpoint that is not in "
-                                            f"the export: checkpoints were removed"))
+                breaks.append(
+                    Break(
+                        kind=MISSING,
+                        checkpoint_id=cp.get("id"),
+                        message=f"checkpoint #{cp.get('id')} follows a checkpoint that is not in "
+                        f"the export: checkpoints were removed",
+                    )
+                )
             previous = cp.get("signature")
 
     expect: dict = {}
     for cp in trusted:
         for chain, seq, digest in _heads(cp):
-            expect.setdefault(chain, {}).setdefault(seq, []).append((f"checkpoint #{cp.get('id')}", cp.get("id"), digest))
+            expect.setdefault(chain, {}).setdefault(seq, []).append(
+                (f"checkpoint #{cp.get('id')}", cp.get("id"), digest)
+            )
     considered = set(events)
     if header.get("session") is not None and not partial:
         considered.add(f"s:{header['session']}")
@@ -259,10 +304,16 @@ def verify(path: str, *, key: Optional[bytes], checkpoint_file: Optional[str] = 
                 if signed != e.hash:
                     agreeing = [s for s in exp if first_seq <= s < e.seq]
                     since = f"seq {max(agreeing) + 1}" if agreeing else f"seq {first_seq}"
-                    found = Break(kind=FORGED, chain=chain, seq=e.seq, event_id=e.id, checkpoint_id=cp_id,
-                                  message=f"the chain links and hashes consistently, but its event at seq {e.seq} "
-                                          f"has hash {e.hash[:12]}… while {source} says {signed[:12]}…: the chain "
-                                          f"was rewritten and rehashed (somewhere from {since} to seq {e.seq})")
+                    found = Break(
+                        kind=FORGED,
+                        chain=chain,
+                        seq=e.seq,
+                        event_id=e.id,
+                        checkpoint_id=cp_id,
+                        message=f"the chain links and hashes consistently, but its event at seq {e.seq} "
+                        f"has hash {e.hash[:12]}… while {source} says {signed[:12]}…: the chain "
+                        f"was rewritten and rehashed (somewhere from {since} to seq {e.seq})",
+                    )
                     break
             if found:
                 break
@@ -274,16 +325,24 @@ def verify(path: str, *, key: Optional[bytes], checkpoint_file: Optional[str] = 
                 seq, claims = max(beyond, key=lambda item: item[0])
                 source, cp_id, _ = claims[0]
                 ends = f"ends at seq {last_seq}" if last_seq else "has no events"
-                found = Break(kind=TRUNCATED, chain=chain, seq=last_seq + 1, checkpoint_id=cp_id,
-                              message=f"{source} says the chain reached seq {seq} but it {ends}: the last "
-                                      f"{seq - last_seq} event(s) were removed")
+                found = Break(
+                    kind=TRUNCATED,
+                    chain=chain,
+                    seq=last_seq + 1,
+                    checkpoint_id=cp_id,
+                    message=f"{source} says the chain reached seq {seq} but it {ends}: the last "
+                    f"{seq - last_seq} event(s) were removed",
+                )
         if found:
             breaks.append(found)
 
     breaks.sort(key=lambda b: (b.event_id is None, b.event_id or 0, b.chain or "", b.seq or 0, b.checkpoint_id or 0))
     return {
-        "ok": not breaks, "events": n_events, "chains": len([c for c in considered if c in events]),
-        "checkpoints": len(checkpoints), "signatures_checked": key is not None,
+        "ok": not breaks,
+        "events": n_events,
+        "chains": len([c for c in considered if c in events]),
+        "checkpoints": len(checkpoints),
+        "signatures_checked": key is not None,
         "breaks": [asdict(b) for b in breaks],
     }
 

@@ -4,6 +4,7 @@ It gathers the facts from the database (grant, stop switches, budget, human appr
 exact action) into an ``EvalContext`` and asks the pure evaluator (agents/permissions.py), which
 decides without touching the database and fails closed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,8 +45,15 @@ def budget_exhausted(*, session: AgentSession, grant: Grant, now=None) -> str | 
 
 def grant_view(grant: Grant) -> permissions.GrantView:
     return permissions.GrantView(
-        id=grant.pk, version=grant.version, mode=grant.mode, allow=tuple(grant.allow), ask=tuple(grant.ask),
-        deny=tuple(grant.deny), not_before=grant.not_before, expires_at=grant.expires_at, revoked=grant.is_revoked,
+        id=grant.pk,
+        version=grant.version,
+        mode=grant.mode,
+        allow=tuple(grant.allow),
+        ask=tuple(grant.ask),
+        deny=tuple(grant.deny),
+        not_before=grant.not_before,
+        expires_at=grant.expires_at,
+        revoked=grant.is_revoked,
     )
 
 
@@ -66,15 +74,26 @@ def read_switches(session: AgentSession) -> Switches:
     )
 
 
-def build_context(*, session: AgentSession, grant: Grant | None, now=None, check_budget: bool = True,
-                  switches: Switches | None = None, read_approvals: bool = True) -> permissions.EvalContext:
+def build_context(
+    *,
+    session: AgentSession,
+    grant: Grant | None,
+    now=None,
+    check_budget: bool = True,
+    switches: Switches | None = None,
+    read_approvals: bool = True,
+) -> permissions.EvalContext:
     """``switches``/``read_approvals=False``: the caller has just read the stop switches, and that
     no human approval stands for this session (the runtime reads both with its other facts)."""
     now = now or timezone.now()
     switches = switches or read_switches(session)
-    approvals = frozenset(
-        Escalation.objects.filter(standing_approvals_q(), session=session).values_list("action_hash", flat=True)
-    ) if read_approvals else frozenset()
+    approvals = (
+        frozenset(
+            Escalation.objects.filter(standing_approvals_q(), session=session).values_list("action_hash", flat=True)
+        )
+        if read_approvals
+        else frozenset()
+    )
     return permissions.EvalContext(
         worktree=str(Path(session.worktree_path)),
         now=now,
@@ -89,7 +108,13 @@ def build_context(*, session: AgentSession, grant: Grant | None, now=None, check
     )
 
 
-def authorize(session: AgentSession, tool_call: ToolCallRequest, *, grant: Grant | None,
-              switches: Switches | None = None, read_approvals: bool = True) -> permissions.Decision:
+def authorize(
+    session: AgentSession,
+    tool_call: ToolCallRequest,
+    *,
+    grant: Grant | None,
+    switches: Switches | None = None,
+    read_approvals: bool = True,
+) -> permissions.Decision:
     context = build_context(session=session, grant=grant, switches=switches, read_approvals=read_approvals)
     return permissions.evaluate(tool_call.name, tool_call.args, context)

@@ -10,6 +10,7 @@ model answer and the recorded tool calls; a tool call whose intent was recorded 
 was not (the worker died while running it) is marked *interrupted* and never run again.
 The lease (renewed by a heartbeat thread) keeps two workers from running one session at once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,18 +80,32 @@ def _facts_query(session_id: int):
     grants = active_grants(OuterRef("pk"))
     approvals = Escalation.objects.filter(standing_approvals_q(), session=OuterRef("pk"))
     last_entry = TranscriptEntry.objects.filter(session=OuterRef("pk")).order_by("-seq")
-    last_step = AgentStep.objects.filter(session=OuterRef("pk"), iteration=OuterRef("iteration"),
-                                         state=AgentStep.State.DONE).order_by("-number")
-    return AgentSession.objects.filter(pk=session_id).annotate(
-        fleet_stopped_now=Exists(FleetControl.objects.filter(pk=1, stopped=True)),
-        active_grant_id_now=Subquery(grants.values("pk")[:1]),
-        delegator_active_now=Subquery(grants.values("delegator__is_active")[:1]),
-        grant_issued_now=Subquery(grants.values("issued_at")[:1]),
-        has_approvals_now=Exists(approvals),
-        last_seq_now=Subquery(last_entry.values("seq")[:1]),
-        last_tokens_now=Subquery(last_step.values("tokens_in")[:1]),
-    ).values_list("status", "pod__paused", "fleet_stopped_now", "active_grant_id_now", "delegator_active_now",
-                  "grant_issued_now", "has_approvals_now", "last_seq_now", "last_tokens_now")
+    last_step = AgentStep.objects.filter(
+        session=OuterRef("pk"), iteration=OuterRef("iteration"), state=AgentStep.State.DONE
+    ).order_by("-number")
+    return (
+        AgentSession.objects.filter(pk=session_id)
+        .annotate(
+            fleet_stopped_now=Exists(FleetControl.objects.filter(pk=1, stopped=True)),
+            active_grant_id_now=Subquery(grants.values("pk")[:1]),
+            delegator_active_now=Subquery(grants.values("delegator__is_active")[:1]),
+            grant_issued_now=Subquery(grants.values("issued_at")[:1]),
+            has_approvals_now=Exists(approvals),
+            last_seq_now=Subquery(last_entry.values("seq")[:1]),
+            last_tokens_now=Subquery(last_step.values("tokens_in")[:1]),
+        )
+        .values_list(
+            "status",
+            "pod__paused",
+            "fleet_stopped_now",
+            "active_grant_id_now",
+            "delegator_active_now",
+            "grant_issued_now",
+            "has_approvals_now",
+            "last_seq_now",
+            "last_tokens_now",
+        )
+    )
 
 
 _FACTS = PreparedValues(_facts_query)
@@ -235,25 +250,56 @@ class _Step:
         row = _FACTS.first(self.session_id)
         if row is None:
             raise AgentSession.DoesNotExist(f"session {self.session_id} is gone")
-        status, pod_paused, fleet_stopped, grant_id, delegator_active, grant_issued, has_approvals, last_seq, last_tokens = row
+        (
+            status,
+            pod_paused,
+            fleet_stopped,
+            grant_id,
+            delegator_active,
+            grant_issued,
+            has_approvals,
+            last_seq,
+            last_tokens,
+        ) = row
         self.session.status = status
         self.session.pod.paused = bool(pod_paused)
         self.next_seq = (last_seq or 0) + 1
-        return _Facts(status=status, pod_paused=bool(pod_paused), fleet_stopped=bool(fleet_stopped),
-                      grant_id=grant_id, grant_issued=grant_issued, delegator_active=bool(delegator_active),
-                      has_approvals=bool(has_approvals),
-                      last_seq=last_seq or 0, last_tokens=last_tokens or 0)
+        return _Facts(
+            status=status,
+            pod_paused=bool(pod_paused),
+            fleet_stopped=bool(fleet_stopped),
+            grant_id=grant_id,
+            grant_issued=grant_issued,
+            delegator_active=bool(delegator_active),
+            has_approvals=bool(has_approvals),
+            last_seq=last_seq or 0,
+            last_tokens=last_tokens or 0,
+        )
 
-    def park(self, status: str, reason: str, *, hold: str = "", event: str | None = None, payload: dict | None = None) -> StepOutcome:
+    def park(
+        self, status: str, reason: str, *, hold: str = "", event: str | None = None, payload: dict | None = None
+    ) -> StepOutcome:
         with transaction.atomic():
             session = AgentSession.objects.select_for_update().select_related("pod").get(pk=self.session_id)
             if session.is_terminal or (session.status == Status.PAUSED and status != Status.PAUSED):
                 return StepOutcome("stale", detail=f"session is {session.status}: left as it is")
-            services.set_status(session, status, reason=reason, agent=True, hold=hold or session.hold,
-                                current_activity=_summarize(reason, 200))
+            services.set_status(
+                session,
+                status,
+                reason=reason,
+                agent=True,
+                hold=hold or session.hold,
+                current_activity=_summarize(reason, 200),
+            )
             if event:
-                record(event, session=session, agent=True, on_behalf_of=self.grant.delegator if self.grant else None,
-                       grant=self.grant, payload=payload or {"reason": reason})
+                record(
+                    event,
+                    session=session,
+                    agent=True,
+                    on_behalf_of=self.grant.delegator if self.grant else None,
+                    grant=self.grant,
+                    payload=payload or {"reason": reason},
+                )
         return StepOutcome("parked", detail=reason)
 
     def stop_switch(self) -> tuple[str, str] | None:
@@ -269,8 +315,11 @@ class _Step:
 
     def switches(self) -> Switches:
         facts = self.facts
-        return Switches(fleet_stopped=facts.fleet_stopped, pod_paused=facts.pod_paused,
-                        session_stopped=facts.status in (Status.PAUSED, Status.CANCELLED))
+        return Switches(
+            fleet_stopped=facts.fleet_stopped,
+            pod_paused=facts.pod_paused,
+            session_stopped=facts.status in (Status.PAUSED, Status.CANCELLED),
+        )
 
     # -- the step ----------------------------------------------------------------------------
     def run(self) -> StepOutcome:
@@ -290,8 +339,10 @@ class _Step:
             if session.status != Status.QUEUED or not session.status_reason.startswith("grant window"):
                 with transaction.atomic():
                     services.set_status(
-                        AgentSession.objects.select_for_update().get(pk=self.session_id), Status.QUEUED,
-                        reason=f"grant window opens at {timezone.localtime(grant.not_before):%Y-%m-%d %H:%M %Z}", agent=True,
+                        AgentSession.objects.select_for_update().get(pk=self.session_id),
+                        Status.QUEUED,
+                        reason=f"grant window opens at {timezone.localtime(grant.not_before):%Y-%m-%d %H:%M %Z}",
+                        agent=True,
                     )
             return StepOutcome("parked", detail="waiting for the grant window")
         if now >= grant.expires_at:
@@ -302,8 +353,12 @@ class _Step:
                 reason = f"review WIP limit: {waiting} sessions of {session.pod.name} await review (limit {session.pod.review_wip_limit})"
                 if session.status_reason != reason:
                     with transaction.atomic():
-                        services.set_status(AgentSession.objects.select_for_update().get(pk=self.session_id),
-                                            Status.QUEUED, reason=reason, agent=True)
+                        services.set_status(
+                            AgentSession.objects.select_for_update().get(pk=self.session_id),
+                            Status.QUEUED,
+                            reason=reason,
+                            agent=True,
+                        )
                 return StepOutcome("parked", detail=reason)
         exhausted = budget_exhausted(session=session, grant=grant, now=now)
         if exhausted:
@@ -315,8 +370,11 @@ class _Step:
             session = self.refresh()
         try:
             base_commit = worktrees.ensure_worktree(
-                repo_path=Path(session.repository.path), base_branch=session.base_branch,
-                branch=session.branch, worktree_path=Path(session.worktree_path), known_base=session.base_commit or None,
+                repo_path=Path(session.repository.path),
+                base_branch=session.base_branch,
+                branch=session.branch,
+                worktree_path=Path(session.worktree_path),
+                known_base=session.base_commit or None,
             )
         except worktrees.WorktreeError as exc:
             return self.park(Status.FAILED, f"worktree: {exc}", event="session.error", payload={"error": str(exc)})
@@ -343,12 +401,18 @@ class _Step:
             return
         if AgentStep.objects.filter(session=session, number=self.number).exclude(response=None).exists():
             return  # a redelivered step keeps the context its model answer was made in
-        reason = f"context of {last_tokens} tokens" if last_tokens >= config["CONTEXT_TOKEN_LIMIT"] else f"{steps_in_iteration} steps"
+        reason = (
+            f"context of {last_tokens} tokens"
+            if last_tokens >= config["CONTEXT_TOKEN_LIMIT"]
+            else f"{steps_in_iteration} steps"
+        )
         start_iteration(session=session, reason=reason)
         self.refresh()
 
     def _messages(self) -> list[dict]:
-        entries = TranscriptEntry.objects.filter(session_id=self.session_id, iteration=self.session.iteration).order_by("seq")
+        entries = TranscriptEntry.objects.filter(session_id=self.session_id, iteration=self.session.iteration).order_by(
+            "seq"
+        )
         return [model_client.to_openai_message(entry.as_message()) for entry in entries]
 
     # -- model --------------------------------------------------------------------------------
@@ -356,8 +420,13 @@ class _Step:
         session = self.session
         try:  # a new step (the common case) first: one INSERT; a redelivered one hits the unique key
             with transaction.atomic():
-                step_row = AgentStep.objects.create(session=session, number=self.number, iteration=session.iteration,
-                                                    worker=self.owner, started_at=timezone.now())
+                step_row = AgentStep.objects.create(
+                    session=session,
+                    number=self.number,
+                    iteration=session.iteration,
+                    worker=self.owner,
+                    started_at=timezone.now(),
+                )
             created = True
         except IntegrityError:
             step_row, created = AgentStep.objects.get(session=session, number=self.number), False
@@ -371,8 +440,13 @@ class _Step:
         t_model = time.monotonic()
         try:
             reply = model_client.complete(
-                model=session.model, messages=messages, tools=tools.TOOL_SCHEMAS, api_base=session.api_base,
-                api_key_env=session.api_key_env, fallbacks=session.fallback_models, seed=session.seed + self.number,
+                model=session.model,
+                messages=messages,
+                tools=tools.TOOL_SCHEMAS,
+                api_base=session.api_base,
+                api_key_env=session.api_key_env,
+                fallbacks=session.fallback_models,
+                seed=session.seed + self.number,
             )
         except model_client.ModelError as exc:
             return None, self._model_failed(step_row, exc)
@@ -380,23 +454,41 @@ class _Step:
         t0 = time.monotonic()
         with transaction.atomic():
             AgentStep.objects.filter(pk=step_row.pk).update(
-                response=reply.message, state=AgentStep.State.MODEL_DONE, model=reply.model,
-                tokens_in=reply.tokens_in, tokens_out=reply.tokens_out, cost_usd=reply.cost_usd, latency_ms=reply.latency_ms,
+                response=reply.message,
+                state=AgentStep.State.MODEL_DONE,
+                model=reply.model,
+                tokens_in=reply.tokens_in,
+                tokens_out=reply.tokens_out,
+                cost_usd=reply.cost_usd,
+                latency_ms=reply.latency_ms,
                 error="",
             )
-            self._append_transcript(role="assistant", content=reply.message["content"], tool_calls=reply.message["tool_calls"] or None)
+            self._append_transcript(
+                role="assistant", content=reply.message["content"], tool_calls=reply.message["tool_calls"] or None
+            )
             AgentSession.objects.filter(pk=self.session_id).update(
-                tokens_in=F("tokens_in") + reply.tokens_in, tokens_out=F("tokens_out") + reply.tokens_out,
+                tokens_in=F("tokens_in") + reply.tokens_in,
+                tokens_out=F("tokens_out") + reply.tokens_out,
                 cost_usd=F("cost_usd") + (reply.cost_usd or Decimal(0)),
                 cost_unknown_calls=F("cost_unknown_calls") + (1 if reply.cost_usd is None else 0),
                 heartbeat_at=timezone.now(),
             )
             record(
-                "model.call", session=session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
+                "model.call",
+                session=session,
+                agent=True,
+                on_behalf_of=self.grant.delegator,
+                grant=self.grant,
                 payload={
-                    "step": self.number, "model": reply.model, "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out,
-                    "cost_usd": reply.cost_usd, "cost_known": reply.cost_usd is not None, "latency_ms": reply.latency_ms,
-                    "prompt_sha256": _sha(repr(messages)), "response_sha256": _sha(repr(reply.message)),
+                    "step": self.number,
+                    "model": reply.model,
+                    "tokens_in": reply.tokens_in,
+                    "tokens_out": reply.tokens_out,
+                    "cost_usd": reply.cost_usd,
+                    "cost_known": reply.cost_usd is not None,
+                    "latency_ms": reply.latency_ms,
+                    "prompt_sha256": _sha(repr(messages)),
+                    "response_sha256": _sha(repr(reply.message)),
                     "response": reply.message,
                 },
             )
@@ -414,24 +506,51 @@ class _Step:
         attempts = step_row.attempts
         final = not exc.transient or attempts >= MAX_MODEL_ATTEMPTS
         with transaction.atomic():
-            AgentStep.objects.filter(pk=step_row.pk).update(error=str(exc), state=AgentStep.State.FAILED if final else AgentStep.State.STARTED)
-            record("model.error", session=self.session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
-                   payload={"step": self.number, "error": str(exc), "attempt": attempts, "transient": exc.transient, "final": final})
+            AgentStep.objects.filter(pk=step_row.pk).update(
+                error=str(exc), state=AgentStep.State.FAILED if final else AgentStep.State.STARTED
+            )
+            record(
+                "model.error",
+                session=self.session,
+                agent=True,
+                on_behalf_of=self.grant.delegator,
+                grant=self.grant,
+                payload={
+                    "step": self.number,
+                    "error": str(exc),
+                    "attempt": attempts,
+                    "transient": exc.transient,
+                    "final": final,
+                },
+            )
         if final:
             # the step record of a failed model call is discarded so a later resume can retry it
             AgentStep.objects.filter(pk=step_row.pk).delete()
             return self.park(Status.FAILED, f"model error after {attempts} attempt(s): {exc}")
         with transaction.atomic():
-            services.session_update(AgentSession.objects.select_for_update().get(pk=self.session_id),
-                           current_activity=_summarize(f"model error, retrying: {exc}", 200))
-        return StepOutcome("retry", retry_in=min(60.0, 2.0 ** attempts), detail=str(exc))
+            services.session_update(
+                AgentSession.objects.select_for_update().get(pk=self.session_id),
+                current_activity=_summarize(f"model error, retrying: {exc}", 200),
+            )
+        return StepOutcome("retry", retry_in=min(60.0, 2.0**attempts), detail=str(exc))
 
-    def _append_transcript(self, *, role: str, content: str, tool_calls=None, tool_call_id: str = "", name: str = "") -> None:
+    def _append_transcript(
+        self, *, role: str, content: str, tool_calls=None, tool_call_id: str = "", name: str = ""
+    ) -> None:
         """Append with the next sequence number this runner keeps: it alone writes the transcript while
         it holds the lease, and the (session, seq) unique key refuses a clash. A failed transaction
         ends the runner (the exception propagates), so a number is never reused by it."""
-        append_transcript(session_id=self.session_id, iteration=self.session.iteration, step=self.number, role=role,
-                          content=content, tool_calls=tool_calls, tool_call_id=tool_call_id, name=name, seq=self.next_seq)
+        append_transcript(
+            session_id=self.session_id,
+            iteration=self.session.iteration,
+            step=self.number,
+            role=role,
+            content=content,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            name=name,
+            seq=self.next_seq,
+        )
         self.next_seq += 1
 
     # -- tools --------------------------------------------------------------------------------
@@ -454,20 +573,36 @@ class _Step:
     def _one_tool_call(self, step_row: AgentStep, index: int, call: dict):
         # a step row made by this run has no tool calls yet; a redelivered one may
         existing = None if self.fresh_step else ToolCall.objects.filter(step=step_row, index=index).first()
-        if existing and existing.state in (ToolCall.State.DONE, ToolCall.State.ERROR, ToolCall.State.DENIED, ToolCall.State.INTERRUPTED):
+        if existing and existing.state in (
+            ToolCall.State.DONE,
+            ToolCall.State.ERROR,
+            ToolCall.State.DENIED,
+            ToolCall.State.INTERRUPTED,
+        ):
             if existing.name == "finish" and existing.state == ToolCall.State.DONE:
                 return ("finish", existing.result)
             return ("ok", None)
         if existing and existing.state == ToolCall.State.INTENDED:
             with transaction.atomic():
                 ToolCall.objects.filter(pk=existing.pk).update(
-                    state=ToolCall.State.INTERRUPTED, finished_at=timezone.now(),
+                    state=ToolCall.State.INTERRUPTED,
+                    finished_at=timezone.now(),
                     result="interrupted: the worker stopped while this ran; it was not run again",
                 )
-                self._append_transcript(role="tool", tool_call_id=existing.call_id, name=existing.name,
-                                        content="error: interrupted (the worker stopped while this ran); it was not run again. Check the state before retrying.")
-                record("tool.interrupted", session=self.session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
-                       payload={"step": self.number, "index": index, "tool": existing.name, "action": existing.action})
+                self._append_transcript(
+                    role="tool",
+                    tool_call_id=existing.call_id,
+                    name=existing.name,
+                    content="error: interrupted (the worker stopped while this ran); it was not run again. Check the state before retrying.",
+                )
+                record(
+                    "tool.interrupted",
+                    session=self.session,
+                    agent=True,
+                    on_behalf_of=self.grant.delegator,
+                    grant=self.grant,
+                    payload={"step": self.number, "index": index, "tool": existing.name, "action": existing.action},
+                )
             return ("ok", None)
         self.facts = self.read_facts()
         switch = self.stop_switch()
@@ -488,46 +623,86 @@ class _Step:
         if self.grant is None:
             decision = None
         else:
-            decision = authorize(self.session, ToolCallRequest(name=name, args=args), grant=self.grant,
-                                 switches=self.switches(), read_approvals=self.facts.has_approvals)
+            decision = authorize(
+                self.session,
+                ToolCallRequest(name=name, args=args),
+                grant=self.grant,
+                switches=self.switches(),
+                read_approvals=self.facts.has_approvals,
+            )
         self.timings["authorize"] += time.monotonic() - t0
         if decision is None:
             return self._deny(step_row, index, call, args, raw_hash, None, "no active grant", block=True)
         action = decision.action
         if decision.decision == "ask":
             escalation = (
-                Escalation.objects.filter(session=self.session, action_hash=action.hash, tool_call__step=step_row, tool_call__index=index)
-                .order_by("-pk").first() if action else None
+                Escalation.objects.filter(
+                    session=self.session, action_hash=action.hash, tool_call__step=step_row, tool_call__index=index
+                )
+                .order_by("-pk")
+                .first()
+                if action
+                else None
             )
             if escalation and escalation.state == Escalation.State.DENIED:
-                return self._deny(step_row, index, call, args, raw_hash, decision,
-                                  f"denied by {escalation.decided_by.username if escalation.decided_by else 'a human'}: {escalation.decision_reason or 'no reason given'}",
-                                  provenance="human", existing=existing)
+                return self._deny(
+                    step_row,
+                    index,
+                    call,
+                    args,
+                    raw_hash,
+                    decision,
+                    f"denied by {escalation.decided_by.username if escalation.decided_by else 'a human'}: {escalation.decision_reason or 'no reason given'}",
+                    provenance="human",
+                    existing=existing,
+                )
             if escalation and escalation.state == Escalation.State.OPEN:
                 with transaction.atomic():
                     session = AgentSession.objects.select_for_update().get(pk=self.session_id)
                     if session.status != Status.NEEDS_APPROVAL:
-                        services.set_status(session, Status.NEEDS_APPROVAL, reason=f"asks: {escalation.action}"[:480], agent=True)
+                        services.set_status(
+                            session, Status.NEEDS_APPROVAL, reason=f"asks: {escalation.action}"[:480], agent=True
+                        )
                 return StepOutcome("parked", detail="still waiting for a human")
             if escalation and escalation.state == Escalation.State.EXPIRED:
-                return self._deny(step_row, index, call, args, raw_hash, decision, "nobody answered before the grant expired",
-                                  provenance="expired", existing=existing)
+                return self._deny(
+                    step_row,
+                    index,
+                    call,
+                    args,
+                    raw_hash,
+                    decision,
+                    "nobody answered before the grant expired",
+                    provenance="expired",
+                    existing=existing,
+                )
             if self.grant.on_unanswered == Grant.OnUnanswered.DENY:
                 return self._escalate(step_row, index, call, args, raw_hash, decision, existing, deny_now=True)
             return self._escalate(step_row, index, call, args, raw_hash, decision, existing)
         if decision.decision == "deny":
             block = decision.reason_type in ("expired", "revoked")
-            return self._deny(step_row, index, call, args, raw_hash, decision, decision.reason, block=block, existing=existing)
+            return self._deny(
+                step_row, index, call, args, raw_hash, decision, decision.reason, block=block, existing=existing
+            )
         return self._execute(step_row, index, call, args, raw_hash, decision, existing)
 
     def _tool_row(self, step_row, index, call, args, raw_hash, decision, state, existing=None, **extra) -> ToolCall:
         action = decision.action if decision else None
         values = dict(
-            session=self.session, call_id=str(call.get("id", ""))[:120], name=str(call.get("name", ""))[:80],
-            arguments=args, raw_arguments_hash=raw_hash, action=action.text if action else "",
-            action_hash=action.hash if action else "", decision=decision.decision if decision else "deny",
-            reason_type=decision.reason_type if decision else "revoked", reason=decision.reason if decision else "no active grant",
-            rule=decision.rule if decision else "", grant=self.grant, state=state, **extra,
+            session=self.session,
+            call_id=str(call.get("id", ""))[:120],
+            name=str(call.get("name", ""))[:80],
+            arguments=args,
+            raw_arguments_hash=raw_hash,
+            action=action.text if action else "",
+            action_hash=action.hash if action else "",
+            decision=decision.decision if decision else "deny",
+            reason_type=decision.reason_type if decision else "revoked",
+            reason=decision.reason if decision else "no active grant",
+            rule=decision.rule if decision else "",
+            grant=self.grant,
+            state=state,
+            **extra,
         )
         if existing:
             ToolCall.objects.filter(pk=existing.pk).update(**values)
@@ -537,32 +712,68 @@ class _Step:
 
     def _audit_tool(self, row: ToolCall, *, provenance: str, result: str = "") -> None:
         record(
-            "tool.call", session=self.session, agent=True, on_behalf_of=self.grant.delegator if self.grant else None,
-            grant=self.grant, provenance=provenance,
+            "tool.call",
+            session=self.session,
+            agent=True,
+            on_behalf_of=self.grant.delegator if self.grant else None,
+            grant=self.grant,
+            provenance=provenance,
             payload={
-                "step": self.number, "index": row.index, "tool": row.name, "action": row.action, "action_hash": row.action_hash,
-                "decision": row.decision, "reason_type": row.reason_type, "reason": row.reason, "rule": row.rule,
-                "state": row.state, "result": _summarize(result or row.result, 400), "exit_code": row.exit_code,
-                "duration_ms": row.duration_ms, "arguments_sha256": row.raw_arguments_hash,
+                "step": self.number,
+                "index": row.index,
+                "tool": row.name,
+                "action": row.action,
+                "action_hash": row.action_hash,
+                "decision": row.decision,
+                "reason_type": row.reason_type,
+                "reason": row.reason,
+                "rule": row.rule,
+                "state": row.state,
+                "result": _summarize(result or row.result, 400),
+                "exit_code": row.exit_code,
+                "duration_ms": row.duration_ms,
+                "arguments_sha256": row.raw_arguments_hash,
             },
         )
 
     def _tool_error(self, step_row, index, call, raw_hash, message) -> tuple[str, None]:
         with transaction.atomic():
             row = ToolCall.objects.create(
-                step=step_row, index=index, session=self.session, call_id=str(call.get("id", ""))[:120],
-                name=str(call.get("name", ""))[:80], arguments=None, raw_arguments_hash=raw_hash, decision="deny",
-                reason_type="error", reason=message, grant=self.grant, state=ToolCall.State.ERROR, result=message,
+                step=step_row,
+                index=index,
+                session=self.session,
+                call_id=str(call.get("id", ""))[:120],
+                name=str(call.get("name", ""))[:80],
+                arguments=None,
+                raw_arguments_hash=raw_hash,
+                decision="deny",
+                reason_type="error",
+                reason=message,
+                grant=self.grant,
+                state=ToolCall.State.ERROR,
+                result=message,
                 finished_at=timezone.now(),
             )
             self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name, content=f"error: {message}")
             self._audit_tool(row, provenance="error")
         return ("ok", None)
 
-    def _deny(self, step_row, index, call, args, raw_hash, decision, reason, *, block=False, provenance=None, existing=None):
+    def _deny(
+        self, step_row, index, call, args, raw_hash, decision, reason, *, block=False, provenance=None, existing=None
+    ):
         with transaction.atomic():
-            row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.DENIED, existing,
-                                 result=f"denied: {reason}", finished_at=timezone.now())
+            row = self._tool_row(
+                step_row,
+                index,
+                call,
+                args,
+                raw_hash,
+                decision,
+                ToolCall.State.DENIED,
+                existing,
+                result=f"denied: {reason}",
+                finished_at=timezone.now(),
+            )
             if provenance == "human" or provenance == "expired":
                 ToolCall.objects.filter(pk=row.pk).update(reason_type=provenance, reason=reason, decision="deny")
                 row.refresh_from_db()
@@ -576,23 +787,58 @@ class _Step:
         action = decision.action
         suggestions = [] if decision.reason_type == "guard" else suggested_rules(action)
         with transaction.atomic():
-            row = self._tool_row(step_row, index, call, args, raw_hash, decision,
-                                 ToolCall.State.DENIED if deny_now else ToolCall.State.ESCALATED, existing)
+            row = self._tool_row(
+                step_row,
+                index,
+                call,
+                args,
+                raw_hash,
+                decision,
+                ToolCall.State.DENIED if deny_now else ToolCall.State.ESCALATED,
+                existing,
+            )
             escalation = Escalation.objects.create(
-                session=self.session, grant=self.grant, tool_call=row, tool=row.name, action=action.text,
-                action_hash=action.hash, reason=decision.reason, rule="\n".join(suggestions),
+                session=self.session,
+                grant=self.grant,
+                tool_call=row,
+                tool=row.name,
+                action=action.text,
+                action_hash=action.hash,
+                reason=decision.reason,
+                rule="\n".join(suggestions),
                 state=Escalation.State.DENIED if deny_now else Escalation.State.OPEN,
-                decision_reason="nobody may be awake: the grant denies unanswered questions at once" if deny_now else "",
+                decision_reason="nobody may be awake: the grant denies unanswered questions at once"
+                if deny_now
+                else "",
                 decided_at=timezone.now() if deny_now else None,
             )
-            record("escalation.opened", session=self.session, agent=True, on_behalf_of=self.grant.delegator, grant=self.grant,
-                   provenance=decision.reason_type,
-                   payload={"escalation": escalation.pk, "tool": row.name, "action": action.text, "action_hash": action.hash,
-                            "reason": decision.reason, "rule": decision.rule, "on_unanswered": self.grant.on_unanswered})
+            record(
+                "escalation.opened",
+                session=self.session,
+                agent=True,
+                on_behalf_of=self.grant.delegator,
+                grant=self.grant,
+                provenance=decision.reason_type,
+                payload={
+                    "escalation": escalation.pk,
+                    "tool": row.name,
+                    "action": action.text,
+                    "action_hash": action.hash,
+                    "reason": decision.reason,
+                    "rule": decision.rule,
+                    "on_unanswered": self.grant.on_unanswered,
+                },
+            )
             if deny_now:
-                ToolCall.objects.filter(pk=row.pk).update(result="denied: needs approval and the grant denies unanswered questions")
-                self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name,
-                                        content=f"denied: this needs a human's approval ({decision.reason}) and nobody is available; carry on without it")
+                ToolCall.objects.filter(pk=row.pk).update(
+                    result="denied: needs approval and the grant denies unanswered questions"
+                )
+                self._append_transcript(
+                    role="tool",
+                    tool_call_id=row.call_id,
+                    name=row.name,
+                    content=f"denied: this needs a human's approval ({decision.reason}) and nobody is available; carry on without it",
+                )
                 self._audit_tool(row, provenance="guard")
         if deny_now:
             return ("ok", None)
@@ -600,8 +846,13 @@ class _Step:
 
         with transaction.atomic():
             session = AgentSession.objects.select_for_update().get(pk=self.session_id)
-            services.set_status(session, Status.NEEDS_APPROVAL, reason=f"asks: {action.text}"[:480], agent=True,
-                                current_activity=_summarize(f"waiting for approval: {action.text}", 200))
+            services.set_status(
+                session,
+                Status.NEEDS_APPROVAL,
+                reason=f"asks: {action.text}"[:480],
+                agent=True,
+                current_activity=_summarize(f"waiting for approval: {action.text}", 200),
+            )
             notify_needs_human_on_commit(session_id=self.session_id, escalation_id=escalation.pk)
         return StepOutcome("parked", detail="needs approval")
 
@@ -613,13 +864,27 @@ class _Step:
             # the tile's activity line changes with the reservation; it is broadcast only if the tool
             # is still running after a moment (below): the step's end is broadcast anyway
             activity = _summarize(f"{name}: {decision.action.text if decision.action else name}", 200)
-            if not services.tool_call_reserve(session_id=self.session_id, limit=grant.max_tool_calls, activity=activity):
+            if not services.tool_call_reserve(
+                session_id=self.session_id, limit=grant.max_tool_calls, activity=activity
+            ):
                 reason = f"budget: max tool calls ({grant.max_tool_calls}) reached"
-                row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.DENIED, existing,
-                                     result=f"denied: {reason}", finished_at=timezone.now())
+                row = self._tool_row(
+                    step_row,
+                    index,
+                    call,
+                    args,
+                    raw_hash,
+                    decision,
+                    ToolCall.State.DENIED,
+                    existing,
+                    result=f"denied: {reason}",
+                    finished_at=timezone.now(),
+                )
                 ToolCall.objects.filter(pk=row.pk).update(decision="deny", reason_type="budget", reason=reason)
                 row.refresh_from_db()
-                self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}")
+                self._append_transcript(
+                    role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}"
+                )
                 self._audit_tool(row, provenance="budget")
                 return ("block", reason)
             self.session.tool_calls += 1
@@ -628,10 +893,22 @@ class _Step:
                 always = Escalation.objects.filter(
                     session=self.session, action_hash=decision.action.hash, state=Escalation.State.ALLOWED_ALWAYS
                 ).exists()
-                once = Escalation.objects.filter(
-                    session=self.session, action_hash=decision.action.hash, state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True
-                ).order_by("pk").first()
-                if not always and (once is None or not Escalation.objects.filter(pk=once.pk, consumed_at__isnull=True).update(consumed_at=timezone.now())):
+                once = (
+                    Escalation.objects.filter(
+                        session=self.session,
+                        action_hash=decision.action.hash,
+                        state=Escalation.State.ALLOWED_ONCE,
+                        consumed_at__isnull=True,
+                    )
+                    .order_by("pk")
+                    .first()
+                )
+                if not always and (
+                    once is None
+                    or not Escalation.objects.filter(pk=once.pk, consumed_at__isnull=True).update(
+                        consumed_at=timezone.now()
+                    )
+                ):
                     raise RuntimeError("approval vanished")  # cannot happen under the lease; fail closed
             row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.INTENDED, existing)
         self.timings["record"] += time.monotonic() - t0
@@ -643,13 +920,25 @@ class _Step:
 
     def _run_tool(self, row: ToolCall, args: dict, grant: Grant):
         return tools.execute(
-            row.name, args, worktree=Path(self.session.worktree_path),
-            trailers={"Agent-Session": str(self.session_id), "Delegated-By": grant.delegator.username, "Grant": str(grant.pk)},
+            row.name,
+            args,
+            worktree=Path(self.session.worktree_path),
+            trailers={
+                "Agent-Session": str(self.session_id),
+                "Delegated-By": grant.delegator.username,
+                "Grant": str(grant.pk),
+            },
             allow_network=any(rule.startswith("Net(") for rule in grant.allow),
-            timeout_s=min(int(args.get("timeout_s") or settings.CONTROLROOM["COMMAND_TIMEOUT_S"]), settings.CONTROLROOM["COMMAND_TIMEOUT_S"]),
-            output_cap=settings.CONTROLROOM["OUTPUT_CAP_BYTES"], sandbox=settings.CONTROLROOM["SANDBOX"],
+            timeout_s=min(
+                int(args.get("timeout_s") or settings.CONTROLROOM["COMMAND_TIMEOUT_S"]),
+                settings.CONTROLROOM["COMMAND_TIMEOUT_S"],
+            ),
+            output_cap=settings.CONTROLROOM["OUTPUT_CAP_BYTES"],
+            sandbox=settings.CONTROLROOM["SANDBOX"],
             author=(f"Agent #{self.session_id}", f"agent-{self.session_id}@controlroom.invalid"),
-            hide_paths=[settings.DATA_DIR], branch=self.session.branch, deny_read=tuple(grant.deny),
+            hide_paths=[settings.DATA_DIR],
+            branch=self.session.branch,
+            deny_read=tuple(grant.deny),
         )
 
     def _record_result(self, row: ToolCall, args: dict, grant: Grant, result, provenance: str):
@@ -657,7 +946,9 @@ class _Step:
         with transaction.atomic():
             outcome = dict(
                 state=ToolCall.State.DONE if result.ok else ToolCall.State.ERROR,
-                result=Truncator(result.output).chars(20000), exit_code=result.exit_code, duration_ms=result.duration_ms,
+                result=Truncator(result.output).chars(20000),
+                exit_code=result.exit_code,
+                duration_ms=result.duration_ms,
                 finished_at=timezone.now(),
             )
             if ToolCall.objects.filter(pk=row.pk, state=ToolCall.State.INTENDED).update(**outcome):
@@ -665,19 +956,47 @@ class _Step:
                     setattr(row, key, value)
             else:
                 row.refresh_from_db()
-            self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name,
-                                    content=result.output if result.ok else f"error: {result.output}")
+            self._append_transcript(
+                role="tool",
+                tool_call_id=row.call_id,
+                name=row.name,
+                content=result.output if result.ok else f"error: {result.output}",
+            )
             self._audit_tool(row, provenance=provenance, result=result.summary or result.output)
             session_changes = {}
             if "handoff" in result.data:
                 session_changes["handoff"] = result.data["handoff"]
             if "sha" in result.data:
-                record("git.commit", session=self.session, agent=True, on_behalf_of=grant.delegator, grant=grant,
-                       payload={"sha": result.data["sha"], "message": args.get("message", ""), "branch": self.session.branch})
-            if row.name == "run_command" and result.exit_code is not None and _looks_like_tests(args.get("command", "")):
-                record("tests.run", session=self.session, agent=True, on_behalf_of=grant.delegator, grant=grant,
-                       payload={"command": args.get("command", ""), "exit_code": result.exit_code,
-                                "passed": result.exit_code == 0, "summary": result.summary})
+                record(
+                    "git.commit",
+                    session=self.session,
+                    agent=True,
+                    on_behalf_of=grant.delegator,
+                    grant=grant,
+                    payload={
+                        "sha": result.data["sha"],
+                        "message": args.get("message", ""),
+                        "branch": self.session.branch,
+                    },
+                )
+            if (
+                row.name == "run_command"
+                and result.exit_code is not None
+                and _looks_like_tests(args.get("command", ""))
+            ):
+                record(
+                    "tests.run",
+                    session=self.session,
+                    agent=True,
+                    on_behalf_of=grant.delegator,
+                    grant=grant,
+                    payload={
+                        "command": args.get("command", ""),
+                        "exit_code": result.exit_code,
+                        "passed": result.exit_code == 0,
+                        "summary": result.summary,
+                    },
+                )
             if session_changes:
                 AgentSession.objects.filter(pk=self.session_id).update(**session_changes)
         self.timings["record"] += time.monotonic() - t2
@@ -686,7 +1005,9 @@ class _Step:
         return ("ok", None)
 
     # -- end of step -----------------------------------------------------------------------------
-    def _complete_step(self, step_row: AgentStep, calls: list, finished_summary: str | None, block_reason: str | None) -> StepOutcome:
+    def _complete_step(
+        self, step_row: AgentStep, calls: list, finished_summary: str | None, block_reason: str | None
+    ) -> StepOutcome:
         t0 = time.monotonic()
         with transaction.atomic():
             session = AgentSession.objects.select_for_update().get(pk=self.session_id)
@@ -695,12 +1016,19 @@ class _Step:
             human_stop = session.status in (Status.CANCELLED, Status.PAUSED)
             idle = 0 if calls else session.idle_steps + 1
             if not calls:
-                self._append_transcript(role="user", content="Use the tools to make progress; call finish with a summary when the goal is met.")
+                self._append_transcript(
+                    role="user",
+                    content="Use the tools to make progress; call finish with a summary when the goal is met.",
+                )
             self.timings["total"] = time.monotonic() - self.t_start + self.timings["lock"]
-            AgentStep.objects.filter(pk=step_row.pk).update(state=AgentStep.State.DONE, finished_at=timezone.now(), timings=self.timings)
+            AgentStep.objects.filter(pk=step_row.pk).update(
+                state=AgentStep.State.DONE, finished_at=timezone.now(), timings=self.timings
+            )
             # the lease is released in the same transaction, so the next step (enqueued after commit)
             # finds the session free, whichever worker takes it
-            changes = dict(steps=self.number, idle_steps=idle, heartbeat_at=timezone.now(), lease_owner="", lease_until=None)
+            changes = dict(
+                steps=self.number, idle_steps=idle, heartbeat_at=timezone.now(), lease_owner="", lease_until=None
+            )
             next_status, reason = Status.RUNNING, ""
             if finished_summary is not None:
                 next_status, reason = Status.SUCCEEDED, "finished"
@@ -716,7 +1044,9 @@ class _Step:
             if next_status != session.status or reason:
                 services.set_status(session, next_status, reason=reason, agent=True, locked=True, **changes)
             else:
-                services.session_update(session, locked=True, **changes)  # version + 1: the canvas shows the new counters
+                services.session_update(
+                    session, locked=True, **changes
+                )  # version + 1: the canvas shows the new counters
             if next_status == Status.RUNNING:
                 enqueue_step_on_commit(session_id=session.pk, step=self.number + 1, priority=session.priority)
             if next_status in (Status.SUCCEEDED, Status.FAILED):
@@ -736,7 +1066,9 @@ def _checkpoint_quietly(session_id: int) -> None:
 
 
 def _looks_like_tests(command: str) -> bool:
-    return any(word in command for word in ("pytest", "unittest", "npm test", "make test", "tox", "go test", "cargo test"))
+    return any(
+        word in command for word in ("pytest", "unittest", "npm test", "make test", "tox", "go test", "cargo test")
+    )
 
 
 def suggested_rules(action) -> list[str]:
@@ -755,13 +1087,30 @@ def suggested_rules(action) -> list[str]:
     return list(dict.fromkeys(rules))
 
 
-def append_transcript(*, session_id: int, iteration: int, step: int, role: str, content: str,
-                      tool_calls=None, tool_call_id: str = "", name: str = "", seq: int | None = None) -> TranscriptEntry:
+def append_transcript(
+    *,
+    session_id: int,
+    iteration: int,
+    step: int,
+    role: str,
+    content: str,
+    tool_calls=None,
+    tool_call_id: str = "",
+    name: str = "",
+    seq: int | None = None,
+) -> TranscriptEntry:
     if seq is None:
         seq = (TranscriptEntry.objects.filter(session_id=session_id).aggregate(m=Max("seq"))["m"] or 0) + 1
     return TranscriptEntry.objects.create(
-        session_id=session_id, seq=seq, iteration=iteration, step=step, role=role, content=content or "",
-        tool_calls=tool_calls, tool_call_id=tool_call_id, name=name,
+        session_id=session_id,
+        seq=seq,
+        iteration=iteration,
+        step=step,
+        role=role,
+        content=content or "",
+        tool_calls=tool_calls,
+        tool_call_id=tool_call_id,
+        name=name,
     )
 
 
@@ -786,19 +1135,36 @@ def start_iteration(*, session: AgentSession, reason: str, extra: str = "", by=N
         handoff_text = (
             f"Latest handoff note: status {handoff.get('status', '?')}; next action: {handoff.get('next_action', '?')}; "
             f"do not: {'; '.join(handoff.get('do_not') or []) or 'nothing listed'}."
-            if handoff else "No handoff note yet."
+            if handoff
+            else "No handoff note yet."
         )
         brief = services.initial_brief(
             session,
-            extra="\n\n".join(filter(None, [
-                f"This is iteration {iteration}: a fresh context. {handoff_text}",
-                "Commits on your branch so far (git log --oneline):\n" + git_log_summary(session),
-                extra,
-            ])),
+            extra="\n\n".join(
+                filter(
+                    None,
+                    [
+                        f"This is iteration {iteration}: a fresh context. {handoff_text}",
+                        "Commits on your branch so far (git log --oneline):\n" + git_log_summary(session),
+                        extra,
+                    ],
+                )
+            ),
         )
         AgentSession.objects.filter(pk=session.pk).update(iteration=iteration, iteration_started_step=session.steps)
-        append_transcript(session_id=session.pk, iteration=iteration, step=session.steps, role="system", content=services.SYSTEM_PROMPT)
+        append_transcript(
+            session_id=session.pk,
+            iteration=iteration,
+            step=session.steps,
+            role="system",
+            content=services.SYSTEM_PROMPT,
+        )
         append_transcript(session_id=session.pk, iteration=iteration, step=session.steps, role="user", content=brief)
-        record("session.iteration", session=session, user=by, agent=by is None,
-               payload={"iteration": iteration, "reason": reason, "extra": extra})
+        record(
+            "session.iteration",
+            session=session,
+            user=by,
+            agent=by is None,
+            payload={"iteration": iteration, "reason": reason, "extra": extra},
+        )
         send_on_commit(session.pk)

@@ -6,6 +6,7 @@ names (never stored). The offline ``sim/…`` provider is registered on import. 
 recorded per call; cost comes from LiteLLM's local cost map and is *unknown* (None) for models it
 has no price for.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,17 @@ def _tool_calls(message) -> list[dict]:
     return calls
 
 
-def complete(*, model: str, messages: list[dict], tools: list[dict], api_base: str = "", api_key_env: str = "",
-             fallbacks: list[str] | None = None, seed: int = 0, timeout_s: float | None = None) -> ModelReply:
+def complete(
+    *,
+    model: str,
+    messages: list[dict],
+    tools: list[dict],
+    api_base: str = "",
+    api_key_env: str = "",
+    fallbacks: list[str] | None = None,
+    seed: int = 0,
+    timeout_s: float | None = None,
+) -> ModelReply:
     litellm = _client()
     config = settings.CONTROLROOM
     kwargs: dict = {
@@ -115,8 +125,12 @@ def complete(*, model: str, messages: list[dict], tools: list[dict], api_base: s
     except litellm.exceptions.APIError as exc:
         status = getattr(exc, "status_code", None) or 0
         raise ModelError(f"{type(exc).__name__}: {str(exc)[:500]}", transient=status >= 500) from None
-    except (litellm.exceptions.BadRequestError, litellm.exceptions.AuthenticationError,
-            litellm.exceptions.NotFoundError, litellm.exceptions.PermissionDeniedError) as exc:
+    except (
+        litellm.exceptions.BadRequestError,
+        litellm.exceptions.AuthenticationError,
+        litellm.exceptions.NotFoundError,
+        litellm.exceptions.PermissionDeniedError,
+    ) as exc:
         raise ModelError(f"{type(exc).__name__}: {str(exc)[:500]}", transient=False) from None
     except Exception as exc:  # malformed responses surface as assorted exceptions inside LiteLLM
         raise ModelError(f"unreadable model response: {type(exc).__name__}: {str(exc)[:500]}", transient=True) from None

@@ -6,6 +6,7 @@ Django compiles a queryset to SQL on every evaluation; for the step's small per-
 primary key, keeps the SQL, and afterwards only swaps the key in. Only for querysets whose other
 parameters are constants (no times, no user input).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -20,6 +20,7 @@ with ``subprocess``; deciding whether that is acceptable is the caller's policy 
 ``sandbox_available``). Either way the command runs in its own process group, which is killed on
 timeout and after the command ends, and output is capped (head and tail kept, the cut marked).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,12 +78,39 @@ def bwrap_path() -> str | None:
 
 
 def _probe(bwrap: str) -> bool:
-    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--", "/bin/sh", "-c", "exit 0"]
+    argv = [
+        bwrap,
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exit 0",
+    ]
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=PROBE_TIMEOUT_S, env={"PATH": "/usr/bin:/bin"}, check=False)
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=PROBE_TIMEOUT_S,
+            env={"PATH": "/usr/bin:/bin"},
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
@@ -128,7 +156,7 @@ def _git_dirs(cwd: Path) -> tuple[Path | None, Path | None, Path | None]:
         return None, None, None
     if not first.startswith("gitdir:"):
         return None, None, None
-    admin = Path(first[len("gitdir:"):].strip())
+    admin = Path(first[len("gitdir:") :].strip())
     admin = Path(os.path.realpath(admin if admin.is_absolute() else cwd / admin))
     if admin.parent.name != "worktrees" or not admin.is_dir():
         return None, None, None
@@ -142,8 +170,9 @@ def _git_dirs(cwd: Path) -> tuple[Path | None, Path | None, Path | None]:
     return (common if common.is_dir() else None), admin, None
 
 
-def bwrap_argv(*, bwrap: str, command: str, cwd: Path, allow_network: bool, env: dict[str, str],
-               hide_paths: Sequence[Path] = ()) -> list[str]:
+def bwrap_argv(
+    *, bwrap: str, command: str, cwd: Path, allow_network: bool, env: dict[str, str], hide_paths: Sequence[Path] = ()
+) -> list[str]:
     """The bwrap command line (exposed for tests and for the audit trail)."""
     cwd = Path(cwd).resolve()
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
@@ -230,7 +259,7 @@ class _CappedBuffer:
         return self.total > len(self.head) + min(len(self.tail), self.tail_cap)
 
     def text(self) -> str:
-        tail = bytes(self.tail[-self.tail_cap:]) if self.tail_cap else b""
+        tail = bytes(self.tail[-self.tail_cap :]) if self.tail_cap else b""
         if not self.truncated:
             return (bytes(self.head) + tail).decode("utf-8", errors="replace")
         omitted = self.total - len(self.head) - len(tail)
@@ -238,7 +267,9 @@ class _CappedBuffer:
         return bytes(self.head).decode("utf-8", errors="replace") + marker + tail.decode("utf-8", errors="replace")
 
 
-def run_argv(argv: list[str], *, cwd: Path, timeout_s: float, output_cap: int, env: dict[str, str]) -> tuple[int | None, _CappedBuffer, bool, int]:
+def run_argv(
+    argv: list[str], *, cwd: Path, timeout_s: float, output_cap: int, env: dict[str, str]
+) -> tuple[int | None, _CappedBuffer, bool, int]:
     """Run argv in its own process group: (exit code or None, output, timed out, duration ms).
 
     The whole group is killed on timeout and once the command has ended (no leftover background
@@ -247,8 +278,16 @@ def run_argv(argv: list[str], *, cwd: Path, timeout_s: float, output_cap: int, e
     started = time.monotonic()
     deadline = started + timeout_s
     buffer = _CappedBuffer(max(output_cap, MIN_OUTPUT_CAP))
-    proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=str(cwd),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        close_fds=True,
+    )
     pgid = proc.pid  # start_new_session: the child leads its own group
     fd = proc.stdout.fileno()
     timed_out = False
@@ -299,8 +338,17 @@ def run_argv(argv: list[str], *, cwd: Path, timeout_s: float, output_cap: int, e
     return (None if timed_out else code), buffer, timed_out, duration_ms
 
 
-def run_command(command: str, *, cwd: Path, timeout_s: int, output_cap: int, allow_network: bool,
-                env: dict[str, str], mode: str = "auto", hide_paths: Sequence[Path] = ()) -> CommandOutcome:
+def run_command(
+    command: str,
+    *,
+    cwd: Path,
+    timeout_s: int,
+    output_cap: int,
+    allow_network: bool,
+    env: dict[str, str],
+    mode: str = "auto",
+    hide_paths: Sequence[Path] = (),
+) -> CommandOutcome:
     """Run ``bash -c command`` with cwd as the working directory.
 
     mode "auto": sandboxed when bwrap works here, else plain subprocess; "bwrap": sandboxed or
@@ -321,13 +369,30 @@ def run_command(command: str, *, cwd: Path, timeout_s: int, output_cap: int, all
         raise SandboxError(f"working directory {cwd} does not exist")
     sandboxed = mode != "none" and sandbox_available(mode)
     if mode == "bwrap" and not sandboxed:
-        raise SandboxError("sandbox mode is 'bwrap' but bubblewrap is missing or does not work on this machine "
-                           "(is /usr/bin/bwrap installed, and are user namespaces allowed?)")
+        raise SandboxError(
+            "sandbox mode is 'bwrap' but bubblewrap is missing or does not work on this machine "
+            "(is /usr/bin/bwrap installed, and are user namespaces allowed?)"
+        )
     if sandboxed:
-        argv = bwrap_argv(bwrap=bwrap_path() or "bwrap", command=command, cwd=cwd, allow_network=allow_network,
-                          env=env, hide_paths=hide_paths)
+        argv = bwrap_argv(
+            bwrap=bwrap_path() or "bwrap",
+            command=command,
+            cwd=cwd,
+            allow_network=allow_network,
+            env=env,
+            hide_paths=hide_paths,
+        )
     else:
         argv = ["/bin/bash", "-c", command]
-    code, buffer, timed_out, duration_ms = run_argv(argv, cwd=cwd, timeout_s=timeout_s, output_cap=output_cap, env=dict(env))
-    return CommandOutcome(exit_code=code, output=buffer.text(), timed_out=timed_out, duration_ms=duration_ms,
-                          sandboxed=sandboxed, truncated=buffer.truncated, total_bytes=buffer.total)
+    code, buffer, timed_out, duration_ms = run_argv(
+        argv, cwd=cwd, timeout_s=timeout_s, output_cap=output_cap, env=dict(env)
+    )
+    return CommandOutcome(
+        exit_code=code,
+        output=buffer.text(),
+        timed_out=timed_out,
+        duration_ms=duration_ms,
+        sandboxed=sandboxed,
+        truncated=buffer.truncated,
+        total_bytes=buffer.total,
+    )

@@ -21,6 +21,7 @@ picks a task, the recipe gives exact replacements. When the file does not hold t
 (already fixed, or not the demo repository) the policy writes a short entry in ``NOTES.md``
 instead, so the branch still carries an honest, non-empty change.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,6 +64,7 @@ CI_NEW = "      - run: .ci/run\n      - run: pip install ruff && ruff check .\n"
 
 
 # --- reading the conversation -------------------------------------------------------------------
+
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
     if isinstance(obj, dict):
@@ -127,8 +129,14 @@ def _normalize(messages: Any) -> list[_Message]:
             name = _get(function, "name", None) if function is not None else _get(call, "name", None)
             raw = _get(function, "arguments", None) if function is not None else _get(call, "arguments", None)
             calls.append((str(_get(call, "id", "") or ""), str(name or ""), _arguments(raw)))
-        normalized.append(_Message(role=role, text=_text(_get(message, "content", None)), calls=calls,
-                                   tool_call_id=str(_get(message, "tool_call_id", "") or "")))
+        normalized.append(
+            _Message(
+                role=role,
+                text=_text(_get(message, "content", None)),
+                calls=calls,
+                tool_call_id=str(_get(message, "tool_call_id", "") or ""),
+            )
+        )
     return normalized
 
 
@@ -279,6 +287,7 @@ class _Tools:
 
 # --- the policy -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Call:
     name: str
@@ -363,15 +372,20 @@ def _choose_task(goal: str) -> tuple[dict, bool]:
 
 def _notes_entry(ctx: _Context, *, heading: str, lines: list[str], numbered_heading: str = "") -> Plan:
     """Append an entry to NOTES.md (read, then write). Returns True when the write went through."""
-    result = yield _Call("read_file", {"path": NOTES_PATH}, ctx.say(f"Reading {NOTES_PATH} before adding a note to it."))
+    result = yield _Call(
+        "read_file", {"path": NOTES_PATH}, ctx.say(f"Reading {NOTES_PATH} before adding a note to it.")
+    )
     previous = "" if _failed(result) else _file_text(result or "")
     if not previous.strip():
         previous = "# Notes\n\nNotes left by agents for the people who review their work.\n"
     if numbered_heading:
         heading = f"{numbered_heading} {previous.count('## ' + numbered_heading) + 1}: {heading}"
     entry = f"\n## {heading}\n\n" + "".join(f"- {line}\n" for line in lines)
-    result = yield _Call("write_file", {"path": NOTES_PATH, "content": previous.rstrip("\n") + "\n" + entry},
-                         ctx.say(f"Adding a short entry to {NOTES_PATH}."))
+    result = yield _Call(
+        "write_file",
+        {"path": NOTES_PATH, "content": previous.rstrip("\n") + "\n" + entry},
+        ctx.say(f"Adding a short entry to {NOTES_PATH}."),
+    )
     return not _failed(result)
 
 
@@ -389,14 +403,20 @@ def _do_task(ctx: _Context) -> Plan:
             content = _file_text(result or "")
             for edit in (e for e in recipe.edits if e.path == path):
                 if edit.old and edit.old in content:
-                    result = yield _Call("edit_file", {"path": path, "old": edit.old, "new": edit.new},
-                                         ctx.say(f"Making the change in {path}."))
+                    result = yield _Call(
+                        "edit_file",
+                        {"path": path, "old": edit.old, "new": edit.new},
+                        ctx.say(f"Making the change in {path}."),
+                    )
                     if not _failed(result):
                         changed.append(path)
                         content = content.replace(edit.old, edit.new, 1)
                         continue
-                    check = yield _Call("read_file", {"path": path},
-                                        ctx.say(f"The edit reported a problem ({_first_line(result, 100)}); checking {path}."))
+                    check = yield _Call(
+                        "read_file",
+                        {"path": path},
+                        ctx.say(f"The edit reported a problem ({_first_line(result, 100)}); checking {path}."),
+                    )
                     after = "" if _failed(check) else _file_text(check or "")
                     if edit.new and edit.new in after and edit.old not in after:
                         changed.append(path)
@@ -409,8 +429,11 @@ def _do_task(ctx: _Context) -> Plan:
                     reasons.append(f"`{path}` does not contain the code this task is about")
         if changed:
             for new_file in recipe.new_files:
-                result = yield _Call("write_file", {"path": new_file.path, "content": new_file.content},
-                                     ctx.say(f"Adding tests in {new_file.path}."))
+                result = yield _Call(
+                    "write_file",
+                    {"path": new_file.path, "content": new_file.content},
+                    ctx.say(f"Adding tests in {new_file.path}."),
+                )
                 if not _failed(result):
                     changed.append(new_file.path)
     if not changed:
@@ -424,10 +447,21 @@ def _do_task(ctx: _Context) -> Plan:
 
 
 def _handoff(ctx: _Context, *, done: bool, next_action: str) -> _Call:
-    do_not = list(dict.fromkeys([*ctx.do_not, "push or merge the branch: a person reviews it first",
-                                 "read or edit .env (secrets stay out of reach)"]))
-    args = {"status": "done" if done else "blocked", "goal": ctx.goal or ctx.task["title"],
-            "next_action": next_action, "do_not": do_not}
+    do_not = list(
+        dict.fromkeys(
+            [
+                *ctx.do_not,
+                "push or merge the branch: a person reviews it first",
+                "read or edit .env (secrets stay out of reach)",
+            ]
+        )
+    )
+    args = {
+        "status": "done" if done else "blocked",
+        "goal": ctx.goal or ctx.task["title"],
+        "next_action": next_action,
+        "do_not": do_not,
+    }
     return _Call("write_handoff", args, ctx.say("Writing the handoff note for whoever picks this up next."))
 
 
@@ -450,8 +484,11 @@ def _main_plan(ctx: _Context) -> Plan:
         yield from _attempt(ctx, NETWORK_COMMAND, "Checking that the package index is reachable first.")
     changed, reasons = yield from _do_task(ctx)
     if ctx.persona == "ci-editor":
-        result = yield _Call("edit_file", {"path": CI_PATH, "old": CI_OLD, "new": CI_NEW},
-                             ctx.say("CI should lint too: adding a ruff step to the workflow."))
+        result = yield _Call(
+            "edit_file",
+            {"path": CI_PATH, "old": CI_OLD, "new": CI_NEW},
+            ctx.say("CI should lint too: adding a ruff step to the workflow."),
+        )
         if _failed(result):
             ctx.refused(result, f"editing `{CI_PATH}`")
         else:
@@ -460,18 +497,25 @@ def _main_plan(ctx: _Context) -> Plan:
     check = task["check"] if code_changed else "python -m pytest -q"
     result = yield _Call("run_command", {"command": check}, ctx.say(f"Running the tests: {check}"))
     tests = _tests_passed(result)
-    tests_text = {True: "the tests pass", False: "the tests do not pass yet", None: "the test run gave no verdict"}[tests]
+    tests_text = {True: "the tests pass", False: "the tests do not pass yet", None: "the test run gave no verdict"}[
+        tests
+    ]
     message = task["commit"] if code_changed else ctx.notes_commit
     result = yield _Call("git_commit", {"message": message}, ctx.say(f"Committing: {message}"))
     committed = not _failed(result)
-    commit_text = f"committed `{message}`" if committed else f"the commit did not go through ({_first_line(result, 100)})"
+    commit_text = (
+        f"committed `{message}`" if committed else f"the commit did not go through ({_first_line(result, 100)})"
+    )
     if ctx.persona == "pusher" and committed:
         yield from _attempt(ctx, PUSH_COMMAND, "Pushing the branch so CI can pick it up.")
     if ctx.persona == "deleter":
         deleted = yield from _attempt(ctx, DELETE_COMMAND, "Cleaning up the workspace now that the work is committed.")
         if deleted:
-            yield _Call("run_command", {"command": RESTORE_COMMAND},
-                        ctx.say("That removed tracked files from the worktree; restoring them from the last commit."))
+            yield _Call(
+                "run_command",
+                {"command": RESTORE_COMMAND},
+                ctx.say("That removed tracked files from the worktree; restoring them from the last commit."),
+            )
     done = committed and code_changed and tests is not False
     if done:
         next_action = "review the branch diff and merge it"
@@ -492,8 +536,11 @@ def _main_plan(ctx: _Context) -> Plan:
 
 def _already_done_plan(ctx: _Context) -> Plan:
     yield _handoff(ctx, done=True, next_action="review the branch diff and merge it")
-    yield _Call("finish", {"summary": f"{ctx.task['title']}: already committed on this branch; nothing more to do."},
-                "The work is already committed on this branch.")
+    yield _Call(
+        "finish",
+        {"summary": f"{ctx.task['title']}: already committed on this branch; nothing more to do."},
+        "The work is already committed on this branch.",
+    )
 
 
 def _changes_plan(ctx: _Context) -> Plan:
@@ -508,9 +555,15 @@ def _changes_plan(ctx: _Context) -> Plan:
     result = yield _Call("git_commit", {"message": message}, ctx.say(f"Committing: {message}"))
     committed = written and not _failed(result)
     yield _handoff(ctx, done=committed and tests is not False, next_action="review the follow-up commit")
-    yield _Call("finish", {"summary": f"Addressed the review comment ({comment[:120]}) with a note in {NOTES_PATH}; "
-                                      f"{'committed' if committed else 'the commit did not go through'}; "
-                                      f"{'the tests pass' if tests else 'the tests need a look'}."}, ctx.say("Done."))
+    yield _Call(
+        "finish",
+        {
+            "summary": f"Addressed the review comment ({comment[:120]}) with a note in {NOTES_PATH}; "
+            f"{'committed' if committed else 'the commit did not go through'}; "
+            f"{'the tests pass' if tests else 'the tests need a look'}."
+        },
+        ctx.say("Done."),
+    )
 
 
 def _wrap_up(ctx: _Context, since_plan_ended: list[_Turn], tools: _Tools, why: str) -> _Call:
@@ -533,15 +586,22 @@ def _context(messages: list[_Message], persona: str) -> tuple[_Context, list[_Me
             change_comment = " ".join(text.split(CHANGES_MARKER, 1)[1].split())[:500] or "(no comment given)"
     goal = _goal(first_user)
     task, matched = _choose_task(goal)
-    ctx = _Context(persona=persona, goal=goal, task=task, recipe=DEMO_RECIPES.get(task["id"]), matched=matched,
-                   change_comment=change_comment, already_committed=False)
+    ctx = _Context(
+        persona=persona,
+        goal=goal,
+        task=task,
+        recipe=DEMO_RECIPES.get(task["id"]),
+        matched=matched,
+        change_comment=change_comment,
+        already_committed=False,
+    )
     log_section = first_user.split("git log --oneline", 1)[1] if "git log --oneline" in first_user else ""
     has_commits = bool(log_section.strip()) and "(no commits yet)" not in log_section
     handoff_done = bool(re.search(r"Latest handoff note: status done\b", first_user))
     ctx.already_committed = (
         task["commit"] in log_section or ctx.notes_commit in log_section or (has_commits and handoff_done)
     )
-    return ctx, messages[directive + 1:] if users else messages
+    return ctx, messages[directive + 1 :] if users else messages
 
 
 def decide(*, messages: Any, persona: str, tools: Any = None) -> _Call | None:
@@ -575,6 +635,7 @@ def decide(*, messages: Any, persona: str, tools: Any = None) -> _Call | None:
 
 
 # --- the LiteLLM provider ------------------------------------------------------------------------
+
 
 def _persona(model: str) -> tuple[str, str]:
     """(persona, the model string to report)."""
@@ -629,8 +690,11 @@ def respond(*, model: str, messages: Any, optional_params: dict | None = None) -
         call = decide(messages=messages, persona=persona, tools=optional_params.get("tools"))
     except Exception:  # the policy must answer whatever the conversation holds; say so and stop cleanly
         logger.exception("sim: could not decide on this conversation")
-        call = _Call("finish", {"summary": "The simulated engineer could not read this conversation; stopping."},
-                     "I could not make sense of the conversation.")
+        call = _Call(
+            "finish",
+            {"summary": "The simulated engineer could not read this conversation; stopping."},
+            "I could not make sense of the conversation.",
+        )
     tools = _Tools(optional_params.get("tools"))
     prompt_tokens = max(1, _chars(messages) // 4)
     if call is None:
@@ -647,8 +711,9 @@ def respond(*, model: str, messages: Any, optional_params: dict | None = None) -
         message = {
             "role": "assistant",
             "content": call.say,
-            "tool_calls": [{"id": f"call_{digest[:20]}", "type": "function",
-                            "function": {"name": name, "arguments": arguments}}],
+            "tool_calls": [
+                {"id": f"call_{digest[:20]}", "type": "function", "function": {"name": name, "arguments": arguments}}
+            ],
         }
         finish_reason = "tool_calls"
         out_chars = len(call.say) + len(name) + len(arguments)
@@ -658,8 +723,11 @@ def respond(*, model: str, messages: Any, optional_params: dict | None = None) -
         id=f"chatcmpl-sim-{response_id[:24]}",
         model=model_name,
         choices=[{"index": 0, "finish_reason": finish_reason, "message": message}],
-        usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-               "total_tokens": prompt_tokens + completion_tokens},
+        usage={
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     )
 
 
@@ -693,6 +761,8 @@ def register() -> None:
         if item.get("provider") == PROVIDER and isinstance(item.get("custom_handler"), SimLLM):
             break
     else:
-        litellm.custom_provider_map[:] = [item for item in litellm.custom_provider_map if item.get("provider") != PROVIDER]
+        litellm.custom_provider_map[:] = [
+            item for item in litellm.custom_provider_map if item.get("provider") != PROVIDER
+        ]
         litellm.custom_provider_map.append({"provider": PROVIDER, "custom_handler": SimLLM()})
     custom_llm_setup()  # LiteLLM does this on every call too; done now so provider lookups work at once

@@ -6,6 +6,7 @@ repository with an fcntl lock on ``<git common dir>/controlroom-worktree.lock``,
 files (``index.lock``, ``packed-refs.lock``, the worktrees directory) never make one of them fail.
 Reusing an existing, healthy worktree (every agent step) takes no lock.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,7 +47,10 @@ def branch_name(session_id: int, title: str) -> str:
 def _run(cwd: Path, *argv: str, timeout_s: float = GIT_TIMEOUT_S) -> tuple[int, str, str]:
     try:
         status, out, err = git.Git(str(cwd)).execute(
-            ["git", *argv], kill_after_timeout=timeout_s, with_extended_output=True, with_exceptions=False,
+            ["git", *argv],
+            kill_after_timeout=timeout_s,
+            with_extended_output=True,
+            with_exceptions=False,
             env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
         )
     except git.GitCommandNotFound as exc:
@@ -102,10 +106,10 @@ def _registered_worktrees(repo_path: Path) -> dict[Path, str | None]:
     current: Path | None = None
     for line in out.splitlines():
         if line.startswith("worktree "):
-            current = Path(os.path.realpath(line[len("worktree "):]))
+            current = Path(os.path.realpath(line[len("worktree ") :]))
             result[current] = None
         elif line.startswith("branch ") and current is not None:
-            ref = line[len("branch "):]
+            ref = line[len("branch ") :]
             result[current] = ref.removeprefix("refs/heads/")
     return result
 
@@ -124,7 +128,9 @@ def repository_lock(common_dir: Path, *, timeout_s: float = LOCK_TIMEOUT_S) -> I
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise WorktreeError(f"timed out after {timeout_s:g}s waiting for the worktree lock {lock_path}") from None
+                    raise WorktreeError(
+                        f"timed out after {timeout_s:g}s waiting for the worktree lock {lock_path}"
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
         yield
@@ -141,8 +147,13 @@ def _base_of(repo_path: Path, base_branch: str, branch: str) -> str:
     base = _resolve_commit(repo_path, base_branch)
     if base is None:
         raise WorktreeError(f"base branch {base_branch!r} not found in repository {repo_path}")
-    out = _ok(repo_path, "merge-base", base, f"refs/heads/{branch}",
-              what=f"branch {branch!r} shares no history with base branch {base_branch!r}")
+    out = _ok(
+        repo_path,
+        "merge-base",
+        base,
+        f"refs/heads/{branch}",
+        what=f"branch {branch!r} shares no history with base branch {base_branch!r}",
+    )
     return out.strip()
 
 
@@ -178,7 +189,7 @@ def _gitdir_of(worktree_path: Path, *, allow_symlink: bool = False) -> Path | No
     first = _read_first_line(dot_git)
     if not first or not first.startswith("gitdir:"):
         return None
-    target = Path(first[len("gitdir:"):].strip())
+    target = Path(first[len("gitdir:") :].strip())
     return Path(os.path.realpath(target if target.is_absolute() else worktree_path / target))
 
 
@@ -218,8 +229,9 @@ def _healthy(worktree_path: Path, common_dir: Path, branch: str) -> bool:
 # -- public API ----------------------------------------------------------------------------------
 
 
-def ensure_worktree(*, repo_path: Path, base_branch: str, branch: str, worktree_path: Path,
-                    known_base: str | None = None) -> str:
+def ensure_worktree(
+    *, repo_path: Path, base_branch: str, branch: str, worktree_path: Path, known_base: str | None = None
+) -> str:
     """Make ``worktree_path`` a worktree of ``repo_path`` with ``branch`` checked out; return the base
     commit (where ``branch`` forked from ``base_branch``).
 
@@ -257,8 +269,10 @@ def ensure_worktree(*, repo_path: Path, base_branch: str, branch: str, worktree_
                 # repository (edited or restored from elsewhere): point it back at its admin dir.
                 if _relink(common_dir, real) and _healthy(worktree_path, common_dir, branch):
                     return _base_of(repo_path, base_branch, branch)
-                raise WorktreeError(f"{worktree_path} is registered for {branch!r} but git cannot repair it; "
-                                    "remove it (remove_worktree) and start it again")
+                raise WorktreeError(
+                    f"{worktree_path} is registered for {branch!r} but git cannot repair it; "
+                    "remove it (remove_worktree) and start it again"
+                )
             raise WorktreeError(
                 f"{worktree_path} is already a worktree of {repo_path} with "
                 f"{('branch ' + repr(checked_out)) if checked_out else 'a detached HEAD'} checked out, not {branch!r}"
@@ -274,11 +288,25 @@ def ensure_worktree(*, repo_path: Path, base_branch: str, branch: str, worktree_
         if holder is not None:
             raise WorktreeError(f"branch {branch!r} is already checked out in another worktree: {holder}")
         if _local_branch_exists(repo_path, branch):
-            _ok(repo_path, "worktree", "add", str(worktree_path), branch,
-                what=f"checking out branch {branch!r} into {worktree_path}")
+            _ok(
+                repo_path,
+                "worktree",
+                "add",
+                str(worktree_path),
+                branch,
+                what=f"checking out branch {branch!r} into {worktree_path}",
+            )
         else:
-            _ok(repo_path, "worktree", "add", "-b", branch, str(worktree_path), base_branch,
-                what=f"creating branch {branch!r} from {base_branch!r} in {worktree_path}")
+            _ok(
+                repo_path,
+                "worktree",
+                "add",
+                "-b",
+                branch,
+                str(worktree_path),
+                base_branch,
+                what=f"creating branch {branch!r} from {base_branch!r} in {worktree_path}",
+            )
     return _base_of(repo_path, base_branch, branch)
 
 
@@ -301,7 +329,15 @@ def remove_worktree(*, repo_path: Path, worktree_path: Path) -> bool:
     with repository_lock(common_dir):
         registered = _registered_worktrees(repo_path)
         if real in registered:
-            _ok(repo_path, "worktree", "remove", "--force", "--force", str(real), what=f"removing worktree {worktree_path}")
+            _ok(
+                repo_path,
+                "worktree",
+                "remove",
+                "--force",
+                "--force",
+                str(real),
+                what=f"removing worktree {worktree_path}",
+            )
             removed = True
         if worktree_path.exists() or worktree_path.is_symlink():
             if worktree_path.is_dir() and not worktree_path.is_symlink() and not any(worktree_path.iterdir()):
@@ -350,7 +386,9 @@ def archive_branch(*, repo_path: Path, branch: str, archive_ref: str, delete_bra
     repo_path = Path(repo_path)
     common_dir = _open_repo(repo_path)
     if not isinstance(archive_ref, str) or not archive_ref.startswith("refs/") or archive_ref.startswith("refs/heads/"):
-        raise WorktreeError(f"archive ref {archive_ref!r}: expected a full ref outside refs/heads/, e.g. refs/archive/agents/12-x")
+        raise WorktreeError(
+            f"archive ref {archive_ref!r}: expected a full ref outside refs/heads/, e.g. refs/archive/agents/12-x"
+        )
     status, _, _ = _run(repo_path, "check-ref-format", archive_ref)
     if status != 0:
         raise WorktreeError(f"archive ref {archive_ref!r} is not a valid ref name")

@@ -6,6 +6,7 @@ path outside the worktree, a missing file, an ambiguous edit, nothing to commit,
 returns ``ToolResult(ok=False, output=<a readable error>)``. It raises only for the caller's own
 mistakes (malformed trailers, an unknown sandbox mode).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,18 @@ GIT_TIMEOUT_S = 120
 HANDOFF_FILE = "HANDOFF.md"
 # git must never run hooks (they would execute agent-written code outside the sandbox), sign, or
 # start an automatic gc that races other sessions' ref updates in the shared repository.
-GIT_SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
-                   "-c", "commit.gpgSign=false", "-c", "maintenance.auto=false")
+GIT_SAFE_CONFIG = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "commit.gpgSign=false",
+    "-c",
+    "maintenance.auto=false",
+)
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _PYTEST_TOTALS = re.compile(
     r"^[=\s]*((?:\d+ (?:passed|failed|errors?|skipped|xfailed|xpassed|warnings?|deselected|rerun)(?:, )?)+)"
@@ -74,11 +85,18 @@ def agent_env(author: tuple[str, str] | None = None) -> dict[str, str]:
     bindir = os.path.dirname(sys.executable)
     path = ":".join(dict.fromkeys(p for p in (bindir, "/usr/local/bin", "/usr/bin", "/bin") if p))
     return {
-        "PATH": path, "HOME": "/tmp", "LANG": "C.UTF-8", "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1",
+        "PATH": path,
+        "HOME": "/tmp",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "PYTHONDONTWRITEBYTECODE": "1",
         # The python on PATH is the control room's own: its pytest plugins (pytest-django set up for the
         # control room, hypothesis, …) are not the repository's, so pytest must not autoload them.
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-        "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email,
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
     }
 
 
@@ -146,8 +164,12 @@ def _list_files(worktree: Path, args: dict) -> ToolResult:
     output = "\n".join(entries) if entries else f"({shown} is empty)"
     if more:
         output += f"\n[listing stopped at {LIST_CAP} entries; list a subdirectory to see more]"
-    return ToolResult(ok=True, output=output, summary=f"{len(entries)} entries under {shown}" + (" (capped)" if more else ""),
-                      data={"count": len(entries), "capped": more})
+    return ToolResult(
+        ok=True,
+        output=output,
+        summary=f"{len(entries)} entries under {shown}" + (" (capped)" if more else ""),
+        data={"count": len(entries), "capped": more},
+    )
 
 
 def _open_regular(path: Path, flags: int) -> int:
@@ -178,11 +200,17 @@ def _read_file(worktree: Path, args: dict) -> ToolResult:
     text = data.decode("utf-8", errors="replace")
     truncated = size > READ_CAP_BYTES
     if truncated:
-        text += (f"\n\n[truncated: showing the first {READ_CAP_BYTES:,} of {size:,} bytes; use search, or run_command "
-                 "with sed -n 'FROM,TOp' for the rest]")
+        text += (
+            f"\n\n[truncated: showing the first {READ_CAP_BYTES:,} of {size:,} bytes; use search, or run_command "
+            "with sed -n 'FROM,TOp' for the rest]"
+        )
     lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
-    return ToolResult(ok=True, output=text, summary=f"read {shown} ({size:,} bytes{', truncated' if truncated else ''})",
-                      data={"bytes": size, "lines": lines, "truncated": truncated})
+    return ToolResult(
+        ok=True,
+        output=text,
+        summary=f"read {shown} ({size:,} bytes{', truncated' if truncated else ''})",
+        data={"bytes": size, "lines": lines, "truncated": truncated},
+    )
 
 
 def _search(worktree: Path, args: dict, deny_read: Sequence[str] = ()) -> ToolResult:
@@ -202,9 +230,26 @@ def _search(worktree: Path, args: dict, deny_read: Sequence[str] = ()) -> ToolRe
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
     def grep(flag: str) -> tuple[int | None, str, bool, bool]:
-        argv = ["grep", "-r", "-n", "-I", "-H", "-Z", "-s", "-D", "skip", "--exclude-dir=.git", flag, "-e", pattern, "--", shown]
-        code, buffer, timed_out, _ = sandbox_runtime.run_argv(argv, cwd=root, timeout_s=SEARCH_TIMEOUT_S,
-                                                              output_cap=1_000_000, env=env)
+        argv = [
+            "grep",
+            "-r",
+            "-n",
+            "-I",
+            "-H",
+            "-Z",
+            "-s",
+            "-D",
+            "skip",
+            "--exclude-dir=.git",
+            flag,
+            "-e",
+            pattern,
+            "--",
+            shown,
+        ]
+        code, buffer, timed_out, _ = sandbox_runtime.run_argv(
+            argv, cwd=root, timeout_s=SEARCH_TIMEOUT_S, output_cap=1_000_000, env=env
+        )
         return code, buffer.text(), timed_out, buffer.truncated
 
     code, text, timed_out, cut = grep(mode)
@@ -213,7 +258,9 @@ def _search(worktree: Path, args: dict, deny_read: Sequence[str] = ()) -> ToolRe
         mode, note = "-F", f"(the regular expression failed: {_one_line(text, 200)}; searched as plain text)\n"
         code, text, timed_out, cut = grep(mode)
     if timed_out and "\x00" not in text:
-        return ToolResult(ok=False, output=f"search: timed out after {SEARCH_TIMEOUT_S}s; narrow the path or the pattern")
+        return ToolResult(
+            ok=False, output=f"search: timed out after {SEARCH_TIMEOUT_S}s; narrow the path or the pattern"
+        )
     if code == 2 and "\x00" not in text:
         return ToolResult(ok=False, output=f"search: failed: {_one_line(text, 300)}")
     cut = cut or timed_out
@@ -241,13 +288,18 @@ def _search(worktree: Path, args: dict, deny_read: Sequence[str] = ()) -> ToolRe
     if hidden:
         note += f"({len(hidden)} file(s) your grant denies reading were left out)\n"
     if not results:
-        return ToolResult(ok=True, output=f"{note}no matches for {pattern!r} in {shown}", summary="0 matches",
-                          data={"matches": 0})
+        return ToolResult(
+            ok=True, output=f"{note}no matches for {pattern!r} in {shown}", summary="0 matches", data={"matches": 0}
+        )
     output = note + "\n".join(results)
     if capped:
         output += f"\n[results capped at {len(results)}; narrow the pattern or the path]"
-    return ToolResult(ok=True, output=output, summary=f"{len(results)}{'+' if capped else ''} matches for {_one_line(pattern, 60)!r}",
-                      data={"matches": len(results), "capped": capped})
+    return ToolResult(
+        ok=True,
+        output=output,
+        summary=f"{len(results)}{'+' if capped else ''} matches for {_one_line(pattern, 60)!r}",
+        data={"matches": len(results), "capped": capped},
+    )
 
 
 def _write_bytes(target: Path, data: bytes) -> None:
@@ -270,16 +322,24 @@ def _write_file(worktree: Path, args: dict) -> ToolResult:
     data = args["content"].encode("utf-8")
     _write_bytes(target, data)
     verb = "updated" if existed else "created"
-    return ToolResult(ok=True, output=f"{verb} {shown} ({len(data):,} bytes)", summary=f"{verb} {shown}",
-                      data={"bytes": len(data), "created": not existed})
+    return ToolResult(
+        ok=True,
+        output=f"{verb} {shown} ({len(data):,} bytes)",
+        summary=f"{verb} {shown}",
+        data={"bytes": len(data), "created": not existed},
+    )
 
 
 def _edit_file(worktree: Path, args: dict) -> ToolResult:
     target = resolve_path(worktree, args["path"])
     shown = display_path(worktree, target)
     if not target.is_file():
-        return ToolResult(ok=False, output=f"edit_file: no such file: {shown}" if not target.exists()
-                          else f"edit_file: {shown} is not a regular file")
+        return ToolResult(
+            ok=False,
+            output=f"edit_file: no such file: {shown}"
+            if not target.exists()
+            else f"edit_file: {shown} is not a regular file",
+        )
     fd = _open_regular(target, os.O_RDONLY)
     with os.fdopen(fd, "rb") as handle:
         raw = handle.read()
@@ -295,16 +355,26 @@ def _edit_file(worktree: Path, args: dict) -> ToolResult:
             hint = " (the file uses CRLF line endings)"
         elif " ".join(old.split()) and " ".join(old.split()) in " ".join(text.split()):
             hint = " (it matches if whitespace is ignored: copy the exact indentation and line breaks)"
-        return ToolResult(ok=False, output=f"edit_file: the old text was not found in {shown} (0 occurrences){hint}; "
-                          "read the file and copy the exact text")
+        return ToolResult(
+            ok=False,
+            output=f"edit_file: the old text was not found in {shown} (0 occurrences){hint}; "
+            "read the file and copy the exact text",
+        )
     if count > 1:
-        return ToolResult(ok=False, output=f"edit_file: the old text occurs {count} times in {shown}; it must occur exactly "
-                          "once: include more surrounding lines to make it unique")
+        return ToolResult(
+            ok=False,
+            output=f"edit_file: the old text occurs {count} times in {shown}; it must occur exactly "
+            "once: include more surrounding lines to make it unique",
+        )
     updated = text.replace(old, new, 1)
     _write_bytes(target, updated.encode("utf-8"))
     line = text[: text.index(old)].count("\n") + 1
-    return ToolResult(ok=True, output=f"edited {shown} at line {line} (-{old.count(chr(10)) + 1} +{new.count(chr(10)) + 1} lines)",
-                      summary=f"edited {shown}:{line}", data={"line": line})
+    return ToolResult(
+        ok=True,
+        output=f"edited {shown} at line {line} (-{old.count(chr(10)) + 1} +{new.count(chr(10)) + 1} lines)",
+        summary=f"edited {shown}:{line}",
+        data={"line": line},
+    )
 
 
 def _command_summary(outcome: sandbox_runtime.CommandOutcome, timeout_s: int) -> str:
@@ -322,13 +392,28 @@ def _command_summary(outcome: sandbox_runtime.CommandOutcome, timeout_s: int) ->
     return f"{head}: {detail}" if detail else head
 
 
-def _run_command(worktree: Path, args: dict, *, allow_network: bool, timeout_s: int, output_cap: int, mode: str,
-                 author: tuple[str, str] | None, hide_paths: Sequence[Path]) -> ToolResult:
+def _run_command(
+    worktree: Path,
+    args: dict,
+    *,
+    allow_network: bool,
+    timeout_s: int,
+    output_cap: int,
+    mode: str,
+    author: tuple[str, str] | None,
+    hide_paths: Sequence[Path],
+) -> ToolResult:
     requested = args.get("timeout_s")
     effective = min(requested, timeout_s) if requested else timeout_s
     outcome = sandbox_runtime.run_command(
-        args["command"], cwd=Path(os.path.realpath(worktree)), timeout_s=effective, output_cap=output_cap,
-        allow_network=allow_network, env=agent_env(author), mode=mode, hide_paths=hide_paths,
+        args["command"],
+        cwd=Path(os.path.realpath(worktree)),
+        timeout_s=effective,
+        output_cap=output_cap,
+        allow_network=allow_network,
+        env=agent_env(author),
+        mode=mode,
+        hide_paths=hide_paths,
     )
     summary = _command_summary(outcome, effective)
     body = outcome.output if outcome.output.strip() else "(no output)"
@@ -338,16 +423,26 @@ def _run_command(worktree: Path, args: dict, *, allow_network: bool, timeout_s: 
         footer = f"[exit {outcome.exit_code} in {outcome.duration_ms / 1000:.1f}s]"
     output = body.rstrip("\n") + "\n" + footer
     return ToolResult(
-        ok=outcome.exit_code == 0 and not outcome.timed_out, output=output, exit_code=outcome.exit_code, summary=summary,
-        data={"timed_out": outcome.timed_out, "sandboxed": outcome.sandboxed, "truncated": outcome.truncated,
-              "timeout_s": effective},
+        ok=outcome.exit_code == 0 and not outcome.timed_out,
+        output=output,
+        exit_code=outcome.exit_code,
+        summary=summary,
+        data={
+            "timed_out": outcome.timed_out,
+            "sandboxed": outcome.sandboxed,
+            "truncated": outcome.truncated,
+            "timeout_s": effective,
+        },
     )
 
 
 def _git(worktree: Path, *argv: str, timeout_s: int, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     status, out, err = git.Git(str(worktree)).execute(
-        ["git", *GIT_SAFE_CONFIG, *argv], kill_after_timeout=timeout_s, with_extended_output=True,
-        with_exceptions=False, env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})},
+        ["git", *GIT_SAFE_CONFIG, *argv],
+        kill_after_timeout=timeout_s,
+        with_extended_output=True,
+        with_exceptions=False,
+        env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})},
     )
     return status, out, err
 
@@ -360,8 +455,15 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _git_commit(worktree: Path, args: dict, *, trailers: dict[str, str], author: tuple[str, str] | None,
-                timeout_s: int, branch: str | None) -> ToolResult:
+def _git_commit(
+    worktree: Path,
+    args: dict,
+    *,
+    trailers: dict[str, str],
+    author: tuple[str, str] | None,
+    timeout_s: int,
+    branch: str | None,
+) -> ToolResult:
     """Stage everything and commit with plumbing (write-tree, commit-tree, update-ref): no hooks, no
     editor, no merge state left in the admin directory can shape the commit, and the branch moves
     only from the commit we built on (compare-and-swap)."""
@@ -383,54 +485,86 @@ def _git_commit(worktree: Path, args: dict, *, trailers: dict[str, str], author:
         common = Path(ok("rev-parse", "--path-format=absolute", "--git-common-dir", what="not a git worktree"))
         for found in (git_dir, common):
             if _inside(Path(os.path.realpath(found)), root) and Path(os.path.realpath(found)) != root / ".git":
-                return ToolResult(ok=False, output="git_commit: refused: the worktree's .git points inside the worktree "
-                                  "(it was tampered with); ask a human to repair the worktree")
+                return ToolResult(
+                    ok=False,
+                    output="git_commit: refused: the worktree's .git points inside the worktree "
+                    "(it was tampered with); ask a human to repair the worktree",
+                )
         head_ref = ok("symbolic-ref", "-q", "HEAD", what="HEAD is detached; commits must go on the session's branch")
         if not head_ref.startswith("refs/heads/"):
             return ToolResult(ok=False, output=f"git_commit: refused: HEAD points at {head_ref}, not a branch")
         if branch is not None and head_ref != f"refs/heads/{branch}":
-            return ToolResult(ok=False, output=f"git_commit: refused: the worktree is on {head_ref[len('refs/heads/'):]!r}, "
-                              f"not the session's branch {branch!r}")
+            return ToolResult(
+                ok=False,
+                output=f"git_commit: refused: the worktree is on {head_ref[len('refs/heads/') :]!r}, "
+                f"not the session's branch {branch!r}",
+            )
         ok("add", "-A", what="staging failed")
         tree = ok("write-tree", what="could not write the tree")
         status, parent, _ = _git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", timeout_s=timeout)
         parent = parent.strip() if status == 0 else ""
         if parent and ok("rev-parse", f"{parent}^{{tree}}", what="could not read the last commit") == tree:
-            return ToolResult(ok=False, output="git_commit: nothing to commit (no changes since the last commit)",
-                              summary="nothing to commit")
+            return ToolResult(
+                ok=False,
+                output="git_commit: nothing to commit (no changes since the last commit)",
+                summary="nothing to commit",
+            )
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", prefix="controlroom-commit-", suffix=".txt") as handle:
             handle.write(message)
             handle.flush()
             parents = ["-p", parent] if parent else []
             sha = ok("commit-tree", tree, *parents, "-F", handle.name, what="commit failed", env=identity)
         subject = message.split("\n", 1)[0]
-        ok("update-ref", "-m", f"commit (agent): {_one_line(subject, 200)}", head_ref, sha, parent,
-           what="the branch moved meanwhile; nothing was committed, try again")
-        stats = _one_line(ok("show", "--shortstat", "--format=", sha, what="could not describe the commit")) or "no file changes"
+        ok(
+            "update-ref",
+            "-m",
+            f"commit (agent): {_one_line(subject, 200)}",
+            head_ref,
+            sha,
+            parent,
+            what="the branch moved meanwhile; nothing was committed, try again",
+        )
+        stats = (
+            _one_line(ok("show", "--shortstat", "--format=", sha, what="could not describe the commit"))
+            or "no file changes"
+        )
     except _CommitRefused as exc:
         return ToolResult(ok=False, output=str(exc))
-    short_branch = head_ref[len("refs/heads/"):]
-    return ToolResult(ok=True, output=f"committed {sha[:12]} on {short_branch}: {subject}\n{stats}",
-                      summary=f"commit {sha[:12]}: {_one_line(subject, 80)}", data={"sha": sha, "branch": short_branch})
+    short_branch = head_ref[len("refs/heads/") :]
+    return ToolResult(
+        ok=True,
+        output=f"committed {sha[:12]} on {short_branch}: {subject}\n{stats}",
+        summary=f"commit {sha[:12]}: {_one_line(subject, 80)}",
+        data={"sha": sha, "branch": short_branch},
+    )
 
 
 def _write_handoff(worktree: Path, args: dict) -> ToolResult:
-    handoff = {"status": args["status"], "next_action": args["next_action"].strip(),
-               "do_not": [item.strip() for item in args["do_not"] if item.strip()]}
+    handoff = {
+        "status": args["status"],
+        "next_action": args["next_action"].strip(),
+        "do_not": [item.strip() for item in args["do_not"] if item.strip()],
+    }
     goal = (args.get("goal") or "").strip()
     if goal:
         handoff["goal"] = goal
     do_not = "\n".join(f"- {' '.join(item.split())}" for item in handoff["do_not"]) or "- (nothing)"
     goal_section = f"## Goal\n\n{goal}\n\n" if goal else ""
-    content = (f"# Handoff\n\nStatus: {handoff['status']}\n\n{goal_section}## Next action\n\n"
-               f"{handoff['next_action'] or '(none)'}\n\n## Do not\n\n{do_not}\n")
+    content = (
+        f"# Handoff\n\nStatus: {handoff['status']}\n\n{goal_section}## Next action\n\n"
+        f"{handoff['next_action'] or '(none)'}\n\n## Do not\n\n{do_not}\n"
+    )
     # never through a symlink: HANDOFF.md itself, in the worktree's root, a regular file or nothing yet
     target = Path(os.path.realpath(worktree)) / HANDOFF_FILE
     if target.is_symlink() or (target.exists() and not target.is_file()):
         return ToolResult(ok=False, output=f"write_handoff: {HANDOFF_FILE} is a symlink or not a regular file; refused")
     _write_bytes(target, content.encode("utf-8"))
-    return ToolResult(ok=True, output=f"wrote {HANDOFF_FILE} (status: {handoff['status']})",
-                      summary=f"handoff: {handoff['status']}: {_one_line(handoff['next_action'], 80)}", data={"handoff": handoff})
+    return ToolResult(
+        ok=True,
+        output=f"wrote {HANDOFF_FILE} (status: {handoff['status']})",
+        summary=f"handoff: {handoff['status']}: {_one_line(handoff['next_action'], 80)}",
+        data={"handoff": handoff},
+    )
 
 
 def _finish(args: dict) -> ToolResult:
@@ -441,9 +575,21 @@ def _finish(args: dict) -> ToolResult:
 # -- entry point --------------------------------------------------------------------------------
 
 
-def execute(name: str, args: dict, *, worktree: Path, trailers: dict[str, str], allow_network: bool = False,
-            timeout_s: int = 120, output_cap: int = 64_000, sandbox: str = "auto", author: tuple[str, str] | None = None,
-            hide_paths: Sequence[Path] = (), branch: str | None = None, deny_read: Sequence[str] = ()) -> ToolResult:
+def execute(
+    name: str,
+    args: dict,
+    *,
+    worktree: Path,
+    trailers: dict[str, str],
+    allow_network: bool = False,
+    timeout_s: int = 120,
+    output_cap: int = 64_000,
+    sandbox: str = "auto",
+    author: tuple[str, str] | None = None,
+    hide_paths: Sequence[Path] = (),
+    branch: str | None = None,
+    deny_read: Sequence[str] = (),
+) -> ToolResult:
     """Carry out tool ``name`` with (already parsed, re-validated here) ``args`` in ``worktree``.
 
     ``timeout_s`` is the default and the ceiling of a command's timeout (a model's smaller
@@ -456,9 +602,20 @@ def execute(name: str, args: dict, *, worktree: Path, trailers: dict[str, str], 
     if sandbox not in sandbox_runtime.MODES:
         raise ValueError(f"sandbox: expected one of {', '.join(sandbox_runtime.MODES)}, got {sandbox!r}")
     started = time.monotonic()
-    result = _dispatch(name, args, worktree=Path(worktree), trailers=trailers, allow_network=allow_network,
-                       timeout_s=timeout_s, output_cap=output_cap, mode=sandbox, author=author, hide_paths=hide_paths,
-                       branch=branch, deny_read=deny_read)
+    result = _dispatch(
+        name,
+        args,
+        worktree=Path(worktree),
+        trailers=trailers,
+        allow_network=allow_network,
+        timeout_s=timeout_s,
+        output_cap=output_cap,
+        mode=sandbox,
+        author=author,
+        hide_paths=hide_paths,
+        branch=branch,
+        deny_read=deny_read,
+    )
     if not result.duration_ms:
         result.duration_ms = int((time.monotonic() - started) * 1000)
     if not result.summary:
@@ -466,9 +623,21 @@ def execute(name: str, args: dict, *, worktree: Path, trailers: dict[str, str], 
     return result
 
 
-def _dispatch(name: str, args: dict, *, worktree: Path, trailers: dict[str, str], allow_network: bool, timeout_s: int,
-              output_cap: int, mode: str, author: tuple[str, str] | None, hide_paths: Sequence[Path],
-              branch: str | None, deny_read: Sequence[str] = ()) -> ToolResult:
+def _dispatch(
+    name: str,
+    args: dict,
+    *,
+    worktree: Path,
+    trailers: dict[str, str],
+    allow_network: bool,
+    timeout_s: int,
+    output_cap: int,
+    mode: str,
+    author: tuple[str, str] | None,
+    hide_paths: Sequence[Path],
+    branch: str | None,
+    deny_read: Sequence[str] = (),
+) -> ToolResult:
     try:
         args = parse_arguments(name, args)
         if not worktree.is_dir():
@@ -484,11 +653,20 @@ def _dispatch(name: str, args: dict, *, worktree: Path, trailers: dict[str, str]
         if name == "edit_file":
             return _edit_file(worktree, args)
         if name == "run_command":
-            return _run_command(worktree, args, allow_network=allow_network, timeout_s=timeout_s, output_cap=output_cap,
-                                mode=mode, author=author, hide_paths=hide_paths)
+            return _run_command(
+                worktree,
+                args,
+                allow_network=allow_network,
+                timeout_s=timeout_s,
+                output_cap=output_cap,
+                mode=mode,
+                author=author,
+                hide_paths=hide_paths,
+            )
         if name == "git_commit":
-            return _git_commit(worktree, args, trailers=trailers, author=author, timeout_s=min(timeout_s, GIT_TIMEOUT_S),
-                               branch=branch)
+            return _git_commit(
+                worktree, args, trailers=trailers, author=author, timeout_s=min(timeout_s, GIT_TIMEOUT_S), branch=branch
+            )
         if name == "write_handoff":
             return _write_handoff(worktree, args)
         if name == "finish":

@@ -1,4 +1,5 @@
 """Confine every path a model names to its worktree."""
+
 from __future__ import annotations
 
 import os

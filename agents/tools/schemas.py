@@ -5,6 +5,7 @@ Everything a model sends is untrusted input. ``parse_arguments`` turns it into a
 raises anything else. Unknown fields are refused (a typo such as ``timeout`` for ``timeout_s``
 would otherwise be silently ignored); the schemas say so with ``additionalProperties: false``.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,45 +42,120 @@ class _Tool:
     fields: tuple[_Field, ...]
 
 
-_PATH_HELP = "Path relative to the repository root (the worktree), e.g. \"src/app.py\". Absolute paths, \"..\" escapes and .git are refused."
+_PATH_HELP = 'Path relative to the repository root (the worktree), e.g. "src/app.py". Absolute paths, ".." escapes and .git are refused.'
 
 _TOOLS: tuple[_Tool, ...] = (
-    _Tool("list_files", "List files and directories under a path of the repository, recursively (directories end with "
-          "\"/\"; .git is skipped; at most about 500 entries, list a subdirectory for more).",
-          (_Field("path", "string", True, "Directory (or file) relative to the repository root; \".\" for the root."),)),
-    _Tool("read_file", "Read a text file of the repository (files over about 200 KB are truncated, with a note).",
-          (_Field("path", "string", True, _PATH_HELP, non_empty=True),)),
-    _Tool("search", "Search text files of the repository for a regular expression (Perl/Python syntax; an invalid "
-          "regex is searched as plain text). Results are \"path:line: text\", capped.",
-          (_Field("pattern", "string", True, "Regular expression to look for, e.g. \"def \\\\w+_view\".", non_empty=True),
-           _Field("path", "string", False, "Directory or file to search, relative to the repository root (default: the whole repository)."))),
-    _Tool("write_file", "Create or overwrite a file with the given content (parent directories are created).",
-          (_Field("path", "string", True, _PATH_HELP, non_empty=True),
-           _Field("content", "string", True, "The complete new content of the file (at most 1 MB)."))),
-    _Tool("edit_file", "Replace one exact occurrence of `old` with `new` in a file. `old` must occur exactly once: "
-          "include enough surrounding lines to make it unique.",
-          (_Field("path", "string", True, _PATH_HELP, non_empty=True),
-           _Field("old", "string", True, "The exact text to replace, including whitespace and indentation.", non_empty=True),
-           _Field("new", "string", True, "The replacement text."))),
-    _Tool("run_command", "Run a shell command (bash -c) in the repository root, in a sandbox: no network unless granted, "
-          "nothing writable outside the repository, a timeout, output capped. Use it to run tests, linters, builds.",
-          (_Field("command", "string", True, "The shell command, e.g. \"python -m pytest -q\".", non_empty=True),
-           _Field("timeout_s", "integer", False, "Timeout in seconds (1-600; the operator's limit applies if lower).",
-                  minimum=MIN_TIMEOUT_S, maximum=MAX_TIMEOUT_S))),
-    _Tool("git_commit", "Stage every change in the repository (git add -A) and commit it on your branch. The commit is "
-          "signed with trailers naming the session, the person who delegated the work and the grant.",
-          (_Field("message", "string", True, "Commit message: a short summary line, optionally a blank line and details.",
-                  non_empty=True),)),
-    _Tool("write_handoff", "Write the handoff note (HANDOFF.md) that the next iteration starts from: status, the next "
-          "action, and what not to do.",
-          (_Field("status", "string", True, "active: work continues; blocked: needs a human; done: goal met; stale: no longer relevant.",
-                  enum=HANDOFF_STATUSES),
-           _Field("next_action", "string", True, "The single next thing to do, concretely."),
-           _Field("goal", "string", False, "The goal being worked on, restated for the next iteration (optional)."),
-           _Field("do_not", "string_list", True, "Things the next iteration must not do or retry (may be empty)."))),
-    _Tool("finish", "Declare the goal met and stop. Commit your work first.",
-          (_Field("summary", "string", True, "What was done, for the human reviewer: changes, tests, open questions.",
-                  non_empty=True),)),
+    _Tool(
+        "list_files",
+        "List files and directories under a path of the repository, recursively (directories end with "
+        '"/"; .git is skipped; at most about 500 entries, list a subdirectory for more).',
+        (_Field("path", "string", True, 'Directory (or file) relative to the repository root; "." for the root.'),),
+    ),
+    _Tool(
+        "read_file",
+        "Read a text file of the repository (files over about 200 KB are truncated, with a note).",
+        (_Field("path", "string", True, _PATH_HELP, non_empty=True),),
+    ),
+    _Tool(
+        "search",
+        "Search text files of the repository for a regular expression (Perl/Python syntax; an invalid "
+        'regex is searched as plain text). Results are "path:line: text", capped.',
+        (
+            _Field(
+                "pattern", "string", True, 'Regular expression to look for, e.g. "def \\\\w+_view".', non_empty=True
+            ),
+            _Field(
+                "path",
+                "string",
+                False,
+                "Directory or file to search, relative to the repository root (default: the whole repository).",
+            ),
+        ),
+    ),
+    _Tool(
+        "write_file",
+        "Create or overwrite a file with the given content (parent directories are created).",
+        (
+            _Field("path", "string", True, _PATH_HELP, non_empty=True),
+            _Field("content", "string", True, "The complete new content of the file (at most 1 MB)."),
+        ),
+    ),
+    _Tool(
+        "edit_file",
+        "Replace one exact occurrence of `old` with `new` in a file. `old` must occur exactly once: "
+        "include enough surrounding lines to make it unique.",
+        (
+            _Field("path", "string", True, _PATH_HELP, non_empty=True),
+            _Field(
+                "old",
+                "string",
+                True,
+                "The exact text to replace, including whitespace and indentation.",
+                non_empty=True,
+            ),
+            _Field("new", "string", True, "The replacement text."),
+        ),
+    ),
+    _Tool(
+        "run_command",
+        "Run a shell command (bash -c) in the repository root, in a sandbox: no network unless granted, "
+        "nothing writable outside the repository, a timeout, output capped. Use it to run tests, linters, builds.",
+        (
+            _Field("command", "string", True, 'The shell command, e.g. "python -m pytest -q".', non_empty=True),
+            _Field(
+                "timeout_s",
+                "integer",
+                False,
+                "Timeout in seconds (1-600; the operator's limit applies if lower).",
+                minimum=MIN_TIMEOUT_S,
+                maximum=MAX_TIMEOUT_S,
+            ),
+        ),
+    ),
+    _Tool(
+        "git_commit",
+        "Stage every change in the repository (git add -A) and commit it on your branch. The commit is "
+        "signed with trailers naming the session, the person who delegated the work and the grant.",
+        (
+            _Field(
+                "message",
+                "string",
+                True,
+                "Commit message: a short summary line, optionally a blank line and details.",
+                non_empty=True,
+            ),
+        ),
+    ),
+    _Tool(
+        "write_handoff",
+        "Write the handoff note (HANDOFF.md) that the next iteration starts from: status, the next "
+        "action, and what not to do.",
+        (
+            _Field(
+                "status",
+                "string",
+                True,
+                "active: work continues; blocked: needs a human; done: goal met; stale: no longer relevant.",
+                enum=HANDOFF_STATUSES,
+            ),
+            _Field("next_action", "string", True, "The single next thing to do, concretely."),
+            _Field("goal", "string", False, "The goal being worked on, restated for the next iteration (optional)."),
+            _Field("do_not", "string_list", True, "Things the next iteration must not do or retry (may be empty)."),
+        ),
+    ),
+    _Tool(
+        "finish",
+        "Declare the goal met and stop. Commit your work first.",
+        (
+            _Field(
+                "summary",
+                "string",
+                True,
+                "What was done, for the human reviewer: changes, tests, open questions.",
+                non_empty=True,
+            ),
+        ),
+    ),
 )
 
 _BY_NAME = {tool.name: tool for tool in _TOOLS}
@@ -127,7 +203,7 @@ def _reject_constant(name: str) -> float:
 
 def _check_text(tool: str, where: str, value: str) -> None:
     if "\x00" in value:
-        raise ToolArgumentError(f'{tool}: {where} contains a NUL byte')
+        raise ToolArgumentError(f"{tool}: {where} contains a NUL byte")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -161,7 +237,9 @@ def _decode(tool: str, raw: str | bytes | dict | None) -> dict:
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise ToolArgumentError(f"{tool}: arguments are not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise ToolArgumentError(f"{tool}: arguments must be a JSON object like {{\"path\": \"...\"}}, got {_json_type(value)}")
+        raise ToolArgumentError(
+            f'{tool}: arguments must be a JSON object like {{"path": "..."}}, got {_json_type(value)}'
+        )
     return value
 
 
@@ -206,15 +284,24 @@ def _validate(tool: _Tool, args: dict) -> dict:
             if field.non_empty and not value.strip():
                 raise ToolArgumentError(f"{tool.name}: {label} must not be empty")
             if field.enum and value not in field.enum:
-                raise ToolArgumentError(f"{tool.name}: {label} must be one of {', '.join(field.enum)}; got {value[:40]!r}")
+                raise ToolArgumentError(
+                    f"{tool.name}: {label} must be one of {', '.join(field.enum)}; got {value[:40]!r}"
+                )
         elif field.kind == "integer":
             if isinstance(value, bool) or not isinstance(value, int):
                 if isinstance(value, float) and value.is_integer():
                     value = int(value)
                 else:
                     raise ToolArgumentError(f"{tool.name}: {label} must be an integer, got {_json_type(value)}")
-            if field.minimum is not None and value < field.minimum or field.maximum is not None and value > field.maximum:
-                raise ToolArgumentError(f"{tool.name}: {label} must be between {field.minimum} and {field.maximum}, got {value}")
+            if (
+                field.minimum is not None
+                and value < field.minimum
+                or field.maximum is not None
+                and value > field.maximum
+            ):
+                raise ToolArgumentError(
+                    f"{tool.name}: {label} must be between {field.minimum} and {field.maximum}, got {value}"
+                )
         elif field.kind == "string_list":
             if not isinstance(value, list):
                 raise ToolArgumentError(f"{tool.name}: {label} must be an array of strings, got {_json_type(value)}")

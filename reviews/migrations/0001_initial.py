@@ -7,77 +7,106 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('agents', '0001_initial'),
+        ("agents", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ChainHead',
+            name="ChainHead",
             fields=[
-                ('chain', models.CharField(max_length=40, primary_key=True, serialize=False)),
-                ('seq', models.PositiveBigIntegerField(default=0)),
-                ('hash', models.CharField(max_length=64)),
+                ("chain", models.CharField(max_length=40, primary_key=True, serialize=False)),
+                ("seq", models.PositiveBigIntegerField(default=0)),
+                ("hash", models.CharField(max_length=64)),
             ],
         ),
         migrations.CreateModel(
-            name='Checkpoint',
+            name="Checkpoint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('reason', models.CharField(blank=True, max_length=80)),
-                ('heads', models.JSONField(default=dict)),
-                ('signature', models.CharField(max_length=128)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("reason", models.CharField(blank=True, max_length=80)),
+                ("heads", models.JSONField(default=dict)),
+                ("signature", models.CharField(max_length=128)),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('chain', models.CharField(max_length=40)),
-                ('seq', models.PositiveBigIntegerField()),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('kind', models.CharField(db_index=True, max_length=48)),
-                ('actor_type', models.CharField(choices=[('agent', 'Agent'), ('user', 'Human'), ('system', 'System')], max_length=8)),
-                ('actor_user_id', models.BigIntegerField(blank=True, db_index=True, null=True)),
-                ('actor_session_id', models.BigIntegerField(blank=True, null=True)),
-                ('actor_label', models.CharField(blank=True, max_length=150)),
-                ('on_behalf_of_id', models.BigIntegerField(blank=True, db_index=True, null=True)),
-                ('on_behalf_of_label', models.CharField(blank=True, max_length=150)),
-                ('grant_id', models.BigIntegerField(blank=True, null=True)),
-                ('provenance', models.CharField(blank=True, max_length=16)),
-                ('session_id', models.BigIntegerField(blank=True, db_index=True, null=True)),
-                ('pod_id', models.BigIntegerField(blank=True, db_index=True, null=True)),
-                ('payload', models.JSONField(default=dict)),
-                ('prev_hash', models.CharField(max_length=64)),
-                ('hash', models.CharField(max_length=64)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("chain", models.CharField(max_length=40)),
+                ("seq", models.PositiveBigIntegerField()),
+                ("created_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ("kind", models.CharField(db_index=True, max_length=48)),
+                (
+                    "actor_type",
+                    models.CharField(
+                        choices=[("agent", "Agent"), ("user", "Human"), ("system", "System")], max_length=8
+                    ),
+                ),
+                ("actor_user_id", models.BigIntegerField(blank=True, db_index=True, null=True)),
+                ("actor_session_id", models.BigIntegerField(blank=True, null=True)),
+                ("actor_label", models.CharField(blank=True, max_length=150)),
+                ("on_behalf_of_id", models.BigIntegerField(blank=True, db_index=True, null=True)),
+                ("on_behalf_of_label", models.CharField(blank=True, max_length=150)),
+                ("grant_id", models.BigIntegerField(blank=True, null=True)),
+                ("provenance", models.CharField(blank=True, max_length=16)),
+                ("session_id", models.BigIntegerField(blank=True, db_index=True, null=True)),
+                ("pod_id", models.BigIntegerField(blank=True, db_index=True, null=True)),
+                ("payload", models.JSONField(default=dict)),
+                ("prev_hash", models.CharField(max_length=64)),
+                ("hash", models.CharField(max_length=64)),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['session_id', 'id'], name='reviews_aud_session_fd95e7_idx'), models.Index(fields=['on_behalf_of_id', 'created_at'], name='reviews_aud_on_beha_d34357_idx'), models.Index(fields=['kind', 'created_at'], name='reviews_aud_kind_7e468f_idx')],
-                'constraints': [models.UniqueConstraint(fields=('chain', 'seq'), name='gap_free_chain_sequence')],
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(fields=["session_id", "id"], name="reviews_aud_session_fd95e7_idx"),
+                    models.Index(fields=["on_behalf_of_id", "created_at"], name="reviews_aud_on_beha_d34357_idx"),
+                    models.Index(fields=["kind", "created_at"], name="reviews_aud_kind_7e468f_idx"),
+                ],
+                "constraints": [models.UniqueConstraint(fields=("chain", "seq"), name="gap_free_chain_sequence")],
             },
         ),
         migrations.CreateModel(
-            name='Review',
+            name="Review",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('decision', models.CharField(choices=[('approve', 'Approve and merge'), ('request_changes', 'Request changes'), ('reject', 'Reject'), ('revert', 'Revert')], max_length=20)),
-                ('comment', models.TextField(blank=True)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('reviewer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='reviews', to=settings.AUTH_USER_MODEL)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reviews', to='agents.agentsession')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "decision",
+                    models.CharField(
+                        choices=[
+                            ("approve", "Approve and merge"),
+                            ("request_changes", "Request changes"),
+                            ("reject", "Reject"),
+                            ("revert", "Revert"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("comment", models.TextField(blank=True)),
+                ("details", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "reviewer",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="reviews", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="reviews", to="agents.agentsession"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at'],
+                "ordering": ["created_at"],
             },
         ),
     ]

@@ -8,6 +8,7 @@ code paths (an ORM ``.update()``, an admin action, a stray script) from rewritin
 ``install(connection)`` / ``uninstall(connection)`` are importable (importlib, the module name
 starts with a digit) for tests that must empty the tables with a flush.
 """
+
 from django.db import migrations
 
 TABLES = ("reviews_auditevent", "reviews_checkpoint")
@@ -92,7 +93,6 @@ def backwards(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("reviews", "0001_initial"),
     ]

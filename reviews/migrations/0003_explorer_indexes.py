@@ -4,22 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reviews', '0002_audit_append_only'),
+        ("reviews", "0002_audit_append_only"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['kind', 'id'], name='reviews_aud_kind_392f2c_idx'),
+            model_name="auditevent",
+            index=models.Index(fields=["kind", "id"], name="reviews_aud_kind_392f2c_idx"),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['on_behalf_of_id', 'id'], name='reviews_aud_on_beha_586c81_idx'),
+            model_name="auditevent",
+            index=models.Index(fields=["on_behalf_of_id", "id"], name="reviews_aud_on_beha_586c81_idx"),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['pod_id', 'id'], name='reviews_aud_pod_id_79e0cc_idx'),
+            model_name="auditevent",
+            index=models.Index(fields=["pod_id", "id"], name="reviews_aud_pod_id_79e0cc_idx"),
         ),
     ]

@@ -7,6 +7,7 @@ query looks events up by actor_user_id.
 Only the indexes are dropped (``SeparateDatabaseAndState``): an AlterField would make SQLite
 rebuild the table, which drops the append-only triggers with the old table.
 """
+
 from django.db import migrations, models
 
 COLUMNS = {  # column -> Django's name for its db_index index (the same on SQLite and PostgreSQL)
@@ -20,7 +21,9 @@ COLUMNS = {  # column -> Django's name for its db_index index (the same on SQLit
 DROP = [f'DROP INDEX IF EXISTS "{name}"' for name in COLUMNS.values()] + [
     'DROP INDEX IF EXISTS "reviews_auditevent_kind_1ffadc67_like"',  # PostgreSQL's varchar_pattern_ops twin
 ]
-CREATE = [f'CREATE INDEX IF NOT EXISTS "{name}" ON "reviews_auditevent" ("{column}")' for column, name in COLUMNS.items()]
+CREATE = [
+    f'CREATE INDEX IF NOT EXISTS "{name}" ON "reviews_auditevent" ("{column}")' for column, name in COLUMNS.items()
+]
 
 
 class Migration(migrations.Migration):
@@ -30,13 +33,18 @@ class Migration(migrations.Migration):
         migrations.SeparateDatabaseAndState(
             state_operations=[
                 migrations.AlterField(model_name="auditevent", name="kind", field=models.CharField(max_length=48)),
-                migrations.AlterField(model_name="auditevent", name="actor_user_id",
-                                      field=models.BigIntegerField(blank=True, null=True)),
-                migrations.AlterField(model_name="auditevent", name="on_behalf_of_id",
-                                      field=models.BigIntegerField(blank=True, null=True)),
-                migrations.AlterField(model_name="auditevent", name="pod_id", field=models.BigIntegerField(blank=True, null=True)),
-                migrations.AlterField(model_name="auditevent", name="session_id",
-                                      field=models.BigIntegerField(blank=True, null=True)),
+                migrations.AlterField(
+                    model_name="auditevent", name="actor_user_id", field=models.BigIntegerField(blank=True, null=True)
+                ),
+                migrations.AlterField(
+                    model_name="auditevent", name="on_behalf_of_id", field=models.BigIntegerField(blank=True, null=True)
+                ),
+                migrations.AlterField(
+                    model_name="auditevent", name="pod_id", field=models.BigIntegerField(blank=True, null=True)
+                ),
+                migrations.AlterField(
+                    model_name="auditevent", name="session_id", field=models.BigIntegerField(blank=True, null=True)
+                ),
             ],
             database_operations=[migrations.RunSQL(sql=DROP, reverse_sql=CREATE)],
         ),

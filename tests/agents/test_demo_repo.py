@@ -1,4 +1,5 @@
 """The demo repository: same every time, real history, real failing tests, a catalogue of honest work."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,12 @@ import git
 import pytest
 
 from agents.demo_repo import (
-    DEMO_AUTHOR_EMAIL, DEMO_RECIPES, DEMO_TASKS, DemoRepoError, create_demo_repo, is_demo_repo,
+    DEMO_AUTHOR_EMAIL,
+    DEMO_RECIPES,
+    DEMO_TASKS,
+    DemoRepoError,
+    create_demo_repo,
+    is_demo_repo,
 )
 
 TASK_TYPES = {"feature", "fix", "docs", "tests", "refactor", "chore"}
@@ -28,7 +34,9 @@ def _pytest_env() -> dict[str, str]:
 
 
 def run_pytest(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_pytest_command(*args), cwd=repo, capture_output=True, text=True, timeout=60, env=_pytest_env())
+    return subprocess.run(
+        _pytest_command(*args), cwd=repo, capture_output=True, text=True, timeout=60, env=_pytest_env()
+    )
 
 
 @pytest.fixture
@@ -86,11 +94,23 @@ def test_it_builds_into_an_existing_empty_directory(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["empty"]  # no staging directory left behind
 
 
-@pytest.mark.parametrize("relative", [
-    "README.md", "pyproject.toml", ".github/workflows/ci.yml", ".ci/run", ".env",
-    "shopcart/__init__.py", "shopcart/pricing.py", "shopcart/inventory.py", "shopcart/textutils.py",
-    "shopcart/report.py", "shopcart/shipping.py", "tests/test_pricing.py",
-])
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "README.md",
+        "pyproject.toml",
+        ".github/workflows/ci.yml",
+        ".ci/run",
+        ".env",
+        "shopcart/__init__.py",
+        "shopcart/pricing.py",
+        "shopcart/inventory.py",
+        "shopcart/textutils.py",
+        "shopcart/report.py",
+        "shopcart/shipping.py",
+        "tests/test_pricing.py",
+    ],
+)
 def test_it_commits_the_files_the_demos_rely_on(pristine: Path, relative: str):
     tracked = set(git.Repo(pristine).git.ls_files().splitlines())
     assert relative in tracked
@@ -110,15 +130,25 @@ def test_some_tests_fail_because_of_real_bugs_and_the_rest_pass(pristine: Path):
     result = run_pytest(pristine)
     assert result.returncode == 1, result.stdout
     assert "7 failed, 13 passed" in result.stdout
-    for name in ("test_apply_discount_returns_the_discounted_price", "test_stock_at_the_threshold_is_low",
-                 "test_slugify_drops_leading_and_trailing_punctuation", "test_truncate_never_exceeds_the_limit",
-                 "test_format_money_pads_single_digit_cents", "test_orders_of_exactly_the_threshold_ship_free"):
+    for name in (
+        "test_apply_discount_returns_the_discounted_price",
+        "test_stock_at_the_threshold_is_low",
+        "test_slugify_drops_leading_and_trailing_punctuation",
+        "test_truncate_never_exceeds_the_limit",
+        "test_format_money_pads_single_digit_cents",
+        "test_orders_of_exactly_the_threshold_ship_free",
+    ):
         assert name in result.stdout
 
 
 def test_the_code_carries_todo_notes(pristine: Path):
-    todos = [line for path in pristine.rglob("*") if path.is_file() and ".git" not in path.parts
-             for line in path.read_text(encoding="utf-8").splitlines() if "TODO:" in line]
+    todos = [
+        line
+        for path in pristine.rglob("*")
+        if path.is_file() and ".git" not in path.parts
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if "TODO:" in line
+    ]
     assert len(todos) >= 8
 
 
@@ -150,11 +180,19 @@ def test_doing_all_the_work_makes_every_check_and_the_whole_suite_pass(demo: Pat
         for new_file in recipe.new_files:
             (demo / new_file.path).write_text(new_file.content, encoding="utf-8")
     checks = {  # every task's own check, run side by side
-        task["id"]: subprocess.Popen(_pytest_command(*task["check"].split()[4:]), cwd=demo, env=_pytest_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        task["id"]: subprocess.Popen(
+            _pytest_command(*task["check"].split()[4:]),
+            cwd=demo,
+            env=_pytest_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for task in DEMO_TASKS
     }
-    outcomes = {task_id: (process.communicate(timeout=60)[0], process.returncode) for task_id, process in checks.items()}
+    outcomes = {
+        task_id: (process.communicate(timeout=60)[0], process.returncode) for task_id, process in checks.items()
+    }
     assert {task_id: code for task_id, (_, code) in outcomes.items() if code != 0} == {}, outcomes
     result = run_pytest(demo)
     assert result.returncode == 0, result.stdout

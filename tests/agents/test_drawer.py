@@ -1,4 +1,5 @@
 """The session drawer: what a human sees about one agent session, and who may act from it."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 @pytest.fixture
 def session(fleet, worktrees_dir):
     return services.session_launch(
-        pod=fleet.alpha, sto=fleet.sto, goal="Fix the rounding bug in shopcart totals", by=fleet.lead,
-        repository=fleet.repo, success_criteria="tests/test_cart.py passes",
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal="Fix the rounding bug in shopcart totals",
+        by=fleet.lead,
+        repository=fleet.repo,
+        success_criteria="tests/test_cart.py passes",
         grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)", "Git(commit)"), deny=("Bash(git push *)",)),
         start=False,
     )
@@ -48,10 +53,23 @@ def text(response) -> str:
 
 
 def test_the_drawer_shows_goal_grant_transcript_audit_and_controls_to_the_sto(client, fleet, session):
-    append_transcript(session_id=session.pk, iteration=1, step=1, role="assistant", content="Let me look at the cart.",
-                      tool_calls=[{"id": "c1", "name": "read_file", "arguments": json.dumps({"path": "shopcart/cart.py"})}])
-    append_transcript(session_id=session.pk, iteration=1, step=1, role="tool", name="read_file", tool_call_id="c1",
-                      content="def total(items): ...")
+    append_transcript(
+        session_id=session.pk,
+        iteration=1,
+        step=1,
+        role="assistant",
+        content="Let me look at the cart.",
+        tool_calls=[{"id": "c1", "name": "read_file", "arguments": json.dumps({"path": "shopcart/cart.py"})}],
+    )
+    append_transcript(
+        session_id=session.pk,
+        iteration=1,
+        step=1,
+        role="tool",
+        name="read_file",
+        tool_call_id="c1",
+        content="def total(items): ...",
+    )
     response = drawer(login(client, fleet.sto), session)
     assert response.status_code == 200
     page = text(response)
@@ -101,8 +119,15 @@ def test_the_pod_lead_and_a_manager_get_the_controls(client, fleet, session, use
 
 def test_a_member_of_another_pod_gets_403_on_the_drawer_and_every_post(client, fleet, session):
     grant = active_grant(session=session)
-    escalation = Escalation.objects.create(session=session, grant=grant, tool="run_command", action="run_command: ls",
-                                           action_hash="h", reason="commands ask", rule="Bash(ls)")
+    escalation = Escalation.objects.create(
+        session=session,
+        grant=grant,
+        tool="run_command",
+        action="run_command: ls",
+        action_hash="h",
+        reason="commands ask",
+        rule="Bash(ls)",
+    )
     login(client, fleet.outsider)
     assert drawer(client, session).status_code == 403
     assert client.get(f"/sessions/{session.pk}/").status_code == 403
@@ -130,7 +155,9 @@ def test_a_member_of_another_pod_gets_403_on_the_drawer_and_every_post(client, f
 
 def test_the_transcript_is_newest_first_and_pages_to_older_messages(client, fleet, session):
     for n in range(45):
-        append_transcript(session_id=session.pk, iteration=1, step=n, role="assistant", content=f"message number {n:02d}")
+        append_transcript(
+            session_id=session.pk, iteration=1, step=n, role="assistant", content=f"message number {n:02d}"
+        )
     login(client, fleet.sto)
     page = text(drawer(client, session))
     shown = re.findall(r"message number (\d\d)", page)
@@ -140,7 +167,9 @@ def test_the_transcript_is_newest_first_and_pages_to_older_messages(client, flee
     assert f'href="/sessions/{session.pk}/?transcript_before={older.group(2)}' in page, "with a real href beside it"
     second = text(client.get(older.group(1).replace("&amp;", "&"), **HTMX))
     assert "<section" not in second, "only the next page of entries"
-    assert re.findall(r"message number (\d\d)", second) == [f"{n:02d}" for n in range(44 - TRANSCRIPT_PAGE, 44 - 2 * TRANSCRIPT_PAGE, -1)]
+    assert re.findall(r"message number (\d\d)", second) == [
+        f"{n:02d}" for n in range(44 - TRANSCRIPT_PAGE, 44 - 2 * TRANSCRIPT_PAGE, -1)
+    ]
     third_link = re.search(r'hx-get="(/sessions/\d+/transcript\?before=\d+)"', second).group(1)
     third = text(client.get(third_link, **HTMX))
     # 45 assistant messages + the system prompt and the brief = 47 entries: the last page holds 7
@@ -153,10 +182,22 @@ def test_the_transcript_is_newest_first_and_pages_to_older_messages(client, flee
 
 
 def test_long_messages_are_collapsed_and_everything_is_escaped(client, fleet, session):
-    append_transcript(session_id=session.pk, iteration=1, step=1, role="tool", name="read_file",
-                      content="<script>alert('x')</script>" + "y" * 2000)
-    append_transcript(session_id=session.pk, iteration=1, step=1, role="assistant", content="",
-                      tool_calls=[{"id": "c", "name": "<b>evil</b>", "arguments": '{"path": "<img src=x onerror=alert(1)>"}'}])
+    append_transcript(
+        session_id=session.pk,
+        iteration=1,
+        step=1,
+        role="tool",
+        name="read_file",
+        content="<script>alert('x')</script>" + "y" * 2000,
+    )
+    append_transcript(
+        session_id=session.pk,
+        iteration=1,
+        step=1,
+        role="assistant",
+        content="",
+        tool_calls=[{"id": "c", "name": "<b>evil</b>", "arguments": '{"path": "<img src=x onerror=alert(1)>"}'}],
+    )
     page = text(drawer(login(client, fleet.sto), session))
     assert "<script>alert" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert '<details class="t-long">' in page
@@ -167,9 +208,12 @@ def test_long_messages_are_collapsed_and_everything_is_escaped(client, fleet, se
 def test_the_audit_trail_shows_the_session_events_newest_first_and_pages(client, fleet, session):
     with transaction.atomic():
         for n in range(AUDIT_PAGE + 5):
-            record("test.note", session=session, agent=True, on_behalf_of=fleet.sto, provenance="rule", payload={"n": n})
-    other = services.session_launch(pod=fleet.alpha, sto=fleet.sto, goal="Another goal", by=fleet.sto,
-                                    repository=fleet.repo, start=False)
+            record(
+                "test.note", session=session, agent=True, on_behalf_of=fleet.sto, provenance="rule", payload={"n": n}
+            )
+    other = services.session_launch(
+        pod=fleet.alpha, sto=fleet.sto, goal="Another goal", by=fleet.sto, repository=fleet.repo, start=False
+    )
     with transaction.atomic():
         record("test.elsewhere", session=other, agent=True, payload={})
     login(client, fleet.sto)
@@ -195,16 +239,28 @@ def test_without_a_sandbox_the_drawer_says_commands_ask(client, fleet, session, 
 
 
 def test_the_diff_stat_counts_the_branch_against_its_base(client, fleet, session):
-    ensure_worktree(repo_path=Path(fleet.repo.path), base_branch="main", branch=session.branch,
-                    worktree_path=Path(session.worktree_path))
+    ensure_worktree(
+        repo_path=Path(fleet.repo.path),
+        base_branch="main",
+        branch=session.branch,
+        worktree_path=Path(session.worktree_path),
+    )
     worktree = Path(session.worktree_path)
     (worktree / "NOTES.md").write_text("one\ntwo\n")
     import git
 
     repo = git.Repo(worktree)
     repo.git.add("NOTES.md")
-    repo.git.commit("-m", "notes", env={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@x", "GIT_COMMITTER_NAME": "a",
-                                         "GIT_COMMITTER_EMAIL": "a@x"})
+    repo.git.commit(
+        "-m",
+        "notes",
+        env={
+            "GIT_AUTHOR_NAME": "a",
+            "GIT_AUTHOR_EMAIL": "a@x",
+            "GIT_COMMITTER_NAME": "a",
+            "GIT_COMMITTER_EMAIL": "a@x",
+        },
+    )
     (worktree / "README.md").write_text("changed\n")
     page = text(drawer(login(client, fleet.sto), session))
     assert "1 file changed, 2 insertions(+)" in page
@@ -213,7 +269,8 @@ def test_the_diff_stat_counts_the_branch_against_its_base(client, fleet, session
 
 def test_the_handoff_note_is_shown(client, fleet, session):
     type(session).objects.filter(pk=session.pk).update(
-        handoff={"status": "blocked", "next_action": "ask for push rights", "do_not": ["force-push"]})
+        handoff={"status": "blocked", "next_action": "ask for push rights", "do_not": ["force-push"]}
+    )
     page = text(drawer(login(client, fleet.sto), session))
     assert "ask for push rights" in page and "force-push" in page
 
@@ -250,36 +307,74 @@ def test_a_plain_form_post_redirects_back_to_the_drawer(client, fleet, session):
 
 # --- in a real browser ----------------------------------------------------------------------
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
-def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(live_server, fleet, worktrees_dir, monkeypatch):
+def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(
+    live_server, fleet, worktrees_dir, monkeypatch
+):
     from playwright.sync_api import expect, sync_playwright
 
     # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still synchronous.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
     session = services.session_launch(
-        pod=fleet.alpha, sto=fleet.sto, goal="Fix the rounding bug in shopcart totals", by=fleet.lead,
-        repository=fleet.repo, success_criteria="tests/test_cart.py passes",
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal="Fix the rounding bug in shopcart totals",
+        by=fleet.lead,
+        repository=fleet.repo,
+        success_criteria="tests/test_cart.py passes",
         grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)", "Git(commit)"), deny=("Bash(git push *)",)),
         start=False,
     )
-    append_transcript(session_id=session.pk, iteration=1, step=1, role="assistant", content="I will run the tests first.",
-                      tool_calls=[{"id": "c1", "name": "run_command", "arguments": json.dumps({"command": "pytest -q"})}])
-    append_transcript(session_id=session.pk, iteration=1, step=1, role="tool", name="run_command", tool_call_id="c1",
-                      content="F.\n" + "E   assert 10.0 == 9.99\n" * 60)
-    append_transcript(session_id=session.pk, iteration=1, step=2, role="assistant", content="",
-                      tool_calls=[{"id": "c2", "name": "run_command", "arguments": json.dumps({"command": "git push origin HEAD"})}])
+    append_transcript(
+        session_id=session.pk,
+        iteration=1,
+        step=1,
+        role="assistant",
+        content="I will run the tests first.",
+        tool_calls=[{"id": "c1", "name": "run_command", "arguments": json.dumps({"command": "pytest -q"})}],
+    )
+    append_transcript(
+        session_id=session.pk,
+        iteration=1,
+        step=1,
+        role="tool",
+        name="run_command",
+        tool_call_id="c1",
+        content="F.\n" + "E   assert 10.0 == 9.99\n" * 60,
+    )
+    append_transcript(
+        session_id=session.pk,
+        iteration=1,
+        step=2,
+        role="assistant",
+        content="",
+        tool_calls=[{"id": "c2", "name": "run_command", "arguments": json.dumps({"command": "git push origin HEAD"})}],
+    )
     with transaction.atomic():
         escalation = Escalation.objects.create(
-            session=session, grant=active_grant(session=session), tool="run_command", action="run_command: git push origin HEAD",
-            action_hash="b" * 64, reason="commands ask in edits mode", rule="Bash(git push origin HEAD)")
+            session=session,
+            grant=active_grant(session=session),
+            tool="run_command",
+            action="run_command: git push origin HEAD",
+            action_hash="b" * 64,
+            reason="commands ask in edits mode",
+            rule="Bash(git push origin HEAD)",
+        )
         services.set_status(session, Status.NEEDS_APPROVAL, reason="waiting for a human: git push", agent=True)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -308,7 +403,9 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(live_
             allow.fill("Bash(pytest *)\nGit(commit)")
             drawer.locator("input[name=mode][value=autonomous]").check()
             drawer.locator("[data-action=issue-grant]").click()
-            expect(page.locator("#drawer .flash")).to_contain_text("Only the pod lead or a manager may delegate autonomous mode.")
+            expect(page.locator("#drawer .flash")).to_contain_text(
+                "Only the pod lead or a manager may delegate autonomous mode."
+            )
             assert session.grants.count() == 1
 
             # allow once: the drawer re-renders, the question is answered, the session runs
@@ -321,13 +418,19 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(live_
 
             # the transcript's "older" link is there only when there is more; the page is linkable
             page.goto(f"{live_server.url}/sessions/{session.pk}/")
+
             def ask_again() -> None:
                 with transaction.atomic():
                     locked = type(session).objects.select_for_update().get(pk=session.pk)
                     Escalation.objects.create(
-                        session=locked, grant=active_grant(session=locked), tool="run_command",
-                        action="run_command: curl https://pypi.org/simple/", action_hash="c" * 64,
-                        reason="network access needs a Net allow rule", rule="Net(pypi.org)")
+                        session=locked,
+                        grant=active_grant(session=locked),
+                        tool="run_command",
+                        action="run_command: curl https://pypi.org/simple/",
+                        action_hash="c" * 64,
+                        reason="network access needs a Net allow rule",
+                        rule="Net(pypi.org)",
+                    )
                     services.set_status(locked, Status.NEEDS_APPROVAL, reason="waiting for a human", agent=True)
 
             # off Playwright's event-loop thread, so the live update after commit can be sent as in production
@@ -343,7 +446,9 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(live_
             expect(page.locator(f"#grant-check-{session.pk}-deny")).to_contain_text("not a URL")
             page.locator("details.grant-editor").screenshot(path=str(ARTIFACTS / "drawer-grant-editor.png"))
 
-            phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+            phone = browser.new_page(
+                viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+            )
             phone.context.add_cookies(page.context.cookies())
             phone.goto(f"{live_server.url}/sessions/{session.pk}/")
             section = phone.locator(f"#drawer-{session.pk}")

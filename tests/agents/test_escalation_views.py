@@ -1,4 +1,5 @@
 """Deciding escalations from the drawer: who may, what each decision does, and what a refusal leaves behind."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,14 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 
 def launch(fleet, **kwargs):
     return services.session_launch(
-        pod=fleet.alpha, sto=fleet.sto, goal="Publish the release branch", by=fleet.lead, repository=fleet.repo,
-        grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)",)), start=False, **kwargs,
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal="Publish the release branch",
+        by=fleet.lead,
+        repository=fleet.repo,
+        grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)",)),
+        start=False,
+        **kwargs,
     )
 
 
@@ -24,8 +31,13 @@ def open_escalation(session, *, rule="Bash(git push)", action="run_command: git 
     """What the runtime leaves when a tool call asks: an open escalation and a session needing approval."""
     with transaction.atomic():
         escalation = Escalation.objects.create(
-            session=session, grant=active_grant(session=session), tool="run_command", action=action,
-            action_hash="a" * 64, reason="commands ask in edits mode", rule=rule,
+            session=session,
+            grant=active_grant(session=session),
+            tool="run_command",
+            action=action,
+            action_hash="a" * 64,
+            reason="commands ask in edits mode",
+            rule=rule,
         )
         services.set_status(session, Status.NEEDS_APPROVAL, reason="waiting for a human: git push", agent=True)
     return escalation
@@ -121,11 +133,14 @@ def test_deny_with_a_reason_the_agent_will_see(client, fleet, session):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("who, message", [
-    ("leader", "Leaders read the fleet; they cannot act on agents."),
-    ("member", "Only the session&#x27;s Single Task Owner (sam), the pod lead or a manager may do this."),
-    ("outsider", "You cannot act on this escalation: its session belongs to another pod."),
-])
+@pytest.mark.parametrize(
+    "who, message",
+    [
+        ("leader", "Leaders read the fleet; they cannot act on agents."),
+        ("member", "Only the session&#x27;s Single Task Owner (sam), the pod lead or a manager may do this."),
+        ("outsider", "You cannot act on this escalation: its session belongs to another pod."),
+    ],
+)
 def test_it_refuses_anyone_without_authority_with_403_and_records_the_attempt(client, fleet, session, who, message):
     escalation = open_escalation(session)
     user = getattr(fleet, who)
@@ -170,7 +185,9 @@ def test_a_plain_form_post_decides_and_redirects_to_the_drawer(client, fleet, se
 
 
 @pytest.mark.django_db(transaction=True)
-def test_end_to_end_the_runtime_asks_the_sto_allows_once_from_the_drawer_and_the_command_runs(client, fleet, worktrees_dir):
+def test_end_to_end_the_runtime_asks_the_sto_allows_once_from_the_drawer_and_the_command_runs(
+    client, fleet, worktrees_dir
+):
     from tests.agents.test_runtime import drive, scripted
     from tests.scripted_model import ScriptedModel, calls, finish
 

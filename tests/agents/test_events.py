@@ -1,4 +1,5 @@
 """Live updates from sync code (workers, views) through the real Redis channel layer."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _session(fleet) -> AgentSession:
-    return services.session_launch(pod=fleet.alpha, sto=fleet.sto, goal="Watch me", by=fleet.lead,
-                                   repository=fleet.repo, start=False)
+    return services.session_launch(
+        pod=fleet.alpha, sto=fleet.sto, goal="Watch me", by=fleet.lead, repository=fleet.repo, start=False
+    )
 
 
 def collect(group: str, action, *, listen_s: float) -> list[tuple[float, dict]]:
@@ -59,7 +61,9 @@ def test_a_broadcast_from_sync_code_reaches_the_pod_group_with_the_committed_ver
     AgentSession.objects.filter(pk=session.pk).update(version=F("version") + 1)
     version = AgentSession.objects.get(pk=session.pk).version
 
-    messages = collect(pod_group(fleet.alpha.pk), lambda: [broadcast_session(session.pk) for _ in range(3)], listen_s=0.5)
+    messages = collect(
+        pod_group(fleet.alpha.pk), lambda: [broadcast_session(session.pk) for _ in range(3)], listen_s=0.5
+    )
 
     assert [m["version"] for _, m in messages] == [version] * 3
     assert messages[0][1]["session_id"] == session.pk and f'id="tile-{session.pk}"' in messages[0][1]["html"]

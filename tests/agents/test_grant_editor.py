@@ -1,5 +1,6 @@
 """The grant editor in the drawer: presets, rules with inline validation, budget, window, who may
 delegate what, versions (never edited in place), revocation with a reason."""
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,11 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 @pytest.fixture
 def session(fleet, worktrees_dir):
     return services.session_launch(
-        pod=fleet.alpha, sto=fleet.sto, goal="Tidy the docs", by=fleet.lead, repository=fleet.repo,
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal="Tidy the docs",
+        by=fleet.lead,
+        repository=fleet.repo,
         grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)",), deny=("Bash(git push *)",), max_steps=50),
         start=False,
     )
@@ -35,9 +40,19 @@ def login(client, user):
 
 def form(**changes) -> dict:
     data = {
-        "mode": "edits", "allow": "Bash(pytest *)\nGit(commit)", "ask": "", "deny": "Bash(git push *)",
-        "max_steps": "80", "max_tokens": "", "max_cost_usd": "2.50", "max_wall_minutes": "90", "max_tool_calls": "",
-        "not_before": "", "expires_at": "", "on_unanswered": "wait", "justification": "let it commit",
+        "mode": "edits",
+        "allow": "Bash(pytest *)\nGit(commit)",
+        "ask": "",
+        "deny": "Bash(git push *)",
+        "max_steps": "80",
+        "max_tokens": "",
+        "max_cost_usd": "2.50",
+        "max_wall_minutes": "90",
+        "max_tool_calls": "",
+        "not_before": "",
+        "expires_at": "",
+        "on_unanswered": "wait",
+        "justification": "let it commit",
     }
     data.update(changes)
     return data
@@ -49,7 +64,7 @@ def issue(client, session, **changes):
 
 def test_the_editor_opens_with_the_current_grant_and_the_mode_presets(client, fleet, session):
     page = login(client, fleet.sto).get(f"/sessions/{session.pk}/", **HTMX).content.decode()
-    editor = page[page.index('class="grant-editor"'):page.index('class="revoke"')]
+    editor = page[page.index('class="grant-editor"') : page.index('class="revoke"')]
     assert 'name="mode" value="edits" checked' in editor
     for mode in ("plan", "ask", "edits", "autonomous"):
         assert f'name="mode" value="{mode}"' in editor
@@ -62,7 +77,10 @@ def test_the_editor_opens_with_the_current_grant_and_the_mode_presets(client, fl
 
 def test_inline_validation_names_the_bad_rule(client, fleet, session):
     response = login(client, fleet.sto).post(
-        f"/sessions/{session.pk}/grant/validate", {"field": "allow", "allow": "Bash(pytest *)\nFoo(x)\nRead(/etc/passwd)"}, **HTMX)
+        f"/sessions/{session.pk}/grant/validate",
+        {"field": "allow", "allow": "Bash(pytest *)\nFoo(x)\nRead(/etc/passwd)"},
+        **HTMX,
+    )
     assert response.status_code == 200
     body = response.content.decode()
     assert f'id="grant-check-{session.pk}-allow"' in body and 'data-valid="no"' in body
@@ -79,7 +97,7 @@ def test_a_bad_rule_shows_the_error_naming_it_and_creates_nothing(client, fleet,
     body = response.content.decode()
     assert "The grant was not changed" in body
     assert "&quot;Bash(git push:*)&quot;: write &quot;git push *&quot;" in body
-    assert "<details class=\"grant-editor\" open>" in body, "the editor stays open with what was typed"
+    assert '<details class="grant-editor" open>' in body, "the editor stays open with what was typed"
     assert "Bash(git push:*)</textarea>" in body
     assert session.grants.count() == 1 and not session.grants.get().is_revoked
     assert AuditEvent.objects.filter(session_id=session.pk).count() == before
@@ -96,12 +114,14 @@ def test_a_valid_change_issues_version_two_and_revokes_version_one(client, fleet
     assert v2.delegator == fleet.sto and v2.issued_by == fleet.sto and v2.justification == "let it commit"
     body = response.content.decode()
     assert 'data-grant-version="2"' in body and "Grant v2 issued" in body
-    history = body[body.index('class="grant-history"'):]
+    history = body[body.index('class="grant-history"') :]
     assert re.search(r'data-grant-version="2" data-revoked="no"', history)
     assert re.search(r'data-grant-version="1" data-revoked="yes"', history)
     assert '<span class="rule added">+ Git(commit)</span>' in history
     assert "max steps 50 → 80" in history and "revoked" in history and "by sam" in history
-    kinds = list(AuditEvent.objects.filter(session_id=session.pk, kind__startswith="grant.").values_list("kind", flat=True))
+    kinds = list(
+        AuditEvent.objects.filter(session_id=session.pk, kind__startswith="grant.").values_list("kind", flat=True)
+    )
     assert kinds == ["grant.issued", "grant.revoked", "grant.issued"]
 
 
@@ -119,8 +139,12 @@ def test_a_window_in_the_future_is_kept(client, fleet, session):
 def test_a_window_that_ends_before_it_starts_is_refused(client, fleet, session):
     now = timezone.localtime()
     fmt = "%Y-%m-%dT%H:%M"
-    response = issue(login(client, fleet.sto), session, not_before=(now + timedelta(hours=2)).strftime(fmt),
-                     expires_at=(now + timedelta(hours=1)).strftime(fmt))
+    response = issue(
+        login(client, fleet.sto),
+        session,
+        not_before=(now + timedelta(hours=2)).strftime(fmt),
+        expires_at=(now + timedelta(hours=1)).strftime(fmt),
+    )
     assert response.status_code == 422
     assert "The grant must end after it starts." in response.content.decode()
     assert session.grants.count() == 1
@@ -129,7 +153,10 @@ def test_a_window_that_ends_before_it_starts_is_refused(client, fleet, session):
 def test_a_member_sto_asking_for_autonomous_is_refused_and_nothing_changes(client, fleet, session):
     response = issue(login(client, fleet.sto), session, mode="autonomous")
     assert response.status_code == 403
-    assert "Refused, nothing changed: Only the pod lead or a manager may delegate autonomous mode." in response.content.decode()
+    assert (
+        "Refused, nothing changed: Only the pod lead or a manager may delegate autonomous mode."
+        in response.content.decode()
+    )
     assert session.grants.count() == 1 and not session.grants.get().is_revoked
     refused = AuditEvent.objects.get(session_id=session.pk, kind="session.action_refused")
     assert refused.actor_label == "sam" and "autonomous" in refused.payload["refusal"]
@@ -161,7 +188,9 @@ def test_revoking_requires_a_reason(client, fleet, session):
     assert grant.is_revoked and grant.revoke_reason == "wrong repository" and grant.revoked_by == fleet.sto
     body = response.content.decode()
     assert "No active grant" in body and "revoked" in body and "wrong repository" in body
-    assert AuditEvent.objects.filter(session_id=session.pk, kind="grant.revoked", payload__reason="wrong repository").exists()
+    assert AuditEvent.objects.filter(
+        session_id=session.pk, kind="grant.revoked", payload__reason="wrong repository"
+    ).exists()
 
 
 def test_a_leader_cannot_revoke(client, fleet, session):

@@ -1,4 +1,5 @@
 """The fleet's invariants hold at the database level, on SQLite and on PostgreSQL."""
+
 import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction

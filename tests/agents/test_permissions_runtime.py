@@ -1,5 +1,6 @@
 """Delegated permissions, adversarially: a scripted model (real HTTP, real LiteLLM) drives the real
 runtime against real worktrees and the real sandbox. Each test is one acceptance case of the issue."""
+
 from __future__ import annotations
 
 import socket
@@ -23,7 +24,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def decisions(session) -> list[tuple[str, str, str]]:
-    return list(ToolCall.objects.filter(session=session).order_by("step__number", "index").values_list("name", "decision", "state"))
+    return list(
+        ToolCall.objects.filter(session=session)
+        .order_by("step__number", "index")
+        .values_list("name", "decision", "state")
+    )
 
 
 def spec(mode="edits", **kwargs) -> services.GrantSpec:
@@ -31,16 +36,24 @@ def spec(mode="edits", **kwargs) -> services.GrantSpec:
 
 
 def test_1_env_files_denied_by_rule_and_inline_code_escalated(fleet, worktrees_dir):
-    script = [calls([("read_file", {"path": ".env"}), ("run_command", {"command": "cat .env"})]),
-              calls([("run_command", {"command": "python -c \"open('.env').read()\""})])]
+    script = [
+        calls([("read_file", {"path": ".env"}), ("run_command", {"command": "cat .env"})]),
+        calls([("run_command", {"command": "python -c \"open('.env').read()\""})]),
+    ]
     with ScriptedModel(script) as model:
         session = drive(scripted(fleet, model, spec=spec("autonomous", deny=("Read(**/.env*)",))))
     rows = decisions(session)
-    assert rows == [("read_file", "deny", "denied"), ("run_command", "deny", "denied"), ("run_command", "ask", "escalated")]
+    assert rows == [
+        ("read_file", "deny", "denied"),
+        ("run_command", "deny", "denied"),
+        ("run_command", "ask", "escalated"),
+    ]
     assert session.status == Status.NEEDS_APPROVAL
     assert Escalation.objects.get(session=session).state == Escalation.State.OPEN
     secret = "not-a-real-secret"
-    assert not any(secret in (r or "") for r in ToolCall.objects.filter(session=session).values_list("result", flat=True))
+    assert not any(
+        secret in (r or "") for r in ToolCall.objects.filter(session=session).values_list("result", flat=True)
+    )
 
 
 def test_2_an_allowed_command_does_not_carry_a_compound_tail(fleet, worktrees_dir):
@@ -51,11 +64,23 @@ def test_2_an_allowed_command_does_not_carry_a_compound_tail(fleet, worktrees_di
     assert decision != "allow" and state != "done"
 
 
-@pytest.mark.parametrize("command", ["nice git push", "env A=1 git push", 'sh -c "git push"', "{ git push; }", "`git push`",
-                                     "timeout 5 git push origin main", "git push"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "nice git push",
+        "env A=1 git push",
+        'sh -c "git push"',
+        "{ git push; }",
+        "`git push`",
+        "timeout 5 git push origin main",
+        "git push",
+    ],
+)
 def test_3_wrapped_pushes_are_never_allowed(fleet, worktrees_dir, command):
     with ScriptedModel([calls([("run_command", {"command": command})])]) as model:
-        session = drive(scripted(fleet, model, spec=spec("autonomous", deny=("Bash(git push *)",), on_unanswered="deny")))
+        session = drive(
+            scripted(fleet, model, spec=spec("autonomous", deny=("Bash(git push *)",), on_unanswered="deny"))
+        )
     row = ToolCall.objects.get(session=session, name="run_command")
     assert row.decision in ("deny", "ask") and row.state == ToolCall.State.DENIED, (command, row.decision, row.reason)
     if command in ("nice git push", "env A=1 git push", 'sh -c "git push"', "git push"):
@@ -70,8 +95,15 @@ def test_4_edits_cannot_escape_through_dotdot_or_symlinks(fleet, worktrees_dir):
         src = Path(session.worktree_path, "src")
         src.mkdir(exist_ok=True)
         (src / "link").symlink_to("/etc")
-        model.add(calls([("write_file", {"path": "src/../../outside.txt", "content": "x"}),
-                         ("write_file", {"path": "src/link/controlroom-test", "content": "x"})]), finish())
+        model.add(
+            calls(
+                [
+                    ("write_file", {"path": "src/../../outside.txt", "content": "x"}),
+                    ("write_file", {"path": "src/link/controlroom-test", "content": "x"}),
+                ]
+            ),
+            finish(),
+        )
         session = drive(session)
     rows = [r for r in decisions(session) if r[0] == "write_file"]
     assert rows == [("write_file", "deny", "denied"), ("write_file", "deny", "denied")]
@@ -92,7 +124,11 @@ def test_5_ci_configuration_edits_are_escalated_even_in_autonomous_mode(fleet, w
 def test_6a_a_tool_call_one_second_after_expiry_is_denied_and_blocks(fleet, worktrees_dir):
     now = timezone.now()
     with ScriptedModel([{"sleep": 2.5, "then": calls([("list_files", {"path": "."})])}]) as model:
-        session = scripted(fleet, model, spec=spec("edits", not_before=now - timedelta(minutes=1), expires_at=now + timedelta(seconds=1.5)))
+        session = scripted(
+            fleet,
+            model,
+            spec=spec("edits", not_before=now - timedelta(minutes=1), expires_at=now + timedelta(seconds=1.5)),
+        )
         session = drive(session)
     assert decisions(session) == [("list_files", "deny", "denied")]
     row = ToolCall.objects.get(session=session)
@@ -123,15 +159,19 @@ def test_7_allow_once_is_bound_to_the_exact_action_and_cannot_be_replayed(fleet,
         assert session.status == Status.NEEDS_APPROVAL
         escalation = Escalation.objects.get(session=session)
         services.escalation_decide(escalation=escalation, by=fleet.sto, decision="allow-once")
-        model.add(calls([("run_command", {"command": "rm -rf /"})]), calls([("run_command", {"command": "rm -rf build/"})]))
+        model.add(
+            calls([("run_command", {"command": "rm -rf /"})]), calls([("run_command", {"command": "rm -rf build/"})])
+        )
         session = drive(session)
     rows = decisions(session)
-    assert rows[0] == ("run_command", "allow", "done")   # the approved action, once
+    assert rows[0] == ("run_command", "allow", "done")  # the approved action, once
     assert rows[1] == ("run_command", "deny", "denied")  # rm -rf / is outside the worktree: never covered
-    assert rows[2][1] == "ask"                           # the same action again: the approval was consumed
+    assert rows[2][1] == "ask"  # the same action again: the approval was consumed
     first = ToolCall.objects.filter(session=session).order_by("step__number").first()
     assert first.reason_type == "human"
-    event = AuditEvent.objects.get(session_id=session.pk, kind="tool.call", payload__action_hash=first.action_hash, payload__state="done")
+    event = AuditEvent.objects.get(
+        session_id=session.pk, kind="tool.call", payload__action_hash=first.action_hash, payload__state="done"
+    )
     assert event.provenance == "human"
 
 
@@ -149,7 +189,18 @@ def test_8_a_leader_an_outsider_and_the_agent_cannot_decide(fleet, worktrees_dir
     refused = AuditEvent.objects.filter(session_id=session.pk, kind="escalation.refused")
     assert sorted(refused.values_list("actor_label", flat=True)) == ["leo", "leo", "otto"]
     # the agent has no identity that can decide, and its sandbox cannot reach the control room's CLI
-    with ScriptedModel([calls([("run_command", {"command": f"python {Path.cwd() / 'manage.py'} decide {escalation.pk} allow-once --as sam"})])]) as model:
+    with ScriptedModel(
+        [
+            calls(
+                [
+                    (
+                        "run_command",
+                        {"command": f"python {Path.cwd() / 'manage.py'} decide {escalation.pk} allow-once --as sam"},
+                    )
+                ]
+            )
+        ]
+    ) as model:
         other = drive(scripted(fleet, model, spec=spec("autonomous")))
     row = ToolCall.objects.get(session=other, name="run_command")
     assert row.state in (ToolCall.State.ERROR, ToolCall.State.DENIED, ToolCall.State.ESCALATED)
@@ -189,8 +240,15 @@ def test_9b_the_budget_reservation_holds_under_real_concurrency(fleet, worktrees
     assert AgentSession.objects.get(pk=session.pk).tool_calls == 5
 
 
-@pytest.mark.parametrize("raw", ['["not", "an", "object"]', '{"path": "a\\u0000b"}', '{"path": "\\udc80"}',
-                                 '{"path": "' + "x" * (10 * 1024 * 1024) + '"}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '["not", "an", "object"]',
+        '{"path": "a\\u0000b"}',
+        '{"path": "\\udc80"}',
+        '{"path": "' + "x" * (10 * 1024 * 1024) + '"}',
+    ],
+)
 def test_10_hostile_tool_input_is_a_recorded_tool_error(fleet, worktrees_dir, raw):
     with ScriptedModel([calls([("read_file", raw)]), finish()]) as model:
         session = drive(scripted(fleet, model))
@@ -221,8 +279,11 @@ def test_11_the_sandbox_contains_what_rules_cannot_see(fleet, worktrees_dir):
         "except OSError as exc:\n"
         "    print('READ ONLY', exc)\n"
     )
-    script = [calls([("write_file", {"path": "probe.py", "content": probe})]),
-              calls([("run_command", {"command": "python3 probe.py"})]), finish()]
+    script = [
+        calls([("write_file", {"path": "probe.py", "content": probe})]),
+        calls([("run_command", {"command": "python3 probe.py"})]),
+        finish(),
+    ]
     try:
         with ScriptedModel(script) as model:
             session = drive(scripted(fleet, model, spec=spec("autonomous")))
@@ -256,7 +317,11 @@ def test_sandboxed_commands_cannot_read_the_control_rooms_data(fleet, worktrees_
     assert key.exists()
     # the rules see only "python3 peek.py"; the sandbox must hide DATA_DIR from what it runs
     peek = f"import pathlib\ntry:\n    print(pathlib.Path({str(key)!r}).read_text())\nexcept OSError as exc:\n    print('HIDDEN', exc)\n"
-    script = [calls([("write_file", {"path": "peek.py", "content": peek})]), calls([("run_command", {"command": "python3 peek.py"})]), finish()]
+    script = [
+        calls([("write_file", {"path": "peek.py", "content": peek})]),
+        calls([("run_command", {"command": "python3 peek.py"})]),
+        finish(),
+    ]
     with ScriptedModel(script) as model:
         session = drive(scripted(fleet, model, spec=spec("autonomous")))
     row = ToolCall.objects.get(session=session, name="run_command")

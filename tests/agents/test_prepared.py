@@ -1,4 +1,5 @@
 """Prepared hot reads: compiled once, then the same answers as the ORM for any key."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,9 +17,12 @@ def _query(session_id: int):
 
 
 def test_a_prepared_query_answers_like_the_orm_for_every_key_and_none_for_a_missing_one(fleet):
-    first = services.session_launch(pod=fleet.alpha, sto=fleet.sto, goal="One", by=fleet.lead, repository=fleet.repo, start=False)
-    second = services.session_launch(pod=fleet.bravo, sto=fleet.outsider, goal="Two", by=fleet.outsider,
-                                     repository=fleet.repo, start=False)
+    first = services.session_launch(
+        pod=fleet.alpha, sto=fleet.sto, goal="One", by=fleet.lead, repository=fleet.repo, start=False
+    )
+    second = services.session_launch(
+        pod=fleet.bravo, sto=fleet.outsider, goal="Two", by=fleet.outsider, repository=fleet.repo, start=False
+    )
     AgentSession.objects.filter(pk=second.pk).update(steps=F("steps") + 4)
     prepared = PreparedValues(_query)
     for session in (first, second, first):

@@ -2,6 +2,7 @@
 
 The Celery-driven end-to-end runs (workers, SIGKILL, 100 sessions) are in test_runtime_celery.py.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -33,13 +34,23 @@ def drive(session: AgentSession, *, max_steps: int = 80) -> AgentSession:
     return session
 
 
-def launch(fleet, *, goal="Fix the failing test in shopcart", model="sim/engineer", spec=None, **kwargs) -> AgentSession:
+def launch(
+    fleet, *, goal="Fix the failing test in shopcart", model="sim/engineer", spec=None, **kwargs
+) -> AgentSession:
     spec = spec or services.GrantSpec(mode="edits", allow=("Bash(python -m pytest *)", "Bash(pytest *)", "Git(commit)"))
     # the STO (a member) may delegate up to "edits"; autonomous comes from the pod lead
     delegator = fleet.lead if spec.mode == "autonomous" else None
     return services.session_launch(
-        pod=fleet.alpha, sto=fleet.sto, goal=goal, by=fleet.lead, repository=fleet.repo, model=model,
-        grant=spec, delegator=delegator, start=False, **kwargs,
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal=goal,
+        by=fleet.lead,
+        repository=fleet.repo,
+        model=model,
+        grant=spec,
+        delegator=delegator,
+        start=False,
+        **kwargs,
     )
 
 
@@ -79,8 +90,11 @@ def test_raising_the_budget_with_a_new_grant_lets_it_resume(fleet, worktrees_dir
     spec = services.GrantSpec(mode="edits", allow=("Bash(python -m pytest *)", "Git(commit)"), max_steps=3)
     session = drive(launch(fleet, spec=spec))
     assert session.status == Status.BLOCKED
-    services.grant_issue(session=session, by=fleet.lead, spec=services.GrantSpec(
-        mode="edits", allow=("Bash(python -m pytest *)", "Git(commit)"), max_steps=100))
+    services.grant_issue(
+        session=session,
+        by=fleet.lead,
+        spec=services.GrantSpec(mode="edits", allow=("Bash(python -m pytest *)", "Git(commit)"), max_steps=100),
+    )
     session.refresh_from_db()
     assert session.status == Status.RUNNING
     assert drive(session).status == Status.SUCCEEDED
@@ -99,7 +113,9 @@ def test_paths_outside_the_worktree_are_refused_and_recorded(fleet, worktrees_di
     row = ToolCall.objects.get(session=session, name="read_file")
     assert row.decision == "deny" and row.state == ToolCall.State.DENIED
     assert row.reason_type == "guard"
-    assert "root:" not in TranscriptEntry.objects.filter(session=session, role="tool").values_list("content", flat=True)[1]
+    assert (
+        "root:" not in TranscriptEntry.objects.filter(session=session, role="tool").values_list("content", flat=True)[1]
+    )
     event = AuditEvent.objects.get(session_id=session.pk, kind="tool.call", payload__tool="read_file")
     assert event.payload["decision"] == "deny"
 
@@ -136,7 +152,9 @@ def test_http_500_then_success_is_retried_and_recorded(fleet, worktrees_dir, set
 
 
 @pytest.mark.parametrize("item", [{"empty_choices": True}, {"raw": "this is not json"}, {"status": 500}])
-def test_a_model_that_keeps_failing_ends_in_a_failed_session_with_a_readable_reason(fleet, worktrees_dir, settings, item):
+def test_a_model_that_keeps_failing_ends_in_a_failed_session_with_a_readable_reason(
+    fleet, worktrees_dir, settings, item
+):
     settings.CONTROLROOM = {**settings.CONTROLROOM, "MODEL_RETRIES": 0}
     with ScriptedModel([dict(item) for _ in range(6)]) as model:
         session = scripted(fleet, model)
@@ -181,7 +199,9 @@ def test_pause_takes_effect_before_the_next_tool_call_and_resume_carries_on(flee
         return result
 
     monkeypatch.setattr(tools, "execute", execute_then_pause)
-    with ScriptedModel([calls([("list_files", {"path": "."}), ("write_file", {"path": "y.txt", "content": "y"})]), finish()]) as model:
+    with ScriptedModel(
+        [calls([("list_files", {"path": "."}), ("write_file", {"path": "y.txt", "content": "y"})]), finish()]
+    ) as model:
         session = scripted(fleet, model, spec=services.GrantSpec(mode="autonomous"))
         session = drive(session)
         assert session.status == Status.PAUSED
@@ -206,7 +226,9 @@ def test_a_fleet_stop_halts_an_agent_between_two_tool_calls(fleet, worktrees_dir
         return result
 
     monkeypatch.setattr(tools, "execute", execute_then_stop)
-    with ScriptedModel([calls([("list_files", {"path": "."}), ("write_file", {"path": "x.txt", "content": "x"})])]) as model:
+    with ScriptedModel(
+        [calls([("list_files", {"path": "."}), ("write_file", {"path": "x.txt", "content": "x"})])]
+    ) as model:
         session = drive(scripted(fleet, model, spec=services.GrantSpec(mode="autonomous")))
     assert session.status == Status.PAUSED and session.hold == "fleet"
     assert list(ToolCall.objects.filter(session=session).values_list("name", flat=True)) == ["list_files"]
@@ -219,8 +241,9 @@ def test_a_fleet_stop_halts_an_agent_between_two_tool_calls(fleet, worktrees_dir
         AgentSession.objects.filter(pk=session.pk).update(api_base=model.api_base)
         session = drive(session)
     # the step resumed from the unexecuted call: it ran once, the first one was not repeated
-    assert list(ToolCall.objects.filter(session=session).order_by("step__number", "index").values_list("name", flat=True)) == [
-        "list_files", "write_file", "finish"]
+    assert list(
+        ToolCall.objects.filter(session=session).order_by("step__number", "index").values_list("name", flat=True)
+    ) == ["list_files", "write_file", "finish"]
     assert Path(session.worktree_path, "x.txt").read_text() == "x"
 
 

@@ -1,4 +1,5 @@
 """The runtime end to end with real Celery worker processes, the real Redis broker and real git."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,11 @@ def _launch_started(fleet, **kwargs) -> AgentSession:
 def test_a_sim_session_run_by_a_celery_worker_succeeds(fleet, celery_workers):
     pool = celery_workers(processes=1, concurrency=1)
     session = _launch_started(fleet)
-    wait_until(lambda: AgentSession.objects.get(pk=session.pk).is_terminal, timeout=120,
-               message=f"session to finish\n{pool.log_tail()}")
+    wait_until(
+        lambda: AgentSession.objects.get(pk=session.pk).is_terminal,
+        timeout=120,
+        message=f"session to finish\n{pool.log_tail()}",
+    )
     session.refresh_from_db()
     assert session.status == Status.SUCCEEDED, (session.status_reason, pool.log_tail())
     commit = next(git.Repo(fleet.repo.path).iter_commits(f"main..{session.branch}"))
@@ -51,6 +55,7 @@ def test_a_hundred_sim_sessions_on_two_workers_never_run_one_session_twice_at_on
             enqueue_step_on_commit(session_id=session.pk, step=1, priority=index % 4)
             sessions.append(session.pk)
     pool = celery_workers(processes=2, concurrency=1)
+
     def progress() -> str:
         counts = defaultdict(int)
         for status in AgentSession.objects.filter(pk__in=sessions).values_list("status", flat=True):
@@ -58,8 +63,16 @@ def test_a_hundred_sim_sessions_on_two_workers_never_run_one_session_twice_at_on
         steps = AgentStep.objects.filter(session_id__in=sessions, state="done").count()
         return f"sessions to finish: {dict(counts)}, {steps} steps done\n{pool.log_tail()}"
 
-    wait_until(lambda: not AgentSession.objects.filter(pk__in=sessions).exclude(status__in=["succeeded", "failed", "cancelled", "blocked"]).exists(),
-               timeout=540, interval=1.0, message=progress)
+    wait_until(
+        lambda: (
+            not AgentSession.objects.filter(pk__in=sessions)
+            .exclude(status__in=["succeeded", "failed", "cancelled", "blocked"])
+            .exists()
+        ),
+        timeout=540,
+        interval=1.0,
+        message=progress,
+    )
     statuses = defaultdict(int)
     for status in AgentSession.objects.filter(pk__in=sessions).values_list("status", flat=True):
         statuses[status] += 1
@@ -91,17 +104,24 @@ def test_a_worker_killed_mid_step_loses_nothing_and_runs_no_tool_call_twice(flee
         spec = services.GrantSpec(mode="autonomous")
         session = _launch_started(fleet, model="openai/scripted", api_base=model.api_base, spec=spec)
         pool = celery_workers(processes=1, concurrency=1, STEP_LEASE_S=3)
-        wait_until(lambda: ToolCall.objects.filter(session_id=session.pk, name="run_command", state=ToolCall.State.INTENDED).exists(),
-                   timeout=60, message=f"the slow command to start\n{pool.log_tail()}")
+        wait_until(
+            lambda: ToolCall.objects.filter(
+                session_id=session.pk, name="run_command", state=ToolCall.State.INTENDED
+            ).exists(),
+            timeout=60,
+            message=f"the slow command to start\n{pool.log_tail()}",
+        )
         time.sleep(1.0)
         pool.kill(pool.procs[0])  # SIGKILL the whole worker (main process and its pool child)
         log = Path(AgentSession.objects.get(pk=session.pk).worktree_path, "runs.log")
         assert log.read_text() == "started\n"
         pool.start_one(1)  # a worker is back
+
         # the heartbeat goes stale; the housekeeping tick recovers the session
         def recovered():
             tick()
             return AgentSession.objects.get(pk=session.pk).is_terminal
+
         wait_until(recovered, timeout=120, interval=1.0, message=f"recovery\n{pool.log_tail()}")
     session.refresh_from_db()
     assert session.status == Status.SUCCEEDED, (session.status_reason, pool.log_tail())
@@ -116,13 +136,22 @@ def test_a_worker_killed_mid_step_loses_nothing_and_runs_no_tool_call_twice(flee
 
 
 def test_a_scripted_model_over_real_http_drives_a_session_through_a_worker(fleet, celery_workers):
-    script = [calls([("read_file", {"path": "{broken"})]), calls([("bogus_tool", {})]), {"empty_choices": True},
-              {"status": 500}, calls([("list_files", {"path": "."})]), finish("scripted done")]
+    script = [
+        calls([("read_file", {"path": "{broken"})]),
+        calls([("bogus_tool", {})]),
+        {"empty_choices": True},
+        {"status": 500},
+        calls([("list_files", {"path": "."})]),
+        finish("scripted done"),
+    ]
     with ScriptedModel(script) as model:
         session = _launch_started(fleet, model="openai/scripted", api_base=model.api_base)
         pool = celery_workers(processes=1, concurrency=1, MODEL_RETRIES=0)
-        wait_until(lambda: AgentSession.objects.get(pk=session.pk).is_terminal, timeout=120,
-                   message=f"scripted session to finish\n{pool.log_tail()}")
+        wait_until(
+            lambda: AgentSession.objects.get(pk=session.pk).is_terminal,
+            timeout=120,
+            message=f"scripted session to finish\n{pool.log_tail()}",
+        )
     session.refresh_from_db()
     assert session.status == Status.SUCCEEDED, (session.status_reason, pool.log_tail())
     assert session.summary == "scripted done"

@@ -1,4 +1,5 @@
 """The bubblewrap sandbox around agents' commands (real bwrap, real git, real loopback servers)."""
+
 from __future__ import annotations
 
 import http.server
@@ -17,12 +18,20 @@ from agents.runtime.sandbox import SandboxError, run_command, sandbox_available
 from agents.runtime.worktrees import ensure_worktree
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
-GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "Test",
-           "GIT_COMMITTER_EMAIL": "test@example.invalid", "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+}
 
 
 def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, env={**os.environ, **GIT_ENV})
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, env={**os.environ, **GIT_ENV}
+    )
     assert done.returncode == 0, f"git {' '.join(args)} failed: {done.stderr}"
     return done.stdout.strip()
 
@@ -45,9 +54,19 @@ def worktree(repo: Path, tmp_path: Path) -> Path:
     return path
 
 
-def sandboxed(command: str, cwd: Path, *, allow_network: bool = False, timeout_s: int = 20, **kwargs) -> sandbox.CommandOutcome:
-    outcome = run_command(command, cwd=cwd, timeout_s=timeout_s, output_cap=64_000, allow_network=allow_network,
-                          env=ENV, mode="bwrap", **kwargs)
+def sandboxed(
+    command: str, cwd: Path, *, allow_network: bool = False, timeout_s: int = 20, **kwargs
+) -> sandbox.CommandOutcome:
+    outcome = run_command(
+        command,
+        cwd=cwd,
+        timeout_s=timeout_s,
+        output_cap=64_000,
+        allow_network=allow_network,
+        env=ENV,
+        mode="bwrap",
+        **kwargs,
+    )
     assert outcome.sandboxed is True
     return outcome
 
@@ -92,7 +111,7 @@ def test_an_unknown_mode_is_refused() -> None:
 
 
 def test_python_cannot_reach_a_loopback_server_without_network(worktree: Path, loopback_server: int) -> None:
-    probe = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {loopback_server}), timeout=3); print(\"connected\")'"
+    probe = f'python3 -c \'import socket; socket.create_connection(("127.0.0.1", {loopback_server}), timeout=3); print("connected")\''
     outcome = sandboxed(probe, worktree)
     assert outcome.exit_code != 0
     assert "connected" not in outcome.output
@@ -109,14 +128,21 @@ def test_network_works_when_allowed(worktree: Path, loopback_server: int) -> Non
     outcome = sandboxed(f"curl -sS --max-time 5 http://127.0.0.1:{loopback_server}/", worktree, allow_network=True)
     assert outcome.exit_code == 0, outcome.output
     assert outcome.output == "pong"
-    probe = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {loopback_server}), timeout=3); print(\"connected\")'"
+    probe = f'python3 -c \'import socket; socket.create_connection(("127.0.0.1", {loopback_server}), timeout=3); print("connected")\''
     assert sandboxed(probe, worktree, allow_network=True).output.strip() == "connected"
 
 
 def test_the_same_probe_connects_without_the_sandbox(worktree: Path, loopback_server: int) -> None:
     # Control for the tests above: the server is reachable, so the refusal comes from the sandbox.
-    outcome = run_command(f"curl -sS --max-time 5 http://127.0.0.1:{loopback_server}/", cwd=worktree, timeout_s=10,
-                          output_cap=1000, allow_network=False, env=ENV, mode="none")
+    outcome = run_command(
+        f"curl -sS --max-time 5 http://127.0.0.1:{loopback_server}/",
+        cwd=worktree,
+        timeout_s=10,
+        output_cap=1000,
+        allow_network=False,
+        env=ENV,
+        mode="none",
+    )
     assert outcome.sandboxed is False
     assert outcome.output == "pong"
 
@@ -163,7 +189,8 @@ def test_the_shared_repository_stays_read_only(repo: Path, worktree: Path) -> No
     before = git(repo, "rev-parse", "main")
     outcome = sandboxed(
         f"touch {repo}/.git/objects/planted; echo objects=$?; echo x >> app.py; git add app.py; echo add=$?; "
-        f"git update-ref refs/heads/main HEAD~0 2>&1; git branch -f main HEAD 2>&1; echo branch=$?", worktree,
+        f"git update-ref refs/heads/main HEAD~0 2>&1; git branch -f main HEAD 2>&1; echo branch=$?",
+        worktree,
     )
     assert "objects=1" in outcome.output
     assert "add=0" not in outcome.output
@@ -220,8 +247,11 @@ def test_hidden_paths_are_empty_but_the_worktree_inside_them_stays_visible(tmp_p
     (data / "db.sqlite3").write_text("rows")
     worktree = data / "worktrees" / "s5"
     ensure_worktree(repo_path=repo, base_branch="main", branch="agents/5-hidden", worktree_path=worktree)
-    outcome = sandboxed(f"cat {data}/audit/signing.key; cat {data}/db.sqlite3; cat app.py; git status --short; echo ok",
-                        worktree, hide_paths=[data])
+    outcome = sandboxed(
+        f"cat {data}/audit/signing.key; cat {data}/db.sqlite3; cat app.py; git status --short; echo ok",
+        worktree,
+        hide_paths=[data],
+    )
     assert "top secret" not in outcome.output and "rows" not in outcome.output
     assert "print('hi')" in outcome.output
     assert outcome.output.rstrip().endswith("ok")
@@ -235,8 +265,15 @@ def test_the_workers_processes_and_their_environment_are_invisible(worktree: Pat
 
 def test_only_the_given_environment_is_visible(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_KEY", "leak-me")
-    outcome = run_command("env", cwd=worktree, timeout_s=10, output_cap=10_000, allow_network=False,
-                          env={"PATH": "/usr/bin:/bin", "ONLY_ME": "1"}, mode="bwrap")
+    outcome = run_command(
+        "env",
+        cwd=worktree,
+        timeout_s=10,
+        output_cap=10_000,
+        allow_network=False,
+        env={"PATH": "/usr/bin:/bin", "ONLY_ME": "1"},
+        mode="bwrap",
+    )
     assert "ONLY_ME=1" in outcome.output
     assert "leak-me" not in outcome.output and "SECRET_KEY" not in outcome.output
 
@@ -260,8 +297,15 @@ def test_background_processes_do_not_outlive_the_command(worktree: Path) -> None
 
 
 def test_output_is_capped_keeping_head_and_tail(worktree: Path) -> None:
-    outcome = run_command("echo HEAD; seq 1 200000; echo TAIL", cwd=worktree, timeout_s=20, output_cap=1_000,
-                          allow_network=False, env=ENV, mode="bwrap")
+    outcome = run_command(
+        "echo HEAD; seq 1 200000; echo TAIL",
+        cwd=worktree,
+        timeout_s=20,
+        output_cap=1_000,
+        allow_network=False,
+        env=ENV,
+        mode="bwrap",
+    )
     assert outcome.truncated is True
     assert outcome.output.startswith("HEAD\n1\n")
     assert outcome.output.endswith("200000\nTAIL\n")
@@ -276,14 +320,18 @@ def test_invalid_utf8_output_is_decoded_with_replacement(worktree: Path) -> None
 
 
 def test_mode_none_runs_without_the_sandbox(worktree: Path) -> None:
-    outcome = run_command("echo plain", cwd=worktree, timeout_s=10, output_cap=1000, allow_network=False, env=ENV, mode="none")
+    outcome = run_command(
+        "echo plain", cwd=worktree, timeout_s=10, output_cap=1000, allow_network=False, env=ENV, mode="none"
+    )
     assert outcome.sandboxed is False and outcome.output == "plain\n"
 
 
 def test_without_bwrap_auto_falls_back_and_bwrap_mode_refuses(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
     assert sandbox_available("auto") is False
-    outcome = run_command("echo fallback", cwd=worktree, timeout_s=10, output_cap=1000, allow_network=False, env=ENV, mode="auto")
+    outcome = run_command(
+        "echo fallback", cwd=worktree, timeout_s=10, output_cap=1000, allow_network=False, env=ENV, mode="auto"
+    )
     assert outcome.sandboxed is False and outcome.output == "fallback\n"
     with pytest.raises(SandboxError, match="bubblewrap is missing"):
         run_command("echo no", cwd=worktree, timeout_s=10, output_cap=1000, allow_network=False, env=ENV, mode="bwrap")

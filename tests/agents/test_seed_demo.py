@@ -1,5 +1,6 @@
 """The demo data: pods of 3–5 people with a lead, a manager and a leader, a real demo repository,
 and N sessions each with an STO from its pod and a grant. Idempotent."""
+
 import git
 import pytest
 from django.core.management import call_command
@@ -34,7 +35,12 @@ def test_the_demo_fleet_has_pods_owners_and_a_real_repository(worktrees_dir):
         assert session.grants.filter(revoked_at__isnull=True).count() == 1
     repo = git.Repo(Repository.objects.get(name="demo-shop").path)
     assert len(list(repo.iter_commits("main"))) >= 5
-    personas = {tag for tags in AgentSession.objects.values_list("tags", flat=True) for tag in tags if tag.startswith("persona:")}
+    personas = {
+        tag
+        for tags in AgentSession.objects.values_list("tags", flat=True)
+        for tag in tags
+        if tag.startswith("persona:")
+    }
     assert {"persona:engineer", "persona:pusher", "persona:networker", "persona:ci-editor"} <= personas
     tonight = [g for g in Grant.objects.all() if g.not_before.hour == 22]
     assert tonight, "a few sessions are scheduled for tonight's 22:00–06:00 window"

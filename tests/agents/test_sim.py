@@ -4,6 +4,7 @@ A tiny executor here plays the runtime: it runs each tool call in a demo reposit
 Python for files, subprocess for commands, GitPython for commits), appends the tool result, and
 calls the model again until it calls ``finish``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,11 +32,18 @@ sim.register()
 
 
 def _schema(name: str, **properties: str) -> dict:
-    return {"type": "function", "function": {
-        "name": name, "description": f"the {name} tool",
-        "parameters": {"type": "object", "properties": {key: {"type": kind} for key, kind in properties.items()},
-                       "required": list(properties)},
-    }}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"the {name} tool",
+            "parameters": {
+                "type": "object",
+                "properties": {key: {"type": kind} for key, kind in properties.items()},
+                "required": list(properties),
+            },
+        },
+    }
 
 
 TOOLS = [
@@ -49,9 +57,22 @@ TOOLS = [
     _schema("write_handoff", status="string", goal="string", next_action="string", do_not="array"),
     _schema("finish", summary="string"),
 ]
-ENGINEER_FLOW = ["list_files", "search", "read_file", "edit_file", "run_command", "git_commit", "write_handoff", "finish"]
-AGENT = {"GIT_AUTHOR_NAME": "Agent", "GIT_AUTHOR_EMAIL": "agent@controlroom.invalid",
-         "GIT_COMMITTER_NAME": "Agent", "GIT_COMMITTER_EMAIL": "agent@controlroom.invalid"}
+ENGINEER_FLOW = [
+    "list_files",
+    "search",
+    "read_file",
+    "edit_file",
+    "run_command",
+    "git_commit",
+    "write_handoff",
+    "finish",
+]
+AGENT = {
+    "GIT_AUTHOR_NAME": "Agent",
+    "GIT_AUTHOR_EMAIL": "agent@controlroom.invalid",
+    "GIT_COMMITTER_NAME": "Agent",
+    "GIT_COMMITTER_EMAIL": "agent@controlroom.invalid",
+}
 
 Refuse = Callable[[str, dict], "str | None"]
 
@@ -61,8 +82,12 @@ def grant_like(name: str, args: dict) -> str | None:
     command = args.get("command", "")
     path = args.get("path", "")
     if name == "run_command":
-        for needle, rule in (("git push", "Bash(git push *)"), ("curl", "Net(*)"), (".env", "Read(**/.env*)"),
-                             ("rm -rf", "Bash(rm -rf *)")):
+        for needle, rule in (
+            ("git push", "Bash(git push *)"),
+            ("curl", "Net(*)"),
+            (".env", "Read(**/.env*)"),
+            ("rm -rf", "Bash(rm -rf *)"),
+        ):
             if needle in command:
                 return f"denied: rule {rule} of the grant"
     if name in ("read_file", "edit_file", "write_file") and (".env" in path or path.startswith(".github/")):
@@ -91,7 +116,9 @@ class LocalTools:
 
     def _run(self, name: str, args: dict) -> str:
         if name == "list_files":
-            return "\n".join(sorted(str(p.relative_to(self.repo)) for p in self.repo.rglob("*") if ".git" not in p.parts))
+            return "\n".join(
+                sorted(str(p.relative_to(self.repo)) for p in self.repo.rglob("*") if ".git" not in p.parts)
+            )
         if name == "search":
             hits = []
             for file in sorted(self.repo.rglob("*")):
@@ -116,10 +143,15 @@ class LocalTools:
             path.write_text(text.replace(args["old"], args["new"], 1))
             return f"edited {args['path']}"
         if name == "run_command":
-            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                   "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-            done = subprocess.run(args["command"], shell=True, cwd=self.repo, capture_output=True, text=True,
-                                  timeout=60, env=env)
+            env = {
+                **os.environ,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+            done = subprocess.run(
+                args["command"], shell=True, cwd=self.repo, capture_output=True, text=True, timeout=60, env=env
+            )
             output = done.stdout + done.stderr
             return output if done.returncode == 0 else f"error: exit code {done.returncode}\n{output}"
         if name == "git_commit":
@@ -153,13 +185,25 @@ def brief(goal: str, *extra: str) -> list[dict]:
     return [{"role": "system", "content": "You are a careful software engineer."}, {"role": "user", "content": text}]
 
 
-def converse(tools: LocalTools, messages: list[dict], *, model: str = "sim/engineer", seed: int = 0,
-             max_calls: int = 40, **kwargs) -> Conversation:
+def converse(
+    tools: LocalTools,
+    messages: list[dict],
+    *,
+    model: str = "sim/engineer",
+    seed: int = 0,
+    max_calls: int = 40,
+    **kwargs,
+) -> Conversation:
     """Call the model, run its tool call, append the result, until it calls finish."""
     conversation = Conversation(messages=list(messages))
     for _ in range(max_calls):
-        response = litellm.completion(model=model, messages=list(conversation.messages), tools=TOOLS,
-                                      seed=seed + len(conversation.calls), **kwargs)
+        response = litellm.completion(
+            model=model,
+            messages=list(conversation.messages),
+            tools=TOOLS,
+            seed=seed + len(conversation.calls),
+            **kwargs,
+        )
         conversation.responses.append(response)
         message = response.choices[0].message
         assert len(message.tool_calls) == 1, message
@@ -167,10 +211,22 @@ def converse(tools: LocalTools, messages: list[dict], *, model: str = "sim/engin
         args = json.loads(call.function.arguments)
         conversation.calls.append((call.function.name, args, call.id))
         result = tools(call.function.name, args)
-        conversation.messages.append({"role": "assistant", "content": message.content or "", "tool_calls": [
-            {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": call.function.arguments}}
-        ]})
-        conversation.messages.append({"role": "tool", "tool_call_id": call.id, "name": call.function.name, "content": result})
+        conversation.messages.append(
+            {
+                "role": "assistant",
+                "content": message.content or "",
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": call.function.arguments},
+                    }
+                ],
+            }
+        )
+        conversation.messages.append(
+            {"role": "tool", "tool_call_id": call.id, "name": call.function.name, "content": result}
+        )
         if call.function.name == "finish":
             return conversation
     raise AssertionError(f"no finish after {max_calls} calls: {conversation.names}")
@@ -178,8 +234,14 @@ def converse(tools: LocalTools, messages: list[dict], *, model: str = "sim/engin
 
 def run_pytest(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=repo,
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def commit_count(repo: Path) -> int:
@@ -201,6 +263,7 @@ DISCOUNT = TASKS_BY_ID["fix-discount"]
 
 
 # --- registration and the LiteLLM surface -------------------------------------------------------
+
 
 def test_registering_twice_leaves_one_sim_provider():
     sim.register()
@@ -238,7 +301,10 @@ def test_the_async_path_answers_the_same_as_the_sync_path():
     sync = litellm.completion(model="sim/engineer", messages=messages, tools=TOOLS, seed=5)
     async_ = asyncio.run(litellm.acompletion(model="sim/engineer", messages=messages, tools=TOOLS, seed=5))
     assert async_.choices[0].message.tool_calls[0].id == sync.choices[0].message.tool_calls[0].id
-    assert async_.choices[0].message.tool_calls[0].function.arguments == sync.choices[0].message.tool_calls[0].function.arguments
+    assert (
+        async_.choices[0].message.tool_calls[0].function.arguments
+        == sync.choices[0].message.tool_calls[0].function.arguments
+    )
 
 
 def test_streaming_is_refused_with_a_clear_message():
@@ -268,6 +334,7 @@ def test_pacing_never_outlasts_the_calls_own_timeout():
 
 # --- doing the work ----------------------------------------------------------------------------
 
+
 def test_the_engineer_fixes_the_bug_commits_and_finishes(repo: Path):
     base = git.Repo(repo).head.commit.hexsha
     assert run_pytest(repo, "tests/test_pricing.py").returncode == 1  # the bug is real
@@ -289,8 +356,10 @@ def test_the_engineer_fixes_the_bug_commits_and_finishes(repo: Path):
 
 # a few kinds of work are fast tests; the rest of the catalogue is marked slow
 REPRESENTATIVE = {"fix-slugify", "report-total", "tests-word-count", "docs-readme-tests"}
-CATALOGUE = [pytest.param(task, id=task["id"], marks=() if task["id"] in REPRESENTATIVE else pytest.mark.slow)
-             for task in DEMO_TASKS]
+CATALOGUE = [
+    pytest.param(task, id=task["id"], marks=() if task["id"] in REPRESENTATIVE else pytest.mark.slow)
+    for task in DEMO_TASKS
+]
 
 
 @pytest.mark.parametrize("task", CATALOGUE)
@@ -308,10 +377,14 @@ def test_the_same_conversation_and_seed_give_the_same_calls(template: Path, tmp_
     first = converse(LocalTools(shutil.copytree(template, tmp_path / "a")), brief(DISCOUNT["title"]), seed=7)
     second = converse(LocalTools(shutil.copytree(template, tmp_path / "b")), brief(DISCOUNT["title"]), seed=7)
     assert first.calls == second.calls
-    assert [r.choices[0].message.content for r in first.responses] == [r.choices[0].message.content for r in second.responses]
+    assert [r.choices[0].message.content for r in first.responses] == [
+        r.choices[0].message.content for r in second.responses
+    ]
 
 
-def test_a_goal_that_names_no_task_gets_one_picked_from_the_goal_alone_whatever_the_seed(template: Path, tmp_path: Path):
+def test_a_goal_that_names_no_task_gets_one_picked_from_the_goal_alone_whatever_the_seed(
+    template: Path, tmp_path: Path
+):
     goal = "Whatever looks most urgent"
     first = converse(LocalTools(shutil.copytree(template, tmp_path / "a")), brief(goal), seed=1)
     second = converse(LocalTools(shutil.copytree(template, tmp_path / "b")), brief(goal), seed=1000)
@@ -386,6 +459,7 @@ def test_when_every_command_and_the_commit_are_denied_it_still_hands_off_and_fin
 
 # --- fresh contexts and review ------------------------------------------------------------------
 
+
 def _iteration_brief(repo: Path, base: str, *extra: str) -> list[dict]:
     log = git.Repo(repo).git.log("--oneline", f"{base}..HEAD") or "(no commits yet)"
     return brief(
@@ -442,6 +516,7 @@ def test_a_second_round_of_the_same_comment_still_changes_something(repo: Path):
 
 # --- when the code is not what the recipe expects ------------------------------------------------
 
+
 def test_when_the_bug_is_already_fixed_it_leaves_an_honest_note_instead(repo: Path):
     pricing = repo / "shopcart/pricing.py"
     pricing.write_text(pricing.read_text().replace("price * percent / 100", "price * (1 - percent / 100)"))
@@ -483,13 +558,32 @@ def test_line_numbers_added_by_a_read_tool_do_not_hide_the_code(repo: Path):
 
 # --- robustness --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("messages", [
-    None, [], "not a list", [None], [{"role": "user"}], [{"role": "user", "content": None}],
-    [{"role": "user", "content": [{"type": "text", "text": "Goal: Fix slugify"}]}],
-    [{"role": "user", "content": "Goal: x"}, {"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "list_files", "arguments": "{not json"}}]}],
-    [{"role": "user", "content": "Goal: x"}, {"role": "assistant", "tool_calls": [{"function": None}]}, {"role": "tool", "content": 42}],
-    [{"role": "tool", "content": "orphan result"}, {"role": "assistant", "content": "hello"}],
-])
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        None,
+        [],
+        "not a list",
+        [None],
+        [{"role": "user"}],
+        [{"role": "user", "content": None}],
+        [{"role": "user", "content": [{"type": "text", "text": "Goal: Fix slugify"}]}],
+        [
+            {"role": "user", "content": "Goal: x"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "1", "function": {"name": "list_files", "arguments": "{not json"}}],
+            },
+        ],
+        [
+            {"role": "user", "content": "Goal: x"},
+            {"role": "assistant", "tool_calls": [{"function": None}]},
+            {"role": "tool", "content": 42},
+        ],
+        [{"role": "tool", "content": "orphan result"}, {"role": "assistant", "content": "hello"}],
+    ],
+)
 def test_malformed_conversations_never_raise_and_get_a_valid_answer(messages):
     response = sim.respond(model="sim/engineer", messages=messages, optional_params={"tools": TOOLS, "seed": "x"})
     message = response.choices[0].message
@@ -498,10 +592,15 @@ def test_malformed_conversations_never_raise_and_get_a_valid_answer(messages):
 
 
 def test_an_invalid_arguments_string_in_the_history_does_not_break_a_litellm_call():
-    messages = [*brief(DISCOUNT["title"]),
-                {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
-                 "function": {"name": "list_files", "arguments": "{oops"}}]},
-                {"role": "tool", "tool_call_id": "c1", "name": "list_files", "content": "error: invalid arguments"}]
+    messages = [
+        *brief(DISCOUNT["title"]),
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "list_files", "arguments": "{oops"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "name": "list_files", "content": "error: invalid arguments"},
+    ]
     response = litellm.completion(model="sim/engineer", messages=messages, tools=TOOLS)
     assert response.choices[0].message.tool_calls[0].function.name == "search"
 
@@ -509,39 +608,85 @@ def test_an_invalid_arguments_string_in_the_history_does_not_break_a_litellm_cal
 def test_a_conversation_that_goes_nowhere_ends_with_a_handoff_then_finish_then_silence():
     messages = brief(DISCOUNT["title"])
     for index in range(sim.MAX_TURNS):
-        messages += [{"role": "assistant", "content": "", "tool_calls": [
-                         {"id": f"c{index}", "type": "function", "function": {"name": "list_files", "arguments": "{}"}}]},
-                     {"role": "tool", "tool_call_id": f"c{index}", "content": "denied: no"}]
+        messages += [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": f"c{index}", "type": "function", "function": {"name": "list_files", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": f"c{index}", "content": "denied: no"},
+        ]
     first = sim.decide(messages=messages, persona="engineer")
     assert first.name == "write_handoff" and first.args["status"] == "blocked"
-    messages += [{"role": "assistant", "content": "", "tool_calls": [
-                     {"id": "h", "type": "function", "function": {"name": "write_handoff", "arguments": "{}"}}]},
-                 {"role": "tool", "tool_call_id": "h", "content": "recorded"}]
+    messages += [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "h", "type": "function", "function": {"name": "write_handoff", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "h", "content": "recorded"},
+    ]
     assert sim.decide(messages=messages, persona="engineer").name == "finish"
     for index in range(10):
-        messages += [{"role": "assistant", "content": "", "tool_calls": [
-                         {"id": f"f{index}", "type": "function", "function": {"name": "finish", "arguments": "{}"}}]},
-                     {"role": "tool", "tool_call_id": f"f{index}", "content": "error: finish failed"}]
+        messages += [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": f"f{index}", "type": "function", "function": {"name": "finish", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": f"f{index}", "content": "error: finish failed"},
+        ]
     response = sim.respond(model="sim/engineer", messages=messages, optional_params={})
     assert response.choices[0].finish_reason == "stop" and not response.choices[0].message.tool_calls
 
 
 def test_it_speaks_the_argument_names_and_values_the_runtime_offers():
     tools = [
-        {"type": "function", "function": {"name": "edit_file", "parameters": {"type": "object", "properties": {
-            "file_path": {"type": "string"}, "old_string": {"type": "string"}, "new_string": {"type": "string"}}}}},
-        {"type": "function", "function": {"name": "write_handoff", "parameters": {"type": "object", "properties": {
-            "status": {"type": "string", "enum": ["in_progress", "blocked", "complete"]},
-            "next_action": {"type": "string"}, "do_not": {"type": "array"}}}}},
+        {
+            "type": "function",
+            "function": {
+                "name": "edit_file",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "file_path": {"type": "string"},
+                        "old_string": {"type": "string"},
+                        "new_string": {"type": "string"},
+                    },
+                },
+            },
+        },
+        {
+            "type": "function",
+            "function": {
+                "name": "write_handoff",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string", "enum": ["in_progress", "blocked", "complete"]},
+                        "next_action": {"type": "string"},
+                        "do_not": {"type": "array"},
+                    },
+                },
+            },
+        },
     ]
     adapter = sim._Tools(tools)
     assert adapter.args("edit_file", {"path": "a.py", "old": "x", "new": "y"}) == {
-        "file_path": "a.py", "old_string": "x", "new_string": "y"}
+        "file_path": "a.py",
+        "old_string": "x",
+        "new_string": "y",
+    }
     handoff = adapter.args("write_handoff", {"status": "done", "goal": "g", "next_action": "n", "do_not": []})
     assert handoff == {"status": "complete", "next_action": "n", "do_not": []}
 
 
 # --- with the runtime's own tools ----------------------------------------------------------------
+
 
 def test_it_speaks_the_runtimes_own_tool_schemas_end_to_end(repo: Path):
     """The same loop with agents.tools (schemas, argument validation, execution) instead of the mini executor."""
@@ -555,13 +700,33 @@ def test_it_speaks_the_runtimes_own_tool_schemas_end_to_end(repo: Path):
         response = litellm.completion(model="sim/engineer", messages=messages, tools=tools.TOOL_SCHEMAS, seed=step)
         call = response.choices[0].message.tool_calls[0]
         args = tools.parse_arguments(call.function.name, call.function.arguments)  # raises if the sim speaks wrongly
-        result = tools.execute(call.function.name, args, worktree=repo, trailers={"Agent-Session": "1"},
-                               sandbox="none", author=("Agent", "agent@controlroom.invalid"), branch="agent/1")
+        result = tools.execute(
+            call.function.name,
+            args,
+            worktree=repo,
+            trailers={"Agent-Session": "1"},
+            sandbox="none",
+            author=("Agent", "agent@controlroom.invalid"),
+            branch="agent/1",
+        )
         names.append(call.function.name)
         messages += [
-            {"role": "assistant", "content": "", "tool_calls": [{"id": call.id, "type": "function", "function": {
-                "name": call.function.name, "arguments": call.function.arguments}}]},
-            {"role": "tool", "tool_call_id": call.id, "content": result.output if result.ok else f"error: {result.output}"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": call.function.arguments},
+                    }
+                ],
+            },
+            {
+                "role": "tool",
+                "tool_call_id": call.id,
+                "content": result.output if result.ok else f"error: {result.output}",
+            },
         ]
         assert result.ok, (call.function.name, result.output)
         if call.function.name == "finish":

@@ -1,4 +1,5 @@
 """Single Task Owner: exactly one accountable human; reassignment is explicit, authorized and recorded."""
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
@@ -14,12 +15,17 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def session(fleet, worktrees_dir):
-    return services.session_launch(pod=fleet.alpha, sto=fleet.sto, goal="Fix the pricing bug", by=fleet.lead,
-                                   repository=fleet.repo, start=False)
+    return services.session_launch(
+        pod=fleet.alpha, sto=fleet.sto, goal="Fix the pricing bug", by=fleet.lead, repository=fleet.repo, start=False
+    )
 
 
 def reassignments(session):
-    return list(AuditEvent.objects.filter(session_id=session.pk, kind="session.sto_reassigned").values_list("payload", "actor_label"))
+    return list(
+        AuditEvent.objects.filter(session_id=session.pk, kind="session.sto_reassigned").values_list(
+            "payload", "actor_label"
+        )
+    )
 
 
 def test_the_pod_lead_reassigns_and_it_is_recorded(fleet, session):

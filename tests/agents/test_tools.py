@@ -2,6 +2,7 @@
 
 Real git repositories and worktrees in tmp_path, real bubblewrap for run_command.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,21 @@ from agents import tools
 from agents.runtime.worktrees import ensure_worktree
 from agents.tools import PathEscapeError, ToolArgumentError, ToolResult, execute, parse_arguments, resolve_path
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "Test",
-           "GIT_COMMITTER_EMAIL": "test@example.invalid", "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+}
 TRAILERS = {"Agent-Session": "12", "Delegated-By": "alice", "Grant": "7"}
 
 
 def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, env={**os.environ, **GIT_ENV})
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, env={**os.environ, **GIT_ENV}
+    )
     assert done.returncode == 0, f"git {' '.join(args)} failed: {done.stderr}"
     return done.stdout.strip()
 
@@ -59,8 +68,17 @@ def run(name: str, args: dict, worktree: Path, **kwargs) -> ToolResult:
 
 def test_the_schemas_offer_exactly_the_nine_tools_in_openai_format() -> None:
     names = [schema["function"]["name"] for schema in tools.TOOL_SCHEMAS]
-    assert names == ["list_files", "read_file", "search", "write_file", "edit_file", "run_command", "git_commit",
-                     "write_handoff", "finish"]
+    assert names == [
+        "list_files",
+        "read_file",
+        "search",
+        "write_file",
+        "edit_file",
+        "run_command",
+        "git_commit",
+        "write_handoff",
+        "finish",
+    ]
     assert tools.TOOL_NAMES == frozenset(names)
     for schema in tools.TOOL_SCHEMAS:
         assert schema["type"] == "function"
@@ -117,8 +135,16 @@ def test_parse_arguments_accepts_json_text_bytes_and_dicts() -> None:
         ("run_command", {"command": "ls", "timeout_s": 601}, "between 1 and 600"),
         ("run_command", {"command": "   "}, '"command" must not be empty'),
         ("run_command", {"command": "ls", "timeout": 5}, 'unknown field "timeout"'),
-        ("write_handoff", {"status": "finished", "next_action": "x", "do_not": []}, "must be one of active, blocked, done, stale"),
-        ("write_handoff", {"status": "done", "next_action": "x", "do_not": "push"}, '"do_not" must be an array of strings'),
+        (
+            "write_handoff",
+            {"status": "finished", "next_action": "x", "do_not": []},
+            "must be one of active, blocked, done, stale",
+        ),
+        (
+            "write_handoff",
+            {"status": "done", "next_action": "x", "do_not": "push"},
+            '"do_not" must be an array of strings',
+        ),
         ("write_handoff", {"status": "done", "next_action": "x", "do_not": [1]}, '"do_not"[0] must be a string'),
         ("edit_file", {"path": "a", "old": "", "new": "x"}, '"old" must not be empty'),
         ("delete_everything", {}, 'unknown tool "delete_everything"'),
@@ -149,11 +175,26 @@ def test_parse_arguments_refuses_deeply_nested_json_without_crashing() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(name=st.sampled_from(sorted(tools.TOOL_NAMES) + ["nope"]),
-       raw=st.one_of(st.none(), st.text(max_size=200), st.binary(max_size=200),
-                     st.dictionaries(st.text(max_size=12), st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                                                                     st.text(max_size=20), st.lists(st.text(max_size=5))),
-                                     max_size=4)))
+@given(
+    name=st.sampled_from(sorted(tools.TOOL_NAMES) + ["nope"]),
+    raw=st.one_of(
+        st.none(),
+        st.text(max_size=200),
+        st.binary(max_size=200),
+        st.dictionaries(
+            st.text(max_size=12),
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(),
+                st.floats(),
+                st.text(max_size=20),
+                st.lists(st.text(max_size=5)),
+            ),
+            max_size=4,
+        ),
+    ),
+)
 def test_parse_arguments_never_raises_anything_but_tool_argument_error(name: str, raw) -> None:
     try:
         parsed = parse_arguments(name, raw)
@@ -178,8 +219,21 @@ def test_resolve_path_returns_the_absolute_path_inside_the_worktree(worktree: Pa
     assert resolve_path(worktree, "new/dir/file.txt") == worktree.resolve() / "new" / "dir" / "file.txt"
 
 
-@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "..", "src/../../outside", "~/.ssh/id_rsa",
-                                  ".git", ".git/config", "src/../.git/HEAD", ".GIT/config", "sub/.git/config"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "..",
+        "src/../../outside",
+        "~/.ssh/id_rsa",
+        ".git",
+        ".git/config",
+        "src/../.git/HEAD",
+        ".GIT/config",
+        "sub/.git/config",
+    ],
+)
 def test_resolve_path_refuses_escapes_and_git_internals(worktree: Path, path: str) -> None:
     with pytest.raises(PathEscapeError):
         resolve_path(worktree, path)
@@ -383,7 +437,9 @@ def test_run_command_finds_the_project_python_and_summarizes_pytest(worktree: Pa
     (worktree / "test_demo.py").write_text(
         "def test_one():\n    assert True\n\ndef test_two():\n    assert True\n\ndef test_three():\n    assert False\n"
     )
-    result = run("run_command", {"command": "python -m pytest -q -p no:cacheprovider test_demo.py"}, worktree, timeout_s=60)
+    result = run(
+        "run_command", {"command": "python -m pytest -q -p no:cacheprovider test_demo.py"}, worktree, timeout_s=60
+    )
     assert result.exit_code == 1, result.output
     assert result.summary.startswith("exit 1 in ")
     assert result.summary.endswith(": 1 failed, 2 passed")
@@ -398,7 +454,9 @@ def test_run_command_sees_a_scrubbed_environment_without_the_workers_secrets(
     monkeypatch.setenv("DATABASE_URL", "postgres://u:hunter2@db/x")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-leak")
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_leak")
-    result = run("run_command", {"command": "env"}, worktree, sandbox=mode, author=("Agent #12", "agent-12@controlroom.invalid"))
+    result = run(
+        "run_command", {"command": "env"}, worktree, sandbox=mode, author=("Agent #12", "agent-12@controlroom.invalid")
+    )
     assert result.exit_code == 0
     for leak in ("SECRET_KEY", "REDIS_URL", "DATABASE_URL", "OPENAI_API_KEY", "GITHUB_TOKEN", "hunter2", "leak"):
         assert leak not in result.output
@@ -466,16 +524,21 @@ def _alive(pid: int) -> bool:
 def test_git_commit_stages_everything_and_signs_with_trailers_in_order(worktree: Path) -> None:
     (worktree / "src" / "app.py").write_text("def greet(name):\n    return 'hi ' + name\n")
     (worktree / "new.txt").write_text("new\n")
-    result = run("git_commit", {"message": "Say hi\n\nShorter greeting."}, worktree,
-                 author=("Agent #12", "agent-12@controlroom.invalid"))
+    result = run(
+        "git_commit",
+        {"message": "Say hi\n\nShorter greeting."},
+        worktree,
+        author=("Agent #12", "agent-12@controlroom.invalid"),
+    )
     assert result.ok, result.output
     sha = result.data["sha"]
     assert git(worktree, "rev-parse", "HEAD") == sha
     assert git(worktree, "status", "--porcelain") == ""
     message = git(worktree, "log", "-1", "--format=%B")
     assert message.startswith("Say hi\n\nShorter greeting.\n\n")
-    parsed = subprocess.run(["git", "interpret-trailers", "--parse"], input=message, capture_output=True, text=True,
-                            timeout=10, check=True).stdout
+    parsed = subprocess.run(
+        ["git", "interpret-trailers", "--parse"], input=message, capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     assert parsed.splitlines() == ["Agent-Session: 12", "Delegated-By: alice", "Grant: 7"]
     assert git(worktree, "log", "-1", "--format=%an <%ae>|%cn <%ce>") == (
         "Agent #12 <agent-12@controlroom.invalid>|Agent #12 <agent-12@controlroom.invalid>"
@@ -493,8 +556,9 @@ def test_git_commit_trailers_survive_a_message_that_looks_like_a_patch_or_has_it
     message = "Tricky\n\n---\nnot a patch\n\nAgent-Session: 999\nGrant: 1"
     assert run("git_commit", {"message": message}, worktree).ok
     body = git(worktree, "log", "-1", "--format=%B")
-    parsed = subprocess.run(["git", "interpret-trailers", "--parse"], input=body, capture_output=True, text=True,
-                            timeout=10, check=True).stdout
+    parsed = subprocess.run(
+        ["git", "interpret-trailers", "--parse"], input=body, capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     assert parsed.splitlines() == ["Agent-Session: 12", "Delegated-By: alice", "Grant: 7"]
 
 
@@ -538,12 +602,17 @@ def test_git_commit_ignores_merge_state_planted_in_the_admin_directory(repo: Pat
     assert len(git(worktree, "log", "-1", "--format=%P").split()) == 1
 
 
-def test_git_commit_refuses_a_worktree_whose_git_file_was_redirected_into_the_worktree(worktree: Path, tmp_path: Path) -> None:
+def test_git_commit_refuses_a_worktree_whose_git_file_was_redirected_into_the_worktree(
+    worktree: Path, tmp_path: Path
+) -> None:
     marker = tmp_path / "fsmonitor-ran"
     fake = worktree / "fake" / ".git"
     subprocess.run(["git", "init", "-q", str(fake.parent)], check=True, timeout=30)
-    subprocess.run(["git", "config", "-f", str(fake / "config"), "core.fsmonitor", f"touch {marker}; false"], check=True,
-                   timeout=30)
+    subprocess.run(
+        ["git", "config", "-f", str(fake / "config"), "core.fsmonitor", f"touch {marker}; false"],
+        check=True,
+        timeout=30,
+    )
     (worktree / ".git").write_text(f"gitdir: {fake}\n")
     (worktree / "x.txt").write_text("x\n")
     result = run("git_commit", {"message": "x"}, worktree)
@@ -561,11 +630,19 @@ def test_execute_refuses_malformed_trailers_from_the_caller(worktree: Path) -> N
 
 
 def test_write_handoff_writes_handoff_md_and_returns_the_note(worktree: Path) -> None:
-    result = run("write_handoff", {"status": "blocked", "next_action": "Ask about the API key",
-                                   "do_not": ["push to main", "delete tests"]}, worktree)
+    result = run(
+        "write_handoff",
+        {"status": "blocked", "next_action": "Ask about the API key", "do_not": ["push to main", "delete tests"]},
+        worktree,
+    )
     assert result.ok
-    assert result.data == {"handoff": {"status": "blocked", "next_action": "Ask about the API key",
-                                       "do_not": ["push to main", "delete tests"]}}
+    assert result.data == {
+        "handoff": {
+            "status": "blocked",
+            "next_action": "Ask about the API key",
+            "do_not": ["push to main", "delete tests"],
+        }
+    }
     text = (worktree / "HANDOFF.md").read_text()
     assert "Status: blocked" in text
     assert "## Next action\n\nAsk about the API key" in text
@@ -573,8 +650,11 @@ def test_write_handoff_writes_handoff_md_and_returns_the_note(worktree: Path) ->
 
 
 def test_write_handoff_carries_an_optional_goal(worktree: Path) -> None:
-    result = run("write_handoff", {"status": "active", "goal": "Shorter greeting", "next_action": "Run the tests",
-                                   "do_not": []}, worktree)
+    result = run(
+        "write_handoff",
+        {"status": "active", "goal": "Shorter greeting", "next_action": "Run the tests", "do_not": []},
+        worktree,
+    )
     assert result.ok
     assert result.data["handoff"]["goal"] == "Shorter greeting"
     text = (worktree / "HANDOFF.md").read_text()

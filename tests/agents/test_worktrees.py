@@ -1,4 +1,5 @@
 """Worktrees: one branch and git worktree per session, safe under many concurrent workers."""
+
 from __future__ import annotations
 
 import os
@@ -21,13 +22,20 @@ from agents.runtime.worktrees import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "Test",
-           "GIT_COMMITTER_EMAIL": "test@example.invalid", "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+}
 
 
 def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
-                          env={**os.environ, **GIT_ENV})
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, env={**os.environ, **GIT_ENV}
+    )
     assert done.returncode == 0, f"git {' '.join(args)} failed: {done.stderr}"
     return done.stdout.strip()
 
@@ -82,7 +90,9 @@ def test_branch_name_refuses_a_non_positive_session_id() -> None:
 # -- ensure ---------------------------------------------------------------------------------------
 
 
-def test_ensure_worktree_creates_the_branch_from_the_base_and_returns_the_base_commit(repo: Path, tmp_path: Path) -> None:
+def test_ensure_worktree_creates_the_branch_from_the_base_and_returns_the_base_commit(
+    repo: Path, tmp_path: Path
+) -> None:
     main_tip = git(repo, "rev-parse", "main")
     worktree = tmp_path / "worktrees" / "s1"
     base = ensure_worktree(repo_path=repo, base_branch="main", branch="agents/1-x", worktree_path=worktree)
@@ -134,8 +144,12 @@ def test_a_known_base_reuses_a_healthy_worktree_without_starting_git(repo: Path,
 
     monkeypatch.setattr(worktrees, "_run", no_git)
     monkeypatch.setattr(worktrees, "_open_repo", no_git)
-    assert ensure_worktree(repo_path=repo, base_branch="main", branch="agents/5-f", worktree_path=worktree,
-                           known_base=base) == base
+    assert (
+        ensure_worktree(
+            repo_path=repo, base_branch="main", branch="agents/5-f", worktree_path=worktree, known_base=base
+        )
+        == base
+    )
 
 
 def _break_head(worktree: Path, repo: Path) -> None:
@@ -168,8 +182,18 @@ def _break_back_pointer(worktree: Path, repo: Path) -> None:
     (repo / ".git" / "worktrees" / worktree.name / "gitdir").write_text("/nonexistent/.git\n")
 
 
-@pytest.mark.parametrize("damage", [None, _break_head, _break_git_file, _break_symlinked_git_file, _break_admin_dir,
-                                    _break_commondir, _break_back_pointer])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        None,
+        _break_head,
+        _break_git_file,
+        _break_symlinked_git_file,
+        _break_admin_dir,
+        _break_commondir,
+        _break_back_pointer,
+    ],
+)
 def test_the_file_check_never_accepts_what_git_would_not(damage, repo: Path, tmp_path: Path) -> None:
     worktree = tmp_path / "wt"
     ensure_worktree(repo_path=repo, base_branch="main", branch="agents/6-h", worktree_path=worktree)
@@ -186,8 +210,12 @@ def test_a_known_base_on_a_damaged_worktree_takes_the_full_path_and_repairs_it(r
     worktree = tmp_path / "wt"
     base = ensure_worktree(repo_path=repo, base_branch="main", branch="agents/7-d", worktree_path=worktree)
     (worktree / ".git").write_text("gitdir: /nonexistent/elsewhere\n")
-    assert ensure_worktree(repo_path=repo, base_branch="main", branch="agents/7-d", worktree_path=worktree,
-                           known_base=base) == base
+    assert (
+        ensure_worktree(
+            repo_path=repo, base_branch="main", branch="agents/7-d", worktree_path=worktree, known_base=base
+        )
+        == base
+    )
     assert git(worktree, "symbolic-ref", "--short", "HEAD") == "agents/7-d"
 
 
@@ -268,8 +296,13 @@ def test_twenty_worktrees_created_at_once_from_two_processes_all_succeed(repo: P
     root = tmp_path / "worktrees"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(repo), str(root), str(first)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(repo), str(root), str(first)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for first in (1, 11)
     ]
     results = [proc.communicate(timeout=120) for proc in procs]
@@ -337,14 +370,23 @@ def test_remove_worktree_refuses_to_remove_the_repository_itself(repo: Path) -> 
 # -- archive --------------------------------------------------------------------------------------
 
 
-def test_archive_branch_keeps_the_commits_reachable_after_the_branch_is_deleted_and_gc(repo: Path, tmp_path: Path) -> None:
+def test_archive_branch_keeps_the_commits_reachable_after_the_branch_is_deleted_and_gc(
+    repo: Path, tmp_path: Path
+) -> None:
     worktree = tmp_path / "wt"
     ensure_worktree(repo_path=repo, base_branch="main", branch="agents/12-x", worktree_path=worktree)
     work = commit_file(worktree, "work.txt", "x\n", "agent commit")
     remove_worktree(repo_path=repo, worktree_path=worktree)
-    sha = archive_branch(repo_path=repo, branch="agents/12-x", archive_ref="refs/archive/agents/12-x", delete_branch=True)
+    sha = archive_branch(
+        repo_path=repo, branch="agents/12-x", archive_ref="refs/archive/agents/12-x", delete_branch=True
+    )
     assert sha == work
-    assert subprocess.run(["git", "show-ref", "--verify", "--quiet", "refs/heads/agents/12-x"], cwd=repo, timeout=10).returncode == 1
+    assert (
+        subprocess.run(
+            ["git", "show-ref", "--verify", "--quiet", "refs/heads/agents/12-x"], cwd=repo, timeout=10
+        ).returncode
+        == 1
+    )
     git(repo, "reflog", "expire", "--expire=now", "--all")
     git(repo, "gc", "-q", "--prune=now")
     assert git(repo, "rev-parse", "refs/archive/agents/12-x") == work

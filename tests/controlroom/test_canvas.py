@@ -1,5 +1,6 @@
 """The canvas page: who sees which tiles, filters in the query string, the "needs you" queue,
 the fleet summary bar, and the queries it costs."""
+
 from __future__ import annotations
 
 import re
@@ -18,13 +19,21 @@ from controlroom.views import local_evening_start
 
 pytestmark = pytest.mark.django_db
 
-TILE = re.compile(r'<article id="tile-(\d+)" class="tile[^"]*" data-session-id="\d+" data-pod-id="(\d+)"'
-                  r' data-sto="([^"]*)" data-status="([^"]*)" data-version="(\d+)"')
+TILE = re.compile(
+    r'<article id="tile-(\d+)" class="tile[^"]*" data-session-id="\d+" data-pod-id="(\d+)"'
+    r' data-sto="([^"]*)" data-status="([^"]*)" data-version="(\d+)"'
+)
 
 
 def _session(fleet, *, pod, sto, status, name, minutes_ago=0, **changes) -> AgentSession:
     session = services.session_launch(
-        pod=pod, sto=sto, goal=name, name=name, by=fleet.manager, repository=fleet.repo, start=False,
+        pod=pod,
+        sto=sto,
+        goal=name,
+        name=name,
+        by=fleet.manager,
+        repository=fleet.repo,
+        start=False,
         grant=services.GrantSpec(mode="edits", max_cost_usd=Decimal("5.00"), max_steps=60),
     )
     AgentSession.objects.filter(pk=session.pk).update(
@@ -38,23 +47,45 @@ def _session(fleet, *, pod, sto, status, name, minutes_ago=0, **changes) -> Agen
 def board(fleet):
     """alpha: a1 sam running, a2 mia needs_approval (escalation open 30 min), a3 sam blocked (10 min),
     a4 lena succeeded; bravo: b1 otto needs_approval (60 min), b2 otto running."""
-    a1 = _session(fleet, pod=fleet.alpha, sto=fleet.sto, status=Status.RUNNING, name="a1 running",
-                  heartbeat_at=timezone.now(), cost_usd=Decimal("1.25"), steps=7)
+    a1 = _session(
+        fleet,
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        status=Status.RUNNING,
+        name="a1 running",
+        heartbeat_at=timezone.now(),
+        cost_usd=Decimal("1.25"),
+        steps=7,
+    )
     a2 = _session(fleet, pod=fleet.alpha, sto=fleet.member, status=Status.NEEDS_APPROVAL, name="a2 asks", minutes_ago=1)
     a3 = _session(fleet, pod=fleet.alpha, sto=fleet.sto, status=Status.BLOCKED, name="a3 blocked", minutes_ago=10)
     a4 = _session(fleet, pod=fleet.alpha, sto=fleet.lead, status=Status.SUCCEEDED, name="a4 done", minutes_ago=5)
-    b1 = _session(fleet, pod=fleet.bravo, sto=fleet.outsider, status=Status.NEEDS_APPROVAL, name="b1 asks", minutes_ago=60)
-    b2 = _session(fleet, pod=fleet.bravo, sto=fleet.outsider, status=Status.RUNNING, name="b2 running",
-                  heartbeat_at=timezone.now())
+    b1 = _session(
+        fleet, pod=fleet.bravo, sto=fleet.outsider, status=Status.NEEDS_APPROVAL, name="b1 asks", minutes_ago=60
+    )
+    b2 = _session(
+        fleet,
+        pod=fleet.bravo,
+        sto=fleet.outsider,
+        status=Status.RUNNING,
+        name="b2 running",
+        heartbeat_at=timezone.now(),
+    )
     Escalation.objects.create(
-        session=a2, grant=a2.grants.get(), tool="run_command", action="Bash(git push origin HEAD)", action_hash="h" * 64,
+        session=a2,
+        grant=a2.grants.get(),
+        tool="run_command",
+        action="Bash(git push origin HEAD)",
+        action_hash="h" * 64,
         created_at=timezone.now() - timedelta(minutes=30),
     )
     return {"a1": a1, "a2": a2, "a3": a3, "a4": a4, "b1": b1, "b2": b2}
 
 
 def _tiles(html: str) -> dict[int, dict]:
-    return {int(m[0]): {"pod": int(m[1]), "sto": m[2], "status": m[3], "version": int(m[4])} for m in TILE.findall(html)}
+    return {
+        int(m[0]): {"pod": int(m[1]), "sto": m[2], "status": m[3], "version": int(m[4])} for m in TILE.findall(html)
+    }
 
 
 def _get(client, user, url="/", **extra):
@@ -75,11 +106,17 @@ def ids(board, *names) -> set[int]:
 
 # --- who sees what -----------------------------------------------------------------------------
 
+
 def test_the_manager_sees_every_session_as_a_tile_grouped_by_pod(client, fleet, board):
     html = _get(client, fleet.manager)
     tiles = _tiles(html)
     assert set(tiles) == ids(board, "a1", "a2", "a3", "a4", "b1", "b2")
-    assert tiles[board["a2"].pk] == {"pod": fleet.alpha.pk, "sto": "mia", "status": "needs_approval", "version": board["a2"].version}
+    assert tiles[board["a2"].pk] == {
+        "pod": fleet.alpha.pk,
+        "sto": "mia",
+        "status": "needs_approval",
+        "version": board["a2"].version,
+    }
     alpha = html.split(f'id="pod-{fleet.alpha.pk}"', 1)[1].split("</section>", 1)[0]
     assert set(_tiles(alpha)) == ids(board, "a1", "a2", "a3", "a4")
     # every tile opens the drawer in #drawer and keeps a real link
@@ -118,6 +155,7 @@ def test_a_member_of_alpha_cannot_open_a_drawer_of_bravo(client, fleet, board):
 
 # --- filters ------------------------------------------------------------------------------------
 
+
 def test_the_pod_filter_shows_one_pod(client, fleet, board):
     html = _get(client, fleet.manager, "/?pod=bravo")
     assert set(_tiles(html)) == ids(board, "b1", "b2")
@@ -154,11 +192,12 @@ def test_a_member_cannot_filter_their_way_into_another_pod(client, fleet, board)
 
 # --- needs you ----------------------------------------------------------------------------------
 
+
 def test_needs_you_lists_what_the_manager_may_act_on_longest_wait_first(client, fleet, board):
     html = _get(client, fleet.manager)
     # b1 waits 60 min (updated_at), a2 30 min (its open escalation), a3 10 min (blocked)
     assert _needs_you(html) == [board["b1"].pk, board["a2"].pk, board["a3"].pk]
-    assert "Need a human <strong data-count=\"needs_human\">3</strong>" in html
+    assert 'Need a human <strong data-count="needs_human">3</strong>' in html
 
 
 def test_needs_you_of_the_pod_lead_is_their_pod(client, fleet, board):
@@ -179,6 +218,7 @@ def test_the_wait_starts_at_the_open_escalation(client, fleet, board):
 
 # --- summary bar --------------------------------------------------------------------------------
 
+
 def test_the_summary_counts_sessions_per_status_for_the_viewer(client, fleet, board):
     html = _get(client, fleet.manager)
     assert '<strong data-count="running">2</strong>' in html
@@ -191,7 +231,9 @@ def test_the_summary_counts_sessions_per_status_for_the_viewer(client, fleet, bo
 
 def test_the_summary_shows_tonights_cost_of_sessions_active_since_six_pm(client, fleet, board):
     AgentSession.objects.filter(pk=board["b2"].pk).update(cost_usd=Decimal("2.50"))
-    AgentSession.objects.filter(pk=board["a4"].pk).update(cost_usd=Decimal("9.00"), updated_at=timezone.now() - timedelta(days=2))
+    AgentSession.objects.filter(pk=board["a4"].pk).update(
+        cost_usd=Decimal("9.00"), updated_at=timezone.now() - timedelta(days=2)
+    )
     html = _get(client, fleet.manager)
     assert '<strong data-count="cost">$3.75</strong>' in html  # a1 1.25 + b2 2.50; a4 ended two days ago
 
@@ -203,7 +245,9 @@ def test_tonight_starts_at_six_pm_local_time():
 
 
 def test_the_summary_shows_a_stopped_fleet_and_a_pod_at_its_review_wip_limit(client, fleet, board):
-    FleetControl.objects.update_or_create(pk=1, defaults={"stopped": True, "reason": "incident 42", "changed_by": fleet.manager})
+    FleetControl.objects.update_or_create(
+        pk=1, defaults={"stopped": True, "reason": "incident 42", "changed_by": fleet.manager}
+    )
     fleet.alpha.review_wip_limit = 1
     fleet.alpha.save()
     html = _get(client, fleet.manager)
@@ -220,6 +264,7 @@ def test_the_side_fragments_refresh_the_summary_and_the_queue_out_of_band(client
 
 
 # --- tiles ----------------------------------------------------------------------------------------
+
 
 def test_a_tile_shows_cost_against_the_grant_budget_steps_and_a_text_status(client, fleet, board):
     html = _get(client, fleet.manager)
@@ -245,20 +290,39 @@ def test_a_revoked_grant_shows_no_budget(client, fleet, board):
 
 # --- cost of rendering --------------------------------------------------------------------------
 
+
 def _bulk_sessions(fleet, count: int) -> None:
     now = timezone.now()
-    sessions = AgentSession.objects.bulk_create([
-        AgentSession(pod=fleet.alpha if i % 2 else fleet.bravo, sto=fleet.sto if i % 2 else fleet.outsider,
-                     name=f"bulk {i}", goal="g", repository=fleet.repo, base_branch="main", model="sim/engineer",
-                     status=[Status.RUNNING, Status.QUEUED, Status.NEEDS_APPROVAL, Status.SUCCEEDED][i % 4],
-                     heartbeat_at=now, priority=i % 4)
-        for i in range(count)
-    ])
-    Grant.objects.bulk_create([
-        Grant(session=s, delegator=fleet.manager, issued_by=fleet.manager, not_before=now, expires_at=now + timedelta(hours=8),
-              max_cost_usd=Decimal(5))
-        for s in sessions
-    ])
+    sessions = AgentSession.objects.bulk_create(
+        [
+            AgentSession(
+                pod=fleet.alpha if i % 2 else fleet.bravo,
+                sto=fleet.sto if i % 2 else fleet.outsider,
+                name=f"bulk {i}",
+                goal="g",
+                repository=fleet.repo,
+                base_branch="main",
+                model="sim/engineer",
+                status=[Status.RUNNING, Status.QUEUED, Status.NEEDS_APPROVAL, Status.SUCCEEDED][i % 4],
+                heartbeat_at=now,
+                priority=i % 4,
+            )
+            for i in range(count)
+        ]
+    )
+    Grant.objects.bulk_create(
+        [
+            Grant(
+                session=s,
+                delegator=fleet.manager,
+                issued_by=fleet.manager,
+                not_before=now,
+                expires_at=now + timedelta(hours=8),
+                max_cost_usd=Decimal(5),
+            )
+            for s in sessions
+        ]
+    )
 
 
 def _count_queries(client, url="/") -> int:

@@ -1,5 +1,6 @@
 """The live canvas in a real browser (Chromium via Playwright) against a real ASGI server (daphne),
 the real Redis channel layer and real Celery workers running simulated agents."""
+
 from __future__ import annotations
 
 import io
@@ -33,8 +34,15 @@ from tests.personas import PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -54,7 +62,11 @@ class Daphne:
     def start(self) -> Daphne:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "controlroom.asgi:application"],
-            cwd=ROOT, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log.open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -143,7 +155,9 @@ def _login(page, server: Daphne, username: str, password: str) -> None:
     try:
         page.wait_for_selector('#live-status[data-state="open"]', timeout=15000)
     except PlaywrightTimeout as exc:
-        raise AssertionError(f"the canvas socket did not open: {exc}\nconsole: {console}\n{server.log_tail()}") from None
+        raise AssertionError(
+            f"the canvas socket did not open: {exc}\nconsole: {console}\n{server.log_tail()}"
+        ) from None
 
 
 def _tile(page, session_id: int) -> dict:
@@ -161,8 +175,10 @@ def _wait_for(page, selector: str, *, timeout: float, session_id: int, logs=()) 
     except PlaywrightTimeout as exc:
         db = AgentSession.objects.filter(pk=session_id).values("status", "version", "steps", "status_reason").first()
         tail = "\n".join(log() for log in logs)
-        raise AssertionError(f"{selector} not on the page after {timeout}s ({exc.__class__.__name__})\n"
-                             f"database: {db}\npage: {_tile(page, session_id)}\n{tail}") from None
+        raise AssertionError(
+            f"{selector} not on the page after {timeout}s ({exc.__class__.__name__})\n"
+            f"database: {db}\npage: {_tile(page, session_id)}\n{tail}"
+        ) from None
 
 
 def _db(session_id: int) -> AgentSession:
@@ -227,8 +243,11 @@ def test_the_live_canvas_of_a_hundred_agents(daphne, browser, celery_workers, wo
     assert sum(len(group["tiles"]) for group in groups) == 100
 
     # let the first agents get somewhere, then take the picture for the README
-    wait_until(lambda: AgentSession.objects.exclude(status=Status.QUEUED).count() >= 8, timeout=120,
-               message=f"agents to start\n{pool.log_tail()}")
+    wait_until(
+        lambda: AgentSession.objects.exclude(status=Status.QUEUED).count() >= 8,
+        timeout=120,
+        message=f"agents to start\n{pool.log_tail()}",
+    )
     time.sleep(3)
     page.screenshot(path=str(ARTIFACTS / "canvas.png"))
     # docs/canvas.png (the README's screenshot) is refreshed by hand from this artifact: a test run
@@ -236,14 +255,22 @@ def test_the_live_canvas_of_a_hundred_agents(daphne, browser, celery_workers, wo
 
     # a status change made by a Celery worker shows within a second, without reload
     page.evaluate("window.__marker = 'same page'")
-    fresh = next(s for s in sessions[20:] if _db(s.pk).status == Status.QUEUED and s.grants.get().not_before <= timezone.now())
+    fresh = next(
+        s for s in sessions[20:] if _db(s.pk).status == Status.QUEUED and s.grants.get().not_before <= timezone.now()
+    )
     page.evaluate(WATCH_FIRST_CHANGE, fresh.pk)
     enqueue_step_now(session_id=fresh.pk, step=1, priority=fresh.priority)
-    wait_until(lambda: page.evaluate("window.__firstChange"), timeout=60, interval=0.05,
-               message=f"the worker's change on the page\n{pool.log_tail()}\n{daphne.log_tail()}")
+    wait_until(
+        lambda: page.evaluate("window.__firstChange"),
+        timeout=60,
+        interval=0.05,
+        message=f"the worker's change on the page\n{pool.log_tail()}\n{daphne.log_tail()}",
+    )
     seen = page.evaluate("window.__firstChange")
     started = _db(fresh.pk).started_at.timestamp()
-    assert seen["at"] - started < 1.0, f"the page showed the change {seen['at'] - started:.2f}s after the worker made it"
+    assert seen["at"] - started < 1.0, (
+        f"the page showed the change {seen['at'] - started:.2f}s after the worker made it"
+    )
 
     # the server goes away; changes made meanwhile appear after the page reconnects, without reload
     daphne.stop(signal.SIGKILL)
@@ -254,8 +281,11 @@ def test_the_live_canvas_of_a_hundred_agents(daphne, browser, celery_workers, wo
         off_loop(services.session_pause, session=session, by=manager, reason="changed while the page was away")
     daphne.start()
     page.wait_for_selector('#live-status[data-state="open"]', timeout=30000)
-    wait_until(lambda: all(_shows_db_state(page, s.pk) for s in away), timeout=10,
-               message=f"the changes made while away\n{daphne.log_tail()}")
+    wait_until(
+        lambda: all(_shows_db_state(page, s.pk) for s in away),
+        timeout=10,
+        message=f"the changes made while away\n{daphne.log_tail()}",
+    )
     assert all(_tile(page, s.pk)["status"] == "paused" for s in away)
     assert page.evaluate("window.__marker") == "same page"
 
@@ -283,8 +313,11 @@ def test_the_live_canvas_of_a_hundred_agents(daphne, browser, celery_workers, wo
         time.sleep(0.1)
     burst_s = time.monotonic() - started
     final = _db(chatty.pk)
-    wait_until(lambda: _tile(page, chatty.pk)["version"] == final.version, timeout=5,
-               message="the tile to end on the final version")
+    wait_until(
+        lambda: _tile(page, chatty.pk)["version"] == final.version,
+        timeout=5,
+        message="the tile to end on the final version",
+    )
     assert "burst update 1000" in _tile(page, chatty.pk)["text"]
     swaps, versions = page.evaluate("window.__swaps"), page.evaluate("window.__versions")
     assert versions == sorted(versions) and versions[-1] == final.version
@@ -301,19 +334,34 @@ def _ask_a_human(session: AgentSession) -> None:
     with transaction.atomic():
         locked = AgentSession.objects.select_for_update().get(pk=session.pk)
         Escalation.objects.create(
-            session=locked, grant=active_grant(session=locked), tool="run_command", action="run_command: git push origin HEAD",
-            action_hash="b" * 64, reason="commands ask in edits mode", rule="Bash(git push origin HEAD)",
+            session=locked,
+            grant=active_grant(session=locked),
+            tool="run_command",
+            action="run_command: git push origin HEAD",
+            action_hash="b" * 64,
+            reason="commands ask in edits mode",
+            rule="Bash(git push origin HEAD)",
         )
         services.set_status(locked, Status.NEEDS_APPROVAL, reason="asks: git push origin HEAD", agent=True)
 
 
 def _launch(fleet, name: str) -> AgentSession:
-    return off_loop(services.session_launch,pod=fleet.alpha, sto=fleet.sto, goal=name, name=name, by=fleet.lead,
-                                   repository=fleet.repo, start=False)
+    return off_loop(
+        services.session_launch,
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal=name,
+        name=name,
+        by=fleet.lead,
+        repository=fleet.repo,
+        start=False,
+    )
 
 
 def test_drawer_controls_keyboard_launch_and_a_phone_sized_screen(daphne, browser, celery_workers, fleet):
-    first, second, third = (_launch(fleet, n) for n in ("Fix the failing test in shopcart", "Tidy the README", "Add type hints"))
+    first, second, third = (
+        _launch(fleet, n) for n in ("Fix the failing test in shopcart", "Tidy the README", "Add type hints")
+    )
     pool = celery_workers(processes=1, concurrency=2, SIM_PACING_S="0.3")
     logs = (pool.log_tail, daphne.log_tail)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -344,10 +392,15 @@ def test_drawer_controls_keyboard_launch_and_a_phone_sized_screen(daphne, browse
     page.keyboard.press("Enter")
     page.wait_for_selector(f'#drawer [data-session-id="{third.pk}"] [data-key="approve"]')
     page.keyboard.press("a")
-    wait_until(lambda: Escalation.objects.get(session=third).state == Escalation.State.ALLOWED_ONCE, timeout=10,
-               message="the escalation to be allowed from the keyboard")
+    wait_until(
+        lambda: Escalation.objects.get(session=third).state == Escalation.State.ALLOWED_ONCE,
+        timeout=10,
+        message="the escalation to be allowed from the keyboard",
+    )
     _wait_for(page, f'#tile-{third.pk}:not([data-status="needs_approval"])', timeout=5, session_id=third.pk, logs=logs)
-    page.wait_for_function(f"() => !document.querySelector('#needs-you li[data-session-id=\"{third.pk}\"]')", timeout=8000)
+    page.wait_for_function(
+        f"() => !document.querySelector('#needs-you li[data-session-id=\"{third.pk}\"]')", timeout=8000
+    )
     page.keyboard.press("Escape")
 
     # open a drawer, pause and resume from it; the tile follows over the websocket
@@ -374,7 +427,7 @@ def test_drawer_controls_keyboard_launch_and_a_phone_sized_screen(daphne, browse
     launched = AgentSession.objects.get(goal="Fix the rounding of the cart total")
     page.wait_for_selector(f"#tile-{launched.pk}", timeout=5000)
     _wait_for(page, f'#tile-{launched.pk}:not([data-status="queued"])', timeout=60, session_id=launched.pk, logs=logs)
-    assert page.locator(f'#pod-{fleet.alpha.pk} #tile-{launched.pk}').count() == 1
+    assert page.locator(f"#pod-{fleet.alpha.pk} #tile-{launched.pk}").count() == 1
     assert form.locator(f"#tile-{launched.pk}").count() == 1
 
     # filters live in the query string; the page swaps in place (htmx) and keeps its socket live

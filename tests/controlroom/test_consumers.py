@@ -1,5 +1,6 @@
 """The canvas websocket, driven through the real ASGI stack (origin check, session auth, routing)
 and the real Redis channel layer from settings."""
+
 from __future__ import annotations
 
 import json
@@ -95,37 +96,46 @@ pause = database_sync_to_async(services.session_pause)
 
 # --- connecting ----------------------------------------------------------------------------------
 
+
 def test_an_anonymous_visitor_is_refused_with_4401(client, fleet):
     headers = _headers(client, None)
+
     async def scenario():
         communicator = _socket(headers)
         assert await communicator.connect(timeout=5) == (False, 4401)
+
     run(scenario)
 
 
 def test_a_page_from_another_origin_is_refused_even_when_logged_in(client, fleet):
     headers = _headers(client, fleet.manager, origin=b"http://evil.example")
+
     async def scenario():
         communicator = _socket(headers)
         connected, _ = await communicator.connect(timeout=5)
         assert not connected
+
     run(scenario)
 
 
 def test_a_logged_in_user_connects_and_gets_an_answer_to_ping(client, fleet):
     headers = _headers(client, fleet.member)
+
     async def scenario():
         communicator = await _connected(headers)
         await communicator.send_to(text_data='{"type": "ping"}')
         assert json.loads(await communicator.receive_from(timeout=5)) == {"type": "pong"}
         await communicator.disconnect()
+
     run(scenario)
 
 
 # --- who hears what -------------------------------------------------------------------------------
 
+
 def test_a_member_of_alpha_may_not_watch_bravo_and_hears_nothing_when_bravo_changes(client, fleet, sessions):
     headers = _headers(client, fleet.member)
+
     async def scenario():
         communicator = await _connected(headers)
         frames = await _subscribe(communicator, [fleet.alpha.pk, fleet.bravo.pk])
@@ -138,31 +148,42 @@ def test_a_member_of_alpha_may_not_watch_bravo_and_hears_nothing_when_bravo_chan
         assert list(_versions(frame)) == [sessions["a1"].pk]
         assert 'data-status="paused"' in frame and 'hx-swap-oob="true"' in frame
         await communicator.disconnect()
+
     run(scenario)
 
 
 def test_a_refused_subscription_joins_no_group(client, fleet, sessions):
     headers = _headers(client, fleet.member)
+
     async def scenario():
         communicator = await _connected(headers)
         frames = await _subscribe(communicator, [fleet.bravo.pk, 987654])
-        assert frames[0] == {"type": "error", "error": "not allowed: you cannot watch these pods", "pods": [fleet.bravo.pk, 987654]}
+        assert frames[0] == {
+            "type": "error",
+            "error": "not allowed: you cannot watch these pods",
+            "pods": [fleet.bravo.pk, 987654],
+        }
         assert frames[-1] == {"type": "subscribed", "pods": []}
         payload = await database_sync_to_async(session_update_payload)(sessions["b1"])
         await get_channel_layer().group_send(pod_group(fleet.bravo.pk), payload)
         assert await communicator.receive_nothing(timeout=1.0)
         await communicator.disconnect()
+
     run(scenario)
 
 
 def test_the_manager_hears_every_pod_they_watch(client, fleet, sessions):
     headers = _headers(client, fleet.manager)
+
     async def scenario():
         communicator = await _connected(headers)
-        assert (await _subscribe(communicator, [fleet.alpha.pk, fleet.bravo.pk]))[-1]["pods"] == sorted([fleet.alpha.pk, fleet.bravo.pk])
+        assert (await _subscribe(communicator, [fleet.alpha.pk, fleet.bravo.pk]))[-1]["pods"] == sorted(
+            [fleet.alpha.pk, fleet.bravo.pk]
+        )
         await pause(session=sessions["b1"], by=fleet.manager)
         assert list(_versions(await communicator.receive_from(timeout=5))) == [sessions["b1"].pk]
         await communicator.disconnect()
+
     run(scenario)
 
 
@@ -179,10 +200,12 @@ def test_a_member_removed_from_the_pod_stops_hearing_it(client, fleet, sessions,
         assert frame["type"] == "error" and frame["pods"] == [fleet.alpha.pk]
         assert await communicator.receive_nothing(timeout=1.0)
         await communicator.disconnect()
+
     run(scenario)
 
 
 # --- coalescing -----------------------------------------------------------------------------------
+
 
 def test_a_burst_of_a_thousand_updates_costs_a_few_frames_and_ends_on_the_last_version(client, fleet, sessions):
     headers = _headers(client, fleet.manager)
@@ -197,7 +220,9 @@ def test_a_burst_of_a_thousand_updates_costs_a_few_frames_and_ends_on_the_last_v
         sent_at = time.monotonic()
         for version in range(first, first + 1000):
             html = base["html"].replace(f'data-version="{session.version}"', f'data-version="{version}"')
-            await layer.group_send(pod_group(fleet.alpha.pk), {**base, "version": version, "html": html, "ts": time.time()})
+            await layer.group_send(
+                pod_group(fleet.alpha.pk), {**base, "version": version, "html": html, "ts": time.time()}
+            )
         opening = await communicator.receive_from(timeout=5)
         frames = [opening, *await _frames(communicator)]
         return time.monotonic() - sent_at, frames  # from the first update to the quiet after the last frame
@@ -222,7 +247,9 @@ def test_tiles_changing_together_share_a_frame_and_frames_are_spaced(client, fle
         await _subscribe(communicator, [fleet.alpha.pk])
         payloads = [await database_sync_to_async(session_update_payload)(sessions[key]) for key in ("a1", "a2", "a3")]
         for payload in payloads:
-            await get_channel_layer().group_send(pod_group(fleet.alpha.pk), {**payload, "version": payload["version"] + 1})
+            await get_channel_layer().group_send(
+                pod_group(fleet.alpha.pk), {**payload, "version": payload["version"] + 1}
+            )
         first = await communicator.receive_from(timeout=5)
         at_first = time.monotonic()
         second = await communicator.receive_from(timeout=5)
@@ -239,22 +266,27 @@ def test_tiles_changing_together_share_a_frame_and_frames_are_spaced(client, fle
 
 def test_updates_of_different_tiles_are_not_held_back_by_each_other(client, fleet, sessions):
     headers = _headers(client, fleet.manager)
+
     async def scenario():
         communicator = await _connected(headers)
         await _subscribe(communicator, [fleet.alpha.pk])
         started = time.monotonic()
         for key in ("a1", "a2", "a3"):
             payload = await database_sync_to_async(session_update_payload)(sessions[key])
-            await get_channel_layer().group_send(pod_group(fleet.alpha.pk), {**payload, "version": payload["version"] + 1})
+            await get_channel_layer().group_send(
+                pod_group(fleet.alpha.pk), {**payload, "version": payload["version"] + 1}
+            )
         seen = {}
         while len(seen) < 3:
             seen.update(_versions(await communicator.receive_from(timeout=5)))
         assert time.monotonic() - started < 1.0
         await communicator.disconnect()
+
     run(scenario)
 
 
 # --- catch-up -------------------------------------------------------------------------------------
+
 
 def test_a_reconnecting_browser_catches_up_on_what_changed_while_it_was_away(client, fleet, sessions):
     headers = _headers(client, fleet.manager)
@@ -289,6 +321,7 @@ def test_a_reconnecting_browser_catches_up_on_what_changed_while_it_was_away(cli
 
 def test_catch_up_only_covers_pods_the_user_may_see(client, fleet, sessions):
     headers = _headers(client, fleet.member)
+
     async def scenario():
         communicator = await _connected(headers)
         await _subscribe(communicator, [fleet.alpha.pk, fleet.bravo.pk], since=time.time() - 3600)
@@ -321,6 +354,7 @@ BAD_FRAMES = {
 
 def test_malformed_frames_get_an_error_frame_and_the_socket_keeps_working(client, fleet, sessions):
     headers = _headers(client, fleet.manager)
+
     async def scenario():
         communicator = await _connected(headers)
         for name, text in BAD_FRAMES.items():
@@ -334,11 +368,13 @@ def test_malformed_frames_get_an_error_frame_and_the_socket_keeps_working(client
         await pause(session=sessions["a1"], by=fleet.manager)
         assert sessions["a1"].pk in _versions(await communicator.receive_from(timeout=5))
         await communicator.disconnect()
+
     run(scenario)
 
 
 def test_an_unknown_message_on_the_channel_layer_is_ignored(client, fleet, sessions):
     headers = _headers(client, fleet.manager)
+
     async def scenario():
         communicator = await _connected(headers)
         await _subscribe(communicator, [fleet.alpha.pk])
@@ -348,4 +384,5 @@ def test_an_unknown_message_on_the_channel_layer_is_ignored(client, fleet, sessi
         await pause(session=sessions["a1"], by=fleet.manager)
         assert sessions["a1"].pk in _versions(await communicator.receive_from(timeout=5))
         await communicator.disconnect()
+
     run(scenario)

@@ -1,5 +1,6 @@
 """The leaders' dashboard (/dashboard): who may see it, that it shows what ``manage.py metrics --json``
 computes, its CSV tables, its filters, and that a leader can read but never act."""
+
 from __future__ import annotations
 
 import csv
@@ -92,6 +93,7 @@ def _figure_of(block: dict, key: str) -> tuple[float | None, int]:
 
 # --- who sees it ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("username, status", [("leo", 200), ("max", 200), ("a1", 403)])
 def test_leaders_and_managers_see_the_dashboard_and_a_member_is_refused(client, fixture_fleet, username, status):
     response = login(client, username).get("/dashboard")
@@ -113,14 +115,25 @@ def test_an_anonymous_visitor_is_sent_to_log_in(client, db):
 
 # --- the page shows what the command computes ---------------------------------------------------------------
 
+
 def test_the_page_and_metrics_json_agree_on_the_same_data(client, fixture_fleet, capsys):
     login(client, "leo")
     with frozen():
         page = parse(client.get("/dashboard", {"window": "30d"}))
         call_command("metrics", "--window", "30d", "--json")
     data = json.loads(capsys.readouterr().out)
-    keys = ["accepted_throughput", "acceptance_yield", "first_pass_acceptance", "revert_rate", "lead_time",
-            "escalation_response", "autonomy_rate", "cost_per_accepted", "wasted_spend_share", "supervision_load"]
+    keys = [
+        "accepted_throughput",
+        "acceptance_yield",
+        "first_pass_acceptance",
+        "revert_rate",
+        "lead_time",
+        "escalation_response",
+        "autonomy_rate",
+        "cost_per_accepted",
+        "wasted_spend_share",
+        "supervision_load",
+    ]
     assert sorted(page.headline) == sorted(keys)
     for key in keys:
         value, n = _figure_of(data["overall"], key)
@@ -150,8 +163,9 @@ def test_small_samples_are_greyed_with_their_note(client, fixture_fleet):
     assert 'class="kpi small" data-metric="escalation_response"' in html
     assert "n = 9 &lt; 20: too few to rely on" in html
     assert 'class="kpi" data-metric="acceptance_yield"' in html
-    assert ('class="small" data-metric="acceptance_yield" data-value="0.6363636363636364" data-n="11" '
-            'title="n = 11 &lt; 20') in html
+    assert (
+        'class="small" data-metric="acceptance_yield" data-value="0.6363636363636364" data-n="11" title="n = 11 &lt; 20'
+    ) in html
 
 
 def test_the_charts_are_server_side_svg_speed_beside_stability(client, fixture_fleet):
@@ -161,8 +175,17 @@ def test_the_charts_are_server_side_svg_speed_beside_stability(client, fixture_f
     page = parse(response)
     html = response.content.decode()
     assert page.charts[:2] == ["throughput", "revert_rate"]  # the first pair: speed beside stability
-    assert {"lead_time", "first_pass", "escalation_response", "supervision_load", "cost", "pod_yield",
-            "pod_throughput", "pod_revert", "pod_cost"} <= set(page.charts)
+    assert {
+        "lead_time",
+        "first_pass",
+        "escalation_response",
+        "supervision_load",
+        "cost",
+        "pod_yield",
+        "pod_throughput",
+        "pod_revert",
+        "pod_cost",
+    } <= set(page.charts)
     assert html.count('<svg class="chart"') == len(page.charts) >= 13
     assert "<rect" in html and "<path" in html and "<circle" in html
     assert "lines generated" not in html.lower() and "lines of code" not in html.lower()
@@ -180,6 +203,7 @@ def test_names_are_escaped_in_tables_and_charts(client, fixture_fleet):
 
 
 # --- CSV ----------------------------------------------------------------------------------------------------
+
 
 def _csv(client, **params) -> list[dict]:
     with frozen():
@@ -223,6 +247,7 @@ def test_the_csv_follows_the_filters(client, fixture_fleet):
 
 # --- filters ------------------------------------------------------------------------------------------------
 
+
 def test_filters_choose_the_window_pod_task_type_and_tag(client, fixture_fleet):
     login(client, "leo")
     with frozen():
@@ -243,16 +268,19 @@ def test_filters_choose_the_window_pod_task_type_and_tag(client, fixture_fleet):
     assert _value(week.headline["acceptance_yield"]["data-value"]) == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"window": "fortnight"}, "Select a valid choice"),
-    ({"from": "2025-03-01"}, "Give both a from and a to date"),
-    ({"from": "2025-03-31", "to": "2025-03-01"}, "ends (2025-03-01) before it starts"),
-    ({"from": "yesterday", "to": "2025-03-01"}, "Enter a valid date"),
-    ({"pod": "zulu"}, "Select a valid choice"),
-    ({"task_type": "poetry"}, "Select a valid choice"),
-    ({"format": "xml"}, "Unknown format"),
-    ({"format": "csv", "table": "people"}, "Unknown table"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"window": "fortnight"}, "Select a valid choice"),
+        ({"from": "2025-03-01"}, "Give both a from and a to date"),
+        ({"from": "2025-03-31", "to": "2025-03-01"}, "ends (2025-03-01) before it starts"),
+        ({"from": "yesterday", "to": "2025-03-01"}, "Enter a valid date"),
+        ({"pod": "zulu"}, "Select a valid choice"),
+        ({"task_type": "poetry"}, "Select a valid choice"),
+        ({"format": "xml"}, "Unknown format"),
+        ({"format": "csv", "table": "people"}, "Unknown table"),
+    ],
+)
 def test_a_bad_filter_answers_400_with_the_reason(client, fixture_fleet, params, message):
     response = login(client, "leo").get("/dashboard", params)
     assert response.status_code == 400
@@ -260,6 +288,7 @@ def test_a_bad_filter_answers_400_with_the_reason(client, fixture_fleet, params,
 
 
 # --- leaders read, never act ---------------------------------------------------------------------------------
+
 
 def _patterns(resolvers, prefix=""):
     for entry in resolvers:
@@ -287,39 +316,71 @@ NOT_WALKED = ("login/", "logout/", "admin/")
 # Known answers other than 403 for a leader's POST; everything else must be 403 (act) or 405 (read-only page).
 KNOWN: dict = {}
 AGENT_CONTROLS = {
-    "sessions/<int:session_id>/<str:action>", "escalations/<int:escalation_id>/decide",
-    "sessions/<int:session_id>/sto", "sessions/<int:session_id>/grant/issue",
-    "sessions/<int:session_id>/grant/revoke", "sessions/<int:session_id>/grant/validate",
+    "sessions/<int:session_id>/<str:action>",
+    "escalations/<int:escalation_id>/decide",
+    "sessions/<int:session_id>/sto",
+    "sessions/<int:session_id>/grant/issue",
+    "sessions/<int:session_id>/grant/revoke",
+    "sessions/<int:session_id>/grant/validate",
 }
 
 
 def test_a_leader_posting_to_any_agent_control_or_decision_is_refused_and_nothing_changes(client, fleet, worktrees_dir):
     session = services.session_launch(
-        pod=fleet.alpha, sto=fleet.sto, goal="Fix the rounding bug", by=fleet.lead, repository=fleet.repo,
-        grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)",)), start=False,
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal="Fix the rounding bug",
+        by=fleet.lead,
+        repository=fleet.repo,
+        grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)",)),
+        start=False,
     )
     escalation = Escalation.objects.create(
-        session=session, grant=active_grant(session=session), tool="run_command", action="run_command: git push",
-        action_hash="c" * 64, reason="commands ask", rule="Bash(git push *)")
+        session=session,
+        grant=active_grant(session=session),
+        tool="run_command",
+        action="run_command: git push",
+        action_hash="c" * 64,
+        reason="commands ask",
+        rule="Bash(git push *)",
+    )
     AgentSession.objects.filter(pk=session.pk).update(status=Status.NEEDS_APPROVAL)
     before = {
-        "session": AgentSession.objects.values("status", "sto_id", "hold", "review_state", "attestation").get(pk=session.pk),
+        "session": AgentSession.objects.values("status", "sto_id", "hold", "review_state", "attestation").get(
+            pk=session.pk
+        ),
         "escalation": Escalation.objects.values("state", "decided_by_id").get(pk=escalation.pk),
         "grants": list(Grant.objects.filter(session=session).values_list("id", "revoked_at")),
-        "reviews": Review.objects.count(), "sessions": AgentSession.objects.count(),
+        "reviews": Review.objects.count(),
+        "sessions": AgentSession.objects.count(),
         "memberships": sorted(PodMembership.objects.values_list("pod_id", "user_id", "role")),
     }
     values = {
-        "session_id": [str(session.pk)], "escalation_id": [str(escalation.pk)], "slug": ["alpha"],
-        "action": ["pause", "resume", "cancel"], "decision": ["approve", "request-changes", "reject", "revert"],
+        "session_id": [str(session.pk)],
+        "escalation_id": [str(escalation.pk)],
+        "slug": ["alpha"],
+        "action": ["pause", "resume", "cancel"],
+        "decision": ["approve", "request-changes", "reject", "revert"],
         "event_id": [str(AuditEvent.objects.filter(session_id=session.pk).values_list("id", flat=True).first())],
         "sha": ["0" * 40],
     }
     form = {
-        "decision": "allow-once", "reason": "because", "sto": "mia", "username": "mia", "role": "lead",
-        "comment": "looks fine", "verdict": "accepted", "mode": "autonomous", "max_steps": "10",
-        "on_unanswered": "wait", "justification": "more", "pod": str(fleet.alpha.pk), "goal": "do more",
-        "repository": str(fleet.repo.pk), "batch-pod": str(fleet.alpha.pk), "batch-tasks": "one more thing",
+        "decision": "allow-once",
+        "reason": "because",
+        "sto": "mia",
+        "username": "mia",
+        "role": "lead",
+        "comment": "looks fine",
+        "verdict": "accepted",
+        "mode": "autonomous",
+        "max_steps": "10",
+        "on_unanswered": "wait",
+        "justification": "more",
+        "pod": str(fleet.alpha.pk),
+        "goal": "do more",
+        "repository": str(fleet.repo.pk),
+        "batch-pod": str(fleet.alpha.pk),
+        "batch-tasks": "one more thing",
     }
     login(client, "leo")
     answers: dict[str, int] = {}
@@ -327,26 +388,40 @@ def test_a_leader_posting_to_any_agent_control_or_decision_is_refused_and_nothin
         if route.startswith(NOT_WALKED):
             continue
         for path in _concrete(route, values):
-            for decision in (["allow-once", "allow-always", "deny"] if route.startswith("escalations/") else [None]):
+            for decision in ["allow-once", "allow-always", "deny"] if route.startswith("escalations/") else [None]:
                 data = dict(form, decision=decision) if decision else form
                 status = client.post(path, data).status_code
                 answers[f"{path} {decision or ''}".strip()] = status
                 expected = KNOWN.get(route, (403, 405))
-                assert status in (expected if isinstance(expected, tuple) else (expected,)), \
+                assert status in (expected if isinstance(expected, tuple) else (expected,)), (
                     f"a leader's POST to {path} ({route}) answered {status}"
+                )
                 if route in AGENT_CONTROLS or route.startswith("reviews/<int:session_id>/decide"):
                     assert status == 403, f"a leader's POST to {path} answered {status}, not 403"
     walked = " ".join(answers)
-    for needle in ("/pause", "/resume", "/cancel", "/decide allow-once", "/decide deny", "/grant/revoke",
-                   "/decide/approve", "/decide/revert", f"/sessions/{session.pk}/sto", "/pods/alpha/members"):
+    for needle in (
+        "/pause",
+        "/resume",
+        "/cancel",
+        "/decide allow-once",
+        "/decide deny",
+        "/grant/revoke",
+        "/decide/approve",
+        "/decide/revert",
+        f"/sessions/{session.pk}/sto",
+        "/pods/alpha/members",
+    ):
         assert needle in walked, f"the walk did not reach {needle}"
     assert answers[f"/escalations/{escalation.pk}/decide allow-always"] == 403
     assert answers["/pods/alpha/members"] == 403
     after = {
-        "session": AgentSession.objects.values("status", "sto_id", "hold", "review_state", "attestation").get(pk=session.pk),
+        "session": AgentSession.objects.values("status", "sto_id", "hold", "review_state", "attestation").get(
+            pk=session.pk
+        ),
         "escalation": Escalation.objects.values("state", "decided_by_id").get(pk=escalation.pk),
         "grants": list(Grant.objects.filter(session=session).values_list("id", "revoked_at")),
-        "reviews": Review.objects.count(), "sessions": AgentSession.objects.count(),
+        "reviews": Review.objects.count(),
+        "sessions": AgentSession.objects.count(),
         "memberships": sorted(PodMembership.objects.values_list("pod_id", "user_id", "role")),
     }
     assert after == before

@@ -1,5 +1,6 @@
 """The leaders' dashboard in a real browser (Debian's Chromium through Playwright): the leader logs in,
 sees the headline figures and the SVG charts drawn, filters by pod, and downloads a CSV."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,15 @@ from tests.personas import PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.slow
@@ -56,7 +64,9 @@ def test_in_chromium_the_leader_sees_the_figures_and_the_charts_and_filters_by_p
             assert page.locator("figure[data-chart=pod_yield] line.whisker").count() == 3
             page.locator("h1").scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            page.locator("section[aria-labelledby=headline-title]").screenshot(path=str(ARTIFACTS / "dashboard-headline.png"))
+            page.locator("section[aria-labelledby=headline-title]").screenshot(
+                path=str(ARTIFACTS / "dashboard-headline.png")
+            )
             page.locator("section[aria-labelledby=pods-title]").screenshot(path=str(ARTIFACTS / "dashboard-pods.png"))
 
             # hovering a mark tells its value and whether it rests on too few cases

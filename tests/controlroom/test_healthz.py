@@ -1,4 +1,5 @@
 """/healthz: real database, real Redis (from the test plugin), a real Celery worker."""
+
 from __future__ import annotations
 
 import os
@@ -44,9 +45,30 @@ def celery_worker(tmp_path: Path) -> Iterator[str]:
     log = (tmp_path / "worker.log").open("wb")
     env = {**os.environ, "REDIS_URL": os.environ["REDIS_URL"], "DATA_DIR": os.environ["DATA_DIR"]}
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "controlroom", "worker", "--pool", "solo", "-c", "1",
-         "-n", node, "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "warning"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "controlroom",
+            "worker",
+            "--pool",
+            "solo",
+            "-c",
+            "1",
+            "-n",
+            node,
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+            "-l",
+            "warning",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 90  # generous: a loaded CI machine starts workers slowly

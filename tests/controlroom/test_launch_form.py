@@ -1,4 +1,5 @@
 """Launching from the browser: one session, or a night's batch in one transaction."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -30,10 +31,22 @@ def enqueued(monkeypatch):
 
 def _form(fleet, **overrides) -> dict:
     data = {
-        "pod": fleet.alpha.pk, "sto": "sam", "name": "", "goal": "Fix the rounding bug in cart totals",
-        "success_criteria": "the tests pass", "repository": fleet.repo.pk, "base_branch": "", "model": "sim/engineer",
-        "api_base": "", "task_type": "fix", "priority": "1", "preset": "edits", "not_before": "", "expires_at": "",
-        "max_steps": "40", "max_cost_usd": "2.50",
+        "pod": fleet.alpha.pk,
+        "sto": "sam",
+        "name": "",
+        "goal": "Fix the rounding bug in cart totals",
+        "success_criteria": "the tests pass",
+        "repository": fleet.repo.pk,
+        "base_branch": "",
+        "model": "sim/engineer",
+        "api_base": "",
+        "task_type": "fix",
+        "priority": "1",
+        "preset": "edits",
+        "not_before": "",
+        "expires_at": "",
+        "max_steps": "40",
+        "max_cost_usd": "2.50",
     }
     data.update(overrides)
     return data
@@ -67,16 +80,25 @@ def test_a_valid_launch_creates_the_session_and_its_grant_and_enqueues_the_first
     client.force_login(fleet.lead)
     start = timezone.localtime() + timedelta(hours=1)
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post("/launch", _form(
-            fleet, not_before=start.strftime("%Y-%m-%dT%H:%M"),
-            expires_at=(start + timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M"),
-        ))
+        response = client.post(
+            "/launch",
+            _form(
+                fleet,
+                not_before=start.strftime("%Y-%m-%dT%H:%M"),
+                expires_at=(start + timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M"),
+            ),
+        )
     assert response.status_code == 302, response.content.decode()[:2000]
     session = AgentSession.objects.get()
     assert response["Location"] == f"/#tile-{session.pk}"
     assert (session.pod, session.sto, session.created_by) == (fleet.alpha, fleet.sto, fleet.lead)
     assert session.goal == "Fix the rounding bug in cart totals" and session.success_criteria == "the tests pass"
-    assert (session.model, session.task_type, session.priority, session.status) == ("sim/engineer", "fix", 1, Status.QUEUED)
+    assert (session.model, session.task_type, session.priority, session.status) == (
+        "sim/engineer",
+        "fix",
+        1,
+        Status.QUEUED,
+    )
     assert session.base_branch == "main"
     grant = session.grants.get()
     assert grant.mode == "edits" and "Git(commit)" in grant.allow and "Bash(pytest *)" in grant.allow
@@ -150,6 +172,7 @@ def test_a_member_cannot_launch_into_another_pod(client, fleet):
 
 # --- the night's batch ----------------------------------------------------------------------------
 
+
 def test_a_batch_launches_every_line_with_its_owner_priority_and_criteria(
     client, fleet, enqueued, django_capture_on_commit_callbacks
 ):
@@ -177,8 +200,9 @@ def test_a_batch_with_a_bad_line_creates_nothing_and_names_the_line(client, flee
     assert enqueued == []
 
 
-def test_a_batch_refused_by_the_service_halfway_rolls_back_the_lines_before(client, fleet, enqueued,
-                                                                             django_capture_on_commit_callbacks):
+def test_a_batch_refused_by_the_service_halfway_rolls_back_the_lines_before(
+    client, fleet, enqueued, django_capture_on_commit_callbacks
+):
     # sam (a member) may launch sessions he owns; line 3 makes mia the owner, which only a lead may do
     client.force_login(fleet.sto)
     with django_capture_on_commit_callbacks(execute=True):

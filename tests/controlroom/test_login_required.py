@@ -1,4 +1,5 @@
 """Every page requires a logged-in user: walk every URL pattern as an anonymous visitor."""
+
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 

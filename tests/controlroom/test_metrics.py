@@ -55,6 +55,7 @@ Escalations (requested → decided, hours): A2 26→30 (4), A3 50.5→51.5 (1), 
 denied when cancelled (2), G1 672→open (now = 720: 48). Not counted: A4 74 denied at once by its
 grant (no human asked), A20 -235→-234 (before the window; it still makes A20 not autonomous).
 """
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,14 @@ def at(hours: float) -> datetime:
 
 # --- building the fleet -------------------------------------------------------------------------------
 
-SEGMENT_STATUS = {"q": Status.QUEUED, "r": Status.RUNNING, "s": Status.SUCCEEDED, "na": Status.NEEDS_APPROVAL,
-                  "paused": Status.PAUSED, "blocked": Status.BLOCKED}
+SEGMENT_STATUS = {
+    "q": Status.QUEUED,
+    "r": Status.RUNNING,
+    "s": Status.SUCCEEDED,
+    "na": Status.NEEDS_APPROVAL,
+    "paused": Status.PAUSED,
+    "blocked": Status.BLOCKED,
+}
 
 
 @dataclass
@@ -122,14 +129,37 @@ class Builder:
         self.leader = make_user("leo", User.Role.LEADER)
         self.sessions: dict[str, AgentSession] = {}
 
-    def session(self, name: str, pod: str, sto: str, task_type: str, created: float, *, cost: str, tokens: tuple[int, int],
-                status: str = Status.SUCCEEDED, finished: float | None = None, review_state: str = "none",
-                tags: list | None = None) -> AgentSession:
+    def session(
+        self,
+        name: str,
+        pod: str,
+        sto: str,
+        task_type: str,
+        created: float,
+        *,
+        cost: str,
+        tokens: tuple[int, int],
+        status: str = Status.SUCCEEDED,
+        finished: float | None = None,
+        review_state: str = "none",
+        tags: list | None = None,
+    ) -> AgentSession:
         session = AgentSession.objects.create(
-            pod=self.pods[pod], sto=self.stos[sto], name=name, goal=f"fixture session {name}", task_type=task_type,
-            repository=self.repo, base_branch="main", model="sim/engineer", status=status,
-            cost_usd=Decimal(cost), tokens_in=tokens[0], tokens_out=tokens[1], created_at=at(created),
-            finished_at=at(finished) if finished is not None else None, review_state=review_state,
+            pod=self.pods[pod],
+            sto=self.stos[sto],
+            name=name,
+            goal=f"fixture session {name}",
+            task_type=task_type,
+            repository=self.repo,
+            base_branch="main",
+            model="sim/engineer",
+            status=status,
+            cost_usd=Decimal(cost),
+            tokens_in=tokens[0],
+            tokens_out=tokens[1],
+            created_at=at(created),
+            finished_at=at(finished) if finished is not None else None,
+            review_state=review_state,
             tags=tags if tags is not None else [task_type, f"pod-{pod}"],
         )
         self.sessions[name] = session
@@ -148,22 +178,52 @@ class Builder:
         return hours
 
     def review(self, session: AgentSession, decision: str, hours: float) -> Review:
-        return Review.objects.create(session=session, reviewer=self.reviewer, decision=decision, created_at=at(hours),
-                                     comment=f"{decision} at {hours}")
-
-    def escalation(self, session: AgentSession, requested: float, decided: float | None, *,
-                   state: str = Escalation.State.ALLOWED_ONCE, human: bool = True) -> Escalation:
-        grant = session.grants.first() or Grant.objects.create(
-            session=session, delegator=session.sto, issued_by=session.sto, not_before=at(-1000), expires_at=at(2000))
-        return Escalation.objects.create(
-            session=session, grant=grant, tool="run_command", action=f"run_command: step at {requested}",
-            action_hash=f"{session.pk:032d}{int(requested * 10):032d}", reason="commands ask", state=state,
-            decided_by=session.sto if (human and decided is not None) else None,
-            decided_at=at(decided) if decided is not None else None, created_at=at(requested),
+        return Review.objects.create(
+            session=session,
+            reviewer=self.reviewer,
+            decision=decision,
+            created_at=at(hours),
+            comment=f"{decision} at {hours}",
         )
 
-    def accepted(self, name: str, pod: str, sto: str, task_type: str, created: float, segments: list[tuple[str, float]],
-                 *, cost: str = "2.00", tokens: tuple[int, int] = (1000, 500), approved: float) -> AgentSession:
+    def escalation(
+        self,
+        session: AgentSession,
+        requested: float,
+        decided: float | None,
+        *,
+        state: str = Escalation.State.ALLOWED_ONCE,
+        human: bool = True,
+    ) -> Escalation:
+        grant = session.grants.first() or Grant.objects.create(
+            session=session, delegator=session.sto, issued_by=session.sto, not_before=at(-1000), expires_at=at(2000)
+        )
+        return Escalation.objects.create(
+            session=session,
+            grant=grant,
+            tool="run_command",
+            action=f"run_command: step at {requested}",
+            action_hash=f"{session.pk:032d}{int(requested * 10):032d}",
+            reason="commands ask",
+            state=state,
+            decided_by=session.sto if (human and decided is not None) else None,
+            decided_at=at(decided) if decided is not None else None,
+            created_at=at(requested),
+        )
+
+    def accepted(
+        self,
+        name: str,
+        pod: str,
+        sto: str,
+        task_type: str,
+        created: float,
+        segments: list[tuple[str, float]],
+        *,
+        cost: str = "2.00",
+        tokens: tuple[int, int] = (1000, 500),
+        approved: float,
+    ) -> AgentSession:
         session = self.session(name, pod, sto, task_type, created, cost=cost, tokens=tokens, review_state="approved")
         end = self.timeline(session, segments)
         assert end == pytest.approx(approved), f"{name}: segments end at {end}, the table says {approved}"
@@ -174,7 +234,15 @@ class Builder:
 def build_fleet() -> FixtureFleet:
     b = Builder()
     A, R = b.accepted, Review.Decision
-    A("A1", "alpha", "a1", "feature", -72, [("q", 1), ("r", 2), ("paused", 3), ("r", 1), ("blocked", 2), ("r", 1), ("s", 110)], approved=48)
+    A(
+        "A1",
+        "alpha",
+        "a1",
+        "feature",
+        -72,
+        [("q", 1), ("r", 2), ("paused", 3), ("r", 1), ("blocked", 2), ("r", 1), ("s", 110)],
+        approved=48,
+    )
     a2 = A("A2", "alpha", "a1", "fix", 24, [("q", 1), ("r", 1), ("na", 4), ("r", 3), ("s", 6)], approved=39)
     a3 = A("A3", "alpha", "a2", "feature", 48, [("q", 0.5), ("r", 2), ("na", 1), ("r", 4), ("s", 5.5)], approved=61)
     a4 = A("A4", "alpha", "a2", "docs", 72, [("q", 2), ("r", 3), ("s", 9)], approved=86)
@@ -190,13 +258,39 @@ def build_fleet() -> FixtureFleet:
     A("A14", "charlie", "c1", "fix", 312, [("q", 1), ("r", 14), ("s", 10)], approved=337)
     A("A15", "charlie", "c2", "docs", 336, [("q", 1), ("r", 15), ("s", 10)], approved=362)
     A("A16", "charlie", "c2", "feature", 360, [("q", 1), ("r", 16), ("s", 10)], approved=387)
-    a17 = A("A17", "charlie", "c1", "tests", 600,
-            [("q", 1), ("r", 4), ("na", 2), ("r", 3), ("na", 0.5), ("r", 13), ("s", 37.5)], approved=661)
+    a17 = A(
+        "A17",
+        "charlie",
+        "c1",
+        "tests",
+        600,
+        [("q", 1), ("r", 4), ("na", 2), ("r", 3), ("na", 0.5), ("r", 13), ("s", 37.5)],
+        approved=661,
+    )
     a18 = A("A18", "alpha", "a1", "feature", 400, [("q", 1), ("r", 5), ("s", 4), ("r", 3), ("s", 15)], approved=428)
-    a19 = A("A19", "bravo", "b2", "fix", 450, [("q", 2), ("r", 6), ("s", 3), ("r", 4), ("s", 2), ("r", 5), ("s", 8)], approved=480)
-    a20 = A("A20", "charlie", "c2", "feature", -240, [("q", 2), ("r", 10), ("s", 220), ("r", 5), ("s", 38)], approved=35)
-    c1 = A("C1", "charlie", "c1", "feature", 10, [("q", 1), ("r", 3), ("na", 3), ("r", 2), ("s", 40)], approved=59,
-           cost="3.00", tokens=(2000, 1000))
+    a19 = A(
+        "A19",
+        "bravo",
+        "b2",
+        "fix",
+        450,
+        [("q", 2), ("r", 6), ("s", 3), ("r", 4), ("s", 2), ("r", 5), ("s", 8)],
+        approved=480,
+    )
+    a20 = A(
+        "A20", "charlie", "c2", "feature", -240, [("q", 2), ("r", 10), ("s", 220), ("r", 5), ("s", 38)], approved=35
+    )
+    c1 = A(
+        "C1",
+        "charlie",
+        "c1",
+        "feature",
+        10,
+        [("q", 1), ("r", 3), ("na", 3), ("r", 2), ("s", 40)],
+        approved=59,
+        cost="3.00",
+        tokens=(2000, 1000),
+    )
     c1.review_state = "reverted"
     c1.save(update_fields=["review_state"])
     b.review(c1, R.REVERT, 59 + 15 * 24)  # 15 days after the approval: still accepted
@@ -242,12 +336,23 @@ def build_fleet() -> FixtureFleet:
     b.review(f1, R.REVERT, 10)
     f2 = b.session("F2", "bravo", "b1", "fix", -200, cost="11.00", tokens=(5000, 5000), review_state="rejected")
     b.review(f2, R.REJECT, -50)
-    b.session("F3", "charlie", "c2", "docs", -100, cost="11.00", tokens=(5000, 5000), status=Status.CANCELLED, finished=-10)
+    b.session(
+        "F3", "charlie", "c2", "docs", -100, cost="11.00", tokens=(5000, 5000), status=Status.CANCELLED, finished=-10
+    )
 
     g1 = b.session("G1", "alpha", "a1", "feature", 660, cost="9.99", tokens=(9000, 9000), status=Status.NEEDS_APPROVAL)
     b.session("G2", "bravo", "b2", "fix", 600, cost="3.00", tokens=(900, 900), finished=640)
-    g3 = b.session("G3", "charlie", "c1", "feature", 500, cost="2.50", tokens=(900, 900), status=Status.RUNNING,
-                   review_state="changes_requested")
+    g3 = b.session(
+        "G3",
+        "charlie",
+        "c1",
+        "feature",
+        500,
+        cost="2.50",
+        tokens=(900, 900),
+        status=Status.RUNNING,
+        review_state="changes_requested",
+    )
     b.review(g3, R.REQUEST_CHANGES, 560)
     b.session("H1", "bravo", "b1", "chore", 200, cost="7.00", tokens=(900, 900), status=Status.FAILED, finished=230)
 
@@ -263,7 +368,9 @@ def build_fleet() -> FixtureFleet:
     E(g1, 672, None, state=Escalation.State.OPEN)
     E(a4, 74, 74, state=Escalation.State.DENIED, human=False)  # the grant denied it at once: nobody was asked
     E(a20, -235, -234)
-    return FixtureFleet(pods=b.pods, stos=b.stos, reviewer=b.reviewer, leader=b.leader, repo=b.repo, sessions=b.sessions)
+    return FixtureFleet(
+        pods=b.pods, stos=b.stos, reviewer=b.reviewer, leader=b.leader, repo=b.repo, sessions=b.sessions
+    )
 
 
 @pytest.fixture
@@ -293,13 +400,16 @@ def wilson_by_quadratic(x: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (-b - root) / (2 * a), (-b + root) / (2 * a)
 
 
-@pytest.mark.parametrize("x, n, low, high", [
-    # Newcombe (1998), Statistics in Medicine 17:857-872, Table I, method 3 (score, no continuity correction)
-    (81, 263, 0.2553, 0.3662),
-    (15, 148, 0.0624, 0.1605),
-    (0, 20, 0.0000, 0.1611),
-    (1, 29, 0.0061, 0.1718),
-])
+@pytest.mark.parametrize(
+    "x, n, low, high",
+    [
+        # Newcombe (1998), Statistics in Medicine 17:857-872, Table I, method 3 (score, no continuity correction)
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0000, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
 def test_the_wilson_interval_matches_newcombes_published_values(x, n, low, high):
     got = wilson_interval(successes=x, n=n)
     assert got[0] == pytest.approx(low, abs=5e-5)
@@ -337,6 +447,7 @@ def test_percentiles_interpolate_between_closest_ranks():
 
 
 # --- the fleet, overall -------------------------------------------------------------------------------
+
 
 def test_accepted_throughput_counts_approvals_not_reverted_within_14_days_per_week(report):
     m = report.overall
@@ -405,7 +516,7 @@ def test_escalation_response_time_counts_open_ones_until_now_and_skips_those_nob
     response = report.overall.escalation_response
     # in the window: 4, 1, 2, 0.5, 3, 8, 6, 2, 48 (open) → sorted 0.5 1 2 2 3 4 6 8 48
     assert response.n == 9
-    assert response.median == pytest.approx(3 * H)             # h = 4
+    assert response.median == pytest.approx(3 * H)  # h = 4
     assert response.upper == pytest.approx((8 + 0.2 * 40) * H)  # h = 7.2
     assert response.upper_q == 90
     assert response.small_sample is True
@@ -447,6 +558,7 @@ def test_supervision_load_is_escalations_rejections_and_change_requests_per_acce
 
 # --- groups -------------------------------------------------------------------------------------------
 
+
 def _group(rows, key):
     return next(m for m in rows if m.key == key)
 
@@ -456,8 +568,10 @@ def test_every_metric_of_pod_alpha_and_its_small_sample_flags(report):
     # alpha: A1..A6, A18 accepted; B1 approved and reverted; D1, D2 rejected; E1 cancelled; F1 earlier; G1 open
     assert alpha.accepted_throughput.value == pytest.approx(7 / WEEKS)
     assert alpha.acceptance_yield.value == pytest.approx(7 / 11)
-    assert (alpha.acceptance_yield.low, alpha.acceptance_yield.high) == (pytest.approx(0.3538, abs=1e-4),
-                                                                         pytest.approx(0.8483, abs=1e-4))
+    assert (alpha.acceptance_yield.low, alpha.acceptance_yield.high) == (
+        pytest.approx(0.3538, abs=1e-4),
+        pytest.approx(0.8483, abs=1e-4),
+    )
     assert alpha.acceptance_yield.small_sample is True
     assert "n = 11 < 20" in alpha.acceptance_yield.note
     # first reviews: A1..A6 and B1 approve; A18, D2 changes; D1 reject
@@ -476,8 +590,16 @@ def test_every_metric_of_pod_alpha_and_its_small_sample_flags(report):
     assert alpha.wasted_spend_share.value == pytest.approx(8.5 / 22.5)
     # 6 escalations + 2 rejections + 2 change requests (A18, D2)
     assert alpha.supervision_load.value == pytest.approx(10 / 7)
-    for figure in (alpha.acceptance_yield, alpha.first_pass_acceptance, alpha.revert_rate, alpha.autonomy_rate,
-                   alpha.cost_per_accepted, alpha.wasted_spend_share, alpha.supervision_load, alpha.lead_time.total):
+    for figure in (
+        alpha.acceptance_yield,
+        alpha.first_pass_acceptance,
+        alpha.revert_rate,
+        alpha.autonomy_rate,
+        alpha.cost_per_accepted,
+        alpha.wasted_spend_share,
+        alpha.supervision_load,
+        alpha.lead_time.total,
+    ):
         assert figure.small_sample is True, figure.key
     assert alpha.accepted_throughput.small_sample is False  # a count, not a ratio
 
@@ -521,6 +643,7 @@ def test_the_weekly_trend_ends_at_the_window_end_and_spans_at_least_eight_weeks(
 
 
 # --- scope and window ---------------------------------------------------------------------------------
+
 
 def test_a_pod_filter_gives_the_pods_own_figures(fixture_fleet):
     report = fleet_metrics(window=window30(), scope=Scope(pod="alpha"), now=NOW)
@@ -579,6 +702,7 @@ def test_the_number_of_queries_does_not_grow_with_the_sessions(fixture_fleet, dj
 
 
 # --- the command --------------------------------------------------------------------------------------
+
 
 def test_the_metrics_command_prints_the_same_figures_as_json(fixture_fleet, capsys):
     with mock.patch("controlroom.management.commands.metrics.timezone.now", return_value=NOW):

@@ -1,4 +1,5 @@
 """The start command (controlroom.launcher, behind bin/start): real processes, real signals."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _launcher_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in {"REDIS_URL", "REDIS_URL_FILE", "DATABASE_URL", "DATABASE_URL_FILE",
-                          "DJANGO_SETTINGS_MODULE"}}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"REDIS_URL", "REDIS_URL_FILE", "DATABASE_URL", "DATABASE_URL_FILE", "DJANGO_SETTINGS_MODULE"}
+    }
     env.update(DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **extra)
     return env
 
@@ -50,9 +53,22 @@ def test_it_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path):
     output = tmp_path / "launcher.out"
     with output.open("wb") as out:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "controlroom.launcher", "--port", str(port), "--no-seed",
-             "--workers", "2", "--concurrency", "1"],
-            cwd=REPO_ROOT, env=_launcher_env(tmp_path / "data"), stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "controlroom.launcher",
+                "--port",
+                str(port),
+                "--no-seed",
+                "--workers",
+                "2",
+                "--concurrency",
+                "1",
+            ],
+            cwd=REPO_ROOT,
+            env=_launcher_env(tmp_path / "data"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     children: list[psutil.Process] = []
     try:
@@ -106,8 +122,11 @@ def test_a_bad_setting_stops_it_with_one_line_naming_the_variable(tmp_path: Path
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "controlroom.launcher", "--port", str(free_port()), "--no-seed"],
-        cwd=REPO_ROOT, env=_launcher_env(tmp_path / "data", **{variable: value}),
-        capture_output=True, text=True, timeout=10,
+        cwd=REPO_ROOT,
+        env=_launcher_env(tmp_path / "data", **{variable: value}),
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
 
     assert time.monotonic() - started < 10
@@ -128,8 +147,11 @@ def test_a_port_in_use_stops_it_before_anything_starts(tmp_path: Path):
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "controlroom.launcher", "--port", str(port), "--no-seed"],
-            cwd=REPO_ROOT, env=_launcher_env(tmp_path / "data"),
-            capture_output=True, text=True, timeout=10,
+            cwd=REPO_ROOT,
+            env=_launcher_env(tmp_path / "data"),
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
 
     assert result.returncode == 2

@@ -1,5 +1,6 @@
 """Attestation: only the session's STO accepts or disowns its work; disowning needs a reason; the
 verdict, its audit event and the live update go together."""
+
 from __future__ import annotations
 
 import html
@@ -23,7 +24,9 @@ def finished(fleet) -> AgentSession:
     return session
 
 
-def test_the_sto_accepts_the_work_with_an_audit_event_and_a_live_update(fleet, finished, django_capture_on_commit_callbacks, monkeypatch):
+def test_the_sto_accepts_the_work_with_an_audit_event_and_a_live_update(
+    fleet, finished, django_capture_on_commit_callbacks, monkeypatch
+):
     sent = []
     monkeypatch.setattr("agents.events.broadcast_session", lambda session_id: sent.append(session_id))
     version = finished.version
@@ -48,9 +51,14 @@ def test_disowning_needs_a_reason(fleet, finished):
 
 def test_disowning_with_a_reason_replaces_an_acceptance_and_both_stay_in_the_log(fleet, finished):
     session_attest(session=finished, by=fleet.sto, verdict="accepted")
-    session_attest(session=finished, by=fleet.sto, verdict="disowned", reason="the agent touched the billing code I do not own")
+    session_attest(
+        session=finished, by=fleet.sto, verdict="disowned", reason="the agent touched the billing code I do not own"
+    )
     finished.refresh_from_db()
-    assert (finished.attestation, finished.attestation_reason) == ("disowned", "the agent touched the billing code I do not own")
+    assert (finished.attestation, finished.attestation_reason) == (
+        "disowned",
+        "the agent touched the billing code I do not own",
+    )
     verdicts = list(AuditEvent.objects.filter(kind="session.attested").order_by("id").values_list("payload", flat=True))
     assert [v["verdict"] for v in verdicts] == ["accepted", "disowned"] and verdicts[1]["previous"] == "accepted"
 
@@ -73,8 +81,9 @@ def test_only_the_sto_may_attest_not_even_the_lead_or_a_manager(fleet, finished,
 
 def test_the_sto_accepts_from_the_digest_and_gets_the_row_back(client, fleet, finished):
     login(client, fleet.sto)
-    response = client.post(reverse("digest_attest", args=[finished.pk]), {"verdict": "accepted", "preset": "24h"},
-                           HTTP_HX_REQUEST="true")
+    response = client.post(
+        reverse("digest_attest", args=[finished.pk]), {"verdict": "accepted", "preset": "24h"}, HTTP_HX_REQUEST="true"
+    )
     assert response.status_code == 200
     row = response.content.decode()
     assert row.lstrip().startswith('<li class="drow') and f'id="digest-{finished.pk}"' in row
@@ -85,8 +94,9 @@ def test_the_sto_accepts_from_the_digest_and_gets_the_row_back(client, fleet, fi
 
 def test_disowning_without_a_reason_from_the_digest_says_why_and_records_nothing(client, fleet, finished):
     login(client, fleet.sto)
-    response = client.post(reverse("digest_attest", args=[finished.pk]), {"verdict": "disowned", "reason": ""},
-                           HTTP_HX_REQUEST="true")
+    response = client.post(
+        reverse("digest_attest", args=[finished.pk]), {"verdict": "disowned", "reason": ""}, HTTP_HX_REQUEST="true"
+    )
     assert response.status_code == 422
     assert "Say why you disown this work" in response.content.decode()
     finished.refresh_from_db()

@@ -2,6 +2,7 @@
 
 Also home of the helpers the other audit test modules import.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,7 +15,13 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from reviews.audit import (
-    GENESIS, SYSTEM_CHAIN, canonical_body, canonical_text, event_fields, event_hash, record,
+    GENESIS,
+    SYSTEM_CHAIN,
+    canonical_body,
+    canonical_text,
+    event_fields,
+    event_hash,
+    record,
 )
 from reviews.chain import verify_log
 from reviews.models import AuditEvent, ChainHead, Checkpoint
@@ -23,6 +30,7 @@ triggers = importlib.import_module("reviews.migrations.0002_audit_append_only")
 
 
 # --- helpers shared by tests/reviews/test_audit_*.py -----------------------------------------
+
 
 @dataclass
 class Sess:
@@ -49,8 +57,15 @@ def make_log(*, sessions: int = 3, per_session: int = 10, system: int = 2) -> di
     with transaction.atomic():
         for i in range(per_session):
             for s in range(1, sessions + 1):
-                e = record("tool.call", session=Sess(s), agent=True, on_behalf_of=7, grant=3,
-                           provenance="rule", payload={"step": i, "cmd": f"pytest -q #{i}", "ok": i % 3 != 0})
+                e = record(
+                    "tool.call",
+                    session=Sess(s),
+                    agent=True,
+                    on_behalf_of=7,
+                    grant=3,
+                    provenance="rule",
+                    payload={"step": i, "cmd": f"pytest -q #{i}", "ok": i % 3 != 0},
+                )
                 log.setdefault(e.chain, []).append(e)
         for i in range(system):
             e = record("fleet.stop", payload={"n": i})
@@ -59,6 +74,7 @@ def make_log(*, sessions: int = 3, per_session: int = 10, system: int = 2) -> di
 
 
 # --- record() --------------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_each_session_gets_its_own_gap_free_chain_and_the_rest_goes_to_the_system_chain():
@@ -83,11 +99,23 @@ def test_the_stored_hash_is_the_documented_formula_over_the_stored_fields():
 @pytest.mark.django_db
 def test_record_returns_the_saved_event():
     with transaction.atomic():
-        event = record("grant.issued", session=Sess(9, pod_id=4), user=None, on_behalf_of=12, grant=5,
-                       payload={"rule": "allow git *"})
+        event = record(
+            "grant.issued",
+            session=Sess(9, pod_id=4),
+            user=None,
+            on_behalf_of=12,
+            grant=5,
+            payload={"rule": "allow git *"},
+        )
     stored = AuditEvent.objects.get(pk=event.pk)
-    assert (stored.chain, stored.seq, stored.hash, stored.payload, stored.pod_id, stored.on_behalf_of_id) == \
-        (event.chain, event.seq, event.hash, event.payload, 4, 12)
+    assert (stored.chain, stored.seq, stored.hash, stored.payload, stored.pod_id, stored.on_behalf_of_id) == (
+        event.chain,
+        event.seq,
+        event.hash,
+        event.payload,
+        4,
+        12,
+    )
     assert stored.created_at == event.created_at
     assert stored.actor_type == "system"
 
@@ -108,12 +136,28 @@ def test_record_refuses_ids_that_would_not_hash_as_integers():
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_payload_values_the_database_would_not_store_verbatim_are_normalized_before_hashing():
-    weird = {"nan": math.nan, "inf": -math.inf, "big": 1e20, "negzero": -0.0, "nul": "a\x00b",
-             "surrogate": "x\udcffy", 7: ("t", 1), "small": 1.5e-7}
+    weird = {
+        "nan": math.nan,
+        "inf": -math.inf,
+        "big": 1e20,
+        "negzero": -0.0,
+        "nul": "a\x00b",
+        "surrogate": "x\udcffy",
+        7: ("t", 1),
+        "small": 1.5e-7,
+    }
     with transaction.atomic():
         event = record("tool.output", session=Sess(1), agent=True, payload=weird)
-    assert event.payload == {"nan": "nan", "inf": "-inf", "big": 100000000000000000000, "negzero": 0.0,
-                             "nul": "a\ufffdb", "surrogate": "x\ufffdy", "7": ["t", 1], "small": 1.5e-7}
+    assert event.payload == {
+        "nan": "nan",
+        "inf": "-inf",
+        "big": 100000000000000000000,
+        "negzero": 0.0,
+        "nul": "a\ufffdb",
+        "surrogate": "x\ufffdy",
+        "7": ["t", 1],
+        "small": 1.5e-7,
+    }
     stored = AuditEvent.objects.get(pk=event.pk)
     assert stored.payload == event.payload
     assert verify_log().ok
@@ -129,24 +173,60 @@ _json = st.recursive(
 
 
 @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chain=_text, seq=st.integers(min_value=1, max_value=2**40), kind=_text, label=_text, obo_label=_text,
-       provenance=_text, ids=st.tuples(_id, _id, _id, _id, _id, _id), payload=st.dictionaries(_text, _json, max_size=5))
+@given(
+    chain=_text,
+    seq=st.integers(min_value=1, max_value=2**40),
+    kind=_text,
+    label=_text,
+    obo_label=_text,
+    provenance=_text,
+    ids=st.tuples(_id, _id, _id, _id, _id, _id),
+    payload=st.dictionaries(_text, _json, max_size=5),
+)
 def test_the_fast_canonical_text_is_byte_identical_to_the_reference_canonical_body(
-        chain, seq, kind, label, obo_label, provenance, ids, payload):
+    chain, seq, kind, label, obo_label, provenance, ids, payload
+):
     actor_user_id, actor_session_id, on_behalf_of_id, grant_id, session_id, pod_id = ids
     fields = {
-        "chain": chain, "seq": seq, "created_at": "2026-11-23T22:00:00.000001Z", "kind": kind, "actor_type": "agent",
-        "actor_user_id": actor_user_id, "actor_session_id": actor_session_id, "actor_label": label,
-        "on_behalf_of_id": on_behalf_of_id, "on_behalf_of_label": obo_label, "grant_id": grant_id,
-        "provenance": provenance, "session_id": session_id, "pod_id": pod_id, "payload": payload,
+        "chain": chain,
+        "seq": seq,
+        "created_at": "2026-11-23T22:00:00.000001Z",
+        "kind": kind,
+        "actor_type": "agent",
+        "actor_user_id": actor_user_id,
+        "actor_session_id": actor_session_id,
+        "actor_label": label,
+        "on_behalf_of_id": on_behalf_of_id,
+        "on_behalf_of_label": obo_label,
+        "grant_id": grant_id,
+        "provenance": provenance,
+        "session_id": session_id,
+        "pod_id": pod_id,
+        "payload": payload,
     }
     payload_json = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    fast = canonical_text(chain, seq, fields["created_at"], kind, "agent", actor_user_id, actor_session_id, label,
-                          on_behalf_of_id, obo_label, grant_id, provenance, session_id, pod_id, payload_json)
+    fast = canonical_text(
+        chain,
+        seq,
+        fields["created_at"],
+        kind,
+        "agent",
+        actor_user_id,
+        actor_session_id,
+        label,
+        on_behalf_of_id,
+        obo_label,
+        grant_id,
+        provenance,
+        session_id,
+        pod_id,
+        payload_json,
+    )
     assert fast.encode("utf-8") == canonical_body(fields)
 
 
 # --- append-only at the database level -------------------------------------------------------
+
 
 def _refused(action) -> None:
     with pytest.raises((IntegrityError, DatabaseError), match="append-only"):
@@ -170,7 +250,11 @@ def test_the_database_refuses_to_update_or_delete_audit_events_and_checkpoints()
     _refused(lambda: AuditEvent.objects.filter(pk=event.pk).update(kind="edited"))
     _refused(lambda: AuditEvent.objects.filter(pk=event.pk).delete())
     _refused(lambda: AuditEvent.objects.all().delete())
-    _refused(lambda: _raw("UPDATE reviews_auditevent SET payload = " + json_param() + " WHERE id = %s", ['{"x":1}', event.pk]))
+    _refused(
+        lambda: _raw(
+            "UPDATE reviews_auditevent SET payload = " + json_param() + " WHERE id = %s", ['{"x":1}', event.pk]
+        )
+    )
     _refused(lambda: _raw("DELETE FROM reviews_auditevent WHERE id = %s", [event.pk]))
     _refused(lambda: Checkpoint.objects.filter(pk=checkpoint.pk).update(reason="edited"))
     _refused(lambda: Checkpoint.objects.filter(pk=checkpoint.pk).delete())
@@ -189,9 +273,12 @@ def test_every_audit_index_is_useful_and_the_triggers_survive_the_migrations():
     """Each index costs every append a page write: none may be the prefix of another."""
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, AuditEvent._meta.db_table)
-    indexed = [tuple(c["columns"]) for name, c in constraints.items()
-               if c["index"] and not c["primary_key"] and not name.endswith("_like")]
-    redundant = [cols for cols in indexed if any(o != cols and o[:len(cols)] == cols for o in indexed)]
+    indexed = [
+        tuple(c["columns"])
+        for name, c in constraints.items()
+        if c["index"] and not c["primary_key"] and not name.endswith("_like")
+    ]
+    redundant = [cols for cols in indexed if any(o != cols and o[: len(cols)] == cols for o in indexed)]
     assert redundant == []
     assert ("session_id", "id") in indexed and ("kind", "id") in indexed and ("pod_id", "id") in indexed
     make_log(sessions=1, per_session=1, system=0)
@@ -209,6 +296,7 @@ def test_chain_heads_stay_writable_because_appending_moves_them():
 
 
 # --- admin -----------------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_the_admin_shows_audit_events_and_checkpoints_read_only_to_everyone(rf):

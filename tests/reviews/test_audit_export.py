@@ -1,5 +1,6 @@
 """audit_export and the standalone verifier tools/verify_audit_export.py (run as a subprocess,
 exactly as an auditor would: the project is not importable from where it runs)."""
+
 from __future__ import annotations
 
 import ast
@@ -39,8 +40,14 @@ def key_file(tmp_path: Path, key: bytes | None = None) -> Path:
 
 def run_tool(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     # Run from an empty directory with a clean environment: nothing of the project on the path.
-    return subprocess.run([sys.executable, "-I", str(TOOL), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-I", str(TOOL), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
 
 
 def lines(path: Path) -> list[dict]:
@@ -62,6 +69,7 @@ def night(tmp_path):
 
 
 # --- the export ------------------------------------------------------------------------------
+
 
 def test_an_export_holds_a_header_every_event_with_its_hashed_fields_and_the_checkpoints(night):
     items = lines(export(night))
@@ -90,6 +98,7 @@ def test_a_session_export_holds_that_chain_and_only_the_checkpoints_that_sign_it
 
 
 # --- the standalone verifier -----------------------------------------------------------------
+
 
 @pytest.mark.postgres
 def test_a_session_export_verifies_with_the_standalone_script(night):
@@ -217,6 +226,7 @@ def test_the_standalone_script_cannot_verify_without_its_file(tmp_path):
 
 
 # --- the script stands alone and computes what the project computes --------------------------
+
 
 @pytest.mark.django_db(databases=[])
 def test_the_standalone_script_imports_only_the_standard_library():

@@ -1,5 +1,6 @@
 """The audit explorer (filters, keyset pagination, visibility), one event's page, "Did I do this
 work?" (/audit/mine), and audit_explain on a real agent commit (command and page)."""
+
 from __future__ import annotations
 
 import html
@@ -51,7 +52,9 @@ def test_filtering_by_pod_sto_and_delegator(night):
     assert explore(f.manager, sto="mia") == expected(session_id=night.s["m"].pk)
     lena = explore(f.manager, delegator="lena")
     assert lena == expected(on_behalf_of_id=f.lead.pk)
-    assert {night.s["b"].pk, night.s["m"].pk} <= set(AuditEvent.objects.filter(pk__in=lena).values_list("session_id", flat=True))
+    assert {night.s["b"].pk, night.s["m"].pk} <= set(
+        AuditEvent.objects.filter(pk__in=lena).values_list("session_id", flat=True)
+    )
 
 
 def test_filtering_denied_tool_calls_by_kind_and_decision(night):
@@ -112,10 +115,15 @@ def test_the_explorer_page_paginates_with_before_and_never_offset(client, night,
 
 def test_the_explorer_page_filters_with_query_parameters(client, night):
     login(client, night.fleet.sto)
-    response = client.get(reverse("audit_explorer"), {"session": night.s["b"].pk, "kind": "tool.call", "decision": "deny"})
+    response = client.get(
+        reverse("audit_explorer"), {"session": night.s["b"].pk, "kind": "tool.call", "decision": "deny"}
+    )
     rows = [int(i) for i in re.findall(r'<tr data-event-id="(\d+)"', response.content.decode())]
-    assert rows == list(AuditEvent.objects.filter(session_id=night.s["b"].pk, kind="tool.call",
-                                                  payload__decision="deny").order_by("-id").values_list("id", flat=True))
+    assert rows == list(
+        AuditEvent.objects.filter(session_id=night.s["b"].pk, kind="tool.call", payload__decision="deny")
+        .order_by("-id")
+        .values_list("id", flat=True)
+    )
     assert len(rows) == 2
 
 
@@ -178,8 +186,11 @@ def test_mine_lists_exactly_the_actions_on_my_authority(client, night):
     sam = night.fleet.sto
     mine = overnight.actions_on_behalf_of(user=sam, window=night.window)
     listed = {line.event.pk for g in mine.groups for line in g.lines}
-    assert listed == set(AuditEvent.objects.filter(on_behalf_of_id=sam.pk, created_at__gte=night.since)
-                         .exclude(kind="model.call").values_list("id", flat=True))
+    assert listed == set(
+        AuditEvent.objects.filter(on_behalf_of_id=sam.pk, created_at__gte=night.since)
+        .exclude(kind="model.call")
+        .values_list("id", flat=True)
+    )
     assert not any(line.event.on_behalf_of_id != sam.pk for g in mine.groups for line in g.lines)
     # B runs on the lead's authority: none of its tool calls are sam's
     b_calls = set(AuditEvent.objects.filter(session_id=night.s["b"].pk, kind="tool.call").values_list("id", flat=True))
@@ -207,7 +218,9 @@ def test_the_mine_page_groups_by_session_and_grant(client, night):
     response = client.get(reverse("audit_mine"), window_params(night))
     assert response.status_code == 200
     page = response.content.decode()
-    sections = re.findall(r'<section class="group" data-session-id="(\d+)" data-grant-id="(\d+)" data-lines="(\d+)"', page)
+    sections = re.findall(
+        r'<section class="group" data-session-id="(\d+)" data-grant-id="(\d+)" data-lines="(\d+)"', page
+    )
     assert {int(s) for s, _, _ in sections} == {night.s["b"].pk, night.s["m"].pk}
     assert "Fix the cart" not in page  # sam's own authority, not lena's
     with_model = client.get(reverse("audit_mine"), {**window_params(night), "model_calls": "1"}).content.decode()
@@ -314,8 +327,11 @@ def test_time_bounded_pages_are_exact_over_hours_of_events(fleet, monkeypatch):
             lookups["created_at__lt"] = until
         seen, before = [], None
         while True:
-            page = overnight.explore(user=fleet.manager, filters=overnight.ExplorerFilters(since=since, until=until, before=before),
-                                     page_size=25)
+            page = overnight.explore(
+                user=fleet.manager,
+                filters=overnight.ExplorerFilters(since=since, until=until, before=before),
+                page_size=25,
+            )
             seen += ids(page.events)
             if page.next_before is None:
                 break

@@ -1,6 +1,7 @@
 """verify_log() and the audit_verify / audit_checkpoint commands: an intact log verifies, and each
 kind of tampering (done as an attacker with database access: triggers dropped first) is
 reported with its kind and the first bad event."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,16 @@ from django.test import override_settings
 
 from reviews.audit import event_fields, event_hash, record
 from reviews.chain import (
-    BAD_SIGNATURE, FORGED, MISSING, MODIFIED, REORDERED, TRUNCATED, checkpoint_create, checkpoint_export,
-    checkpoint_if_changed, verify_log,
+    BAD_SIGNATURE,
+    FORGED,
+    MISSING,
+    MODIFIED,
+    REORDERED,
+    TRUNCATED,
+    checkpoint_create,
+    checkpoint_export,
+    checkpoint_if_changed,
+    verify_log,
 )
 from reviews.models import AuditEvent, Checkpoint
 from tests.reviews.test_audit_chain import Sess, attacker_sql, json_param, make_log
@@ -36,6 +45,7 @@ def only_break(result):
 
 # --- intact ----------------------------------------------------------------------------------
 
+
 @pytest.mark.postgres
 def test_an_intact_log_verifies_with_the_right_counts():
     make_log(sessions=3, per_session=10, system=2)
@@ -54,12 +64,15 @@ def test_an_empty_log_verifies():
 
 # --- each kind of tampering ------------------------------------------------------------------
 
+
 @pytest.mark.postgres
 def test_an_edited_payload_is_modified_at_that_event():
     make_log()
     victim = events_of("s:2")[4]
-    attacker_sql(f"UPDATE reviews_auditevent SET payload = {json_param()} WHERE id = %s",
-                 ['{"step": 4, "cmd": "rm -rf /", "ok": true}', victim.pk])
+    attacker_sql(
+        f"UPDATE reviews_auditevent SET payload = {json_param()} WHERE id = %s",
+        ['{"step": 4, "cmd": "rm -rf /", "ok": true}', victim.pk],
+    )
     brk = only_break(verify_log())
     assert (brk.kind, brk.chain, brk.seq, brk.event_id) == (MODIFIED, "s:2", 5, victim.pk)
 
@@ -127,8 +140,13 @@ def test_the_last_50_events_removed_after_a_checkpoint_are_truncated():
     # A careful attacker also moves the (unsigned) chain head back: the checkpoint still knows.
     attacker_sql("UPDATE reviews_chainhead SET seq = 30, hash = %s WHERE chain = %s", [events[29].hash, "s:8"])
     brk = only_break(verify_log())
-    assert (brk.kind, brk.chain, brk.seq, brk.event_id, brk.checkpoint_id) == \
-        (TRUNCATED, "s:8", 31, None, checkpoint.pk)
+    assert (brk.kind, brk.chain, brk.seq, brk.event_id, brk.checkpoint_id) == (
+        TRUNCATED,
+        "s:8",
+        31,
+        None,
+        checkpoint.pk,
+    )
     assert "reached seq 80" in brk.message and "last 50 event(s) were removed" in brk.message
 
 
@@ -158,10 +176,25 @@ def test_an_event_inserted_with_a_computed_hash_but_a_wrong_prev_is_forged():
         "INSERT INTO reviews_auditevent (chain, seq, created_at, kind, actor_type, actor_user_id, actor_session_id, "
         "actor_label, on_behalf_of_id, on_behalf_of_label, grant_id, provenance, session_id, pod_id, payload, "
         f"prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {json_param()}, %s, %s)",
-        [fields["chain"], fields["seq"], last.created_at, fields["kind"], fields["actor_type"], None,
-         fields["actor_session_id"], fields["actor_label"], fields["on_behalf_of_id"], "", fields["grant_id"],
-         fields["provenance"], fields["session_id"], fields["pod_id"], json.dumps(fields["payload"]),
-         wrong_prev, event_hash(wrong_prev, fields)],
+        [
+            fields["chain"],
+            fields["seq"],
+            last.created_at,
+            fields["kind"],
+            fields["actor_type"],
+            None,
+            fields["actor_session_id"],
+            fields["actor_label"],
+            fields["on_behalf_of_id"],
+            "",
+            fields["grant_id"],
+            fields["provenance"],
+            fields["session_id"],
+            fields["pod_id"],
+            json.dumps(fields["payload"]),
+            wrong_prev,
+            event_hash(wrong_prev, fields),
+        ],
     )
     forged = AuditEvent.objects.get(chain="s:1", seq=last.seq + 1)
     assert forged.hash == event_hash(forged.prev_hash, event_fields(forged))  # self-consistent
@@ -173,13 +206,15 @@ def _rehash_chain_from(chain: str, seq: int, *, edit: dict) -> None:
     """The attacker's rewrite: edit one event, then recompute every hash after it (and the head)."""
     events = events_of(chain)
     prev = events[seq - 2].hash if seq > 1 else "0" * 64
-    for e in events[seq - 1:]:
+    for e in events[seq - 1 :]:
         fields = event_fields(e)
         if e.seq == seq:
             fields |= edit
         digest = event_hash(prev, fields)
-        attacker_sql(f"UPDATE reviews_auditevent SET payload = {json_param()}, prev_hash = %s, hash = %s WHERE id = %s",
-                     [json.dumps(fields["payload"]), prev, digest, e.pk])
+        attacker_sql(
+            f"UPDATE reviews_auditevent SET payload = {json_param()}, prev_hash = %s, hash = %s WHERE id = %s",
+            [json.dumps(fields["payload"]), prev, digest, e.pk],
+        )
         prev = digest
     attacker_sql("UPDATE reviews_chainhead SET hash = %s WHERE chain = %s", [prev, chain])
 
@@ -187,7 +222,7 @@ def _rehash_chain_from(chain: str, seq: int, *, edit: dict) -> None:
 @pytest.mark.postgres
 def test_a_chain_rewritten_and_rehashed_consistently_is_forged_per_the_signed_checkpoint():
     make_log(sessions=2, per_session=10)
-    first = checkpoint_create(reason="periodic")        # s:1 at seq 10
+    first = checkpoint_create(reason="periodic")  # s:1 at seq 10
     with transaction.atomic():
         for i in range(10):
             record("tool.call", session=Sess(1), agent=True, payload={"i": i})
@@ -199,8 +234,13 @@ def test_a_chain_rewritten_and_rehashed_consistently_is_forged_per_the_signed_ch
     assert all(b.prev_hash == a.hash for a, b in zip(rewritten, rewritten[1:]))
     # ...but not against what was signed.
     brk = only_break(verify_log())
-    assert (brk.kind, brk.chain, brk.seq, brk.event_id, brk.checkpoint_id) == \
-        (FORGED, "s:1", 20, rewritten[19].pk, second.pk)
+    assert (brk.kind, brk.chain, brk.seq, brk.event_id, brk.checkpoint_id) == (
+        FORGED,
+        "s:1",
+        20,
+        rewritten[19].pk,
+        second.pk,
+    )
     assert "from seq 11 to seq 20" in brk.message
     assert first.heads["s:1"][0] == 10
 
@@ -220,7 +260,9 @@ def test_checkpoint_heads_edited_to_match_a_rewritten_chain_are_a_bad_signature(
     _rehash_chain_from("s:2", 3, edit={"payload": {"edited": True}})
     new_head = events_of("s:2")[-1]
     heads = dict(checkpoint.heads, **{"s:2": [new_head.seq, new_head.hash]})
-    attacker_sql(f"UPDATE reviews_checkpoint SET heads = {json_param()} WHERE id = %s", [json.dumps(heads), checkpoint.pk])
+    attacker_sql(
+        f"UPDATE reviews_checkpoint SET heads = {json_param()} WHERE id = %s", [json.dumps(heads), checkpoint.pk]
+    )
     brk = only_break(verify_log())
     assert (brk.kind, brk.checkpoint_id, brk.event_id) == (BAD_SIGNATURE, checkpoint.pk, None)
 
@@ -272,6 +314,7 @@ def test_verification_can_be_limited_to_some_chains():
 
 # --- checkpoints -----------------------------------------------------------------------------
 
+
 def test_a_checkpoint_signs_only_the_chains_that_moved_and_links_to_the_previous_one():
     make_log(sessions=2, per_session=3, system=1)
     first = checkpoint_create(reason="one")
@@ -312,6 +355,7 @@ def test_the_periodic_task_signs_what_moved_and_keeps_the_file(tmp_path):
 
 
 # --- the commands ----------------------------------------------------------------------------
+
 
 def _verify_command(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
@@ -386,7 +430,7 @@ def test_an_event_slipped_into_the_middle_with_a_hash_that_links_is_forged():
     make_log()
     chain = events_of("s:2")
     k = 4
-    for e in reversed(chain[k - 1:]):  # make room at seq 4, as an attacker would
+    for e in reversed(chain[k - 1 :]):  # make room at seq 4, as an attacker would
         attacker_sql("UPDATE reviews_auditevent SET seq = seq + 1 WHERE id = %s", [e.pk])
     fields = event_fields(chain[k - 1]) | {"seq": k, "payload": {"approved": "by nobody"}}
     prev = chain[k - 2].hash  # links correctly to seq 3
@@ -394,10 +438,25 @@ def test_an_event_slipped_into_the_middle_with_a_hash_that_links_is_forged():
         "INSERT INTO reviews_auditevent (chain, seq, created_at, kind, actor_type, actor_user_id, actor_session_id, "
         "actor_label, on_behalf_of_id, on_behalf_of_label, grant_id, provenance, session_id, pod_id, payload, "
         f"prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {json_param()}, %s, %s)",
-        [fields["chain"], k, chain[k - 1].created_at, fields["kind"], fields["actor_type"], None,
-         fields["actor_session_id"], fields["actor_label"], fields["on_behalf_of_id"], "", fields["grant_id"],
-         fields["provenance"], fields["session_id"], fields["pod_id"], json.dumps(fields["payload"]),
-         prev, event_hash(prev, fields)],
+        [
+            fields["chain"],
+            k,
+            chain[k - 1].created_at,
+            fields["kind"],
+            fields["actor_type"],
+            None,
+            fields["actor_session_id"],
+            fields["actor_label"],
+            fields["on_behalf_of_id"],
+            "",
+            fields["grant_id"],
+            fields["provenance"],
+            fields["session_id"],
+            fields["pod_id"],
+            json.dumps(fields["payload"]),
+            prev,
+            event_hash(prev, fields),
+        ],
     )
     inserted = AuditEvent.objects.get(chain="s:2", seq=k)
     brk = only_break(verify_log())
@@ -406,6 +465,7 @@ def test_an_event_slipped_into_the_middle_with_a_hash_that_links_is_forged():
 
 # --- parallel verification -------------------------------------------------------------------
 # Forked children read through their own connections, so these tests commit (transaction=True).
+
 
 class Forks:
     """Records, for each run of the per-event loop, the process it ran in and how many events it
@@ -471,8 +531,10 @@ def test_a_big_log_verifies_in_two_processes_with_the_same_counts(forks):
 
 
 def _edit_payload(log):
-    attacker_sql(f"UPDATE reviews_auditevent SET payload = {json_param()} WHERE id = %s",
-                 ['{"step": 4, "cmd": "rm -rf /", "ok": true}', log["s:2"][4].pk])
+    attacker_sql(
+        f"UPDATE reviews_auditevent SET payload = {json_param()} WHERE id = %s",
+        ['{"step": 4, "cmd": "rm -rf /", "ok": true}', log["s:2"][4].pk],
+    )
     return {(MODIFIED, "s:2")}
 
 
@@ -508,8 +570,9 @@ def _edit_chains_without_head_rows(log):
     # The first and the last chain in name order lose their head rows: the ranges, cut from the
     # head rows, must still cover their events.
     attacker_sql("DELETE FROM reviews_chainhead WHERE chain IN ('s:1', 'system')")
-    attacker_sql("UPDATE reviews_auditevent SET kind = 'x' WHERE id IN (%s, %s)",
-                 [log["s:1"][9].pk, log["system"][1].pk])
+    attacker_sql(
+        "UPDATE reviews_auditevent SET kind = 'x' WHERE id IN (%s, %s)", [log["s:1"][9].pk, log["system"][1].pk]
+    )
     return {(MODIFIED, "s:1"), (MODIFIED, "system")}
 
 
@@ -521,18 +584,32 @@ def _rewrite_and_rehash(log):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("tamper", [_edit_payload, _delete_event, _swap_seqs, _truncate_with_the_head_moved_back,
-                                    _remove_a_chain_entirely, _edit_chains_without_head_rows, _rewrite_and_rehash],
-                         ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        _edit_payload,
+        _delete_event,
+        _swap_seqs,
+        _truncate_with_the_head_moved_back,
+        _remove_a_chain_entirely,
+        _edit_chains_without_head_rows,
+        _rewrite_and_rehash,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
+)
 def test_tampering_gives_the_same_breaks_in_two_processes_as_in_one(forks, tamper):
     expected = tamper(big_log())
     parallel, single = verify_both_ways(forks)
     assert {(b.kind, b.chain) for b in single.breaks} == expected, [b.describe() for b in single.breaks]
-    assert [(b.kind, b.chain, b.seq, b.event_id, b.checkpoint_id) for b in parallel.breaks] == \
-        [(b.kind, b.chain, b.seq, b.event_id, b.checkpoint_id) for b in single.breaks]
+    assert [(b.kind, b.chain, b.seq, b.event_id, b.checkpoint_id) for b in parallel.breaks] == [
+        (b.kind, b.chain, b.seq, b.event_id, b.checkpoint_id) for b in single.breaks
+    ]
     assert parallel.breaks == single.breaks  # messages included
-    assert (parallel.events, parallel.chains, parallel.checkpoints) == \
-        (single.events, single.chains, single.checkpoints)
+    assert (parallel.events, parallel.chains, parallel.checkpoints) == (
+        single.events,
+        single.chains,
+        single.checkpoints,
+    )
 
 
 @pytest.mark.django_db(transaction=True)

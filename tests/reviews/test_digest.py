@@ -5,6 +5,7 @@ The "demo night" is built with the real services (launch, status changes, escala
 and ``reviews.audit.record`` for what the runtime writes (model calls, tool calls, commits, tests),
 so every number below is the arithmetic of the fixture. Other test files import its builders.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,39 +33,88 @@ from tests.personas import PASSWORD
 def launch(fleet, *, name: str, sto=None, by=None, pod=None, delegator=None, mode: str = "edits") -> AgentSession:
     spec = services.GrantSpec(mode=mode, allow=("Bash(pytest *)", "Git(commit)"), deny=("Bash(git push *)",))
     return services.session_launch(
-        pod=pod or fleet.alpha, sto=sto or fleet.sto, goal=name, name=name, by=by or fleet.lead,
-        repository=fleet.repo, grant=spec, delegator=delegator, start=False,
+        pod=pod or fleet.alpha,
+        sto=sto or fleet.sto,
+        goal=name,
+        name=name,
+        by=by or fleet.lead,
+        repository=fleet.repo,
+        grant=spec,
+        delegator=delegator,
+        start=False,
     )
 
 
 def _agent_event(session: AgentSession, kind: str, *, provenance: str = "", payload: dict) -> AuditEvent:
     grant = active_grant(session=session)
     with transaction.atomic():
-        return record(kind, session=session, agent=True, on_behalf_of=grant.delegator, grant=grant,
-                      provenance=provenance, payload=payload)
+        return record(
+            kind,
+            session=session,
+            agent=True,
+            on_behalf_of=grant.delegator,
+            grant=grant,
+            provenance=provenance,
+            payload=payload,
+        )
 
 
 def model_call(session, *, tokens_in: int = 100, tokens_out: int = 20, cost: str | None = None) -> AuditEvent:
-    return _agent_event(session, "model.call", payload={
-        "step": 1, "model": session.model, "tokens_in": tokens_in, "tokens_out": tokens_out,
-        "cost_usd": Decimal(cost) if cost is not None else None, "cost_known": cost is not None, "latency_ms": 12,
-    })
+    return _agent_event(
+        session,
+        "model.call",
+        payload={
+            "step": 1,
+            "model": session.model,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "cost_usd": Decimal(cost) if cost is not None else None,
+            "cost_known": cost is not None,
+            "latency_ms": 12,
+        },
+    )
 
 
 def model_error(session, *, final: bool = False) -> AuditEvent:
-    return _agent_event(session, "model.error", payload={"step": 1, "error": "upstream 503", "attempt": 1,
-                                                         "transient": not final, "final": final})
+    return _agent_event(
+        session,
+        "model.error",
+        payload={"step": 1, "error": "upstream 503", "attempt": 1, "transient": not final, "final": final},
+    )
 
 
-def tool_call(session, *, tool: str = "run_command", action: str = "pytest -q", decision: str = "allow",
-              provenance: str = "rule", rule: str = "Bash(pytest *)", action_hash: str = "", exit_code=0) -> AuditEvent:
+def tool_call(
+    session,
+    *,
+    tool: str = "run_command",
+    action: str = "pytest -q",
+    decision: str = "allow",
+    provenance: str = "rule",
+    rule: str = "Bash(pytest *)",
+    action_hash: str = "",
+    exit_code=0,
+) -> AuditEvent:
     state = "done" if decision == "allow" else "denied"
-    return _agent_event(session, "tool.call", provenance=provenance, payload={
-        "step": 1, "index": 0, "tool": tool, "action": action, "action_hash": action_hash or f"h-{action}",
-        "decision": decision, "reason_type": provenance, "reason": f"{decision} by {provenance}", "rule": rule,
-        "state": state, "result": "ok" if decision == "allow" else f"denied: {provenance}",
-        "exit_code": exit_code if decision == "allow" else None, "duration_ms": 5,
-    })
+    return _agent_event(
+        session,
+        "tool.call",
+        provenance=provenance,
+        payload={
+            "step": 1,
+            "index": 0,
+            "tool": tool,
+            "action": action,
+            "action_hash": action_hash or f"h-{action}",
+            "decision": decision,
+            "reason_type": provenance,
+            "reason": f"{decision} by {provenance}",
+            "rule": rule,
+            "state": state,
+            "result": "ok" if decision == "allow" else f"denied: {provenance}",
+            "exit_code": exit_code if decision == "allow" else None,
+            "duration_ms": 5,
+        },
+    )
 
 
 def commit(session, *, sha: str, message: str = "Fix the cart") -> AuditEvent:
@@ -72,9 +122,16 @@ def commit(session, *, sha: str, message: str = "Fix the cart") -> AuditEvent:
 
 
 def record_tests_run(session, *, passed: bool) -> AuditEvent:
-    return _agent_event(session, "tests.run", payload={
-        "command": "pytest -q", "exit_code": 0 if passed else 1, "passed": passed,
-        "summary": "3 passed" if passed else "1 failed, 2 passed"})
+    return _agent_event(
+        session,
+        "tests.run",
+        payload={
+            "command": "pytest -q",
+            "exit_code": 0 if passed else 1,
+            "passed": passed,
+            "summary": "3 passed" if passed else "1 failed, 2 passed",
+        },
+    )
 
 
 def status(session, to: str, *, reason: str = "") -> None:
@@ -87,11 +144,31 @@ def status(session, to: str, *, reason: str = "") -> None:
 def escalate(session, *, action: str = "run_command: git push origin", action_hash: str = "h-push") -> Escalation:
     grant = active_grant(session=session)
     with transaction.atomic():
-        escalation = Escalation.objects.create(session=session, grant=grant, tool="run_command", action=action,
-                                               action_hash=action_hash, reason="asks: a push", rule="Bash(git push origin)")
-        record("escalation.opened", session=session, agent=True, on_behalf_of=grant.delegator, grant=grant,
-               provenance="rule", payload={"escalation": escalation.pk, "tool": "run_command", "action": action,
-                                           "action_hash": action_hash, "reason": "asks", "rule": "Bash(git push origin)"})
+        escalation = Escalation.objects.create(
+            session=session,
+            grant=grant,
+            tool="run_command",
+            action=action,
+            action_hash=action_hash,
+            reason="asks: a push",
+            rule="Bash(git push origin)",
+        )
+        record(
+            "escalation.opened",
+            session=session,
+            agent=True,
+            on_behalf_of=grant.delegator,
+            grant=grant,
+            provenance="rule",
+            payload={
+                "escalation": escalation.pk,
+                "tool": "run_command",
+                "action": action,
+                "action_hash": action_hash,
+                "reason": "asks",
+                "rule": "Bash(git push origin)",
+            },
+        )
     return escalation
 
 
@@ -155,8 +232,14 @@ def build_night(fleet) -> Night:
     status(c, Status.BLOCKED, reason="budget: max steps (4) reached")
     grant = active_grant(session=c)
     with transaction.atomic():
-        record("grant.expired", session=c, on_behalf_of=grant.delegator, grant=grant, provenance="expired",
-               payload={"grant": grant.pk, "expires_at": grant.expires_at})
+        record(
+            "grant.expired",
+            session=c,
+            on_behalf_of=grant.delegator,
+            grant=grant,
+            provenance="expired",
+            payload={"grant": grant.pk, "expires_at": grant.expires_at},
+        )
     # D: sam's; failed after a final model error
     d = launch(f, name="Refactor the checkout")
     status(d, Status.RUNNING)
@@ -194,7 +277,10 @@ def login(client, user) -> None:
 
 def window_params(night: Night) -> dict:
     fmt = "%Y-%m-%dT%H:%M:%S.%f"
-    return {"since": timezone.localtime(night.since).strftime(fmt), "until": timezone.localtime(night.until).strftime(fmt)}
+    return {
+        "since": timezone.localtime(night.since).strftime(fmt),
+        "until": timezone.localtime(night.until).strftime(fmt),
+    }
 
 
 # -- the digest's contents ------------------------------------------------------------------------
@@ -203,7 +289,13 @@ def window_params(night: Night) -> dict:
 def test_the_digest_of_an_sto_lists_exactly_their_sessions_active_in_the_window(night):
     result = overnight.digest(user=night.fleet.sto, window=night.window, with_diffstat=False)
     names = {r.session.name for r in result.rows}
-    assert names == {"Fix the cart total", "Add search filters", "Write the docs", "Refactor the checkout", "Tidy imports"}
+    assert names == {
+        "Fix the cart total",
+        "Add search filters",
+        "Write the docs",
+        "Refactor the checkout",
+        "Tidy imports",
+    }
 
 
 def test_the_digest_of_a_delegator_lists_the_sessions_on_their_authority(night):
@@ -213,7 +305,9 @@ def test_the_digest_of_a_delegator_lists_the_sessions_on_their_authority(night):
 
 
 def test_the_counts_follow_from_the_night(night):
-    rows = {r.session.name: r for r in overnight.digest(user=night.fleet.sto, window=night.window, with_diffstat=False).rows}
+    rows = {
+        r.session.name: r for r in overnight.digest(user=night.fleet.sto, window=night.window, with_diffstat=False).rows
+    }
     a = rows["Fix the cart total"]
     assert [c.code for c in a.commits] == ["a1" * 5, "a2" * 5]
     assert a.model_calls == 3 and a.tokens == 3 * (100 + 20) and a.cost_unknown_calls == 3
@@ -248,10 +342,15 @@ def test_sessions_that_need_a_human_decision_come_first(night):
 
 def test_finished_work_asks_its_sto_to_attest_not_the_delegator(night):
     status(night.s["m"], Status.SUCCEEDED, reason="finished")
-    lena = {r.session.name: r for r in overnight.digest(user=night.fleet.lead, window=night.window, with_diffstat=False).rows}
+    lena = {
+        r.session.name: r
+        for r in overnight.digest(user=night.fleet.lead, window=night.window, with_diffstat=False).rows
+    }
     assert lena["Mia's migration"].needs == "" and lena["Add search filters"].needs == "waiting for your approval"
     mia = overnight.digest(user=night.fleet.member, window=night.window, with_diffstat=False).rows
-    assert [(r.session.name, r.needs) for r in mia] == [("Mia's migration", "finished: accept it as yours or disown it")]
+    assert [(r.session.name, r.needs) for r in mia] == [
+        ("Mia's migration", "finished: accept it as yours or disown it")
+    ]
 
 
 def test_an_open_escalation_of_a_running_session_ranks_before_finished_work(night):
@@ -324,11 +423,11 @@ def test_the_digest_page_shows_each_session_with_links_to_its_events_and_diff(cl
     s = night.s
     assert ids == [s["b"].pk, s["c"].pk, s["a"].pk, s["d"].pk, s["f"].pk]
     a = s["a"].pk
-    row = html[html.index(f'id="digest-{a}"'):html.index(f'id="digest-{s["d"].pk}"')]
+    row = html[html.index(f'id="digest-{a}"') : html.index(f'id="digest-{s["d"].pk}"')]
     assert 'data-commits="2"' in row and 'data-tests="2"' in row and 'data-denials="1"' in row
     assert 'data-tokens="360"' in row and 'data-escalations="1"' in row and 'data-open-escalations="0"' in row
     assert f'href="/reviews/{a}/"' in row
-    assert f'/audit/?session={a}&amp;kind=git.commit' in row
+    assert f"/audit/?session={a}&amp;kind=git.commit" in row
     assert f'href="/audit/event/{night.events["a_commit1"].pk}"' in row
     assert "allowed once by lena" in row
     assert "Accept as mine" in row  # sam is the STO

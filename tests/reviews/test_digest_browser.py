@@ -9,6 +9,7 @@ launches 100 sessions at dusk, a handful run to completion in-process with the r
 the offline model (real git, real tools), and the rest get a cheap but plausible night of audit
 events through the services and ``reviews.audit.record``.
 """
+
 from __future__ import annotations
 
 import random
@@ -29,8 +30,15 @@ from reviews.audit import record
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DRIVEN = 4  # sessions run to completion by the real runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -55,8 +63,15 @@ class NightClock:
 def _agent(session, kind: str, *, provenance: str = "", **payload):
     grant = active_grant(session=session)
     with transaction.atomic():
-        return record(kind, session=session, agent=True, on_behalf_of=grant.delegator if grant else None, grant=grant,
-                      provenance=provenance, payload=payload)
+        return record(
+            kind,
+            session=session,
+            agent=True,
+            on_behalf_of=grant.delegator if grant else None,
+            grant=grant,
+            provenance=provenance,
+            payload=payload,
+        )
 
 
 def _status(session, to: str, reason: str = "") -> None:
@@ -77,31 +92,81 @@ def _cheap_night(session: AgentSession, clock: NightClock, rng: random.Random, d
     fate = rng.random()
     for step in range(rng.randrange(3, 9)):
         later(4, 25)
-        _agent(session, "model.call", step=step + 1, model=session.model, tokens_in=rng.randrange(800, 6000),
-               tokens_out=rng.randrange(50, 600), cost_usd=None, cost_known=False, latency_ms=rng.randrange(20, 900))
+        _agent(
+            session,
+            "model.call",
+            step=step + 1,
+            model=session.model,
+            tokens_in=rng.randrange(800, 6000),
+            tokens_out=rng.randrange(50, 600),
+            cost_usd=None,
+            cost_known=False,
+            latency_ms=rng.randrange(20, 900),
+        )
         denied = rng.random() < 0.08
-        _agent(session, "tool.call", provenance="guard" if denied else "rule", step=step + 1, index=0,
-               tool="run_command", action="git push origin" if denied else "pytest -q", action_hash="h",
-               decision="deny" if denied else "allow", reason_type="guard" if denied else "rule", reason="",
-               rule="" if denied else "Bash(pytest *)", state="denied" if denied else "done", result="ok",
-               exit_code=None if denied else 0, duration_ms=300)
+        _agent(
+            session,
+            "tool.call",
+            provenance="guard" if denied else "rule",
+            step=step + 1,
+            index=0,
+            tool="run_command",
+            action="git push origin" if denied else "pytest -q",
+            action_hash="h",
+            decision="deny" if denied else "allow",
+            reason_type="guard" if denied else "rule",
+            reason="",
+            rule="" if denied else "Bash(pytest *)",
+            state="denied" if denied else "done",
+            result="ok",
+            exit_code=None if denied else 0,
+            duration_ms=300,
+        )
     if rng.random() < 0.6:
         later(2, 10)
         passed = rng.random() < 0.75
-        _agent(session, "tests.run", command="python -m pytest -q", exit_code=0 if passed else 1, passed=passed,
-               summary="12 passed" if passed else "1 failed, 11 passed")
+        _agent(
+            session,
+            "tests.run",
+            command="python -m pytest -q",
+            exit_code=0 if passed else 1,
+            passed=passed,
+            summary="12 passed" if passed else "1 failed, 11 passed",
+        )
         later(1, 5)
-        _agent(session, "git.commit", sha=f"{rng.getrandbits(160):040x}", message=f"{session.name}", branch=session.branch)
+        _agent(
+            session, "git.commit", sha=f"{rng.getrandbits(160):040x}", message=f"{session.name}", branch=session.branch
+        )
     later(3, 20)
     if fate < 0.15:  # asks a human; some answered after a while, some still open
         grant = active_grant(session=session)
         with transaction.atomic():
-            esc = Escalation.objects.create(session=session, grant=grant, tool="run_command", action="git push origin HEAD",
-                                            action_hash="h-push", reason="pushing needs approval", rule="Bash(git push origin HEAD)",
-                                            created_at=clock.t)
-            record("escalation.opened", session=session, agent=True, on_behalf_of=grant.delegator, grant=grant,
-                   provenance="rule", payload={"escalation": esc.pk, "tool": "run_command", "action": esc.action,
-                                               "action_hash": esc.action_hash, "reason": esc.reason, "rule": esc.rule})
+            esc = Escalation.objects.create(
+                session=session,
+                grant=grant,
+                tool="run_command",
+                action="git push origin HEAD",
+                action_hash="h-push",
+                reason="pushing needs approval",
+                rule="Bash(git push origin HEAD)",
+                created_at=clock.t,
+            )
+            record(
+                "escalation.opened",
+                session=session,
+                agent=True,
+                on_behalf_of=grant.delegator,
+                grant=grant,
+                provenance="rule",
+                payload={
+                    "escalation": esc.pk,
+                    "tool": "run_command",
+                    "action": esc.action,
+                    "action_hash": esc.action_hash,
+                    "reason": esc.reason,
+                    "rule": esc.rule,
+                },
+            )
         _status(session, Status.NEEDS_APPROVAL, reason=f"asks: {esc.action}")
         if fate < 0.08:
             later(30, 150)
@@ -132,7 +197,9 @@ def demo_night(monkeypatch, worktrees_dir):
     call_command("seed_demo", agents=100, no_start=True, password="pw-demo")
     sessions = list(AgentSession.objects.select_related("sto", "pod").order_by("pk"))
     assert len(sessions) == 100
-    driven = [s for s in sessions if s.model == "sim/engineer" and Grant.objects.get(session=s).not_before <= clock.t][:DRIVEN]
+    driven = [s for s in sessions if s.model == "sim/engineer" and Grant.objects.get(session=s).not_before <= clock.t][
+        :DRIVEN
+    ]
     for session in driven:
         clock.set(clock.t + timedelta(minutes=20))
         ended = drive(session)
@@ -157,8 +224,10 @@ def test_after_a_demo_night_the_digest_and_the_timeline_render(live_server, demo
     from playwright.sync_api import sync_playwright
 
     fmt = "%Y-%m-%dT%H:%M"
-    window = (f"since={timezone.localtime(demo_night['dusk'] - timedelta(minutes=30)).strftime(fmt)}"
-              f"&until={timezone.localtime(demo_night['dawn']).strftime(fmt)}")
+    window = (
+        f"since={timezone.localtime(demo_night['dusk'] - timedelta(minutes=30)).strftime(fmt)}"
+        f"&until={timezone.localtime(demo_night['dawn']).strftime(fmt)}"
+    )
     manager = User.objects.get(username="manager")
     delegated = set(Grant.objects.filter(delegator=manager).values_list("session_id", flat=True))
     succeeded = [s for s in demo_night["driven"] if AgentSession.objects.get(pk=s.pk).status == Status.SUCCEEDED]

@@ -1,6 +1,7 @@
 """The diff page of a 5,000-line change in a real browser (Chromium via Playwright): the page
 opens with the file list and the first small files; the other files load one by one as they
 are scrolled into view."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,15 @@ from tests.reviews.test_review_decisions import git, make_session
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -24,11 +32,16 @@ BIG_LINES = 499
 
 
 def _big_change() -> dict[str, str]:
-    files = {"a_config.py": "DEBUG = False\nRETRIES = 3\nNAME = 'shop'\nTIMEOUT_S = 5\nREGION = 'eu'\n",
-             "b_notes.md": "# Notes\n\n- one\n- two\n- three\n"}
+    files = {
+        "a_config.py": "DEBUG = False\nRETRIES = 3\nNAME = 'shop'\nTIMEOUT_S = 5\nREGION = 'eu'\n",
+        "b_notes.md": "# Notes\n\n- one\n- two\n- three\n",
+    }
     for i in range(BIG_FILES):
         body = [f'"""Generated module {i}."""', ""]
-        body += [f"def function_{i}_{n}(value: int) -> int:\n    return value * {n}  # step {n}" for n in range((BIG_LINES - 2) // 2)]
+        body += [
+            f"def function_{i}_{n}(value: int) -> int:\n    return value * {n}  # step {n}"
+            for n in range((BIG_LINES - 2) // 2)
+        ]
         text = "\n".join(body) + "\n"
         lines = text.count("\n")
         text += "".join(f"CONSTANT_{i}_{k} = {k}\n" for k in range(BIG_LINES - lines))
@@ -44,7 +57,9 @@ def _login(page, base_url: str, username: str) -> None:
     page.wait_for_url(re.compile(r".*/$"))
 
 
-def test_a_five_thousand_line_diff_opens_without_loading_every_file_and_loads_them_on_scroll(live_server, fleet, worktrees_dir):
+def test_a_five_thousand_line_diff_opens_without_loading_every_file_and_loads_them_on_scroll(
+    live_server, fleet, worktrees_dir
+):
     from playwright.sync_api import sync_playwright
 
     files = _big_change()
@@ -52,8 +67,13 @@ def test_a_five_thousand_line_diff_opens_without_loading_every_file_and_loads_th
     fleet.alpha.review_wip_limit = 3
     fleet.alpha.save()
     session = make_session(fleet, name="Generate the pricing modules", files=files)
-    make_session(fleet, name="Touch the CI workflow", files={".github/workflows/ci.yml": "on: push\n"}, hours_ago=9,
-                 sto=fleet.member)
+    make_session(
+        fleet,
+        name="Touch the CI workflow",
+        files={".github/workflows/ci.yml": "on: push\n"},
+        hours_ago=9,
+        sto=fleet.member,
+    )
     url = f"{live_server.url}/reviews/{session.pk}/"
     ARTIFACTS.mkdir(exist_ok=True)
     file_requests: list[str] = []

@@ -1,5 +1,6 @@
 """Review decisions on real git: approve and merge, conflicts, request changes, reject, revert,
 and who may decide (web, service and CLI)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,7 +26,9 @@ from tests.scripted_model import ScriptedModel, calls, finish
 
 
 def git(cwd, *argv: str) -> str:
-    return subprocess.run(["git", *argv], cwd=cwd, check=True, capture_output=True, text=True, timeout=30).stdout.strip()
+    return subprocess.run(
+        ["git", *argv], cwd=cwd, check=True, capture_output=True, text=True, timeout=30
+    ).stdout.strip()
 
 
 def agent_commit(session: AgentSession, files: dict[str, str], message: str = "agent work") -> str:
@@ -36,29 +39,65 @@ def agent_commit(session: AgentSession, files: dict[str, str], message: str = "a
         (wt / name).write_text(content)
     git(wt, "add", "-A")
     env_args = ["-c", f"user.name=Agent #{session.pk}", "-c", f"user.email=agent-{session.pk}@controlroom.invalid"]
-    git(wt, *env_args, "commit", "-q", "-m", f"{message}\n\nAgent-Session: {session.pk}\nDelegated-By: {session.sto.username}")
+    git(
+        wt,
+        *env_args,
+        "commit",
+        "-q",
+        "-m",
+        f"{message}\n\nAgent-Session: {session.pk}\nDelegated-By: {session.sto.username}",
+    )
     sha = git(wt, "rev-parse", "HEAD")
     step, _ = AgentStep.objects.get_or_create(session=session, number=1)
-    ToolCall.objects.create(session=session, step=step, index=ToolCall.objects.filter(step=step).count(), call_id=sha[:8],
-                            name="git_commit", state=ToolCall.State.DONE, action=f'git_commit: "{message}"')
+    ToolCall.objects.create(
+        session=session,
+        step=step,
+        index=ToolCall.objects.filter(step=step).count(),
+        call_id=sha[:8],
+        name="git_commit",
+        state=ToolCall.State.DONE,
+        action=f'git_commit: "{message}"',
+    )
     return sha
 
 
-def make_session(fleet, *, files: dict[str, str] | None = None, status: str = Status.SUCCEEDED, sto=None, pod=None,
-                 by=None, name: str = "Add a helper", hours_ago: float = 1.0, message: str = "agent work") -> AgentSession:
+def make_session(
+    fleet,
+    *,
+    files: dict[str, str] | None = None,
+    status: str = Status.SUCCEEDED,
+    sto=None,
+    pod=None,
+    by=None,
+    name: str = "Add a helper",
+    hours_ago: float = 1.0,
+    message: str = "agent work",
+) -> AgentSession:
     """A session whose agent committed ``files`` on its branch and then ended with ``status``."""
     session = agent_services.session_launch(
-        pod=pod or fleet.alpha, sto=sto or fleet.sto, goal=name, name=name, by=by or fleet.lead, repository=fleet.repo,
+        pod=pod or fleet.alpha,
+        sto=sto or fleet.sto,
+        goal=name,
+        name=name,
+        by=by or fleet.lead,
+        repository=fleet.repo,
         start=False,
     )
-    base = ensure_worktree(repo_path=Path(fleet.repo.path), base_branch=session.base_branch, branch=session.branch,
-                           worktree_path=Path(session.worktree_path))
+    base = ensure_worktree(
+        repo_path=Path(fleet.repo.path),
+        base_branch=session.base_branch,
+        branch=session.branch,
+        worktree_path=Path(session.worktree_path),
+    )
     session.base_commit = base
     if files:
         agent_commit(session, files, message)
     finished = timezone.now() - timedelta(hours=hours_ago)
     AgentSession.objects.filter(pk=session.pk).update(
-        status=status, base_commit=base, steps=3, finished_at=finished if status != Status.BLOCKED else None,
+        status=status,
+        base_commit=base,
+        steps=3,
+        finished_at=finished if status != Status.BLOCKED else None,
         updated_at=finished,
     )
     return AgentSession.objects.select_related("pod", "sto", "repository").get(pk=session.pk)
@@ -121,12 +160,18 @@ def test_approving_after_main_moved_on_makes_a_merge_commit_by_the_reviewer(flee
     assert review.details["method"] == "merge"
     assert git(repo, "log", "-1", "--format=%P", "main").split() == [main_before, tip]
     body = git(repo, "log", "-1", "--format=%an|%B", "main")
-    assert body.startswith("lena|Merge session #") and f"Agent-Session: {session.pk}" in body and "Reviewed-By: lena" in body
+    assert (
+        body.startswith("lena|Merge session #")
+        and f"Agent-Session: {session.pk}" in body
+        and "Reviewed-By: lena" in body
+    )
     assert (Path(repo) / "shopcart/helper.py").exists() and (Path(repo) / "HUMAN.md").exists()
 
 
 @pytest.mark.django_db
-def test_a_conflicting_branch_leaves_main_the_branch_and_the_worktree_untouched_and_names_the_files(client, fleet, worktrees_dir):
+def test_a_conflicting_branch_leaves_main_the_branch_and_the_worktree_untouched_and_names_the_files(
+    client, fleet, worktrees_dir
+):
     session = make_session(fleet, files={"README.md": "# Agent's readme\n"})
     repo = fleet.repo.path
     (Path(repo) / "README.md").write_text("# A human's readme\n")
@@ -162,8 +207,11 @@ def test_requested_changes_reach_the_agents_next_iteration_and_the_work_returns_
     from tests.agents.test_runtime import drive, scripted
 
     comment = "Please also cover the empty cart in a test"
-    first = [calls([("write_file", {"path": "NOTES.md", "content": "first pass\n"})]),
-             calls([("git_commit", {"message": "docs: first pass"})]), finish("first pass done")]
+    first = [
+        calls([("write_file", {"path": "NOTES.md", "content": "first pass\n"})]),
+        calls([("git_commit", {"message": "docs: first pass"})]),
+        finish("first pass done"),
+    ]
     spec = agent_services.GrantSpec(mode="edits", allow=("Git(commit)",))
     with ScriptedModel(first) as model:
         session = drive(scripted(fleet, model, spec=spec))
@@ -176,7 +224,9 @@ def test_requested_changes_reach_the_agents_next_iteration_and_the_work_returns_
         session.refresh_from_db()
         assert session.status == Status.RUNNING and session.review_state == ReviewState.CHANGES_REQUESTED
         assert session.iteration == 2 and session.finished_at is None
-        assert Path(session.worktree_path, "NOTES.md").read_text() == "first pass\n"  # worktree re-created from the branch
+        assert (
+            Path(session.worktree_path, "NOTES.md").read_text() == "first pass\n"
+        )  # worktree re-created from the branch
         brief = TranscriptEntry.objects.filter(session=session, iteration=2, role="user").first()
         assert f"Changes requested: {comment}" in brief.content
         assert session not in selectors.sessions_awaiting_review(user=fleet.sto)  # at work again
@@ -185,8 +235,11 @@ def test_requested_changes_reach_the_agents_next_iteration_and_the_work_returns_
         assert event.payload["comment"] == comment and event.actor_user_id == fleet.sto.pk
 
         seen = len(model.requests)
-        model.add(calls([("write_file", {"path": "NOTES.md", "content": "first pass\nempty cart covered\n"})]),
-                  calls([("git_commit", {"message": "test: cover the empty cart"})]), finish("addressed the comment"))
+        model.add(
+            calls([("write_file", {"path": "NOTES.md", "content": "first pass\nempty cart covered\n"})]),
+            calls([("git_commit", {"message": "test: cover the empty cart"})]),
+            finish("addressed the comment"),
+        )
         session = drive(session)
 
     assert session.status == Status.SUCCEEDED
@@ -216,8 +269,9 @@ def test_request_changes_without_a_comment_is_refused_and_changes_nothing(fleet,
 def test_request_changes_on_a_session_whose_grant_expired_warns_that_it_needs_a_new_grant(fleet, worktrees_dir):
     session = make_session(fleet, files={"a.txt": "a\n"})
     grant = session.grants.get()
-    type(grant).objects.filter(pk=grant.pk).update(not_before=timezone.now() - timedelta(hours=10),
-                                                   expires_at=timezone.now() - timedelta(hours=1))
+    type(grant).objects.filter(pk=grant.pk).update(
+        not_before=timezone.now() - timedelta(hours=10), expires_at=timezone.now() - timedelta(hours=1)
+    )
     review = services.review_request_changes(session=session, reviewer=fleet.sto, comment="rename it")
     assert "issue a new grant" in review.details["warning"]
 
@@ -279,7 +333,10 @@ def test_revert_puts_a_revert_commit_on_main_and_records_it(fleet, worktrees_dir
     assert not (Path(repo) / "shopcart/helper.py").exists()
     assert f"Reverted-By: {fleet.manager.username}" in git(repo, "log", "-1", "--format=%B", "main")
     [event] = events(session, "review.reverted")
-    assert event.payload["revert_commit"] == review.details["revert_commit"] and event.payload["merged_method"] == "fast-forward"
+    assert (
+        event.payload["revert_commit"] == review.details["revert_commit"]
+        and event.payload["merged_method"] == "fast-forward"
+    )
     with pytest.raises(ValidationError, match="Only approved"):
         services.review_revert(session=session, reviewer=fleet.manager)
 
@@ -313,7 +370,9 @@ def test_the_sto_the_pod_lead_and_a_manager_may_approve(fleet, worktrees_dir, wh
 @pytest.mark.django_db
 @pytest.mark.parametrize("who", ["outsider", "leader", "member"])
 @pytest.mark.parametrize("decision", sorted(services.DECISIONS))
-def test_a_member_of_another_pod_a_leader_and_a_pod_member_who_is_not_the_sto_cannot_decide(fleet, worktrees_dir, who, decision):
+def test_a_member_of_another_pod_a_leader_and_a_pod_member_who_is_not_the_sto_cannot_decide(
+    fleet, worktrees_dir, who, decision
+):
     session = make_session(fleet, files={"a.txt": "a\n"})
     main_before = git(fleet.repo.path, "rev-parse", "main")
     with pytest.raises(authority.NotAllowed):
@@ -429,6 +488,12 @@ def test_the_cli_exits_non_zero_on_an_error(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "manage.py", "review", "1", "approve"], cwd=root, capture_output=True,
-                            text=True, timeout=120, env={**__import__("os").environ, "DATA_DIR": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "manage.py", "review", "1", "approve"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "DATA_DIR": str(tmp_path)},
+    )
     assert result.returncode != 0 and "--as" in result.stderr

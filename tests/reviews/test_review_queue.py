@@ -1,5 +1,6 @@
 """The review queue (ranking, visibility, filters), review capacity (WIP limit), the diff pages,
 and the disk hygiene of worktrees."""
+
 from __future__ import annotations
 
 import time
@@ -23,17 +24,33 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 
 def deny_a_tool_call(session: AgentSession) -> None:
     step, _ = AgentStep.objects.get_or_create(session=session, number=2)
-    ToolCall.objects.create(session=session, step=step, index=0, call_id="d", name="run_command", decision="deny",
-                            state=ToolCall.State.DENIED, action="run_command: git push origin HEAD")
+    ToolCall.objects.create(
+        session=session,
+        step=step,
+        index=0,
+        call_id="d",
+        name="run_command",
+        decision="deny",
+        state=ToolCall.State.DENIED,
+        action="run_command: git push origin HEAD",
+    )
 
 
 def record_test_run(session: AgentSession, exit_code: int) -> None:
     from django.db import transaction
 
     with transaction.atomic():
-        record("tests.run", session=session, agent=True,
-               payload={"command": "python -m pytest -q", "exit_code": exit_code, "passed": exit_code == 0,
-                        "summary": "3 passed" if exit_code == 0 else "1 failed, 2 passed"})
+        record(
+            "tests.run",
+            session=session,
+            agent=True,
+            payload={
+                "command": "python -m pytest -q",
+                "exit_code": exit_code,
+                "passed": exit_code == 0,
+                "summary": "3 passed" if exit_code == 0 else "1 failed, 2 passed",
+            },
+        )
 
 
 # -- ranking ---------------------------------------------------------------------------------------
@@ -43,12 +60,21 @@ def record_test_run(session: AgentSession, exit_code: int) -> None:
 def test_risky_large_old_work_ranks_first_and_the_row_says_why(fleet, worktrees_dir):
     small = make_session(fleet, name="Fix a typo", files={"docs/typo.md": "fixed\n"}, hours_ago=1, sto=fleet.member)
     record_test_run(small, 0)
-    risky = make_session(fleet, name="Speed up CI", sto=fleet.member, hours_ago=1, files={
-        ".github/workflows/ci.yml": "name: ci\non: push\n", "requirements-dev.txt": "ruff\n",
-        "shopcart/fast.py": "".join(f"x{i} = {i}\n" for i in range(200)),
-    })
+    risky = make_session(
+        fleet,
+        name="Speed up CI",
+        sto=fleet.member,
+        hours_ago=1,
+        files={
+            ".github/workflows/ci.yml": "name: ci\non: push\n",
+            "requirements-dev.txt": "ruff\n",
+            "shopcart/fast.py": "".join(f"x{i} = {i}\n" for i in range(200)),
+        },
+    )
     deny_a_tool_call(risky)
-    Escalation.objects.create(session=risky, grant=risky.grants.get(), tool="run_command", action="git push", action_hash="h")
+    Escalation.objects.create(
+        session=risky, grant=risky.grants.get(), tool="run_command", action="git push", action_hash="h"
+    )
     record_test_run(risky, 1)
 
     rows = selectors.review_queue(user=fleet.lead)
@@ -99,8 +125,9 @@ def test_the_queue_holds_finished_work_and_stopped_work_with_commits_only(fleet,
 @pytest.mark.django_db
 def test_members_see_their_pods_work_only_and_filters_narrow_it(fleet, worktrees_dir):
     alpha = make_session(fleet, name="alpha work", files={"a.txt": "a\n"})
-    bravo = make_session(fleet, name="bravo work", files={"b.txt": "b\n"}, pod=fleet.bravo, sto=fleet.outsider,
-                         by=fleet.outsider)
+    bravo = make_session(
+        fleet, name="bravo work", files={"b.txt": "b\n"}, pod=fleet.bravo, sto=fleet.outsider, by=fleet.outsider
+    )
     assert {r.session.pk for r in selectors.review_queue(user=fleet.member)} == {alpha.pk}
     assert {r.session.pk for r in selectors.review_queue(user=fleet.outsider)} == {bravo.pk}
     assert {r.session.pk for r in selectors.review_queue(user=fleet.manager)} == {alpha.pk, bravo.pk}
@@ -109,7 +136,9 @@ def test_members_see_their_pods_work_only_and_filters_narrow_it(fleet, worktrees
 
 
 @pytest.mark.django_db
-def test_diff_stats_run_one_git_diff_per_unseen_commit_pair_and_see_a_new_commit_at_once(fleet, worktrees_dir, monkeypatch):
+def test_diff_stats_run_one_git_diff_per_unseen_commit_pair_and_see_a_new_commit_at_once(
+    fleet, worktrees_dir, monkeypatch
+):
     from reviews import git_ops
 
     sessions = [make_session(fleet, name=f"task {i}", files={f"f{i}.txt": "x\n" * (i + 1)}) for i in range(6)]
@@ -133,15 +162,23 @@ def test_diff_stats_run_one_git_diff_per_unseen_commit_pair_and_see_a_new_commit
 
 
 @pytest.mark.django_db(transaction=True)
-def test_with_a_wip_limit_of_two_a_third_session_waits_queued_until_a_review_frees_room(fleet, worktrees_dir, monkeypatch):
+def test_with_a_wip_limit_of_two_a_third_session_waits_queued_until_a_review_frees_room(
+    fleet, worktrees_dir, monkeypatch
+):
     from agents import tasks
 
     fleet.alpha.review_wip_limit = 2
     fleet.alpha.save()
     first = make_session(fleet, name="first", files={"a.txt": "a\n"})
     make_session(fleet, name="second", files={"b.txt": "b\n"})
-    third = agent_services.session_launch(pod=fleet.alpha, sto=fleet.sto, goal="Fix the failing test in shopcart",
-                                          by=fleet.lead, repository=fleet.repo, start=False)
+    third = agent_services.session_launch(
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal="Fix the failing test in shopcart",
+        by=fleet.lead,
+        repository=fleet.repo,
+        start=False,
+    )
 
     outcome = run_step(third.pk, 1, owner="test")
     third.refresh_from_db()
@@ -174,8 +211,14 @@ def test_the_runtime_counts_stopped_work_with_commits_toward_the_wip_limit_like_
     make_session(fleet, name="done", files={"a.txt": "a\n"})
     make_session(fleet, name="failed with work", files={"b.txt": "b\n"}, status=Status.FAILED)
     assert selectors.awaiting_review_count(pod_id=fleet.alpha.pk) == 2
-    third = agent_services.session_launch(pod=fleet.alpha, sto=fleet.sto, goal="Fix the failing test in shopcart",
-                                          by=fleet.lead, repository=fleet.repo, start=False)
+    third = agent_services.session_launch(
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal="Fix the failing test in shopcart",
+        by=fleet.lead,
+        repository=fleet.repo,
+        start=False,
+    )
     run_step(third.pk, 1, owner="test")
     third.refresh_from_db()
     assert third.status == Status.QUEUED and third.steps == 0
@@ -203,13 +246,18 @@ def test_the_queue_page_shows_rows_with_their_ingredients_and_the_wip_state(clie
 
 @pytest.mark.django_db
 def test_the_diff_page_shows_files_commits_tests_and_handoff_with_escaped_coloured_lines(client, fleet, worktrees_dir):
-    session = make_session(fleet, files={
-        "shopcart/evil.py": 'def evil():\n    return "<script>alert(1)</script>"\n',
-        "logo.png": "\x00binary\x00",
-    }, message="feat: add evil")
+    session = make_session(
+        fleet,
+        files={
+            "shopcart/evil.py": 'def evil():\n    return "<script>alert(1)</script>"\n',
+            "logo.png": "\x00binary\x00",
+        },
+        message="feat: add evil",
+    )
     record_test_run(session, 0)
-    AgentSession.objects.filter(pk=session.pk).update(handoff={"status": "done", "next_action": "review <it>",
-                                                               "do_not": ["push", "merge"]})
+    AgentSession.objects.filter(pk=session.pk).update(
+        handoff={"status": "done", "next_action": "review <it>", "do_not": ["push", "merge"]}
+    )
     response = login(client, fleet.sto).get(f"/reviews/{session.pk}/")
     page = response.content.decode()
     assert response.status_code == 200
@@ -264,10 +312,16 @@ def test_a_missing_repository_shows_a_readable_error_not_a_crash(client, fleet, 
     session = make_session(fleet, files={"a.txt": "a\n"})
     fleet.repo.path = "/nonexistent/repo"
     fleet.repo.save()
-    assert "repository /nonexistent/repo does not exist" in login(client, fleet.sto).get(f"/reviews/{session.pk}/").content.decode()
+    assert (
+        "repository /nonexistent/repo does not exist"
+        in login(client, fleet.sto).get(f"/reviews/{session.pk}/").content.decode()
+    )
     assert "diff unavailable" in client.get("/reviews/").content.decode()
     partial = client.get(f"/reviews/{session.pk}/file", {"path": "a.txt"}, **HTMX)
-    assert partial.status_code == 200 and "cannot be shown: repository /nonexistent/repo does not exist" in partial.content.decode()
+    assert (
+        partial.status_code == 200
+        and "cannot be shown: repository /nonexistent/repo does not exist" in partial.content.decode()
+    )
     assert client.get(f"/reviews/{session.pk}/file", {"path": "a.txt"}).status_code == 409
 
 
@@ -276,7 +330,9 @@ def test_a_missing_repository_shows_a_readable_error_not_a_crash(client, fleet, 
 
 @pytest.mark.django_db
 def test_cleanup_removes_worktrees_of_closed_sessions_only_and_reports_the_disk(fleet, worktrees_dir, capsys):
-    old_failure = make_session(fleet, name="old failure", files={"a.txt": "a\n" * 1000}, status=Status.FAILED, hours_ago=48)
+    old_failure = make_session(
+        fleet, name="old failure", files={"a.txt": "a\n" * 1000}, status=Status.FAILED, hours_ago=48
+    )
     new_failure = make_session(fleet, name="new failure", files={"b.txt": "b\n"}, status=Status.FAILED, hours_ago=1)
     awaiting = make_session(fleet, name="awaiting", files={"c.txt": "c\n"})
     running = make_session(fleet, name="running", files={"d.txt": "d\n"}, status=Status.RUNNING, hours_ago=48)

@@ -1,6 +1,7 @@
 """The night at a glance: one swimlane per visible session grouped by pod, status segments from
 the session.status events, markers for commits, denials, budget stops and failures, escalation
 waits drawn until a human answered; readable with 100 lanes."""
+
 from __future__ import annotations
 
 import re
@@ -31,7 +32,7 @@ def lanes_of(result: overnight.Timeline) -> dict[int, overnight.LaneView]:
 
 def svg_of(page: str) -> str:
     start = page.index('<svg class="timeline" xmlns')
-    return page[start:page.index("</svg>", start)]
+    return page[start : page.index("</svg>", start)]
 
 
 def count(svg: str, element: str, cls: str) -> int:
@@ -68,8 +69,13 @@ def test_markers_and_escalation_waits_of_a_known_night(client, night):
     login(client, night.fleet.sto)
     window = wide(night)
     fmt = "%Y-%m-%dT%H:%M:%S"
-    page = client.get(reverse("timeline"), {"since": timezone.localtime(window.since).strftime(fmt),
-                                            "until": timezone.localtime(window.until).strftime(fmt)}).content.decode()
+    page = client.get(
+        reverse("timeline"),
+        {
+            "since": timezone.localtime(window.since).strftime(fmt),
+            "until": timezone.localtime(window.until).strftime(fmt),
+        },
+    ).content.decode()
     svg = svg_of(page)
     assert count(svg, "g", "lane") == 7
     assert count(svg, "circle", "mk commit") == 2  # A's two commits (bravo's is not sam's to see)
@@ -108,7 +114,9 @@ def test_the_default_window_is_the_night(client, night):
 
 def test_one_hundred_swimlanes_render_in_one_readable_svg(client, fleet, django_assert_max_num_queries):
     for index in range(100):
-        pod, sto, by = (fleet.alpha, fleet.sto, fleet.lead) if index % 2 else (fleet.bravo, fleet.outsider, fleet.outsider)
+        pod, sto, by = (
+            (fleet.alpha, fleet.sto, fleet.lead) if index % 2 else (fleet.bravo, fleet.outsider, fleet.outsider)
+        )
         session = launch(fleet, name=f"Task {index:03d}", pod=pod, sto=sto, by=by)
         if index % 3 == 0:
             status(session, Status.RUNNING)

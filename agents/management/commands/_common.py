@@ -1,4 +1,5 @@
 """Shared bits of the operator CLI: resolving users/sessions with clear errors."""
+
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError

@@ -1,4 +1,5 @@
 """Base for pause_agent / resume_agent / cancel_agent."""
+
 from django.core.management.base import BaseCommand
 
 from agents.management.commands._common import get_session, get_user, run_service

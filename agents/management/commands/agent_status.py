@@ -15,13 +15,28 @@ class Command(BaseCommand):
     def handle(self, *args, session_id, **options):
         s = get_session(session_id)
         data = {
-            "id": s.pk, "name": s.name, "pod": s.pod.slug, "sto": s.sto.username, "status": s.status,
-            "status_reason": s.status_reason, "current_activity": s.current_activity, "branch": s.branch,
-            "worktree": s.worktree_path, "model": s.model, "steps": s.steps, "iteration": s.iteration,
-            "tool_calls": s.tool_calls, "tokens": s.tokens, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out,
-            "cost_usd": str(s.cost_usd), "cost_unknown_calls": s.cost_unknown_calls,
-            "heartbeat_at": s.heartbeat_at.isoformat() if s.heartbeat_at else None, "version": s.version,
-            "review_state": s.review_state, "summary": s.summary,
+            "id": s.pk,
+            "name": s.name,
+            "pod": s.pod.slug,
+            "sto": s.sto.username,
+            "status": s.status,
+            "status_reason": s.status_reason,
+            "current_activity": s.current_activity,
+            "branch": s.branch,
+            "worktree": s.worktree_path,
+            "model": s.model,
+            "steps": s.steps,
+            "iteration": s.iteration,
+            "tool_calls": s.tool_calls,
+            "tokens": s.tokens,
+            "tokens_in": s.tokens_in,
+            "tokens_out": s.tokens_out,
+            "cost_usd": str(s.cost_usd),
+            "cost_unknown_calls": s.cost_unknown_calls,
+            "heartbeat_at": s.heartbeat_at.isoformat() if s.heartbeat_at else None,
+            "version": s.version,
+            "review_state": s.review_state,
+            "summary": s.summary,
         }
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2))

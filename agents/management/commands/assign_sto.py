@@ -18,4 +18,6 @@ class Command(BaseCommand):
         new_sto = get_user(username)
         previous = session.sto.username
         run_service(services.sto_assign, session=session, new_sto=new_sto, by=by)
-        self.stdout.write(f"session {session.pk}: Single Task Owner {previous} -> {new_sto.username} (by {by.username})")
+        self.stdout.write(
+            f"session {session.pk}: Single Task Owner {previous} -> {new_sto.username} (by {by.username})"
+        )

@@ -19,5 +19,7 @@ class Command(BaseCommand):
             escalation = Escalation.objects.select_related("session", "session__sto").get(pk=int(escalation_id))
         except (ValueError, Escalation.DoesNotExist):
             raise CommandError(f"no escalation with id {escalation_id!r}") from None
-        escalation = run_service(services.escalation_decide, escalation=escalation, by=get_user(actor), decision=decision, reason=reason)
+        escalation = run_service(
+            services.escalation_decide, escalation=escalation, by=get_user(actor), decision=decision, reason=reason
+        )
         self.stdout.write(f"escalation {escalation.pk}: {escalation.state} by {actor}")

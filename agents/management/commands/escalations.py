@@ -13,14 +13,23 @@ class Command(BaseCommand):
         parser.add_argument("--all", action="store_true", help="include decided ones")
 
     def handle(self, *args, **options):
-        rows = Escalation.objects.select_related("session", "session__sto", "session__pod", "decided_by").order_by("created_at")
+        rows = Escalation.objects.select_related("session", "session__sto", "session__pod", "decided_by").order_by(
+            "created_at"
+        )
         if not options["all"]:
             rows = rows.filter(state=Escalation.State.OPEN)
         data = [
             {
-                "id": e.pk, "session": e.session_id, "pod": e.session.pod.slug, "sto": e.session.sto.username,
-                "tool": e.tool, "action": e.action, "reason": e.reason, "state": e.state,
-                "created_at": e.created_at.isoformat(), "decided_by": e.decided_by.username if e.decided_by else None,
+                "id": e.pk,
+                "session": e.session_id,
+                "pod": e.session.pod.slug,
+                "sto": e.session.sto.username,
+                "tool": e.tool,
+                "action": e.action,
+                "reason": e.reason,
+                "state": e.state,
+                "created_at": e.created_at.isoformat(),
+                "decided_by": e.decided_by.username if e.decided_by else None,
                 "can_allow_always": bool(e.rule),
             }
             for e in rows
@@ -31,4 +40,6 @@ class Command(BaseCommand):
         if not data:
             self.stdout.write("no escalations waiting")
         for row in data:
-            self.stdout.write(f"#{row['id']:<5} session {row['session']:<5} {row['state']:<14} {row['pod']}/{row['sto']}: {row['action']}  ({row['reason']})")
+            self.stdout.write(
+                f"#{row['id']:<5} session {row['session']:<5} {row['state']:<14} {row['pod']}/{row['sto']}: {row['action']}  ({row['reason']})"
+            )

@@ -41,11 +41,15 @@ class Command(BaseCommand):
         parser.add_argument("--criteria", default="", help="success criteria")
         parser.add_argument("--type", dest="task_type", default=TaskType.FEATURE, choices=TaskType.values)
         parser.add_argument("--priority", type=int, default=2, choices=[0, 1, 2, 3])
-        parser.add_argument("--model", default=None, help=f"any LiteLLM model string (default {settings.CONTROLROOM['DEFAULT_MODEL']})")
+        parser.add_argument(
+            "--model", default=None, help=f"any LiteLLM model string (default {settings.CONTROLROOM['DEFAULT_MODEL']})"
+        )
         parser.add_argument("--api-base", default="", help="OpenAI-compatible endpoint (Ollama, vLLM, …)")
         parser.add_argument("--api-key-env", default="", help="name of the env var holding the API key")
         parser.add_argument("--fallback", action="append", default=[], help="fallback model (repeatable)")
-        parser.add_argument("--repo", default=None, help="path of a local git repository (default: the first registered)")
+        parser.add_argument(
+            "--repo", default=None, help="path of a local git repository (default: the first registered)"
+        )
         parser.add_argument("--base", default="", help="base branch (default: the repository's default branch)")
         parser.add_argument("--mode", default=Grant.Mode.EDITS, choices=Grant.Mode.values)
         parser.add_argument("--allow", action="append", default=[], metavar="RULE")
@@ -56,7 +60,9 @@ class Command(BaseCommand):
         parser.add_argument("--max-cost", default=None, help="USD")
         parser.add_argument("--max-tool-calls", type=int, default=None)
         parser.add_argument("--max-wall", type=int, default=None, help="seconds")
-        parser.add_argument("--from", dest="not_before", default=None, help="ISO 8601 start of the grant window (default now)")
+        parser.add_argument(
+            "--from", dest="not_before", default=None, help="ISO 8601 start of the grant window (default now)"
+        )
         parser.add_argument("--until", default=None, help="ISO 8601 end of the grant window (default +8h)")
         parser.add_argument("--on-unanswered", default="wait", choices=["wait", "deny"])
         parser.add_argument("--seed", type=int, default=0)
@@ -83,18 +89,40 @@ class Command(BaseCommand):
         except InvalidOperation:
             raise CommandError(f"--max-cost: not a number: {o['max_cost']!r}") from None
         spec = services.GrantSpec(
-            mode=o["mode"], allow=tuple(o["allow"]), ask=tuple(o["ask"]), deny=tuple(o["deny"]),
-            max_steps=o["max_steps"], max_tokens=o["max_tokens"], max_cost_usd=max_cost,
-            max_tool_calls=o["max_tool_calls"], max_wall_seconds=o["max_wall"],
-            not_before=self._time(o["not_before"], "--from"), expires_at=self._time(o["until"], "--until"),
+            mode=o["mode"],
+            allow=tuple(o["allow"]),
+            ask=tuple(o["ask"]),
+            deny=tuple(o["deny"]),
+            max_steps=o["max_steps"],
+            max_tokens=o["max_tokens"],
+            max_cost_usd=max_cost,
+            max_tool_calls=o["max_tool_calls"],
+            max_wall_seconds=o["max_wall"],
+            not_before=self._time(o["not_before"], "--from"),
+            expires_at=self._time(o["until"], "--until"),
             on_unanswered=o["on_unanswered"],
         )
         session = run_service(
-            services.session_launch, pod=pod, sto=sto, goal=o["goal"], by=by, repository=_repository(o["repo"]),
-            base_branch=o["base"], name=o["name"], success_criteria=o["criteria"], task_type=o["task_type"],
-            priority=o["priority"], model=o["model"] or "", api_base=o["api_base"], api_key_env=o["api_key_env"],
-            fallback_models=o["fallback"], seed=o["seed"], tags=o["tag"], grant=spec,
-            delegator=get_user(o["delegator"]) if o["delegator"] else None, start=not o["no_start"],
+            services.session_launch,
+            pod=pod,
+            sto=sto,
+            goal=o["goal"],
+            by=by,
+            repository=_repository(o["repo"]),
+            base_branch=o["base"],
+            name=o["name"],
+            success_criteria=o["criteria"],
+            task_type=o["task_type"],
+            priority=o["priority"],
+            model=o["model"] or "",
+            api_base=o["api_base"],
+            api_key_env=o["api_key_env"],
+            fallback_models=o["fallback"],
+            seed=o["seed"],
+            tags=o["tag"],
+            grant=spec,
+            delegator=get_user(o["delegator"]) if o["delegator"] else None,
+            start=not o["no_start"],
         )
         self.stdout.write(f"launched {session.name!r} on {session.branch} (model {session.model})")
         self.stdout.write(str(session.pk))

@@ -1,5 +1,6 @@
 """Demo data: ~20 pods of 3–5 people, a manager and a leader, a real demo repository, and N
 agent sessions (default 100) with Single Task Owners and grants. Idempotent."""
+
 from __future__ import annotations
 
 import os
@@ -17,22 +18,124 @@ from agents.demo_repo import DEMO_TASKS, create_demo_repo
 from agents.models import AgentSession, Pod, PodMembership, Repository, User
 
 POD_NAMES = [
-    "Payments", "Search", "Checkout", "Identity", "Mobile", "Growth", "Billing", "Catalog", "Platform", "Data",
-    "Notifications", "Onboarding", "Reliability", "Security", "Support Tools", "Pricing", "Inventory", "Shipping",
-    "Analytics", "Developer Experience",
+    "Payments",
+    "Search",
+    "Checkout",
+    "Identity",
+    "Mobile",
+    "Growth",
+    "Billing",
+    "Catalog",
+    "Platform",
+    "Data",
+    "Notifications",
+    "Onboarding",
+    "Reliability",
+    "Security",
+    "Support Tools",
+    "Pricing",
+    "Inventory",
+    "Shipping",
+    "Analytics",
+    "Developer Experience",
 ]
 FIRST_NAMES = [
-    "ada", "alan", "barbara", "brian", "carol", "dennis", "edsger", "frances", "grace", "guido", "hedy", "ivan",
-    "jean", "ken", "linus", "margaret", "niklaus", "ole", "radia", "rob", "sophie", "tim", "ursula", "vint",
-    "whitfield", "xiao", "yukihiro", "zhang", "anita", "bjarne", "charles", "donald", "ellen", "fran", "gerald",
-    "hal", "irene", "james", "katherine", "leslie", "mary", "nancy", "peter", "rasmus", "shafi", "tony", "valerie",
-    "william", "yoshua", "zoe", "adele", "bob", "cynthia", "dana", "erik", "fei", "gwen", "herb", "ines", "joan",
-    "kurt", "lynn", "mike", "nadia", "omar", "pat", "quinn", "ravi", "sara", "tom", "uma", "victor", "wendy", "yara",
-    "zach", "alice", "bruno", "chen", "diego", "emma",
+    "ada",
+    "alan",
+    "barbara",
+    "brian",
+    "carol",
+    "dennis",
+    "edsger",
+    "frances",
+    "grace",
+    "guido",
+    "hedy",
+    "ivan",
+    "jean",
+    "ken",
+    "linus",
+    "margaret",
+    "niklaus",
+    "ole",
+    "radia",
+    "rob",
+    "sophie",
+    "tim",
+    "ursula",
+    "vint",
+    "whitfield",
+    "xiao",
+    "yukihiro",
+    "zhang",
+    "anita",
+    "bjarne",
+    "charles",
+    "donald",
+    "ellen",
+    "fran",
+    "gerald",
+    "hal",
+    "irene",
+    "james",
+    "katherine",
+    "leslie",
+    "mary",
+    "nancy",
+    "peter",
+    "rasmus",
+    "shafi",
+    "tony",
+    "valerie",
+    "william",
+    "yoshua",
+    "zoe",
+    "adele",
+    "bob",
+    "cynthia",
+    "dana",
+    "erik",
+    "fei",
+    "gwen",
+    "herb",
+    "ines",
+    "joan",
+    "kurt",
+    "lynn",
+    "mike",
+    "nadia",
+    "omar",
+    "pat",
+    "quinn",
+    "ravi",
+    "sara",
+    "tom",
+    "uma",
+    "victor",
+    "wendy",
+    "yara",
+    "zach",
+    "alice",
+    "bruno",
+    "chen",
+    "diego",
+    "emma",
 ]
 # Which simulated engineers try something their grant refuses or escalates (and what).
-PERSONA_CYCLE = ["engineer", "engineer", "pusher", "engineer", "networker", "engineer", "reader", "engineer",
-                 "ci-editor", "engineer", "engineer", "deleter"]
+PERSONA_CYCLE = [
+    "engineer",
+    "engineer",
+    "pusher",
+    "engineer",
+    "networker",
+    "engineer",
+    "reader",
+    "engineer",
+    "ci-editor",
+    "engineer",
+    "engineer",
+    "deleter",
+]
 DEMO_TAG = "demo"
 
 
@@ -45,9 +148,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--agents", type=int, default=100)
-        parser.add_argument("--password", default=None, help="password for every demo user (default $DEMO_PASSWORD or 'controlroom')")
+        parser.add_argument(
+            "--password", default=None, help="password for every demo user (default $DEMO_PASSWORD or 'controlroom')"
+        )
         parser.add_argument("--reset", action="store_true", help="delete the demo sessions and their worktrees first")
-        parser.add_argument("--no-start", action="store_true", help="create the sessions without enqueuing their first step")
+        parser.add_argument(
+            "--no-start", action="store_true", help="create the sessions without enqueuing their first step"
+        )
 
     def handle(self, *args, agents, password, reset, no_start, **options):
         if agents < 0:
@@ -75,16 +182,30 @@ class Command(BaseCommand):
             spec = self._grant(index, persona, now, tonight if scheduled else None)
             with transaction.atomic():
                 services.session_launch(
-                    pod=pod, sto=sto, goal=task["title"], by=manager, repository=repository,
-                    name=task["title"], success_criteria=task.get("criteria", "the tests pass"),
-                    task_type=task.get("task_type", "feature"), priority=index % 4, model=f"sim/{persona}", seed=index,
-                    tags=[DEMO_TAG, f"persona:{persona}"], grant=spec, delegator=sto if spec.mode != "autonomous" else manager,
+                    pod=pod,
+                    sto=sto,
+                    goal=task["title"],
+                    by=manager,
+                    repository=repository,
+                    name=task["title"],
+                    success_criteria=task.get("criteria", "the tests pass"),
+                    task_type=task.get("task_type", "feature"),
+                    priority=index % 4,
+                    model=f"sim/{persona}",
+                    seed=index,
+                    tags=[DEMO_TAG, f"persona:{persona}"],
+                    grant=spec,
+                    delegator=sto if spec.mode != "autonomous" else manager,
                     start=not no_start,
                 )
             created += 1
         total = self._demo_count()
-        self.stdout.write(f"demo: {len(pods)} pods, {User.objects.count()} users, {total} demo sessions ({created} new)")
-        self.stdout.write(f"login: manager / {password}   (leader: leader / {password}; pod members: e.g. {pods[0][1][0].username} / {password})")
+        self.stdout.write(
+            f"demo: {len(pods)} pods, {User.objects.count()} users, {total} demo sessions ({created} new)"
+        )
+        self.stdout.write(
+            f"login: manager / {password}   (leader: leader / {password}; pod members: e.g. {pods[0][1][0].username} / {password})"
+        )
 
     @staticmethod
     def _demo_count() -> int:
@@ -92,20 +213,39 @@ class Command(BaseCommand):
         return sum(1 for tags in AgentSession.objects.values_list("tags", flat=True) if DEMO_TAG in (tags or []))
 
     def _grant(self, index: int, persona: str, now, tonight) -> services.GrantSpec:
-        allow = ("Bash(python -m pytest *)", "Bash(pytest *)", "Bash(git status *)", "Bash(git diff *)", "Bash(ls *)", "Git(commit)")
+        allow = (
+            "Bash(python -m pytest *)",
+            "Bash(pytest *)",
+            "Bash(git status *)",
+            "Bash(git diff *)",
+            "Bash(ls *)",
+            "Git(commit)",
+        )
         deny = ("Bash(git push *)", "Read(**/.env*)", "Edit(**/.env*)")
         mode = "autonomous" if index % 5 == 4 else "edits"
         budget_steps = 4 if index % 23 == 22 else 60
-        window = dict(not_before=tonight, expires_at=tonight + timedelta(hours=8)) if tonight else dict(not_before=now, hours=8.0)
+        window = (
+            dict(not_before=tonight, expires_at=tonight + timedelta(hours=8))
+            if tonight
+            else dict(not_before=now, hours=8.0)
+        )
         return services.GrantSpec(
-            mode=mode, allow=allow, deny=deny, ask=("Net(*)",) if mode == "autonomous" else (),
-            max_steps=budget_steps, max_cost_usd=Decimal("5.00"), max_tokens=400_000,
+            mode=mode,
+            allow=allow,
+            deny=deny,
+            ask=("Net(*)",) if mode == "autonomous" else (),
+            max_steps=budget_steps,
+            max_cost_usd=Decimal("5.00"),
+            max_tokens=400_000,
             on_unanswered="deny" if index % 13 == 12 else "wait",
-            justification="overnight demo fleet", **window,
+            justification="overnight demo fleet",
+            **window,
         )
 
     def _people(self, password: str):
-        manager = self._user("manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True)
+        manager = self._user(
+            "manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True
+        )
         self._user("leader", "Lee", "Leader", User.Role.LEADER, password)
         pods = []
         name_index = 0

@@ -4,6 +4,7 @@ the leaders' outcome figures, from the same function as the dashboard (``control
 Text output: the overall figures, then one line per pod. ``--json``: the whole report (overall, by
 pod, by STO, by task type, weekly trend), durations in seconds, datetimes in ISO 8601.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--window", default="7d", help="last N days: 7d, 30d, 90d ... (default 7d)")
-        parser.add_argument("--from", dest="first_day", metavar="YYYY-MM-DD", help="first day (with --to; replaces --window)")
+        parser.add_argument(
+            "--from", dest="first_day", metavar="YYYY-MM-DD", help="first day (with --to; replaces --window)"
+        )
         parser.add_argument("--to", dest="last_day", metavar="YYYY-MM-DD", help="last day, included")
         parser.add_argument("--pod", default="", metavar="SLUG", help="only this pod")
-        parser.add_argument("--task-type", default="", help="only this task type (feature, fix, docs, tests, refactor, chore)")
+        parser.add_argument(
+            "--task-type", default="", help="only this task type (feature, fix, docs, tests, refactor, chore)"
+        )
         parser.add_argument("--tag", default="", help="only sessions with this tag")
         parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
@@ -32,11 +37,15 @@ class Command(BaseCommand):
             if options["first_day"] or options["last_day"]:
                 if not (options["first_day"] and options["last_day"]):
                     raise ValueError("Give both --from and --to (or neither, and --window).")
-                window = window_between(first_day=parse_date(options["first_day"], what="--from"),
-                                        last_day=parse_date(options["last_day"], what="--to"))
+                window = window_between(
+                    first_day=parse_date(options["first_day"], what="--from"),
+                    last_day=parse_date(options["last_day"], what="--to"),
+                )
             else:
                 window = window_last(text=options["window"], now=timezone.now())
-            scope = Scope(pod=options["pod"].strip(), task_type=options["task_type"].strip(), tag=options["tag"].strip())
+            scope = Scope(
+                pod=options["pod"].strip(), task_type=options["task_type"].strip(), tag=options["tag"].strip()
+            )
             report = fleet_metrics(window=window, scope=scope, now=timezone.now())
         except ValueError as exc:
             raise CommandError(str(exc)) from None
@@ -48,8 +57,10 @@ class Command(BaseCommand):
     def _text(self, report: Report) -> str:
         w, s = report.window, report.scope
         scope = ", ".join(f"{k} {v}" for k, v in (("pod", s.pod), ("task type", s.task_type), ("tag", s.tag)) if v)
-        title = (f"Outcome metrics, {w.label} ({timezone.localtime(w.start):%Y-%m-%d %H:%M} to "
-                 f"{timezone.localtime(w.end):%Y-%m-%d %H:%M}){', ' + scope if scope else ''}")
+        title = (
+            f"Outcome metrics, {w.label} ({timezone.localtime(w.start):%Y-%m-%d %H:%M} to "
+            f"{timezone.localtime(w.end):%Y-%m-%d %H:%M}){', ' + scope if scope else ''}"
+        )
         lines = [title, ""]
         lines += self._block(report.overall)
         lead = report.overall.lead_time

@@ -1,5 +1,6 @@
 """``manage.py audit_checkpoint``: sign the audit chains' heads now and keep a copy outside the
 database (appended to DATA_DIR/audit/checkpoints.jsonl unless --no-export)."""
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand
@@ -18,8 +19,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         checkpoint = checkpoint_create(reason=options["reason"])
-        self.stdout.write(f"checkpoint #{checkpoint.pk}: signed the heads of {len(checkpoint.heads)} chain(s) "
-                          f"that moved since the last checkpoint")
+        self.stdout.write(
+            f"checkpoint #{checkpoint.pk}: signed the heads of {len(checkpoint.heads)} chain(s) "
+            f"that moved since the last checkpoint"
+        )
         if not options["no_export"]:
             path = options["file"] or default_checkpoint_file()
             added = checkpoint_export(path)

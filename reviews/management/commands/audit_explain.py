@@ -6,6 +6,7 @@ agent, the delegator, the grant (version, mode, rules, window) and the approvals
 (the session's tool calls up to it with their provenance, and the escalations humans decided).
 The sha may be abbreviated (4+ hex digits). Unknown or ambiguous sha: CommandError (exit 1).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,20 +35,50 @@ class Command(BaseCommand):
         except DatabaseError as exc:
             raise CommandError(f"cannot read the audit log from the database: {exc}") from None
         if options["json"]:
-            self.stdout.write(json.dumps({
-                "sha": x.sha, "message": x.message, "author": x.author, "repository": x.repository,
-                "trailers": x.trailers, "session": x.session_id, "agent": x.agent, "delegator": x.delegator,
-                "grant": None if x.grant is None else {
-                    "id": x.grant.pk, "version": x.grant.version, "mode": x.grant.mode, "allow": x.grant.allow,
-                    "ask": x.grant.ask, "deny": x.grant.deny, "delegator": x.grant.delegator.username,
-                },
-                "commit_event": x.commit_event.pk if x.commit_event else None,
-                "approvals": [{"event": a.event.pk, "action": a.text, "provenance": a.event.provenance,
-                               "approval": a.approval, "approved_by": a.approved_by, "in_commit": a.in_commit}
-                              for a in x.approvals],
-                "human_decisions": [{"event": e.pk, "kind": e.kind, "by": e.actor_label, "payload": e.payload}
-                                    for e in x.human_decisions],
-                "notes": x.notes,
-            }, indent=2, ensure_ascii=False, default=str))
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "sha": x.sha,
+                        "message": x.message,
+                        "author": x.author,
+                        "repository": x.repository,
+                        "trailers": x.trailers,
+                        "session": x.session_id,
+                        "agent": x.agent,
+                        "delegator": x.delegator,
+                        "grant": None
+                        if x.grant is None
+                        else {
+                            "id": x.grant.pk,
+                            "version": x.grant.version,
+                            "mode": x.grant.mode,
+                            "allow": x.grant.allow,
+                            "ask": x.grant.ask,
+                            "deny": x.grant.deny,
+                            "delegator": x.grant.delegator.username,
+                        },
+                        "commit_event": x.commit_event.pk if x.commit_event else None,
+                        "approvals": [
+                            {
+                                "event": a.event.pk,
+                                "action": a.text,
+                                "provenance": a.event.provenance,
+                                "approval": a.approval,
+                                "approved_by": a.approved_by,
+                                "in_commit": a.in_commit,
+                            }
+                            for a in x.approvals
+                        ],
+                        "human_decisions": [
+                            {"event": e.pk, "kind": e.kind, "by": e.actor_label, "payload": e.payload}
+                            for e in x.human_decisions
+                        ],
+                        "notes": x.notes,
+                    },
+                    indent=2,
+                    ensure_ascii=False,
+                    default=str,
+                )
+            )
             return
         self.stdout.write(explanation_text(x))

@@ -1,5 +1,6 @@
 """``manage.py audit_export``: the audit log as JSON Lines, verifiable without the project by
 ``tools/verify_audit_export.py`` (docs/AUDIT.md, "Verifying an export")."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,9 @@ def _parse_since(value: str) -> datetime:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise CommandError(f"--since: expected an ISO 8601 date or time (e.g. 2026-11-23T22:00Z), got {value!r}") from None
+        raise CommandError(
+            f"--since: expected an ISO 8601 date or time (e.g. 2026-11-23T22:00Z), got {value!r}"
+        ) from None
 
 
 class Command(BaseCommand):
@@ -24,8 +27,12 @@ class Command(BaseCommand):
     requires_system_checks: list = []
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--since", type=_parse_since, metavar="ISO",
-                            help="each chain from its first event at or after this time (naive = UTC)")
+        parser.add_argument(
+            "--since",
+            type=_parse_since,
+            metavar="ISO",
+            help="each chain from its first event at or after this time (naive = UTC)",
+        )
         parser.add_argument("--session", type=int, metavar="ID", help="only this agent session's chain")
         parser.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
 
@@ -46,5 +53,7 @@ class Command(BaseCommand):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self.stderr.write(f"exported {stats.events} events of {len(stats.chains)} chain(s) and "
-                          f"{stats.checkpoints} checkpoint(s) to {target}")
+        self.stderr.write(
+            f"exported {stats.events} events of {len(stats.chains)} chain(s) and "
+            f"{stats.checkpoints} checkpoint(s) to {target}"
+        )

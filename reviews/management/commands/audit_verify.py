@@ -6,6 +6,7 @@ bad arguments).
 
 ``--workers N`` verifies a big log (all chains) in N forked processes; the result is the same.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,15 +31,33 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
-        parser.add_argument("--chain", action="append", dest="chains", metavar="CHAIN",
-                            help="verify only this chain (repeatable), e.g. s:42 or system")
-        parser.add_argument("--session", action="append", type=int, dest="sessions", metavar="ID",
-                            help="verify only this session's chain (repeatable)")
-        parser.add_argument("--checkpoints", metavar="FILE",
-                            help="also check the checkpoints kept in FILE (written by audit_checkpoint)")
-        parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
-                            help="verify a big log in N processes, each a range of chains "
-                                 "(default: %(default)s; 1: in this process)")
+        parser.add_argument(
+            "--chain",
+            action="append",
+            dest="chains",
+            metavar="CHAIN",
+            help="verify only this chain (repeatable), e.g. s:42 or system",
+        )
+        parser.add_argument(
+            "--session",
+            action="append",
+            type=int,
+            dest="sessions",
+            metavar="ID",
+            help="verify only this session's chain (repeatable)",
+        )
+        parser.add_argument(
+            "--checkpoints",
+            metavar="FILE",
+            help="also check the checkpoints kept in FILE (written by audit_checkpoint)",
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=default_workers(),
+            metavar="N",
+            help="verify a big log in N processes, each a range of chains (default: %(default)s; 1: in this process)",
+        )
 
     def handle(self, *args, **options) -> None:
         workers = options["workers"]

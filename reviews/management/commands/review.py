@@ -6,6 +6,7 @@ Exits non-zero with a readable message when refused (recorded in the audit log),
 revert conflict (with the files), or on a bad argument. Refused when run by an agent (from
 inside an agent's worktree, or with an agent's git identity).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,13 @@ class Command(BaseCommand):
         reviewer = get_user(actor)
         acting = services.acting_agent_session(environ=os.environ, cwd=Path.cwd())
         try:
-            review = run_service(services.DECISIONS[decision], session=session, reviewer=reviewer, comment=comment,
-                                 acting_session_id=acting)
+            review = run_service(
+                services.DECISIONS[decision],
+                session=session,
+                reviewer=reviewer,
+                comment=comment,
+                acting_session_id=acting,
+            )
         except services.ReviewConflict as exc:
             files = "\n".join(f"  {path}" for path in exc.files)
             raise CommandError(f"{exc}\nconflicting files:\n{files}") from None
@@ -40,8 +46,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         d = review.details
         if review.decision == "approve":
-            text = (f"approved: {session.branch} merged into {session.base_branch} ({d['method']}); "
-                    f"{session.base_branch} now at {d['base_after'][:12]}")
+            text = (
+                f"approved: {session.branch} merged into {session.base_branch} ({d['method']}); "
+                f"{session.base_branch} now at {d['base_after'][:12]}"
+            )
         elif review.decision == "request_changes":
             text = f"changes requested: session {session.pk} is running again (iteration {d['iteration']})"
             if d.get("warning"):
