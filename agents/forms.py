@@ -201,7 +201,7 @@ class GrantForm(forms.Form):
             max_steps=data.get("max_steps"),
             max_tokens=data.get("max_tokens"),
             max_cost_usd=data.get("max_cost_usd"),
-            max_wall_seconds=int(round(minutes * 60)) if minutes is not None else None,
+            max_wall_seconds=round(minutes * 60) if minutes is not None else None,
             max_tool_calls=data.get("max_tool_calls"),
             not_before=data.get("not_before"),
             expires_at=data.get("expires_at"),

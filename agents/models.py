@@ -96,7 +96,7 @@ class FleetControl(models.Model):
     reason = models.CharField(max_length=500, blank=True)
 
     @classmethod
-    def current(cls) -> "FleetControl":
+    def current(cls) -> FleetControl:
         obj, _ = cls.objects.get_or_create(pk=1)
         return obj
 

@@ -87,10 +87,10 @@ import os
 import posixpath
 import re
 import shlex
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 import bashlex
@@ -1676,7 +1676,7 @@ def _awk(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 def _find(name: str, args: list[str], fs, effects: _Effects) -> None:
     i = 0
-    while i < len(args) and args[i] in ("-H", "-L", "-P") or (i < len(args) and args[i].startswith(("-D", "-O"))):
+    while (i < len(args) and args[i] in ("-H", "-L", "-P")) or (i < len(args) and args[i].startswith(("-D", "-O"))):
         i += 2 if args[i] == "-D" else 1
     starts: list[str] = []
     while i < len(args) and not args[i].startswith(("-", "(", "!", ")", ",")):
@@ -2844,8 +2844,8 @@ def _generic(name: str, args: list[str], fs, effects: _Effects) -> None:
 
 _Handler = Callable[[str, list[str], object, _Effects], None]
 _HANDLERS: dict[str, _Handler] = {
-    **{name: _reader for name in _READERS},
-    **{name: _writer for name in _WRITERS},
+    **dict.fromkeys(_READERS, _reader),
+    **dict.fromkeys(_WRITERS, _writer),
     "grep": _grep,
     "egrep": _grep,
     "fgrep": _grep,

@@ -136,7 +136,7 @@ def send_webhook(self, session_id: int, escalation_id: int | None = None, reason
         session.pod.webhook_url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (URL set by a pod lead)
+        with urllib.request.urlopen(request, timeout=5) as response:
             return f"sent: {response.status}"
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code == 429:

@@ -16,8 +16,8 @@ from django.utils import timezone
 from django.utils.text import Truncator
 from django.views.decorators.http import require_GET, require_POST
 
-from agents.errors import validation_text
 from agents import authority, selectors, services
+from agents.errors import validation_text
 from agents.forms import MODE_HELP, RULE_LISTS, EscalationDecisionForm, GrantForm, RevokeForm, rule_errors, rule_lines
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, TranscriptEntry, User
 from agents.runtime.sandbox import sandbox_available

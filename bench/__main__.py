@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def main() -> int:
         )
         (ROOT / "bench" / "RESULTS.md").write_text(
             "# Benchmark results\n\n"
-            f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on {machine}.\n"
+            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M UTC} on {machine}.\n"
             f"Command: `python -m bench{' --smoke' if args.smoke else ''}{' --only ' + args.only if args.only else ''}`\n\n"
             + output
             + "\n"

@@ -3,8 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from agents import views as agent_views
-from controlroom import views
-from controlroom import dashboard_views
+from controlroom import dashboard_views, views
 from controlroom.health import healthz
 
 urlpatterns = [

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from json.encoder import encode_basestring as json_string  # what json.dumps(ensure_ascii=False) uses
 from typing import Any
@@ -136,7 +136,7 @@ def normalize_payload(payload: dict | None) -> dict:
 
 
 def format_time(value: datetime) -> str:
-    return value.astimezone(dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def canonical_body(fields: dict) -> bytes:

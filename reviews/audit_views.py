@@ -15,9 +15,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from agents.errors import validation_text
 from agents import services as agent_services
 from agents.authority import NotAllowed
+from agents.errors import validation_text
 from agents.models import AgentSession
 from agents.selectors import pods_visible_to, session_visible_to
 from reviews import digest as overnight

@@ -27,13 +27,14 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection as default_connection, connections, transaction
+from django.db import connection as default_connection
+from django.db import connections, transaction
 from django.db.models import Min
 from django.utils import timezone
 
@@ -197,7 +198,7 @@ def _time_text(value: Any) -> str:
             return f"{value[:10]}T{value[11:]}.000000Z"
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt_timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return format_time(value)
 
 
@@ -712,7 +713,7 @@ def _verify_parallel(
             max_workers=len(ranges), mp_context=context, initializer=_child_start, initargs=(expect,)
         ) as pool:
             parts = list(pool.map(_verify_range, [lo for lo, _ in ranges], [hi for _, hi in ranges]))
-    except Exception as exc:  # noqa: BLE001 - any failure: verify in this process instead
+    except Exception as exc:
         logger.warning(
             "audit verification in %d processes failed (%s: %s); verifying in one process",
             len(ranges),
@@ -912,7 +913,7 @@ def export_log(*, out: TextIO, since: datetime | None = None, session_id: int | 
         chains = [session_chain(session_id)]
     if since is not None:
         if timezone.is_naive(since):
-            since = since.replace(tzinfo=dt_timezone.utc)
+            since = since.replace(tzinfo=UTC)
         first = AuditEvent.objects.filter(created_at__gte=since)
         if chains is not None:
             first = first.filter(chain__in=chains)

@@ -1292,7 +1292,7 @@ def timeline(*, user: User, window: Window, pod: str = "", event_url=None, sessi
         if cursor < end_at:
             _segment(lane, x, cursor, end_at, status, opened_by, event_url, tz)
         # markers
-        for event_id, _sid, kind, at, actor, payload in by_session.get(s.pk, ()):
+        for event_id, _sid, kind, at, _actor, payload in by_session.get(s.pk, ()):
             payload = payload or {}
             when = f"{_hm(at, tz)} — "
             if kind == "git.commit":

@@ -33,11 +33,11 @@ from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, 
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from agents import selectors as agent_selectors
 from agents.models import AgentSession, Escalation, Pod, ReviewState, Status, ToolCall, User
 from agents.runtime import worktrees
-from agents.tools.executor import HANDOFF_FILE
-from agents import selectors as agent_selectors
 from agents.selectors import pods_visible_to, sessions_visible_to
+from agents.tools.executor import HANDOFF_FILE
 from reviews import git_ops
 from reviews.models import AuditEvent, Review
 

@@ -35,7 +35,7 @@ from django.utils.text import Truncator
 from agents import authority
 from agents import services as agent_services
 from agents.dispatch import enqueue_step_on_commit
-from agents.models import AgentSession, Escalation, ReviewState, Status, TERMINAL_STATUSES, User
+from agents.models import TERMINAL_STATUSES, AgentSession, Escalation, ReviewState, Status, User
 from agents.runtime import worktrees
 from agents.runtime.authorize import budget_exhausted
 from agents.runtime.loop import start_iteration

@@ -20,8 +20,8 @@ from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
-from agents.errors import validation_text
 from agents import authority
+from agents.errors import validation_text
 from agents.models import AgentSession, User
 from agents.selectors import pods_visible_to, session_visible_to
 from reviews import git_ops, selectors, services

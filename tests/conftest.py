@@ -104,7 +104,7 @@ class WorkerPool:
         self.procs.append(proc)
         return proc
 
-    def start(self) -> "WorkerPool":
+    def start(self) -> WorkerPool:
         for index in range(self.processes):
             self.start_one(index)
         return self

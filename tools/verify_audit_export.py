@@ -29,7 +29,6 @@ import hmac
 import json
 import sys
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (
@@ -69,7 +68,7 @@ def canonical_json(value) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def event_hash(prev_hash: str, event: dict) -> Optional[str]:
+def event_hash(prev_hash: str, event: dict) -> str | None:
     try:
         body = canonical_json({name: event[name] for name in HASHED_FIELDS})
         return hashlib.sha256(prev_hash.encode("utf-8") + b"\n" + body).hexdigest()
@@ -86,10 +85,10 @@ def checkpoint_signature(key: bytes, checkpoint: dict) -> str:
 class Break:
     kind: str
     message: str
-    chain: Optional[str] = None
-    seq: Optional[int] = None
-    event_id: Optional[int] = None
-    checkpoint_id: Optional[int] = None
+    chain: str | None = None
+    seq: int | None = None
+    event_id: int | None = None
+    checkpoint_id: int | None = None
 
     def describe(self) -> str:
         where = []
@@ -111,10 +110,10 @@ class Ev:
     time: str
     prev_hash: str
     hash: str
-    recomputed: Optional[str]
+    recomputed: str | None
 
 
-def classify(chain: str, anchor: Optional[Ev], events: list) -> Break:
+def classify(chain: str, anchor: Ev | None, events: list) -> Break:
     """Why events[0], the first event that fails, fails (same rules as reviews/chain.py)."""
     e = events[0]
     p_seq = anchor.seq if anchor else 0
@@ -215,7 +214,7 @@ def _heads(checkpoint: dict):
             yield chain, head[0], str(head[1])
 
 
-def verify(path: str, *, key: Optional[bytes], checkpoint_file: Optional[str] = None) -> dict:
+def verify(path: str, *, key: bytes | None, checkpoint_file: str | None = None) -> dict:
     items = read_lines(path)
     header = next((i for i in items if i["type"] == "export"), {})
     partial = header.get("since") is not None
@@ -287,7 +286,7 @@ def verify(path: str, *, key: Optional[bytes], checkpoint_file: Optional[str] = 
         evs = sorted(events.get(chain, []), key=lambda e: (e.seq, e.id))
         n_events += len(evs)
         exp = expect.get(chain, {})
-        anchor: Optional[Ev] = None
+        anchor: Ev | None = None
         first_seq = evs[0].seq if evs else 1
         if evs and partial and first_seq > 1:
             # An export "since" a time starts mid-chain: its first prev_hash is taken as given.
@@ -347,7 +346,7 @@ def verify(path: str, *, key: Optional[bytes], checkpoint_file: Optional[str] = 
     }
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify a Control Room audit export (JSON Lines).")
     parser.add_argument("export", help="the file written by manage.py audit_export")
     parser.add_argument("--key-file", help="the audit signing key (checks the checkpoints' signatures)")

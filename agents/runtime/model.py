@@ -17,7 +17,7 @@ from decimal import Decimal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from django.conf import settings  # noqa: E402
+from django.conf import settings
 
 _litellm = None
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence

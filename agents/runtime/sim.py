@@ -37,11 +37,11 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
-from litellm.llms.custom_llm import CustomLLM, CustomLLMError  # noqa: E402
-from litellm.utils import custom_llm_setup  # noqa: E402
+import litellm
+from litellm.llms.custom_llm import CustomLLM, CustomLLMError
+from litellm.utils import custom_llm_setup
 
-from agents.demo_repo import DEMO_RECIPES, DEMO_TASKS, Recipe  # noqa: E402
+from agents.demo_repo import DEMO_RECIPES, DEMO_TASKS, Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def _choose_task(goal: str) -> tuple[dict, bool]:
             return task, True
 
     def words(text: str) -> set[str]:
-        return {w for w in re.findall(r"[a-z_]{4,}", text.lower())}
+        return set(re.findall(r"[a-z_]{4,}", text.lower()))
 
     goal_words = words(goal)
     best, best_score = None, 0

@@ -323,7 +323,7 @@ def remove_worktree(*, repo_path: Path, worktree_path: Path) -> bool:
     common_dir = _open_repo(repo_path)
     real = Path(os.path.realpath(worktree_path))
     toplevel = Path(os.path.realpath(common_dir.parent if common_dir.name == ".git" else common_dir))
-    if real == toplevel or real in toplevel.parents or real == common_dir or common_dir in real.parents:
+    if real in (toplevel, common_dir) or real in toplevel.parents or common_dir in real.parents:
         raise WorktreeError(f"refusing to remove {worktree_path}: it is (or contains) the repository itself")
     removed = False
     with repository_lock(common_dir):

@@ -293,11 +293,8 @@ def _validate(tool: _Tool, args: dict) -> dict:
                     value = int(value)
                 else:
                     raise ToolArgumentError(f"{tool.name}: {label} must be an integer, got {_json_type(value)}")
-            if (
-                field.minimum is not None
-                and value < field.minimum
-                or field.maximum is not None
-                and value > field.maximum
+            if (field.minimum is not None and value < field.minimum) or (
+                field.maximum is not None and value > field.maximum
             ):
                 raise ToolArgumentError(
                     f"{tool.name}: {label} must be between {field.minimum} and {field.maximum}, got {value}"

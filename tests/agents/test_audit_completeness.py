@@ -8,6 +8,7 @@ from django.core.management import call_command
 from django.db import transaction
 
 from agents import services
+from agents.authority import NotAllowed
 from agents.models import AgentSession, Escalation, Grant, Status
 from reviews.models import AuditEvent
 
@@ -102,12 +103,12 @@ def test_every_session_grant_and_escalation_mutation_produces_its_event(fleet, s
         action_hash="b" * 64,
         reason="asks",
     )
-    expect(
-        lambda: pytest.raises(
-            Exception, services.escalation_decide, escalation=second, by=fleet.leader, decision="deny"
-        ),
-        "escalation.refused",
-    )
+
+    def leader_decides() -> None:
+        with pytest.raises(NotAllowed):
+            services.escalation_decide(escalation=second, by=fleet.leader, decision="deny")
+
+    expect(leader_decides, "escalation.refused")
     expect(
         lambda: services.escalation_decide(escalation=second, by=fleet.sto, decision="deny", reason="no"),
         "escalation.decided",

@@ -7,7 +7,7 @@ No database here: the evaluator takes plain values. Worktrees are real temporary
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -30,7 +30,7 @@ from agents.permissions import (
     validate_rules,
 )
 
-NOW = datetime(2025, 3, 4, 23, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 4, 23, 0, tzinfo=UTC)
 
 
 @pytest.fixture

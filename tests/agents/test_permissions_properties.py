@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -31,7 +31,7 @@ from agents.permissions import (
     split_command,
 )
 
-NOW = datetime(2025, 3, 4, 23, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 4, 23, 0, tzinfo=UTC)
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 
 SPEC_DEFAULTS = {  # which resource kinds each mode allows without a rule

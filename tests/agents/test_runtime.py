@@ -5,14 +5,13 @@ The Celery-driven end-to-end runs (workers, SIGKILL, 100 sessions) are in test_r
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import git
 import pytest
 
 from agents import services
-from agents.models import AgentSession, AgentStep, Escalation, Status, ToolCall, TranscriptEntry
+from agents.models import AgentSession, AgentStep, Status, ToolCall, TranscriptEntry
 from agents.runtime.loop import run_step
 from reviews.models import AuditEvent
 from tests.scripted_model import ScriptedModel, calls, finish

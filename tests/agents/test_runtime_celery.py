@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import defaultdict
@@ -87,7 +88,7 @@ def test_a_hundred_sim_sessions_on_two_workers_never_run_one_session_twice_at_on
     for session_id, steps in by_session.items():
         steps.sort()
         assert [n for n, *_ in steps] == list(range(1, len(steps) + 1)), f"gap in the steps of {session_id}"
-        for (_, _, previous_end, _), (number, start, _, _) in zip(steps, steps[1:]):
+        for (_, _, previous_end, _), (number, start, _, _) in itertools.pairwise(steps):
             assert previous_end is not None and start >= previous_end, f"session {session_id}: step {number} overlapped"
         workers_seen.update(worker.split(":")[0] for *_, worker in steps)
     assert len(workers_seen) == 2, workers_seen  # both worker processes took part

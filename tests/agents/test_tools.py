@@ -79,7 +79,7 @@ def test_the_schemas_offer_exactly_the_nine_tools_in_openai_format() -> None:
         "write_handoff",
         "finish",
     ]
-    assert tools.TOOL_NAMES == frozenset(names)
+    assert frozenset(names) == tools.TOOL_NAMES
     for schema in tools.TOOL_SCHEMAS:
         assert schema["type"] == "function"
         function = schema["function"]

@@ -124,7 +124,7 @@ def off_loop(fn, *args, **kwargs):
     def target() -> None:
         try:
             result["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 (re-raised on the caller's thread below)
+        except BaseException as exc:
             result["error"] = exc
         finally:
             connection.close()

@@ -9,11 +9,11 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.conf import settings as django_settings
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
 from django.utils import timezone
 
 from agents import services

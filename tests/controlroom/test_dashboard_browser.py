@@ -71,7 +71,7 @@ def test_in_chromium_the_leader_sees_the_figures_and_the_charts_and_filters_by_p
 
             # hovering a mark tells its value and whether it rests on too few cases
             title = page.locator("figure[data-chart=pod_yield] rect title").first.text_content()
-            assert "Alpha: 63.6%, n=11 (n = 11 < 20: too few to rely on)" == title
+            assert title == "Alpha: 63.6%, n=11 (n = 11 < 20: too few to rely on)"
 
             page.select_option("select[name=pod]", "alpha")
             page.click("form.filters button[type=submit]")

@@ -6,13 +6,16 @@ Also home of the helpers the other audit test modules import.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import math
 from dataclasses import dataclass
 
 import pytest
 from django.db import DatabaseError, IntegrityError, connection, transaction
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from reviews.audit import (
     GENESIS,
@@ -83,7 +86,7 @@ def test_each_session_gets_its_own_gap_free_chain_and_the_rest_goes_to_the_syste
     for chain, events in log.items():
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
         assert events[0].prev_hash == GENESIS
-        for before, after in zip(events, events[1:]):
+        for before, after in itertools.pairwise(events):
             assert after.prev_hash == before.hash
         head = ChainHead.objects.get(chain=chain)
         assert (head.seq, head.hash) == (events[-1].seq, events[-1].hash)

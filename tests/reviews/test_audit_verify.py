@@ -5,6 +5,7 @@ reported with its kind and the first bad event."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 
@@ -231,7 +232,7 @@ def test_a_chain_rewritten_and_rehashed_consistently_is_forged_per_the_signed_ch
     # Every link and hash in the rewritten chain checks out...
     rewritten = events_of("s:1")
     assert all(e.hash == event_hash(e.prev_hash, event_fields(e)) for e in rewritten)
-    assert all(b.prev_hash == a.hash for a, b in zip(rewritten, rewritten[1:]))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rewritten))
     # ...but not against what was signed.
     brk = only_break(verify_log())
     assert (brk.kind, brk.chain, brk.seq, brk.event_id, brk.checkpoint_id) == (

@@ -16,11 +16,10 @@ from agents import authority
 from agents import services as agent_services
 from agents.models import AgentSession, AgentStep, ReviewState, Status, ToolCall, TranscriptEntry
 from agents.runtime.worktrees import ensure_worktree, remove_worktree
-from reviews import services, selectors
+from reviews import selectors, services
 from reviews.models import AuditEvent, Review
 from tests.personas import PASSWORD
 from tests.scripted_model import ScriptedModel, calls, finish
-
 
 # -- helpers shared by the review tests -----------------------------------------------------------
 

@@ -93,7 +93,7 @@ def test_the_patch_of_one_file_has_numbered_hunks_and_follows_a_rename(repo, age
     patch = git_ops.file_patch(
         repo, git_ops.resolve(repo, "agents/1-task~1"), tip, path="new_name.txt", old_path="old_name.txt"
     )
-    lines = [(l.kind, l.text, l.old_no, l.new_no) for h in patch.hunks for l in h.lines]
+    lines = [(line.kind, line.text, line.old_no, line.new_no) for h in patch.hunks for line in h.lines]
     assert ("-", "line 5", 5, None) in lines and ("+", "five", None, 5) in lines and (" ", "line 4", 4, 4) in lines
     assert all(kind in "+- " for kind, *_ in lines) and len(lines) == 8  # 3 context lines either side
     assert stat.get("new_name.txt") is not None and first.get("old_name.txt") is not None
@@ -105,7 +105,7 @@ def test_the_patch_parser_ends_each_hunk_by_its_counts_so_odd_lines_are_not_head
         "diff --git a/b.txt b/b.txt\n--- a/b.txt\n+++ b/b.txt\n@@ -1 +1 @@\n-x\n\\ No newline at end of file\n+y\n"
     )
     patch = git_ops.parse_patch(text, path="a.txt")
-    assert [[(l.kind, l.text) for l in h.lines] for h in patch.hunks] == [
+    assert [[(line.kind, line.text) for line in h.lines] for h in patch.hunks] == [
         [("-", "-- looks like a header"), ("+", "++ too"), (" ", "keep")],
         [("-", "x"), ("\\", "No newline at end of file"), ("+", "y")],
     ]

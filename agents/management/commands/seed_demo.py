@@ -4,7 +4,8 @@ agent sessions (default 100) with Single Task Owners and grants. Idempotent."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, time as dtime, timedelta
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
 
