@@ -164,6 +164,9 @@ class AgentSession(models.Model):
     branch = models.CharField(max_length=250, blank=True)
     base_commit = models.CharField(max_length=64, blank=True)
     worktree_path = models.CharField(max_length=500, blank=True)
+    worker_host = models.CharField(
+        max_length=120, blank=True, help_text="The worker host whose disk holds the worktree (its steps go there)."
+    )
 
     model = models.CharField(max_length=200)
     api_base = models.URLField(blank=True)
@@ -297,7 +300,8 @@ class AgentStep(models.Model):
     iteration = models.PositiveIntegerField(default=1)
     state = models.CharField(max_length=16, choices=State.choices, default=State.STARTED)
     worker = models.CharField(max_length=120, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=1)
+    attempts = models.PositiveSmallIntegerField(default=1)  # of the model call, counting transient failures
+    waits = models.PositiveIntegerField(default=0)  # times it went back on the queue for model capacity / HTTP 429
     response = models.JSONField(null=True, blank=True, help_text="The assistant message the model returned.")
     model = models.CharField(max_length=200, blank=True)
     tokens_in = models.PositiveIntegerField(default=0)
@@ -413,3 +417,27 @@ class Escalation(models.Model):
 
     def __str__(self) -> str:
         return f"escalation {self.pk}: {self.action[:60]}"
+
+
+class WorkerHost(models.Model):
+    """A machine running Celery workers with its own WORKTREES_DIR. Worker processes beat every few
+    seconds; a host that stops beating for HOST_LOST_AFTER_S is marked lost (audited) and its
+    sessions move to another host, recreating their worktrees from the session branch."""
+
+    name = models.CharField(max_length=120, unique=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    lost_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def beat(cls, *, name: str, now) -> None:
+        """The host is alive now (one UPDATE; an INSERT the first time). Coming back after being
+        marked lost only clears ``lost_at``: its sessions have moved on; its old worktrees are swept."""
+        if not cls.objects.filter(name=name).update(last_seen=now, lost_at=None):
+            cls.objects.get_or_create(name=name, defaults={"first_seen": now, "last_seen": now})

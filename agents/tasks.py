@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.error
 import urllib.request
 from datetime import timedelta
 
 from celery import shared_task
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.db.models import Q
@@ -26,6 +28,18 @@ logger = logging.getLogger(__name__)
 
 class WebhookTransientError(Exception):
     pass
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _worker_started(**_kwargs) -> None:
+    """A worker process that runs steps: say the host is alive (the lease thread beats for it) and
+    import LiteLLM now, in the background, rather than inside the first hundred steps' model calls."""
+    from agents.runtime import leases
+    from agents.runtime import model as model_client
+
+    leases.keeper.ensure_started()
+    threading.Thread(target=model_client.warm_up, name="litellm-warm-up", daemon=True).start()
 
 
 @shared_task(

@@ -43,6 +43,11 @@ DEFAULT_DEMO_PASSWORD = "controlroom"
 STOP_WARM_S = 6.0  # SIGTERM (warm shutdown) ... SIGQUIT to Celery workers (cold shutdown)
 STOP_GRACE_S = 12.0  # SIGTERM ... SIGKILL to whatever is left
 READY_TIMEOUT_S = 180.0
+# Sized for a hundred agents on one 2-core host: 2 worker processes (one core each for the
+# Python side of steps) × 64 threads = 128 steps at once, ~300 MiB per process (see README).
+DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 64
+DEFAULT_PREFORK = 2
 CONFIG_ERROR = 2
 
 
@@ -64,6 +69,7 @@ class Options:
     port: int
     workers: int
     concurrency: int
+    pool: str
     seed: bool
 
 
@@ -74,8 +80,22 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (default 2)")
-    parser.add_argument("--concurrency", type=int, default=2, help="task slots per worker process (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help=f"Celery worker processes (default {DEFAULT_WORKERS})"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help=f"agent steps at once per worker process (default {DEFAULT_THREADS} with the threads pool, "
+        f"{DEFAULT_PREFORK} with prefork)",
+    )
+    parser.add_argument(
+        "--pool",
+        choices=("threads", "prefork"),
+        default="threads",
+        help="worker pool: threads (default: a step waiting on a model holds a thread, not a process) or prefork",
+    )
     parser.add_argument(
         "--no-seed", dest="seed", action="store_false", help="do not create the demo data in an empty database"
     )
@@ -84,9 +104,17 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error(f"--port: expected 1-65535, got {args.port}")
     if args.workers < 1:
         parser.error(f"--workers: expected at least 1, got {args.workers}")
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         parser.error(f"--concurrency: expected at least 1, got {args.concurrency}")
-    return Options(host=args.host, port=args.port, workers=args.workers, concurrency=args.concurrency, seed=args.seed)
+    concurrency = args.concurrency or (DEFAULT_THREADS if args.pool == "threads" else DEFAULT_PREFORK)
+    return Options(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        concurrency=concurrency,
+        pool=args.pool,
+        seed=args.seed,
+    )
 
 
 # --- small helpers ----------------------------------------------------------------------------
@@ -259,7 +287,7 @@ def process_commands(*, options: Options, run_dir: Path) -> dict[str, str]:
     }
     for index in range(1, options.workers + 1):
         commands[f"worker{index}"] = (
-            f"exec {python} -m celery -A controlroom worker -l info "
+            f"exec {python} -m celery -A controlroom worker -l info -P {options.pool} "
             f"--concurrency {options.concurrency} -n worker{index}@%h"
         )
     commands["beat"] = (

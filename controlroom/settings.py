@@ -8,11 +8,14 @@ repository, the agents' worktrees, logs and the audit signing key.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 from controlroom.env import env_bool, env_float, env_int, env_list, env_str
 
@@ -133,6 +136,14 @@ def _database() -> dict:
         raise ImproperlyConfigured("DATABASE_URL: unknown scheme (use postgres://… or sqlite:///…)")
     if config["ENGINE"].endswith("postgresql"):
         config.setdefault("OPTIONS", {})["connect_timeout"] = 5
+        # A worker runs up to a hundred agent steps in threads; each thread would keep its own
+        # connection. A process-wide pool (psycopg_pool) lends connections per query burst instead:
+        # the runtime hands its connection back while it waits on a model or a long tool.
+        pool_size = env_int("DATABASE_POOL_SIZE", 16, minimum=0)
+        if pool_size:
+            config["OPTIONS"]["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 30}
+            config["CONN_MAX_AGE"] = 0
+            config["CONN_HEALTH_CHECKS"] = False
     if config["ENGINE"].endswith("sqlite3"):
         config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
         config["CONN_MAX_AGE"] = 0
@@ -185,6 +196,15 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_MAX_TASKS_PER_CHILD", 500, minimum=1)
 CELERY_TASK_DEFAULT_QUEUE = "celery"
+# Every worker consumes the shared queue and its own host's queue (agents/dispatch.py): steps of a
+# session whose worktree is on this host's disk come here. A worker started without -Q takes both.
+_WORKER_HOST = env_str("WORKER_HOST", socket.gethostname()) or "localhost"
+if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}", _WORKER_HOST):
+    raise ImproperlyConfigured(
+        f"WORKER_HOST: expected letters, digits, dots, dashes (a host name), got {_WORKER_HOST!r}"
+    )
+CELERY_TASK_QUEUES = [Queue("celery"), Queue(f"host.{_WORKER_HOST}")]
+CELERY_TASK_CREATE_MISSING_QUEUES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Longer than any agent step (CELERY_STEP_TIME_LIMIT), so a slow step is never redelivered
@@ -202,6 +222,17 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(RUN_DIR / "celerybeat-schedule")
 
 # --- Control room behaviour -----------------------------------------------------------
+
+
+def _model_concurrency() -> dict[str, int]:
+    from agents.runtime.capacity import parse_limits
+
+    try:
+        return parse_limits(env_str("MODEL_CONCURRENCY", "") or "")
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"MODEL_CONCURRENCY: {exc}") from None
+
+
 CONTROLROOM = {
     "WORKTREES_DIR": Path(env_str("WORKTREES_DIR", str(DATA_DIR / "worktrees"))),
     "REPOS_DIR": DATA_DIR / "repos",
@@ -209,7 +240,15 @@ CONTROLROOM = {
     "SIM_PACING_S": env_float("SIM_PACING_S", 0.0, minimum=0.0),
     "STEP_TIME_LIMIT_S": env_int("CELERY_STEP_TIME_LIMIT", 300, minimum=10),
     "MODEL_TIMEOUT_S": env_float("MODEL_TIMEOUT_S", 60.0, minimum=1.0),
-    "MODEL_RETRIES": env_int("MODEL_RETRIES", 2, minimum=0),
+    # attempts of one step's model call on transient errors (timeouts, 5xx, unreadable answers)
+    # before the session fails; between attempts the step waits on the queue (2, 4, 8 … s)
+    "MODEL_ATTEMPTS": env_int("MODEL_ATTEMPTS", 4, minimum=1),
+    "MODEL_CONCURRENCY": _model_concurrency(),
+    # a step the provider keeps answering HTTP 429 gives up (the session fails) after this many waits
+    "MODEL_RATE_LIMIT_WAITS": env_int("MODEL_RATE_LIMIT_WAITS", 100, minimum=1),
+    # where this process runs agent steps: its worktrees live on this host's disk (WORKTREES_DIR)
+    "WORKER_HOST": _WORKER_HOST,
+    "HOST_LOST_AFTER_S": env_int("HOST_LOST_AFTER_S", 60, minimum=10),
     "STALE_AFTER_S": env_int("STALE_AFTER_S", 120, minimum=5),
     "CONTEXT_TOKEN_LIMIT": env_int("CONTEXT_TOKEN_LIMIT", 24000, minimum=1000),
     "STEPS_PER_ITERATION": env_int("STEPS_PER_ITERATION", 30, minimum=2),

@@ -64,9 +64,17 @@ def _db_env() -> dict[str, str]:
 class WorkerPool:
     """Real Celery worker processes against the test database and the test Redis."""
 
-    def __init__(self, *, worktrees: Path, processes: int = 1, concurrency: int = 1, extra_env: dict | None = None):
+    def __init__(
+        self,
+        *,
+        worktrees: Path,
+        processes: int = 1,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        extra_env: dict | None = None,
+    ):
         self.procs: list[subprocess.Popen] = []
-        self.worktrees, self.processes, self.concurrency = worktrees, processes, concurrency
+        self.worktrees, self.processes, self.concurrency, self.pool = worktrees, processes, concurrency, pool
         self.extra_env = extra_env or {}
         self.logs: list[Path] = []
 
@@ -87,7 +95,7 @@ class WorkerPool:
                 "-l",
                 "info",
                 "-P",
-                "prefork",
+                self.pool,
                 "-c",
                 str(self.concurrency),
                 "-n",
@@ -138,15 +146,16 @@ class WorkerPool:
 def celery_workers(worktrees_dir, transactional_db):
     pools: list[WorkerPool] = []
 
-    def start(processes: int = 1, concurrency: int = 1, **extra_env) -> WorkerPool:
-        pool = WorkerPool(
+    def start(processes: int = 1, concurrency: int = 1, pool: str = "prefork", **extra_env) -> WorkerPool:
+        workers = WorkerPool(
             worktrees=worktrees_dir,
             processes=processes,
             concurrency=concurrency,
+            pool=pool,
             extra_env={k: str(v) for k, v in extra_env.items()},
         ).start()
-        pools.append(pool)
-        return pool
+        pools.append(workers)
+        return workers
 
     yield start
     for pool in pools:

@@ -25,13 +25,13 @@ from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 from django.utils.text import Truncator
 
 from agents import services, tools
-from agents.dispatch import enqueue_step_on_commit
+from agents.dispatch import enqueue_step_now, enqueue_step_on_commit
 from agents.events import send_if_still_running, send_on_commit
 from agents.models import (
     AgentSession,
@@ -43,14 +43,15 @@ from agents.models import (
     ToolCall,
     TranscriptEntry,
 )
+from agents.runtime import capacity, leases, worktrees
 from agents.runtime import model as model_client
-from agents.runtime import worktrees
 from agents.runtime.authorize import (
     Switches,
     ToolCallRequest,
     authorize,
     budget_exhausted,
 )
+from agents.runtime.leases import lease_seconds
 from agents.runtime.prepared import PreparedValues
 from agents.selectors import active_grants, awaiting_review_count, standing_approvals_q
 from reviews.audit import record
@@ -58,7 +59,6 @@ from reviews.audit import record
 logger = logging.getLogger(__name__)
 
 MAX_IDLE_STEPS = 3
-MAX_MODEL_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,6 @@ def _grant(facts: _Facts) -> Grant | None:
     return grant
 
 
-def lease_seconds() -> int:
-    return int(os.environ.get("STEP_LEASE_S", "20"))
-
-
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
@@ -146,38 +142,6 @@ class StepOutcome:
     result: str  # done / not-claimed / stale / retry / parked / failed / gone
     retry_in: float | None = None
     detail: str = ""
-
-
-class _Heartbeat:
-    """Renews the lease and heartbeat while a step runs (model calls and commands can be slow)."""
-
-    def __init__(self, session_id: int, owner: str) -> None:
-        self.session_id, self.owner = session_id, owner
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{session_id}", daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        interval = max(1.0, lease_seconds() / 4)
-        try:
-            while not self._stop.wait(interval):
-                now = timezone.now()
-                try:
-                    AgentSession.objects.filter(pk=self.session_id, lease_owner=self.owner).update(
-                        lease_until=now + timedelta(seconds=lease_seconds()), heartbeat_at=now
-                    )
-                except Exception:  # a locked or briefly unreachable database: try again next beat
-                    logger.warning("heartbeat for session %s failed; retrying", self.session_id, exc_info=True)
-                    close_old_connections()
-        finally:
-            close_old_connections()
 
 
 def _claim(session_id: int, step: int, owner: str) -> StepOutcome | None:
@@ -205,18 +169,40 @@ def _release(session_id: int, owner: str) -> None:
     AgentSession.objects.filter(pk=session_id, lease_owner=owner).update(lease_owner="", lease_until=None)
 
 
+def _hand_back_connection() -> None:
+    """Before waiting on something slow (a model call, a long command), give this thread's database
+    connection back. On PostgreSQL the connection returns to the process's pool, so a hundred
+    waiting steps hold no connection; SQLite has no connection limit and keeps its (cheap) one."""
+    if connection.vendor != "sqlite" and not connection.in_atomic_block:
+        connection.close()
+
+
+def _wake(waiter: str) -> None:
+    """Enqueue the step a model slot's release woke (``"<session>:<step>:<priority>"``). A hint: the
+    step also looks again on its own, and a duplicate is dropped by the step number."""
+    try:
+        session_id, step, priority = (int(part) for part in waiter.split(":")[:3])
+    except ValueError:
+        return
+    try:
+        enqueue_step_now(session_id=session_id, step=step, priority=priority)
+    except Exception:
+        logger.warning("could not wake step %s of session %s", step, session_id, exc_info=True)
+
+
 def run_step(session_id: int, step: int, *, owner: str | None = None) -> StepOutcome:
     owner = owner or worker_id()
     started = time.monotonic()
     refusal = _claim(session_id, step, owner)
     if refusal is not None:
         return refusal
+    leases.keeper.hold(session_id, owner)  # renewed by the process's one lease thread while the step runs
     try:
-        with _Heartbeat(session_id, owner):
-            runner = _Step(session_id, step, owner)
-            runner.timings["lock"] = time.monotonic() - started
-            return runner.run()
+        runner = _Step(session_id, step, owner)
+        runner.timings["lock"] = time.monotonic() - started
+        return runner.run()
     finally:
+        leases.keeper.drop(owner)
         _release(session_id, owner)
 
 
@@ -378,9 +364,11 @@ class _Step:
             )
         except worktrees.WorktreeError as exc:
             return self.park(Status.FAILED, f"worktree: {exc}", event="session.error", payload={"error": str(exc)})
-        if not session.base_commit:
-            AgentSession.objects.filter(pk=self.session_id).update(base_commit=base_commit)
-            session.base_commit = base_commit
+        here = settings.CONTROLROOM["WORKER_HOST"]
+        if not session.base_commit or session.worker_host != here:
+            # this host's disk holds the worktree now: the session's next steps come to its queue
+            AgentSession.objects.filter(pk=self.session_id).update(base_commit=base_commit, worker_host=here)
+            session.base_commit, session.worker_host = base_commit, here
         self._maybe_new_iteration()
         record_row, reply_message = self._model_turn()
         if record_row is None:
@@ -432,24 +420,45 @@ class _Step:
             step_row, created = AgentStep.objects.get(session=session, number=self.number), False
         self.fresh_step = created
         if not created:
-            AgentStep.objects.filter(pk=step_row.pk).update(attempts=F("attempts") + 1, worker=self.owner)
+            AgentStep.objects.filter(pk=step_row.pk).update(worker=self.owner)
             step_row.refresh_from_db()
         if step_row.response is not None:
             return step_row, step_row.response
-        messages = self._messages()
-        t_model = time.monotonic()
+        # provider back-pressure: no free slot → back on the queue, holding nothing while it waits
+        provider = capacity.provider_key(model=session.model, api_base=session.api_base)
         try:
-            reply = model_client.complete(
-                model=session.model,
-                messages=messages,
-                tools=tools.TOOL_SCHEMAS,
-                api_base=session.api_base,
-                api_key_env=session.api_key_env,
-                fallbacks=session.fallback_models,
-                seed=session.seed + self.number,
+            slot = capacity.acquire(
+                provider=provider,
+                waiter=f"{self.session_id}:{self.number}:{session.priority}",
+                hold_s=settings.CONTROLROOM["MODEL_TIMEOUT_S"] + 30,
             )
-        except model_client.ModelError as exc:
-            return None, self._model_failed(step_row, exc)
+        except Exception as exc:  # Redis unreachable: the broker is down too; look again shortly
+            logger.warning("model capacity of %s unknown: %s", provider, exc)
+            return None, self._wait_for_capacity(step_row, f"waiting for model capacity: {provider} (Redis error)")
+        if isinstance(slot, capacity.Full):
+            return None, self._wait_for_capacity(step_row, slot.activity)
+        if step_row.waits and session.current_activity.startswith("waiting for model capacity"):
+            self._say_activity(f"calling {session.model}")
+        try:
+            messages = self._messages()
+            t_model = time.monotonic()
+            _hand_back_connection()  # a slow call must not hold one of the pool's connections
+            try:
+                reply = model_client.complete(
+                    model=session.model,
+                    messages=messages,
+                    tools=tools.TOOL_SCHEMAS,
+                    api_base=session.api_base,
+                    api_key_env=session.api_key_env,
+                    fallbacks=session.fallback_models,
+                    seed=session.seed + self.number,
+                )
+            except model_client.ModelError as exc:
+                return None, self._model_failed(step_row, exc, provider=provider)
+        finally:
+            woken = capacity.release(slot)
+            if woken:
+                _wake(woken)
         self.timings["model"] = time.monotonic() - t_model
         t0 = time.monotonic()
         with transaction.atomic():
@@ -502,12 +511,16 @@ class _Step:
         step_row.latency_ms, step_row.error = reply.latency_ms, ""
         return step_row, reply.message
 
-    def _model_failed(self, step_row: AgentStep, exc: model_client.ModelError) -> StepOutcome:
+    def _model_failed(self, step_row: AgentStep, exc: model_client.ModelError, *, provider: str) -> StepOutcome:
+        if exc.rate_limited:
+            return self._rate_limited(step_row, exc, provider=provider)
         attempts = step_row.attempts
-        final = not exc.transient or attempts >= MAX_MODEL_ATTEMPTS
+        final = not exc.transient or attempts >= settings.CONTROLROOM["MODEL_ATTEMPTS"]
         with transaction.atomic():
             AgentStep.objects.filter(pk=step_row.pk).update(
-                error=str(exc), state=AgentStep.State.FAILED if final else AgentStep.State.STARTED
+                error=str(exc),
+                state=AgentStep.State.FAILED if final else AgentStep.State.STARTED,
+                attempts=attempts if final else attempts + 1,
             )
             record(
                 "model.error",
@@ -527,12 +540,60 @@ class _Step:
             # the step record of a failed model call is discarded so a later resume can retry it
             AgentStep.objects.filter(pk=step_row.pk).delete()
             return self.park(Status.FAILED, f"model error after {attempts} attempt(s): {exc}")
-        with transaction.atomic():
-            services.session_update(
-                AgentSession.objects.select_for_update().get(pk=self.session_id),
-                current_activity=_summarize(f"model error, retrying: {exc}", 200),
-            )
+        self._say_activity(_summarize(f"model error, retrying: {exc}", 200), force=True)
         return StepOutcome("retry", retry_in=min(60.0, 2.0**attempts), detail=str(exc))
+
+    def _rate_limited(self, step_row: AgentStep, exc: model_client.ModelError, *, provider: str) -> StepOutcome:
+        """HTTP 429: wait as long as the provider asks (at least a second), on the queue, not in a
+        worker thread; it does not count as a failed attempt. A provider that keeps refusing for
+        MODEL_RATE_LIMIT_WAITS retries in a row fails the session like any persistent error."""
+        waits = step_row.waits + 1
+        wait = exc.retry_after if exc.retry_after is not None else capacity.retry_delay(waits) * 2
+        wait = max(1.0, wait)
+        final = waits > settings.CONTROLROOM["MODEL_RATE_LIMIT_WAITS"]
+        with transaction.atomic():
+            AgentStep.objects.filter(pk=step_row.pk).update(error=str(exc), waits=waits)
+            record(
+                "model.error",
+                session=self.session,
+                agent=True,
+                on_behalf_of=self.grant.delegator,
+                grant=self.grant,
+                payload={
+                    "step": self.number,
+                    "error": str(exc),
+                    "attempt": step_row.attempts,
+                    "transient": True,
+                    "rate_limited": True,
+                    "retry_after_s": exc.retry_after,
+                    "provider": provider,
+                    "final": final,
+                },
+            )
+        if final:
+            AgentStep.objects.filter(pk=step_row.pk).delete()
+            return self.park(Status.FAILED, f"model rate-limited {waits - 1} times in a row by {provider}: {exc}")
+        self._say_activity(
+            f"waiting for model capacity: {provider} answered HTTP 429 (rate limited); retrying in {wait:.0f} s",
+            force=True,
+        )
+        return StepOutcome("retry", retry_in=wait, detail=f"rate limited by {provider}")
+
+    def _wait_for_capacity(self, step_row: AgentStep, activity: str) -> StepOutcome:
+        waits = step_row.waits + 1
+        AgentStep.objects.filter(pk=step_row.pk).update(waits=waits)
+        self._say_activity(activity)
+        return StepOutcome("retry", retry_in=capacity.retry_delay(waits), detail=activity)
+
+    def _say_activity(self, activity: str, *, force: bool = False) -> None:
+        """Show what the session waits for on its tile (broadcast); only when it changes, unless forced."""
+        if not force and self.session.current_activity == activity:
+            return
+        with transaction.atomic():
+            locked = AgentSession.objects.select_for_update().get(pk=self.session_id)
+            if locked.status == Status.RUNNING:
+                services.session_update(locked, locked=True, current_activity=activity[:300])
+        self.session.current_activity = activity[:300]
 
     def _append_transcript(
         self, *, role: str, content: str, tool_calls=None, tool_call_id: str = "", name: str = ""
@@ -913,6 +974,8 @@ class _Step:
             row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.INTENDED, existing)
         self.timings["record"] += time.monotonic() - t0
         t1 = time.monotonic()
+        if row.name == "run_command":
+            _hand_back_connection()  # a command may run for minutes
         with send_if_still_running(self.session_id):
             result = self._run_tool(row, args, grant)
         self.timings["tool"] += time.monotonic() - t1
@@ -1048,7 +1111,9 @@ class _Step:
                     session, locked=True, **changes
                 )  # version + 1: the canvas shows the new counters
             if next_status == Status.RUNNING:
-                enqueue_step_on_commit(session_id=session.pk, step=self.number + 1, priority=session.priority)
+                enqueue_step_on_commit(
+                    session_id=session.pk, step=self.number + 1, priority=session.priority, host=session.worker_host
+                )
             if next_status in (Status.SUCCEEDED, Status.FAILED):
                 transaction.on_commit(lambda: _checkpoint_quietly(self.session_id))
         self.timings["record"] += time.monotonic() - t0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,10 +23,18 @@ from django.conf import settings
 _litellm = None
 
 
+_client_lock = threading.Lock()
+
+
 def _client():
-    """LiteLLM, imported on first use (it takes seconds to import: pages never pay for it)."""
+    """LiteLLM, imported on first use (it takes seconds to import: pages never pay for it). A worker
+    runs many steps in threads: the first caller imports and registers the offline model, once."""
     global _litellm
-    if _litellm is None:
+    if _litellm is not None:
+        return _litellm
+    with _client_lock:
+        if _litellm is not None:
+            return _litellm
         import litellm
 
         from agents.runtime import sim
@@ -37,12 +46,69 @@ def _client():
     return _litellm
 
 
-class ModelError(Exception):
-    """A model call that produced no usable answer. ``transient`` errors are worth retrying."""
+def warm_up() -> None:
+    """Import LiteLLM ahead of the first model call (it takes seconds); never raises."""
+    try:
+        _client()
+    except Exception:  # the first real call will report it
+        pass
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+
+class ModelError(Exception):
+    """A model call that produced no usable answer. ``transient`` errors are worth retrying.
+
+    ``rate_limited``: the provider answered HTTP 429; ``retry_after`` is how long it asked us to wait
+    (seconds, from its ``Retry-After`` / ``retry-after-ms`` header), or None when it did not say.
+    """
+
+    def __init__(
+        self, message: str, *, transient: bool, rate_limited: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.transient = transient
+        self.rate_limited = rate_limited
+        self.retry_after = retry_after
+
+
+MAX_RETRY_AFTER_S = 600.0  # never park a step longer than this on a provider's word (Redis redelivers at 900 s)
+
+
+def retry_after_seconds(headers) -> float | None:
+    """Seconds a ``Retry-After`` (delta-seconds or HTTP date) or ``retry-after-ms`` header asks for."""
+    if headers is None:
+        return None
+    try:
+        millis = headers.get("retry-after-ms")
+        if millis is not None:
+            return min(MAX_RETRY_AFTER_S, max(0.0, float(millis) / 1000))
+        value = headers.get("retry-after")
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - time.time()))
+
+
+def _headers_of(exc: BaseException):
+    for source in (exc, getattr(exc, "__cause__", None), getattr(exc, "__context__", None)):
+        response = getattr(source, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            return headers
+    return None
 
 
 @dataclass
@@ -104,7 +170,11 @@ def complete(
         "messages": messages,
         "tools": tools,
         "timeout": timeout_s or config["MODEL_TIMEOUT_S"],
-        "num_retries": config["MODEL_RETRIES"],
+        # No retries inside the call: LiteLLM's and the OpenAI client's would sleep in this worker
+        # thread (for a 429, as long as the provider asks). The step retries from the queue instead,
+        # with backoff or the provider's Retry-After, holding nothing while it waits.
+        "num_retries": 0,
+        "max_retries": 0,
         "seed": seed,
     }
     if api_base:
@@ -120,6 +190,13 @@ def complete(
     started = time.monotonic()
     try:
         response = litellm.completion(**kwargs)
+    except litellm.exceptions.RateLimitError as exc:
+        raise ModelError(
+            f"{type(exc).__name__}: {str(exc)[:500]}",
+            transient=True,
+            rate_limited=True,
+            retry_after=retry_after_seconds(_headers_of(exc)),
+        ) from None
     except _transient(litellm) as exc:
         raise ModelError(f"{type(exc).__name__}: {str(exc)[:500]}", transient=True) from None
     except litellm.exceptions.APIError as exc:

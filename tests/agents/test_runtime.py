@@ -139,7 +139,6 @@ def test_bad_tool_arguments_become_a_recorded_tool_error(fleet, worktrees_dir):
 
 
 def test_http_500_then_success_is_retried_and_recorded(fleet, worktrees_dir, settings):
-    settings.CONTROLROOM = {**settings.CONTROLROOM, "MODEL_RETRIES": 0}
     with ScriptedModel([{"status": 500}, finish()]) as model:
         session = scripted(fleet, model)
         first = run_step(session.pk, 1, owner="test")
@@ -154,7 +153,6 @@ def test_http_500_then_success_is_retried_and_recorded(fleet, worktrees_dir, set
 def test_a_model_that_keeps_failing_ends_in_a_failed_session_with_a_readable_reason(
     fleet, worktrees_dir, settings, item
 ):
-    settings.CONTROLROOM = {**settings.CONTROLROOM, "MODEL_RETRIES": 0}
     with ScriptedModel([dict(item) for _ in range(6)]) as model:
         session = scripted(fleet, model)
         for _ in range(6):
@@ -169,7 +167,7 @@ def test_a_model_that_keeps_failing_ends_in_a_failed_session_with_a_readable_rea
 
 
 def test_a_model_timeout_is_a_recorded_retry(fleet, worktrees_dir, settings):
-    settings.CONTROLROOM = {**settings.CONTROLROOM, "MODEL_RETRIES": 0, "MODEL_TIMEOUT_S": 1.0}
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "MODEL_TIMEOUT_S": 1.0}
     with ScriptedModel([{"sleep": 3}, finish()]) as model:
         session = scripted(fleet, model)
         assert run_step(session.pk, 1, owner="test").result == "retry"

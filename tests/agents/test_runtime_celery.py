@@ -147,7 +147,7 @@ def test_a_scripted_model_over_real_http_drives_a_session_through_a_worker(fleet
     ]
     with ScriptedModel(script) as model:
         session = _launch_started(fleet, model="openai/scripted", api_base=model.api_base)
-        pool = celery_workers(processes=1, concurrency=1, MODEL_RETRIES=0)
+        pool = celery_workers(processes=1, concurrency=1)
         wait_until(
             lambda: AgentSession.objects.get(pk=session.pk).is_terminal,
             timeout=120,
