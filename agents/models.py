@@ -76,6 +76,12 @@ class PodMembership(models.Model):
 class Repository(models.Model):
     name = models.CharField(max_length=120, unique=True)
     path = models.CharField(max_length=500, help_text="Path of a local git repository.")
+    remote_url = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Where worker hosts with disks of their own (WORKTREE_SOURCE=clone) clone from and push "
+        "session branches to (ssh://…, file://…); the path when empty.",
+    )
     default_branch = models.CharField(max_length=200, default="main")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -166,6 +172,17 @@ class AgentSession(models.Model):
     worktree_path = models.CharField(max_length=500, blank=True)
     worker_host = models.CharField(
         max_length=120, blank=True, help_text="The worker host whose disk holds the worktree (its steps go there)."
+    )
+    pushed_commit = models.CharField(
+        max_length=64, blank=True, help_text="The branch's last commit known to be in the central repository."
+    )
+    pushed_call = models.ForeignKey(
+        "ToolCall",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The git_commit call that made pushed_commit: later edits live only in the worktree.",
     )
 
     model = models.CharField(max_length=200)
@@ -420,11 +437,16 @@ class Escalation(models.Model):
 
 
 class WorkerHost(models.Model):
-    """A machine running Celery workers with its own WORKTREES_DIR. Worker processes beat every few
-    seconds; a host that stops beating for HOST_LOST_AFTER_S is marked lost (audited) and its
-    sessions move to another host, recreating their worktrees from the session branch."""
+    """A machine running Celery workers with its own WORKTREES_DIR (agents/hosts.py). Its worker
+    processes beat every few seconds; one that stops beating for HOST_LOST_AFTER_S is marked lost."""
+
+    class Source(models.TextChoices):
+        DIRECT = "direct", "Worktrees of the central repository (a disk shared with it)"
+        CLONE = "clone", "Worktrees of the host's own clone; branches pushed to the central repository"
 
     name = models.CharField(max_length=120, unique=True)
+    worktree_source = models.CharField(max_length=8, choices=Source.choices, default=Source.DIRECT)
+    worktrees_dir = models.CharField(max_length=500, blank=True)
     first_seen = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)
     lost_at = models.DateTimeField(null=True, blank=True)
@@ -434,10 +456,3 @@ class WorkerHost(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    @classmethod
-    def beat(cls, *, name: str, now) -> None:
-        """The host is alive now (one UPDATE; an INSERT the first time). Coming back after being
-        marked lost only clears ``lost_at``: its sessions have moved on; its old worktrees are swept."""
-        if not cls.objects.filter(name=name).update(last_seen=now, lost_at=None):
-            cls.objects.get_or_create(name=name, defaults={"first_seen": now, "last_seen": now})

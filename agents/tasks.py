@@ -17,7 +17,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from agents import services
+from agents import hosts, services
 from agents.dispatch import enqueue_step_now
 from agents.models import AgentSession, Escalation, Grant, Status
 from agents.runtime.loop import run_step
@@ -72,9 +72,20 @@ def tick() -> dict:
     - wake queued sessions whose grant window has opened (or whose pod's review queue has room);
     - recover stale sessions: running, no live lease, heartbeat older than STALE_AFTER_S (a lost message
       or a dead worker) → enqueue their next step again (the step number makes that harmless);
-    - block sessions whose grant expired while they waited for a human.
+    - block sessions whose grant expired while they waited for a human;
+    - mark worker hosts that stopped beating as lost and move their sessions off them (agents/hosts.py).
     """
     now = timezone.now()
+    # first: a lost host's sessions move to the shared queue (then the stale recovery below sends
+    # their steps there, not to the queue nobody reads any more). The host running this is alive.
+    config = settings.CONTROLROOM
+    hosts.host_beat(
+        name=config["WORKER_HOST"],
+        now=now,
+        worktree_source=config["WORKTREE_SOURCE"],
+        worktrees_dir=str(config["WORKTREES_DIR"]),
+    )
+    lost_hosts = hosts.hosts_mark_lost(now=now)
     stale_before = now - timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
     woken = recovered = 0
     # only sessions a check parked (window not open, review WIP limit): a freshly launched one already
@@ -112,7 +123,7 @@ def tick() -> dict:
             expired += 1
         except Exception:  # one session's trouble must not stop the housekeeping of the others
             logger.exception("could not block session %s after its grant expired", session.pk)
-    return {"woken": woken, "recovered": recovered, "expired": expired}
+    return {"woken": woken, "recovered": recovered, "expired": expired, "lost_hosts": lost_hosts}
 
 
 @shared_task(

@@ -41,9 +41,14 @@ class LoopbackModel:
     rate_limit_first: int = 0  # per conversation: answer this many calls with 429 first
     retry_after_s: float = 2.0
     tool: str = "write_file"  # or "run_command": `echo step-<n> >> runs.log` (each run leaves a line)
+    # or a plan: the tool call of each step in turn ("{n}" in string arguments becomes the step
+    # number), then finish; ``steps`` is then len(plan) + 1
+    plan: list[tuple[str, dict]] | None = None
     calls: list[Call] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.plan is not None:
+            self.steps = len(self.plan) + 1
         self.lock = threading.Lock()
         self._in_flight = 0
         self.max_in_flight = 0
@@ -125,6 +130,11 @@ class LoopbackModel:
             done = sum(1 for m in messages if m.get("role") == "assistant")
             if done + 1 >= self.steps:
                 name, arguments = "finish", {"summary": f"loopback session done after {done + 1} model calls"}
+            elif self.plan is not None:
+                name, template = self.plan[done]
+                arguments = {
+                    k: v.replace("{n}", str(done + 1)) if isinstance(v, str) else v for k, v in template.items()
+                }
             elif self.tool == "run_command":
                 name, arguments = "run_command", {"command": f"echo step-{done + 1} >> runs.log"}
             else:

@@ -248,7 +248,10 @@ CONTROLROOM = {
     "MODEL_RATE_LIMIT_WAITS": env_int("MODEL_RATE_LIMIT_WAITS", 100, minimum=1),
     # where this process runs agent steps: its worktrees live on this host's disk (WORKTREES_DIR)
     "WORKER_HOST": _WORKER_HOST,
-    "HOST_LOST_AFTER_S": env_int("HOST_LOST_AFTER_S", 60, minimum=10),
+    "HOST_LOST_AFTER_S": env_int("HOST_LOST_AFTER_S", 60, minimum=5),
+    # direct: worktrees of the central repository (this host shares its disk: one machine, or an NFS
+    # mount); clone: this host keeps its own clone under WORKTREES_DIR and pushes each commit
+    "WORKTREE_SOURCE": env_str("WORKTREE_SOURCE", "direct"),
     "STALE_AFTER_S": env_int("STALE_AFTER_S", 120, minimum=5),
     "CONTEXT_TOKEN_LIMIT": env_int("CONTEXT_TOKEN_LIMIT", 24000, minimum=1000),
     "STEPS_PER_ITERATION": env_int("STEPS_PER_ITERATION", 30, minimum=2),
@@ -261,6 +264,8 @@ CONTROLROOM = {
     "LIVE_FRAME_MS": env_int("LIVE_FRAME_MS", 30, minimum=0),
     "AUDIT_CHECKPOINT_EVERY_S": env_int("AUDIT_CHECKPOINT_EVERY_S", 300, minimum=10),
 }
+if CONTROLROOM["WORKTREE_SOURCE"] not in {"direct", "clone"}:
+    raise ImproperlyConfigured(f"WORKTREE_SOURCE: expected direct or clone, got {CONTROLROOM['WORKTREE_SOURCE']!r}")
 if CONTROLROOM["SANDBOX"] not in {"auto", "bwrap", "none"}:
     raise ImproperlyConfigured(f"SANDBOX: expected auto, bwrap or none, got {CONTROLROOM['SANDBOX']!r}")
 

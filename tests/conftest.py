@@ -72,17 +72,19 @@ class WorkerPool:
         concurrency: int = 1,
         pool: str = "prefork",
         extra_env: dict | None = None,
+        label: str = "worker",
     ):
         self.procs: list[subprocess.Popen] = []
         self.worktrees, self.processes, self.concurrency, self.pool = worktrees, processes, concurrency, pool
         self.extra_env = extra_env or {}
+        self.label = label
         self.logs: list[Path] = []
 
     def start_one(self, index: int) -> subprocess.Popen:
         env = _db_env()
         env["WORKTREES_DIR"] = str(self.worktrees)
         env.update(self.extra_env)
-        log = self.worktrees.parent / f"worker{index}-{len(self.logs)}.log"
+        log = self.worktrees.parent / f"{self.label}{index}-{len(self.logs)}.log"
         self.logs.append(log)
         proc = subprocess.Popen(
             [
@@ -99,7 +101,7 @@ class WorkerPool:
                 "-c",
                 str(self.concurrency),
                 "-n",
-                f"test{index}-{len(self.logs)}@%h",
+                f"{self.label}{index}-{len(self.logs)}@%h",
                 "--without-mingle",
                 "--without-gossip",
             ],

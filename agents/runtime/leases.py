@@ -60,7 +60,8 @@ class LeaseKeeper:
     # -- the beat -------------------------------------------------------------------------------
     def beat(self) -> None:
         """Renew every lease this process holds, and say the host is alive. One or two statements."""
-        from agents.models import AgentSession, WorkerHost
+        from agents import hosts
+        from agents.models import AgentSession
 
         now = timezone.now()
         owners = list(self.held())
@@ -69,15 +70,24 @@ class LeaseKeeper:
             AgentSession.objects.filter(lease_owner__in=owners[start : start + 500]).update(
                 lease_until=until, heartbeat_at=now
             )
-        WorkerHost.beat(name=settings.CONTROLROOM["WORKER_HOST"], now=now)
+        config = settings.CONTROLROOM
+        hosts.host_beat(
+            name=config["WORKER_HOST"],
+            now=now,
+            worktree_source=config["WORKTREE_SOURCE"],
+            worktrees_dir=str(config["WORKTREES_DIR"]),
+        )
         self.beats += 1
 
     def _run(self) -> None:
         interval = max(1.0, lease_seconds() / 4)
+        first = True
         try:
             while True:
-                self._wake.wait(interval)
-                self._wake.clear()
+                if not first:  # the first beat at once: a (re)started host says so before anything else
+                    self._wake.wait(interval)
+                    self._wake.clear()
+                first = False
                 try:
                     self.beat()
                 except Exception:  # a locked or briefly unreachable database: try again next beat
@@ -88,5 +98,13 @@ class LeaseKeeper:
 
 
 keeper = LeaseKeeper()
+
+
 # a fork taken while another thread held the lock must not leave the child's copy locked forever
-os.register_at_fork(after_in_child=lambda: setattr(keeper, "_lock", threading.Lock()))
+def _after_fork_in_child() -> None:
+    keeper._lock = threading.Lock()
+    keeper._held = {}
+    keeper._thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

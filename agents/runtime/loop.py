@@ -43,7 +43,7 @@ from agents.models import (
     ToolCall,
     TranscriptEntry,
 )
-from agents.runtime import capacity, leases, worktrees
+from agents.runtime import capacity, leases, mirrors, worktrees
 from agents.runtime import model as model_client
 from agents.runtime.authorize import (
     Switches,
@@ -355,25 +355,69 @@ class _Step:
                 services.set_status(locked, Status.RUNNING, reason="", agent=True, current_activity="starting")
             session = self.refresh()
         try:
-            base_commit = worktrees.ensure_worktree(
-                repo_path=Path(session.repository.path),
-                base_branch=session.base_branch,
-                branch=session.branch,
-                worktree_path=Path(session.worktree_path),
-                known_base=session.base_commit or None,
-            )
+            base_commit, worktree_path = self._worktree()
         except worktrees.WorktreeError as exc:
             return self.park(Status.FAILED, f"worktree: {exc}", event="session.error", payload={"error": str(exc)})
         here = settings.CONTROLROOM["WORKER_HOST"]
-        if not session.base_commit or session.worker_host != here:
+        if not session.base_commit or session.worker_host != here or session.worktree_path != worktree_path:
             # this host's disk holds the worktree now: the session's next steps come to its queue
-            AgentSession.objects.filter(pk=self.session_id).update(base_commit=base_commit, worker_host=here)
-            session.base_commit, session.worker_host = base_commit, here
+            AgentSession.objects.filter(pk=self.session_id).update(
+                base_commit=base_commit, worker_host=here, worktree_path=worktree_path
+            )
+            session.base_commit, session.worker_host, session.worktree_path = base_commit, here, worktree_path
         self._maybe_new_iteration()
         record_row, reply_message = self._model_turn()
         if record_row is None:
             return reply_message  # an outcome: retry or failure
         return self._tools_and_finish(record_row, reply_message)
+
+    def _worktree(self) -> tuple[str, str]:
+        """(base commit, worktree path on this host). ``direct``: a worktree of the central repository.
+        ``clone``: a worktree of this host's own clone, under this host's WORKTREES_DIR; a session
+        arriving from elsewhere (its first step, or its host was lost) first fetches the base branch
+        and its own branch as last pushed (agents/runtime/mirrors.py)."""
+        session, config = self.session, settings.CONTROLROOM
+        repository = session.repository
+        if config["WORKTREE_SOURCE"] != "clone":
+            base = worktrees.ensure_worktree(
+                repo_path=Path(repository.path),
+                base_branch=session.base_branch,
+                branch=session.branch,
+                worktree_path=Path(session.worktree_path),
+                known_base=session.base_commit or None,
+            )
+            return base, session.worktree_path
+        mirror = mirrors.mirror_dir(
+            worktrees_dir=Path(config["WORKTREES_DIR"]), repository_id=repository.pk, name=repository.name
+        )
+        worktree_path = Path(config["WORKTREES_DIR"]) / Path(session.worktree_path).name
+        arriving = session.worker_host != config["WORKER_HOST"] or str(worktree_path) != session.worktree_path
+        if arriving or not (mirror / "HEAD").is_file():
+            mirrors.prepare(
+                url=mirrors.source_url(path=repository.path, remote_url=repository.remote_url),
+                mirror=mirror,
+                base_branch=session.base_branch,
+                branch=session.branch,
+            )
+        base = worktrees.ensure_worktree(
+            repo_path=mirror,
+            base_branch=session.base_branch,
+            branch=session.branch,
+            worktree_path=worktree_path,
+            known_base=session.base_commit or None,
+        )
+        return base, str(worktree_path)
+
+    def _push(self) -> tuple[str | None, str]:
+        """After a commit: (pushed sha, "") or (None, why not). ``direct`` worktrees commit into the
+        central repository itself; ``clone`` worktrees push the branch there (outside any transaction)."""
+        if settings.CONTROLROOM["WORKTREE_SOURCE"] != "clone":
+            return None, ""
+        try:
+            return mirrors.push(worktree=Path(self.session.worktree_path), branch=self.session.branch), ""
+        except worktrees.WorktreeError as exc:
+            logger.warning("session %s: push failed: %s", self.session_id, exc)
+            return None, str(exc)
 
     def _expire(self, grant: Grant) -> StepOutcome:
         reason = services.session_block_expired(session=self.session)
@@ -1006,6 +1050,7 @@ class _Step:
 
     def _record_result(self, row: ToolCall, args: dict, grant: Grant, result, provenance: str):
         t2 = time.monotonic()
+        pushed, push_error = self._push() if "sha" in result.data else (None, "")
         with transaction.atomic():
             outcome = dict(
                 state=ToolCall.State.DONE if result.ok else ToolCall.State.ERROR,
@@ -1030,6 +1075,8 @@ class _Step:
             if "handoff" in result.data:
                 session_changes["handoff"] = result.data["handoff"]
             if "sha" in result.data:
+                direct = settings.CONTROLROOM["WORKTREE_SOURCE"] != "clone"
+                in_central = direct or pushed is not None
                 record(
                     "git.commit",
                     session=self.session,
@@ -1040,8 +1087,22 @@ class _Step:
                         "sha": result.data["sha"],
                         "message": args.get("message", ""),
                         "branch": self.session.branch,
+                        "host": settings.CONTROLROOM["WORKER_HOST"],
+                        "in_central_repository": in_central,
                     },
                 )
+                if in_central:
+                    # what a lost host cannot take with it (agents/hosts.py: later edits are reported lost)
+                    session_changes.update(pushed_commit=pushed or result.data["sha"], pushed_call=row)
+                else:
+                    record(
+                        "git.push_failed",
+                        session=self.session,
+                        agent=True,
+                        on_behalf_of=grant.delegator,
+                        grant=grant,
+                        payload={"sha": result.data["sha"], "branch": self.session.branch, "error": push_error},
+                    )
             if (
                 row.name == "run_command"
                 and result.exit_code is not None
