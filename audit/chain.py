@@ -38,7 +38,7 @@ from django.db import connections, transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from reviews.audit import (
+from audit.log import (
     BODY_TEMPLATE,
     CANONICAL_JSON,
     GENESIS,
@@ -48,7 +48,7 @@ from reviews.audit import (
     json_string,
     session_chain,
 )
-from reviews.models import AuditEvent, ChainHead, Checkpoint
+from audit.models import AuditEvent, ChainHead, Checkpoint
 
 MODIFIED = "modified"
 MISSING = "missing"
