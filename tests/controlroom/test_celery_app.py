@@ -39,3 +39,16 @@ def test_another_thread_sends_through_the_project_app_even_if_a_fallback_app_was
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "project"
+
+
+def test_every_beat_entry_names_a_task_that_workers_register():
+    """Beat sends tasks by name: a renamed or moved task must still be found by the workers, which
+    import CELERY_IMPORTS and every installed app's ``tasks`` module."""
+    from django.conf import settings
+
+    from controlroom.celery import app
+
+    app.loader.import_default_modules()
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert scheduled == {"agents.tasks.tick", "audit.tasks.audit_checkpoint", "reviews.tasks.cleanup_worktrees"}
+    assert scheduled <= set(app.tasks)
