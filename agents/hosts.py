@@ -23,7 +23,7 @@ from django.utils import timezone
 from agents.dispatch import enqueue_step_on_commit
 from agents.events import send_on_commit
 from agents.models import TERMINAL_STATUSES, AgentSession, Status, ToolCall, WorkerHost
-from reviews.audit import record
+from audit.log import record
 
 logger = logging.getLogger(__name__)
 

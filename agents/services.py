@@ -1,5 +1,5 @@
 """Writes. Every state change of the fleet goes through a function here: keyword-only, atomic,
-and it writes its audit event in the same transaction (``reviews.audit.record``). Live updates
+and it writes its audit event in the same transaction (``audit.log.record``). Live updates
 and step enqueues happen after commit.
 """
 
@@ -35,7 +35,7 @@ from agents.models import (
     User,
 )
 from agents.selectors import active_grant
-from reviews.audit import record
+from audit.log import record
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from agents.errors import validation_text
 from agents.forms import MODE_HELP, RULE_LISTS, EscalationDecisionForm, GrantForm, RevokeForm, rule_errors, rule_lines
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, TranscriptEntry, User
 from agents.runtime.sandbox import sandbox_available
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 
 
 def _visible_session_or_404(request: HttpRequest, session_id: int) -> AgentSession:

@@ -29,12 +29,14 @@ SIZES = {
         "step": ["--sessions", "2", "--fleet", "0", "--memory-steps", "0"],
         "pages": ["--sessions", "20", "--big", "40", "--events", "2000", "--repeats", "2"],
         "live": ["--sessions", "20", "--updates", "40", "--pages", "1", "--rate", "100", "--viewers", "2"],
+        "fleet": ["--sessions", "4", "--latency", "0.5", "--steps", "2"],
     },
     "full": {
         "audit": ["--events", "20000", "--verify-events", "1000000", "--repeats", "3"],
         "step": ["--sessions", "20", "--fleet", "100", "--workers", "2"],
         "pages": ["--sessions", "100", "--big", "1000", "--events", "100000", "--repeats", "10"],
         "live": ["--sessions", "100", "--updates", "2000", "--pages", "20", "--rate", "100", "--big"],
+        "fleet": ["--sessions", "100", "--latency", "5", "--steps", "4"],
     },
 }
 MODULES = {
@@ -42,6 +44,7 @@ MODULES = {
     "step": "bench.step_bench",
     "pages": "bench.pages_bench",
     "live": "bench.live_bench",
+    "fleet": "bench.fleet_bench",
 }
 
 
@@ -110,6 +113,8 @@ def main() -> int:
     try:
         for name in selected:
             rows += run_one(name, sizes[name], env=base_env)
+        if "fleet" in selected and not args.no_postgres:
+            rows += run_one("fleet", [*sizes["fleet"], "--db", "postgres"], env=base_env)  # its own cluster
         if "audit" in selected and not args.no_postgres:
             from controlroom.localpg import start_local_postgres
 

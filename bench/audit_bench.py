@@ -1,7 +1,7 @@
 """Audit append throughput (single writer and 8 concurrent writers) and verification speed.
 
 Runs in its own process against the database named by DATABASE_URL (the orchestrator sets it).
-Every append goes through ``reviews.audit.record`` — the project's own path, chain included —
+Every append goes through ``audit.log.record`` — the project's own path, chain included —
 each in its own transaction, as the runtime does.
 """
 
@@ -34,7 +34,7 @@ class FakeSession:
 def _append(count: int, *, base: int, sessions: int = 100) -> list[float]:
     from django.db import transaction
 
-    from reviews.audit import record
+    from audit.log import record
 
     latencies = []
     for index in range(count):
@@ -101,8 +101,8 @@ def _bulk_fill(total: int) -> None:
     """Fill the log quickly through record() with many events per transaction (setup, not measured)."""
     from django.db import transaction
 
-    from reviews.audit import record
-    from reviews.models import AuditEvent
+    from audit.log import record
+    from audit.models import AuditEvent
 
     have = AuditEvent.objects.count()
     batch = 5_000
@@ -125,8 +125,8 @@ def _bulk_fill(total: int) -> None:
 
 
 def bench_verify(*, db: str, events: int, repeats: int) -> None:
-    from reviews.chain import PARALLEL_MIN_EVENTS, checkpoint_create, verify_log
-    from reviews.models import AuditEvent
+    from audit.chain import PARALLEL_MIN_EVENTS, checkpoint_create, verify_log
+    from audit.models import AuditEvent
 
     log(f"verify: filling the log to {events:,} events on {db}")
     _bulk_fill(events)

@@ -123,6 +123,10 @@ def run(*, sessions: int, latency: float, steps: int, database_url: str, label: 
     )
     try:
         _wait_healthy(port, launcher)
+        # this process talks to what bin/start runs: its DATA_DIR, its private Redis (settings read
+        # DATA_DIR/run/redis.url when REDIS_URL is unset) and its database
+        os.environ.pop("REDIS_URL", None)
+        os.environ.pop("DATABASE_URL", None)
         os.environ.update(DATA_DIR=str(data_dir))
         if database_url:
             os.environ["DATABASE_URL"] = database_url

@@ -34,8 +34,8 @@ def _fill_events(total: int) -> None:
     from django.db import transaction
 
     from agents.models import AgentSession
-    from reviews.audit import record
-    from reviews.models import AuditEvent
+    from audit.log import record
+    from audit.models import AuditEvent
 
     sessions = list(AgentSession.objects.select_related("sto").all())
     rng = random.Random(7)

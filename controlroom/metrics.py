@@ -51,7 +51,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import AgentSession, Escalation, Pod, Status, TaskType
-from reviews.models import AuditEvent, Review
+from audit.models import AuditEvent
+from reviews.models import Review
 
 SMALL_SAMPLE = 20
 REVERT_HORIZON = timedelta(days=14)

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "template_partials",
+    "audit",
     "reviews",
     "agents",
     "controlroom",
@@ -315,7 +316,7 @@ CELERY_BEAT_SCHEDULE = {
     "cleanup-worktrees": {"task": "reviews.tasks.cleanup_worktrees", "schedule": 3600.0},
     "agents-tick": {"task": "agents.tasks.tick", "schedule": float(env_int("TICK_EVERY_S", 5, minimum=1))},
     "audit-checkpoint": {
-        "task": "reviews.tasks.audit_checkpoint",
+        "task": "audit.tasks.audit_checkpoint",
         "schedule": float(CONTROLROOM["AUDIT_CHECKPOINT_EVERY_S"]),
     },
 }

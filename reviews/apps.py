@@ -3,5 +3,5 @@ from django.apps import AppConfig
 
 class ReviewsConfig(AppConfig):
     name = "reviews"
-    verbose_name = "Audit and reviews"
+    verbose_name = "Reviews"
     default_auto_field = "django.db.models.BigAutoField"

@@ -21,7 +21,7 @@ from django.utils.text import Truncator
 from agents.authority import NotAllowed
 from agents.events import send_on_commit
 from agents.models import AgentSession, User
-from reviews.audit import record
+from audit.log import record
 
 VERDICTS = ("accepted", "disowned")
 REASON_MAX = AgentSession._meta.get_field("attestation_reason").max_length

@@ -196,7 +196,7 @@ def audit_explorer(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def audit_event(request: HttpRequest, event_id: int) -> HttpResponse:
-    from reviews.models import AuditEvent
+    from audit.models import AuditEvent
 
     event = overnight.event_visible_to(user=request.user, event_id=event_id)
     if event is None:

@@ -47,9 +47,9 @@ from django.utils import timezone
 
 from agents.models import AgentSession, Escalation, Grant, Pod, Repository, Status, User
 from agents.selectors import sees_everything, sessions_visible_to
+from audit.log import event_fields, event_hash
+from audit.models import AuditEvent, Checkpoint
 from reviews import git_ops
-from reviews.audit import event_fields, event_hash
-from reviews.models import AuditEvent, Checkpoint
 
 # -- windows -------------------------------------------------------------------------------------
 

@@ -38,8 +38,9 @@ from agents.models import AgentSession, Escalation, Pod, ReviewState, Status, To
 from agents.runtime import worktrees
 from agents.selectors import pods_visible_to, sessions_visible_to
 from agents.tools.executor import HANDOFF_FILE
+from audit.models import AuditEvent
 from reviews import git_ops
-from reviews.models import AuditEvent, Review
+from reviews.models import Review
 
 WIP_REASON_PREFIX = "review WIP limit"
 

@@ -1,6 +1,6 @@
 """Review decisions on agent output: approve and merge, request changes, reject, revert; and the
 disk hygiene of worktrees. This layer sits above ``agents``: it calls agents' services and
-runtime (worktrees, a fresh iteration, the step queue) and writes through ``reviews.audit``.
+runtime (worktrees, a fresh iteration, the step queue) and writes through ``audit.log``.
 
 Who decides: the session's STO, the lead of its pod or a manager
 (``agents.authority.refuse_session_control``), never an agent. A refused attempt is recorded
@@ -40,8 +40,8 @@ from agents.runtime import worktrees
 from agents.runtime.authorize import budget_exhausted
 from agents.runtime.loop import start_iteration
 from agents.selectors import active_grant
+from audit.log import record
 from reviews import git_ops
-from reviews.audit import record
 from reviews.models import Review
 from reviews.selectors import STOPPED_STATUSES, approval_of
 

@@ -168,11 +168,10 @@ def celery_workers(worktrees_dir, transactional_db):
 def _audit_triggers_step_aside_for_test_flushes():
     """Transactional tests empty every table with a flush; the audit log's append-only triggers
     would refuse it. Only here, in tests, the flush drops and reinstalls them around itself."""
-    import importlib
-
     from django.db.backends.base.operations import BaseDatabaseOperations
 
-    triggers = importlib.import_module("reviews.migrations.0002_audit_append_only")
+    from audit import triggers
+
     original = BaseDatabaseOperations.execute_sql_flush
 
     def execute_sql_flush(self, sql_list):

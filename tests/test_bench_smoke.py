@@ -37,5 +37,6 @@ def test_every_benchmark_runs_in_smoke_mode_and_prints_its_rows():
         "first paint",
         "live status→DOM",
         "live status→socket",
+        "fleet",
     ):
         assert f"| {bench} |" in table, (bench, table, proc.stderr[-3000:])

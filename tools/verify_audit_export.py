@@ -114,7 +114,7 @@ class Ev:
 
 
 def classify(chain: str, anchor: Ev | None, events: list) -> Break:
-    """Why events[0], the first event that fails, fails (same rules as reviews/chain.py)."""
+    """Why events[0], the first event that fails, fails (same rules as audit/chain.py)."""
     e = events[0]
     p_seq = anchor.seq if anchor else 0
     p_hash = anchor.hash if anchor else GENESIS

@@ -54,7 +54,7 @@ from agents.runtime.authorize import (
 from agents.runtime.leases import lease_seconds
 from agents.runtime.prepared import PreparedValues
 from agents.selectors import active_grants, awaiting_review_count, standing_approvals_q
-from reviews.audit import record
+from audit.log import record
 
 logger = logging.getLogger(__name__)
 
@@ -1182,7 +1182,7 @@ class _Step:
 
 
 def _checkpoint_quietly(session_id: int) -> None:
-    from reviews.chain import checkpoint_create
+    from audit.chain import checkpoint_create
 
     try:
         with transaction.atomic():

@@ -10,7 +10,7 @@ from django.db import transaction
 from agents import services
 from agents.authority import NotAllowed
 from agents.models import AgentSession, Escalation, Grant, Status
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

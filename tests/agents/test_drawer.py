@@ -16,8 +16,8 @@ from agents.runtime.loop import append_transcript
 from agents.runtime.worktrees import ensure_worktree
 from agents.selectors import active_grant
 from agents.views import AUDIT_PAGE, TRANSCRIPT_PAGE
-from reviews.audit import record
-from reviews.models import AuditEvent
+from audit.log import record
+from audit.models import AuditEvent
 from tests.personas import PASSWORD
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ from django.db import transaction
 from agents import services
 from agents.models import Escalation, Status, ToolCall
 from agents.selectors import active_grant
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 from tests.personas import PASSWORD
 
 HTMX = {"HTTP_HX_REQUEST": "true"}

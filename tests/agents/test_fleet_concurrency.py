@@ -17,8 +17,8 @@ from agents import services
 from agents.dispatch import enqueue_step_on_commit
 from agents.models import AgentSession, Status, ToolCall
 from agents.tasks import tick
+from audit.models import AuditEvent
 from bench.loopback_model import LoopbackModel
-from reviews.models import AuditEvent
 from tests.agents.test_runtime import launch
 from tests.conftest import wait_until
 

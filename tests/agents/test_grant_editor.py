@@ -12,7 +12,7 @@ from django.utils import timezone
 from agents import services
 from agents.models import Grant
 from agents.selectors import active_grant
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 from tests.personas import PASSWORD
 
 pytestmark = pytest.mark.django_db

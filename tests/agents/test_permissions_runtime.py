@@ -16,7 +16,7 @@ from agents import services, tools
 from agents.authority import NotAllowed
 from agents.models import AgentSession, Escalation, Status, ToolCall
 from agents.runtime.loop import run_step
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 from tests.agents.test_runtime import drive, scripted
 from tests.scripted_model import ScriptedModel, calls, finish
 

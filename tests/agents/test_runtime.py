@@ -13,7 +13,7 @@ import pytest
 from agents import services
 from agents.models import AgentSession, AgentStep, Status, ToolCall, TranscriptEntry
 from agents.runtime.loop import run_step
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 from tests.scripted_model import ScriptedModel, calls, finish
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,7 +16,7 @@ from agents import services
 from agents.dispatch import enqueue_step_on_commit
 from agents.models import AgentSession, AgentStep, Status, ToolCall
 from agents.tasks import tick
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 from tests.agents.test_runtime import launch
 from tests.conftest import wait_until
 from tests.scripted_model import ScriptedModel, calls, finish

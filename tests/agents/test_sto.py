@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from agents import services
 from agents.authority import NotAllowed
 from agents.models import AgentSession
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 from tests.personas import PASSWORD
 
 pytestmark = pytest.mark.django_db

@@ -15,8 +15,8 @@ from agents import hosts, services
 from agents.dispatch import enqueue_step_on_commit
 from agents.models import AgentSession, AgentStep, Status, ToolCall, WorkerHost
 from agents.tasks import tick
+from audit.models import AuditEvent
 from bench.loopback_model import LoopbackModel
-from reviews.models import AuditEvent
 from tests.agents.test_runtime import launch
 from tests.conftest import WorkerPool, wait_until
 

@@ -16,8 +16,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from agents import services
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, Status
 from agents.selectors import active_grant
+from audit.models import AuditEvent
 from controlroom.dashboard_views import CSV_TABLES
-from reviews.models import AuditEvent, Review
+from reviews.models import Review
 from tests.controlroom.test_metrics import NOW, build_fleet
 from tests.personas import PASSWORD
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from agents import dispatch
 from agents.models import AgentSession, Grant, Status
-from reviews.models import AuditEvent
+from audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

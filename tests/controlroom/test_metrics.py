@@ -70,9 +70,9 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, Repository, Status, User
+from audit.log import record
 from controlroom import metrics
 from controlroom.metrics import Scope, fleet_metrics, percentile, wilson_interval, window_between, window_last
-from reviews.audit import record
 from reviews.models import Review
 from tests.personas import make_user
 

@@ -11,8 +11,8 @@ from django.urls import reverse
 
 from agents.authority import NotAllowed
 from agents.models import AgentSession, Status
+from audit.models import AuditEvent
 from reviews.attest import session_attest
-from reviews.models import AuditEvent
 from tests.reviews.test_digest import launch, login, status
 
 

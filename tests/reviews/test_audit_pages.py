@@ -14,9 +14,9 @@ from django.db import transaction
 from django.urls import reverse
 
 from agents.models import Status
+from audit.log import record
+from audit.models import AuditEvent
 from reviews import digest as overnight
-from reviews.audit import record
-from reviews.models import AuditEvent
 from tests.reviews.test_digest import Night, build_night, login, window_params
 
 

@@ -2,7 +2,7 @@
 a known night, sessions needing a decision first, and a page that renders it.
 
 The "demo night" is built with the real services (launch, status changes, escalation decisions)
-and ``reviews.audit.record`` for what the runtime writes (model calls, tool calls, commits, tests),
+and ``audit.log.record`` for what the runtime writes (model calls, tool calls, commits, tests),
 so every number below is the arithmetic of the fixture. Other test files import its builders.
 """
 
@@ -22,9 +22,9 @@ from django.utils import timezone
 from agents import services
 from agents.models import AgentSession, Escalation, Status
 from agents.selectors import active_grant
+from audit.log import record
+from audit.models import AuditEvent
 from reviews import digest as overnight
-from reviews.audit import record
-from reviews.models import AuditEvent
 from tests.personas import PASSWORD
 
 # -- builders of a known night --------------------------------------------------------------------

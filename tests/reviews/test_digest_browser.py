@@ -7,7 +7,7 @@ The night is simulated on a clock that starts 13 hours ago (``django.utils.timez
 replaced while the night is built, so every row and audit event carries its night-time): seed_demo
 launches 100 sessions at dusk, a handful run to completion in-process with the real runtime and
 the offline model (real git, real tools), and the rest get a cheap but plausible night of audit
-events through the services and ``reviews.audit.record``.
+events through the services and ``audit.log.record``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from django.utils import timezone
 from agents import services
 from agents.models import AgentSession, Escalation, Grant, Status, User
 from agents.selectors import active_grant
-from reviews.audit import record
+from audit.log import record
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -16,8 +16,9 @@ from agents import authority
 from agents import services as agent_services
 from agents.models import AgentSession, AgentStep, ReviewState, Status, ToolCall, TranscriptEntry
 from agents.runtime.worktrees import ensure_worktree, remove_worktree
+from audit.models import AuditEvent
 from reviews import selectors, services
-from reviews.models import AuditEvent, Review
+from reviews.models import Review
 from tests.personas import PASSWORD
 from tests.scripted_model import ScriptedModel, calls, finish
 

@@ -14,9 +14,9 @@ from django.utils import timezone
 from agents import services as agent_services
 from agents.models import AgentSession, AgentStep, Escalation, Status, ToolCall
 from agents.runtime.loop import run_step
+from audit.log import record
+from audit.models import AuditEvent
 from reviews import selectors, services
-from reviews.audit import record
-from reviews.models import AuditEvent
 from tests.reviews.test_review_decisions import agent_commit, git, login, make_session
 
 HTMX = {"HTTP_HX_REQUEST": "true"}

@@ -15,8 +15,7 @@ from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.test import override_settings
 
-from reviews.audit import event_fields, event_hash, record
-from reviews.chain import (
+from audit.chain import (
     BAD_SIGNATURE,
     FORGED,
     MISSING,
@@ -28,8 +27,9 @@ from reviews.chain import (
     checkpoint_if_changed,
     verify_log,
 )
-from reviews.models import AuditEvent, Checkpoint
-from tests.reviews.test_audit_chain import Sess, attacker_sql, json_param, make_log
+from audit.log import event_fields, event_hash, record
+from audit.models import AuditEvent, Checkpoint
+from tests.audit.test_audit_chain import Sess, attacker_sql, json_param, make_log
 
 pytestmark = pytest.mark.django_db
 
@@ -345,7 +345,7 @@ def test_checkpoint_export_appends_only_new_checkpoints(tmp_path):
 
 
 def test_the_periodic_task_signs_what_moved_and_keeps_the_file(tmp_path):
-    from reviews.tasks import audit_checkpoint
+    from audit.tasks import audit_checkpoint
 
     with override_settings(DATA_DIR=tmp_path):
         make_log(sessions=1, per_session=2)
@@ -398,7 +398,7 @@ def test_audit_verify_exits_2_when_it_cannot_verify():
 def test_audit_verify_exits_2_when_the_database_cannot_be_read(monkeypatch):
     from django.db import OperationalError
 
-    from reviews import chain
+    from audit import chain
 
     def unreachable():
         raise OperationalError("could not connect to server")
@@ -486,7 +486,7 @@ class Forks:
 
 @pytest.fixture
 def forks(monkeypatch, tmp_path) -> Forks:
-    from reviews import chain
+    from audit import chain
 
     monkeypatch.setattr(chain, "PARALLEL_MIN_EVENTS", 1)  # any log is big enough to fork for
     recorder = Forks(tmp_path / "runs.txt")
@@ -634,7 +634,7 @@ def test_inside_a_transaction_verification_stays_in_this_process(forks):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_small_log_is_verified_in_this_process(forks, monkeypatch):
-    from reviews import chain
+    from audit import chain
 
     big_log()
     monkeypatch.setattr(chain, "PARALLEL_MIN_EVENTS", 603)
@@ -647,7 +647,7 @@ def test_a_small_log_is_verified_in_this_process(forks, monkeypatch):
 
 @pytest.mark.django_db(transaction=True)
 def test_when_forking_fails_verification_falls_back_to_this_process(forks, monkeypatch):
-    from reviews import chain
+    from audit import chain
 
     log = big_log()
     attacker_sql("UPDATE reviews_auditevent SET kind = 'x' WHERE id = %s", [log["s:9"][2].pk])
@@ -662,7 +662,7 @@ def test_when_forking_fails_verification_falls_back_to_this_process(forks, monke
 
 
 def test_chain_ranges_cover_every_name_and_balance_the_events():
-    from reviews.chain import _chain_ranges
+    from audit.chain import _chain_ranges
 
     sizes = [("a", 10), ("b", 10), ("c", 10), ("d", 10)]
     assert _chain_ranges(sizes, 2) == [(None, "c"), ("c", None)]

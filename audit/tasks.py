@@ -1,15 +1,15 @@
-"""Celery tasks of the reviews app: thin adapters over services."""
+"""Celery tasks of the audit app: thin adapters over the chain code (audit/chain.py)."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.db import OperationalError
 
-from reviews.chain import checkpoint_export, checkpoint_if_changed
+from audit.chain import checkpoint_export, checkpoint_if_changed
 
 
 @shared_task(
-    name="reviews.tasks.audit_checkpoint",
+    name="audit.tasks.audit_checkpoint",
     acks_late=True,
     reject_on_worker_lost=True,  # idempotent: a rerun signs nothing new
     autoretry_for=(OperationalError,),

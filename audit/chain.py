@@ -38,7 +38,7 @@ from django.db import connections, transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from reviews.audit import (
+from audit.log import (
     BODY_TEMPLATE,
     CANONICAL_JSON,
     GENESIS,
@@ -48,7 +48,7 @@ from reviews.audit import (
     json_string,
     session_chain,
 )
-from reviews.models import AuditEvent, ChainHead, Checkpoint
+from audit.models import AuditEvent, ChainHead, Checkpoint
 
 MODIFIED = "modified"
 MISSING = "missing"
@@ -276,7 +276,7 @@ def _payload_text(row: tuple) -> str:
 
 
 def _digest(row: tuple, payload_json: str) -> str:
-    """sha256(prev_hash + "\n" + canonical body) of a row: audit.canonical_text inlined (hot loop)."""
+    """sha256(prev_hash + "\n" + canonical body) of a row: audit.log.canonical_text inlined (hot loop)."""
     when = row[_TIME]
     if when.__class__ is str and len(when) == 27 and when[26] == "Z":
         pass  # PostgreSQL's to_char: already the hashed form

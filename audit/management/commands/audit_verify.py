@@ -16,8 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from reviews.audit import session_chain
-from reviews.chain import verify_log
+from audit.chain import verify_log
+from audit.log import session_chain
 
 
 def default_workers() -> int:

@@ -5,7 +5,6 @@ Also home of the helpers the other audit test modules import.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
@@ -17,7 +16,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from reviews.audit import (
+from audit import triggers
+from audit.chain import verify_log
+from audit.log import (
     GENESIS,
     SYSTEM_CHAIN,
     canonical_body,
@@ -26,13 +27,9 @@ from reviews.audit import (
     event_hash,
     record,
 )
-from reviews.chain import verify_log
-from reviews.models import AuditEvent, ChainHead, Checkpoint
+from audit.models import AuditEvent, ChainHead, Checkpoint
 
-triggers = importlib.import_module("reviews.migrations.0002_audit_append_only")
-
-
-# --- helpers shared by tests/reviews/test_audit_*.py -----------------------------------------
+# --- helpers shared by tests/audit/test_audit_*.py -----------------------------------------
 
 
 @dataclass
@@ -246,7 +243,7 @@ def _raw(sql: str, params: list) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_the_database_refuses_to_update_or_delete_audit_events_and_checkpoints():
     make_log(sessions=1, per_session=3, system=0)
-    from reviews.chain import checkpoint_create
+    from audit.chain import checkpoint_create
 
     checkpoint = checkpoint_create(reason="test")
     event = AuditEvent.objects.first()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from reviews.chain import export_log
+from audit.chain import export_log
 
 
 def _parse_since(value: str) -> datetime:

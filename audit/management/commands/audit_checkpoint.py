@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from reviews.chain import checkpoint_create, checkpoint_export, default_checkpoint_file
+from audit.chain import checkpoint_create, checkpoint_export, default_checkpoint_file
 
 
 class Command(BaseCommand):

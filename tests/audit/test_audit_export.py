@@ -16,10 +16,10 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import transaction
 
-from reviews.audit import canonical_body, event_fields, event_hash, record
-from reviews.chain import checkpoint_create
-from reviews.models import AuditEvent
-from tests.reviews.test_audit_chain import Sess, make_log
+from audit.chain import checkpoint_create
+from audit.log import canonical_body, event_fields, event_hash, record
+from audit.models import AuditEvent
+from tests.audit.test_audit_chain import Sess, make_log
 
 pytestmark = pytest.mark.django_db
 
@@ -252,7 +252,7 @@ def test_the_standalone_hash_is_the_projects_hash(night, monkeypatch):
 
 
 def test_the_checkpoint_file_kept_outside_the_database_catches_an_export_cut_with_its_checkpoints(night):
-    from reviews.chain import checkpoint_export
+    from audit.chain import checkpoint_export
 
     kept = night / "checkpoints.jsonl"
     checkpoint_export(kept)

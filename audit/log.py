@@ -16,7 +16,7 @@ Hash of an event (docs/AUDIT.md, "The hash"):
 event, move the head) instead of the ORM's query building: it runs inside every agent step and
 every human action, so its cost is the log's throughput.
 
-This module is the bottom layer: it imports nothing from ``agents``.
+The ``audit`` app is the bottom layer: it imports nothing from ``agents``, ``reviews`` or ``controlroom``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from django.db import connection as default_connection
 from django.utils import timezone
 
-from reviews.models import AuditEvent, ChainHead
+from audit.models import AuditEvent, ChainHead
 
 GENESIS = "0" * 64
 SYSTEM_CHAIN = "system"
@@ -150,7 +150,7 @@ def event_hash(prev_hash: str, fields: dict) -> str:
 
 
 # The canonical body written out directly, keys already in sorted order. It must stay
-# byte-identical to canonical_body() (tests/reviews/test_audit_chain.py checks it on random
+# byte-identical to canonical_body() (tests/audit/test_audit_chain.py checks it on random
 # events); it exists because json.dumps(sort_keys=True) on a dict is the verifier's hot spot.
 BODY_TEMPLATE = (
     '{"actor_label":%s,"actor_session_id":%s,"actor_type":%s,"actor_user_id":%s,"chain":%s,'
