@@ -171,7 +171,7 @@ def run(*, sessions: int, latency: float, steps: int, database_url: str, label: 
         locked = 0
         for path in (data_dir / "logs").glob("*.log"):
             locked += path.read_text(errors="replace").count("database is locked")
-        case = f"{sessions} sessions × {steps} calls × {latency:g} s, bin/start defaults [{label}]"
+        case = f"{sessions} sessions × {steps} calls × {latency:g} s, bin/start {' '.join(start_args) or 'defaults'} [{label}]"
         Row(
             "fleet",
             f"{case}: peak calls in flight",
