@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agents import gitcli
 from agents.runtime import worktrees
 from agents.runtime.worktrees import (
     WorktreeError,
@@ -142,7 +143,7 @@ def test_a_known_base_reuses_a_healthy_worktree_without_starting_git(repo: Path,
     def no_git(*args, **kwargs):
         raise AssertionError(f"git started: {args}")
 
-    monkeypatch.setattr(worktrees, "_run", no_git)
+    monkeypatch.setattr(gitcli, "_spawn", no_git)  # where every git process starts
     monkeypatch.setattr(worktrees, "_open_repo", no_git)
     assert (
         ensure_worktree(
