@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -550,6 +551,22 @@ class _BaseMoved(Exception):
     pass
 
 
+def _apply(
+    scratch: Path, argv: list[str], *, author: tuple[str, str], what: str, conflict: Callable[[list[str]], str]
+) -> None:
+    """Run a merge or revert (``argv``) in a scratch worktree. On failure it is aborted, and the error
+    is ``Conflict(conflict(files))`` when files conflict, ``GitOpsError("<what>: ...")`` otherwise."""
+    result = _call(scratch, *argv, timeout_s=MERGE_TIMEOUT_S, env=_identity_env(author), config=MERGE_CONFIG)
+    if result.ok:
+        return
+    files = _unmerged(scratch)
+    with contextlib.suppress(GitOpsError):  # the scratch worktree is removed anyway
+        _call(scratch, argv[0], "--abort")
+    if files:
+        raise Conflict(conflict(files), files=files)
+    raise result.error(what, GitOpsError)
+
+
 # -- merge ---------------------------------------------------------------------------------------
 
 
@@ -616,28 +633,13 @@ def _merge_commit(
     scratch_dir: Path,
 ) -> str:
     with _Scratch(repo_path, base, scratch_dir) as scratch:
-        result = _call(
+        _apply(
             scratch,
-            "merge",
-            "--no-ff",
-            "--no-edit",
-            "--no-log",
-            "-m",
-            message,
-            tip,
-            timeout_s=MERGE_TIMEOUT_S,
-            env=_identity_env(author),
-            config=MERGE_CONFIG,
+            ["merge", "--no-ff", "--no-edit", "--no-log", "-m", message, tip],
+            author=author,
+            what=f"merging {branch} into {base_branch}",
+            conflict=lambda files: f"{branch} conflicts with {base_branch} in {len(files)} file(s): {', '.join(files)}",
         )
-        if not result.ok:
-            files = _unmerged(scratch)
-            with contextlib.suppress(GitOpsError):  # the scratch worktree is removed anyway
-                _call(scratch, "merge", "--abort")
-            if files:
-                raise Conflict(
-                    f"{branch} conflicts with {base_branch} in {len(files)} file(s): {', '.join(files)}", files=files
-                )
-            raise result.error(f"merging {branch} into {base_branch}", GitOpsError)
         return run(scratch, "rev-parse", "HEAD", what="reading the merge commit").strip()
 
 
@@ -684,18 +686,16 @@ def revert_merge(
                 if method == "merge"
                 else ["revert", "--no-commit", f"{before}..{after}"]
             )
-            result = _call(scratch, *argv, timeout_s=MERGE_TIMEOUT_S, env=_identity_env(author), config=MERGE_CONFIG)
-            if not result.ok:
-                files = _unmerged(scratch)
-                with contextlib.suppress(GitOpsError):  # the scratch worktree is removed anyway
-                    _call(scratch, "revert", "--abort")
-                if files:
-                    raise Conflict(
-                        f"reverting conflicts with later changes to {base_branch} in {len(files)} file(s): "
-                        f"{', '.join(files)}",
-                        files=files,
-                    )
-                raise result.error(f"reverting on {base_branch}", GitOpsError)
+            _apply(
+                scratch,
+                argv,
+                author=author,
+                what=f"reverting on {base_branch}",
+                conflict=lambda files: (
+                    f"reverting conflicts with later changes to {base_branch} in {len(files)} "
+                    f"file(s): {', '.join(files)}"
+                ),
+            )
             if _call(scratch, "diff", "--cached", "--quiet").ok:
                 raise GitOpsError(f"nothing to revert: {base_branch} no longer holds these changes")
             run(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agents import gitcli
-from tests.agents.test_worktrees import git, make_repo
+from tests.gitrepo import git, make_repo
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "Ada Agent",
