@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import git
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -16,7 +15,7 @@ from django.utils import timezone
 from django.utils.text import Truncator
 from django.views.decorators.http import require_GET, require_POST
 
-from agents import authority, selectors, services
+from agents import authority, gitcli, selectors, services
 from agents.errors import validation_text
 from agents.forms import MODE_HELP, RULE_LISTS, EscalationDecisionForm, GrantForm, RevokeForm, rule_errors, rule_lines
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, TranscriptEntry, User
@@ -207,16 +206,10 @@ def _audit_page(*, session: AgentSession, before: int | None) -> dict:
 def _git_quiet(cwd: Path, *argv: str) -> tuple[int, str]:
     """Run one read-only git command with a timeout; (status, output or error text)."""
     try:
-        status, out, err = git.Git(str(cwd)).execute(
-            ["git", *argv],
-            kill_after_timeout=DIFF_TIMEOUT_S,
-            with_extended_output=True,
-            with_exceptions=False,
-            env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
-        )
-    except (git.GitCommandNotFound, OSError) as exc:
-        return 127, f"git could not run in {cwd}: {exc}"
-    return status, (out if status == 0 else (err or out or f"exit status {status}")).strip()
+        result = gitcli.run(cwd, *argv, check=False, timeout_s=DIFF_TIMEOUT_S)
+    except gitcli.GitError as exc:  # git missing, the directory gone, or too slow
+        return 127, str(exc)
+    return result.status, (result.out if result.ok else (result.detail() or f"exit status {result.status}")).strip()
 
 
 def _diff_stat(*, session: AgentSession) -> dict:

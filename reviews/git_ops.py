@@ -1,5 +1,5 @@
-"""Git for reviews: diff stats, per-file patches, commits, merge and revert (GitPython; every git
-call has a timeout).
+"""Git for reviews: diff stats, per-file patches, commits, merge and revert (git through
+``agents.gitcli``: every call has a timeout, none runs hooks).
 
 Pure of Django and the database, like ``agents.runtime.worktrees``: paths, refs and shas in,
 dataclasses out, ``GitOpsError`` (a message a human can act on) or ``Conflict`` (which files) on
@@ -19,24 +19,26 @@ human's uncommitted work:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import git
-
+from agents import gitcli
 from agents.runtime import worktrees
 
 GIT_TIMEOUT_S = 60
 MERGE_TIMEOUT_S = 300
 MAX_ATTEMPTS = 3
-NO_HOOKS = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "merge.renames=true")
+#: For the commands that merge and revert (hooks and signing are off for every git command).
+MERGE_CONFIG = ("merge.renames=true",)
 
 
-class GitOpsError(RuntimeError):
+class GitOpsError(gitcli.GitError):
     """A repository, ref or git failure, with a message a human can act on."""
 
 
@@ -51,26 +53,14 @@ class Conflict(GitOpsError):
 # -- plumbing ------------------------------------------------------------------------------------
 
 
-def _execute(
-    cwd: Path, argv: list[str], *, timeout_s: float, env: dict[str, str] | None = None
-) -> tuple[int, bytes, bytes]:
-    try:
-        status, out, err = git.Git(str(cwd)).execute(
-            ["git", *argv],
-            kill_after_timeout=timeout_s,
-            with_extended_output=True,
-            with_exceptions=False,
-            stdout_as_string=False,
-            strip_newline_in_stdout=False,
-            env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0", **(env or {})},
-        )
-    except git.GitCommandNotFound as exc:
-        raise GitOpsError(f"git is not installed or not on PATH: {exc}") from exc
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise GitOpsError(f"{cwd} does not exist: {exc}") from exc
-    if isinstance(err, str):
-        err = err.encode("utf-8", "replace")
-    return status, out or b"", err or b""
+def _call(
+    cwd: Path,
+    *argv: str,
+    timeout_s: float = GIT_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+    config: tuple[str, ...] = (),
+) -> gitcli.Result:
+    return gitcli.run(cwd, *argv, check=False, timeout_s=timeout_s, env=env, config=config, error=GitOpsError)
 
 
 def _text(data: bytes) -> str:
@@ -79,19 +69,11 @@ def _text(data: bytes) -> str:
 
 def run(cwd: Path, *argv: str, what: str, timeout_s: float = GIT_TIMEOUT_S, env: dict[str, str] | None = None) -> str:
     """Run git in ``cwd``; its stdout as text, or ``GitOpsError("<what>: <git's message>")``."""
-    status, out, err = _execute(Path(cwd), list(argv), timeout_s=timeout_s, env=env)
-    if status != 0:
-        detail = " ".join(_text(err or out).split())[:600] or f"exit status {status}"
-        raise GitOpsError(f"{what}: {detail}")
-    return _text(out)
+    return gitcli.run(cwd, *argv, what=what, timeout_s=timeout_s, env=env, error=GitOpsError).out
 
 
 def _run_bytes(cwd: Path, *argv: str, what: str, timeout_s: float = GIT_TIMEOUT_S) -> bytes:
-    status, out, err = _execute(Path(cwd), list(argv), timeout_s=timeout_s)
-    if status != 0:
-        detail = " ".join(_text(err or out).split())[:600] or f"exit status {status}"
-        raise GitOpsError(f"{what}: {detail}")
-    return out
+    return gitcli.run(cwd, *argv, what=what, timeout_s=timeout_s, error=GitOpsError).stdout
 
 
 def check_repository(repo_path: Path) -> Path:
@@ -99,23 +81,14 @@ def check_repository(repo_path: Path) -> Path:
     repo_path = Path(repo_path)
     if not repo_path.exists():
         raise GitOpsError(f"repository {repo_path} does not exist")
-    status, _, _ = _execute(repo_path, ["rev-parse", "--git-dir"], timeout_s=GIT_TIMEOUT_S)
-    if status != 0:
+    if not _call(repo_path, "rev-parse", "--git-dir").ok:
         raise GitOpsError(f"{repo_path} is not a git repository")
     return repo_path
 
 
 def resolve(repo_path: Path, rev: str) -> str | None:
     """The commit sha ``rev`` names, or None."""
-    if not rev or rev.startswith("-"):
-        return None
-    status, out, _ = _execute(
-        Path(repo_path),
-        ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
-        timeout_s=GIT_TIMEOUT_S,
-    )
-    sha = _text(out).strip()
-    return sha if status == 0 and sha else None
+    return gitcli.resolve_commit(repo_path, rev, timeout_s=GIT_TIMEOUT_S, error=GitOpsError)
 
 
 def refs(repo_path: Path) -> dict[str, str]:
@@ -139,18 +112,16 @@ def refs(repo_path: Path) -> dict[str, str]:
 
 
 def merge_base(repo_path: Path, a: str, b: str) -> str | None:
-    status, out, _ = _execute(Path(repo_path), ["merge-base", a, b], timeout_s=GIT_TIMEOUT_S)
-    sha = _text(out).strip()
-    return sha if status == 0 and sha else None
+    result = _call(Path(repo_path), "merge-base", a, b)
+    sha = result.out.strip()
+    return sha if result.ok and sha else None
 
 
 def is_ancestor(repo_path: Path, ancestor: str, descendant: str) -> bool:
-    status, _, err = _execute(
-        Path(repo_path), ["merge-base", "--is-ancestor", ancestor, descendant], timeout_s=GIT_TIMEOUT_S
-    )
-    if status not in (0, 1):
-        raise GitOpsError(f"comparing {ancestor[:12]} and {descendant[:12]}: {' '.join(_text(err).split())[:300]}")
-    return status == 0
+    result = _call(Path(repo_path), "merge-base", "--is-ancestor", ancestor, descendant)
+    if result.status not in (0, 1):
+        raise result.error(f"comparing {ancestor[:12]} and {descendant[:12]}", GitOpsError)
+    return result.ok
 
 
 def archive_ref_for(branch: str) -> str:
@@ -251,41 +222,21 @@ def parse_raw_numstat(data: bytes) -> DiffStat:
     return DiffStat(files=tuple(files))
 
 
-def diff_stat(repo_path: Path, base: str, tip: str) -> DiffStat:
-    """What ``tip`` changes since it forked from ``base`` (``git diff base...tip``): one git call."""
+def _diff_stat(repo_path: Path, *revs: str, what: str) -> DiffStat:
     out = _run_bytes(
-        repo_path,
-        "diff",
-        "--no-color",
-        "--no-ext-diff",
-        "--raw",
-        "--numstat",
-        "-z",
-        "-M",
-        f"{base}...{tip}",
-        "--",
-        what=f"diff stat of {tip[:12]} against {base[:12]}",
+        repo_path, "diff", "--no-color", "--no-ext-diff", "--raw", "--numstat", "-z", "-M", *revs, "--", what=what
     )
     return parse_raw_numstat(out)
+
+
+def diff_stat(repo_path: Path, base: str, tip: str) -> DiffStat:
+    """What ``tip`` changes since it forked from ``base`` (``git diff base...tip``): one git call."""
+    return _diff_stat(repo_path, f"{base}...{tip}", what=f"diff stat of {tip[:12]} against {base[:12]}")
 
 
 def diff_stat_between(repo_path: Path, old: str, new: str) -> DiffStat:
     """``git diff old new`` (two commits, no merge-base)."""
-    out = _run_bytes(
-        repo_path,
-        "diff",
-        "--no-color",
-        "--no-ext-diff",
-        "--raw",
-        "--numstat",
-        "-z",
-        "-M",
-        old,
-        new,
-        "--",
-        what=f"diff stat of {new[:12]} against {old[:12]}",
-    )
-    return parse_raw_numstat(out)
+    return _diff_stat(repo_path, old, new, what=f"diff stat of {new[:12]} against {old[:12]}")
 
 
 # -- patches -------------------------------------------------------------------------------------
@@ -493,9 +444,10 @@ def is_dirty(worktree_path: Path) -> list[str]:
 
 
 def _common_dir(repo_path: Path) -> Path:
-    out = run(repo_path, "rev-parse", "--git-common-dir", what=f"opening {repo_path}").strip()
-    found = Path(out)
-    return (found if found.is_absolute() else Path(repo_path) / found).resolve()
+    common = gitcli.common_dir(repo_path, timeout_s=GIT_TIMEOUT_S, error=GitOpsError)
+    if common is None:
+        raise GitOpsError(f"opening {repo_path}: not a git repository")
+    return common
 
 
 class _Scratch:
@@ -510,7 +462,6 @@ class _Scratch:
         with worktrees.repository_lock(_common_dir(self.repo_path)):
             run(
                 self.repo_path,
-                *NO_HOOKS,
                 "worktree",
                 "add",
                 "--detach",
@@ -523,7 +474,6 @@ class _Scratch:
         try:
             run(
                 self.path,
-                *NO_HOOKS,
                 "checkout",
                 "--detach",
                 "--quiet",
@@ -542,7 +492,8 @@ class _Scratch:
         except worktrees.WorktreeError:
             if self.path.exists():
                 shutil.rmtree(self.path, ignore_errors=True)
-            _execute(self.repo_path, ["worktree", "prune"], timeout_s=GIT_TIMEOUT_S)
+            with contextlib.suppress(GitOpsError):  # best effort: the next prune finishes the job
+                _call(self.repo_path, "worktree", "prune")
 
 
 def _identity_env(author: tuple[str, str]) -> dict[str, str]:
@@ -567,28 +518,29 @@ def _move_base(repo_path: Path, base_branch: str, *, old: str, new: str, reason:
     tree that has it checked out, if any. ``_BaseMoved`` when the base is no longer at ``old``."""
     holder = worktree_with(repo_path, base_branch)
     if holder is None:
-        status, out, err = _execute(
-            Path(repo_path),
-            ["update-ref", "-m", reason, f"refs/heads/{base_branch}", new, old],
-            timeout_s=GIT_TIMEOUT_S,
-        )
-        if status != 0:
+        result = _call(Path(repo_path), "update-ref", "-m", reason, f"refs/heads/{base_branch}", new, old)
+        if not result.ok:
             if resolve(repo_path, f"refs/heads/{base_branch}") != old:
                 raise _BaseMoved()
-            raise GitOpsError(f"updating {base_branch}: {' '.join(_text(err or out).split())[:400]}")
+            raise result.error(f"updating {base_branch}", GitOpsError)
         return
     if resolve(holder, "HEAD") != old:
         raise _BaseMoved()
-    status, out, err = _execute(
+    result = _call(
         holder,
-        [*NO_HOOKS, "merge", "--ff-only", "--no-edit", "--quiet", new],
+        "merge",
+        "--ff-only",
+        "--no-edit",
+        "--quiet",
+        new,
         timeout_s=MERGE_TIMEOUT_S,
         env={"GIT_REFLOG_ACTION": reason},
+        config=MERGE_CONFIG,
     )
-    if status != 0:
+    if not result.ok:
         if resolve(holder, "HEAD") != old:
             raise _BaseMoved()
-        detail = " ".join(_text(err or out).split())[:600]
+        detail = result.detail() or f"exit status {result.status}"
         raise GitOpsError(
             f"{base_branch} is checked out in {holder} and git refused to update that working tree ({detail}); "
             "commit or stash the local changes there, then try again. Nothing was changed."
@@ -597,6 +549,22 @@ def _move_base(repo_path: Path, base_branch: str, *, old: str, new: str, reason:
 
 class _BaseMoved(Exception):
     pass
+
+
+def _apply(
+    scratch: Path, argv: list[str], *, author: tuple[str, str], what: str, conflict: Callable[[list[str]], str]
+) -> None:
+    """Run a merge or revert (``argv``) in a scratch worktree. On failure it is aborted, and the error
+    is ``Conflict(conflict(files))`` when files conflict, ``GitOpsError("<what>: ...")`` otherwise."""
+    result = _call(scratch, *argv, timeout_s=MERGE_TIMEOUT_S, env=_identity_env(author), config=MERGE_CONFIG)
+    if result.ok:
+        return
+    files = _unmerged(scratch)
+    with contextlib.suppress(GitOpsError):  # the scratch worktree is removed anyway
+        _call(scratch, argv[0], "--abort")
+    if files:
+        raise Conflict(conflict(files), files=files)
+    raise result.error(what, GitOpsError)
 
 
 # -- merge ---------------------------------------------------------------------------------------
@@ -665,20 +633,13 @@ def _merge_commit(
     scratch_dir: Path,
 ) -> str:
     with _Scratch(repo_path, base, scratch_dir) as scratch:
-        status, out, err = _execute(
+        _apply(
             scratch,
-            [*NO_HOOKS, "merge", "--no-ff", "--no-edit", "--no-log", "-m", message, tip],
-            timeout_s=MERGE_TIMEOUT_S,
-            env=_identity_env(author),
+            ["merge", "--no-ff", "--no-edit", "--no-log", "-m", message, tip],
+            author=author,
+            what=f"merging {branch} into {base_branch}",
+            conflict=lambda files: f"{branch} conflicts with {base_branch} in {len(files)} file(s): {', '.join(files)}",
         )
-        if status != 0:
-            files = _unmerged(scratch)
-            _execute(scratch, ["merge", "--abort"], timeout_s=GIT_TIMEOUT_S)
-            if files:
-                raise Conflict(
-                    f"{branch} conflicts with {base_branch} in {len(files)} file(s): {', '.join(files)}", files=files
-                )
-            raise GitOpsError(f"merging {branch} into {base_branch}: {' '.join(_text(err or out).split())[:600]}")
         return run(scratch, "rev-parse", "HEAD", what="reading the merge commit").strip()
 
 
@@ -725,25 +686,20 @@ def revert_merge(
                 if method == "merge"
                 else ["revert", "--no-commit", f"{before}..{after}"]
             )
-            status, out, err = _execute(
-                scratch, [*NO_HOOKS, *argv], timeout_s=MERGE_TIMEOUT_S, env=_identity_env(author)
+            _apply(
+                scratch,
+                argv,
+                author=author,
+                what=f"reverting on {base_branch}",
+                conflict=lambda files: (
+                    f"reverting conflicts with later changes to {base_branch} in {len(files)} "
+                    f"file(s): {', '.join(files)}"
+                ),
             )
-            if status != 0:
-                files = _unmerged(scratch)
-                _execute(scratch, ["revert", "--abort"], timeout_s=GIT_TIMEOUT_S)
-                if files:
-                    raise Conflict(
-                        f"reverting conflicts with later changes to {base_branch} in {len(files)} file(s): "
-                        f"{', '.join(files)}",
-                        files=files,
-                    )
-                raise GitOpsError(f"reverting on {base_branch}: {' '.join(_text(err or out).split())[:600]}")
-            staged, _, _ = _execute(scratch, ["diff", "--cached", "--quiet"], timeout_s=GIT_TIMEOUT_S)
-            if staged == 0:
+            if _call(scratch, "diff", "--cached", "--quiet").ok:
                 raise GitOpsError(f"nothing to revert: {base_branch} no longer holds these changes")
             run(
                 scratch,
-                *NO_HOOKS,
                 "commit",
                 "--quiet",
                 "--no-verify",

@@ -1,7 +1,7 @@
 """``authorize(session, tool_call)``: the one gate every tool call passes.
 
 It gathers the facts from the database (grant, stop switches, budget, human approvals for this
-exact action) into an ``EvalContext`` and asks the pure evaluator (agents/permissions.py), which
+exact action) into an ``EvalContext`` and asks the pure evaluator (agents/permissions/), which
 decides without touching the database and fails closed.
 """
 

@@ -30,7 +30,7 @@ from django.db.models import Exists, F, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from agents import services, tools
+from agents import gitcli, services, tools
 from agents.dispatch import enqueue_step_now, enqueue_step_on_commit
 from agents.events import send_if_still_running, send_on_commit
 from agents.models import (
@@ -59,6 +59,7 @@ from audit.log import record
 logger = logging.getLogger(__name__)
 
 MAX_IDLE_STEPS = 3
+GIT_LOG_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -1241,15 +1242,23 @@ def append_transcript(
 
 
 def git_log_summary(session: AgentSession, limit: int = 20) -> str:
-    import git
-
+    if not session.worktree_path:
+        return "(git log unavailable: no worktree yet)"
+    base = session.base_commit or session.base_branch
     try:
-        repo = git.Repo(session.worktree_path)
-        base = session.base_commit or session.base_branch
-        text = repo.git.log("--oneline", f"-{limit}", f"{base}..HEAD", kill_after_timeout=10)
-        return text or "(no commits yet)"
-    except Exception as exc:  # a missing worktree must not stop a fresh iteration
+        text = gitcli.run(
+            Path(session.worktree_path),
+            "log",
+            "--oneline",
+            f"-{limit}",
+            f"{base}..HEAD",
+            "--",
+            what="the branch's git log",
+            timeout_s=GIT_LOG_TIMEOUT_S,
+        ).out
+    except gitcli.GitError as exc:  # a missing worktree must not stop a fresh iteration
         return f"(git log unavailable: {type(exc).__name__})"
+    return text.strip() or "(no commits yet)"
 
 
 def start_iteration(*, session: AgentSession, reason: str, extra: str = "", by=None) -> None:

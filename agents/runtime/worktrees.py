@@ -1,4 +1,5 @@
-"""One git branch and worktree per agent session (GitPython; every git call has a timeout).
+"""One git branch and worktree per agent session (git through ``agents.gitcli``: every call has a
+timeout, none runs hooks).
 
 Pure of Django and the database. Many workers create and remove worktrees of the same repository
 at once (a hundred sessions, several processes): ``git worktree add/remove/prune`` are serialized per
@@ -19,7 +20,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-import git
+from agents import gitcli
 
 GIT_TIMEOUT_S = 60
 LOCK_TIMEOUT_S = 180
@@ -27,7 +28,7 @@ LOCK_FILE = "controlroom-worktree.lock"
 SLUG_MAX = 40
 
 
-class WorktreeError(RuntimeError):
+class WorktreeError(gitcli.GitError):
     """A repository, branch or worktree problem, with a message a human can act on."""
 
 
@@ -44,26 +45,12 @@ def branch_name(session_id: int, title: str) -> str:
 # -- git plumbing --------------------------------------------------------------------------------
 
 
-def _run(cwd: Path, *argv: str, timeout_s: float = GIT_TIMEOUT_S) -> tuple[int, str, str]:
-    try:
-        status, out, err = git.Git(str(cwd)).execute(
-            ["git", *argv],
-            kill_after_timeout=timeout_s,
-            with_extended_output=True,
-            with_exceptions=False,
-            env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
-        )
-    except git.GitCommandNotFound as exc:
-        raise WorktreeError(f"git is not installed or not on PATH: {exc}") from exc
-    return status, out, err
+def _git(cwd: Path, *argv: str) -> gitcli.Result:
+    return gitcli.run(cwd, *argv, check=False, timeout_s=GIT_TIMEOUT_S, error=WorktreeError)
 
 
-def _ok(cwd: Path, *argv: str, what: str, timeout_s: float = GIT_TIMEOUT_S) -> str:
-    status, out, err = _run(cwd, *argv, timeout_s=timeout_s)
-    if status != 0:
-        detail = " ".join((err or out).split())[:500] or f"exit status {status}"
-        raise WorktreeError(f"{what}: {detail}")
-    return out
+def _ok(cwd: Path, *argv: str, what: str) -> str:
+    return gitcli.run(cwd, *argv, what=what, timeout_s=GIT_TIMEOUT_S, error=WorktreeError).out
 
 
 def _open_repo(repo_path: Path) -> Path:
@@ -71,32 +58,25 @@ def _open_repo(repo_path: Path) -> Path:
     repo_path = Path(repo_path)
     if not repo_path.exists():
         raise WorktreeError(f"repository {repo_path} does not exist")
-    try:
-        repo = git.Repo(str(repo_path), search_parent_directories=False)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise WorktreeError(f"{repo_path} is not a git repository") from None
-    try:
-        return Path(repo.common_dir).resolve()
-    finally:
-        repo.close()
+    common = gitcli.common_dir(repo_path, timeout_s=GIT_TIMEOUT_S, error=WorktreeError) if repo_path.is_dir() else None
+    if common is None:
+        raise WorktreeError(f"{repo_path} is not a git repository")
+    return common
 
 
 def _check_branch_name(repo_path: Path, branch: str, *, label: str) -> None:
     if not isinstance(branch, str) or not branch.strip():
         raise WorktreeError(f"{label}: a branch name is required")
-    status, _, _ = _run(repo_path, "check-ref-format", "--branch", branch)
-    if status != 0:
+    if not _git(repo_path, "check-ref-format", "--branch", branch).ok:
         raise WorktreeError(f"{label}: {branch!r} is not a valid branch name")
 
 
 def _resolve_commit(repo_path: Path, rev: str) -> str | None:
-    status, out, _ = _run(repo_path, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    return out.strip() if status == 0 and out.strip() else None
+    return gitcli.resolve_commit(repo_path, rev, timeout_s=GIT_TIMEOUT_S, error=WorktreeError)
 
 
 def _local_branch_exists(repo_path: Path, branch: str) -> bool:
-    status, _, _ = _run(repo_path, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}")
-    return status == 0
+    return _git(repo_path, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}").ok
 
 
 def _registered_worktrees(repo_path: Path) -> dict[Path, str | None]:
@@ -139,8 +119,8 @@ def repository_lock(common_dir: Path, *, timeout_s: float = LOCK_TIMEOUT_S) -> I
 
 
 def _head_branch(worktree_path: Path) -> str | None:
-    status, out, _ = _run(worktree_path, "symbolic-ref", "--short", "-q", "HEAD")
-    return out.strip() if status == 0 else None
+    result = _git(worktree_path, "symbolic-ref", "--short", "-q", "HEAD")
+    return result.out.strip() if result.ok else None
 
 
 def _base_of(repo_path: Path, base_branch: str, branch: str) -> str:
@@ -217,10 +197,10 @@ def _healthy(worktree_path: Path, common_dir: Path, branch: str) -> bool:
     dot_git = worktree_path / ".git"
     if not dot_git.is_file():
         return False
-    status, out, _ = _run(worktree_path, "rev-parse", "--git-common-dir")
-    if status != 0:
+    result = _git(worktree_path, "rev-parse", "--git-common-dir")
+    if not result.ok:
         return False
-    found = Path(out.strip())
+    found = Path(result.out.strip())
     if not found.is_absolute():
         found = worktree_path / found
     return found.resolve() == common_dir and _head_branch(worktree_path) == branch
@@ -389,8 +369,7 @@ def archive_branch(*, repo_path: Path, branch: str, archive_ref: str, delete_bra
         raise WorktreeError(
             f"archive ref {archive_ref!r}: expected a full ref outside refs/heads/, e.g. refs/archive/agents/12-x"
         )
-    status, _, _ = _run(repo_path, "check-ref-format", archive_ref)
-    if status != 0:
+    if not _git(repo_path, "check-ref-format", archive_ref).ok:
         raise WorktreeError(f"archive ref {archive_ref!r} is not a valid ref name")
     sha = _resolve_commit(repo_path, f"refs/heads/{branch}")
     if sha is None:

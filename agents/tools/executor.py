@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import git
-
+from agents import gitcli
 from agents.permissions import path_denied
 from agents.runtime import sandbox as sandbox_runtime
 from agents.tools.paths import PathEscapeError, display_path, resolve_path
@@ -33,22 +32,8 @@ READ_CAP_BYTES = 200_000
 SEARCH_MAX_RESULTS = 200
 SEARCH_LINE_CHARS = 300
 SEARCH_TIMEOUT_S = 30
-GIT_TIMEOUT_S = 120
+GIT_TIMEOUT_S = 120  # git_commit's ceiling (git runs outside the sandbox, hooks off: agents.gitcli)
 HANDOFF_FILE = "HANDOFF.md"
-# git must never run hooks (they would execute agent-written code outside the sandbox), sign, or
-# start an automatic gc that races other sessions' ref updates in the shared repository.
-GIT_SAFE_CONFIG = (
-    "-c",
-    "core.hooksPath=/dev/null",
-    "-c",
-    "core.fsmonitor=false",
-    "-c",
-    "gc.auto=0",
-    "-c",
-    "commit.gpgSign=false",
-    "-c",
-    "maintenance.auto=false",
-)
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _PYTEST_TOTALS = re.compile(
     r"^[=\s]*((?:\d+ (?:passed|failed|errors?|skipped|xfailed|xpassed|warnings?|deselected|rerun)(?:, )?)+)"
@@ -436,21 +421,6 @@ def _run_command(
     )
 
 
-def _git(worktree: Path, *argv: str, timeout_s: int, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    status, out, err = git.Git(str(worktree)).execute(
-        ["git", *GIT_SAFE_CONFIG, *argv],
-        kill_after_timeout=timeout_s,
-        with_extended_output=True,
-        with_exceptions=False,
-        env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})},
-    )
-    return status, out, err
-
-
-class _CommitRefused(Exception):
-    """A git step of git_commit failed; the message is for the model."""
-
-
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -464,19 +434,17 @@ def _git_commit(
     timeout_s: int,
     branch: str | None,
 ) -> ToolResult:
-    """Stage everything and commit with plumbing (write-tree, commit-tree, update-ref): no hooks, no
-    editor, no merge state left in the admin directory can shape the commit, and the branch moves
-    only from the commit we built on (compare-and-swap)."""
+    """Stage everything and commit with plumbing (write-tree, commit-tree, update-ref): no hooks
+    (agents.gitcli), no editor, no merge state left in the admin directory can shape the commit, and
+    the branch moves only from the commit we built on (compare-and-swap). A failed git step's
+    message is for the model."""
     message = commit_message(args["message"], trailers)
     root = Path(os.path.realpath(worktree))
     identity = {key: value for key, value in agent_env(author).items() if key.startswith("GIT_")}
     timeout = max(timeout_s, 10)
 
     def ok(*argv: str, what: str, env: dict[str, str] | None = None) -> str:
-        status, out, err = _git(root, *argv, timeout_s=timeout, env=env)
-        if status != 0:
-            raise _CommitRefused(f"git_commit: {what}: {_one_line(err or out, 400) or f'exit status {status}'}")
-        return out.strip()
+        return gitcli.run(root, *argv, what=what, timeout_s=timeout, env=env).out.strip()
 
     try:
         # The worktree is agent-writable: make sure its .git still leads to the real repository and
@@ -501,8 +469,7 @@ def _git_commit(
             )
         ok("add", "-A", what="staging failed")
         tree = ok("write-tree", what="could not write the tree")
-        status, parent, _ = _git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", timeout_s=timeout)
-        parent = parent.strip() if status == 0 else ""
+        parent = gitcli.resolve_commit(root, "HEAD", timeout_s=timeout) or ""
         if parent and ok("rev-parse", f"{parent}^{{tree}}", what="could not read the last commit") == tree:
             return ToolResult(
                 ok=False,
@@ -528,8 +495,8 @@ def _git_commit(
             _one_line(ok("show", "--shortstat", "--format=", sha, what="could not describe the commit"))
             or "no file changes"
         )
-    except _CommitRefused as exc:
-        return ToolResult(ok=False, output=str(exc))
+    except gitcli.GitError as exc:
+        return ToolResult(ok=False, output=f"git_commit: {exc}")
     short_branch = head_ref[len("refs/heads/") :]
     return ToolResult(
         ok=True,
@@ -678,7 +645,7 @@ def _dispatch(
         return ToolResult(ok=False, output=f"{name}: refused: {exc}")
     except sandbox_runtime.SandboxError as exc:
         return ToolResult(ok=False, output=f"{name}: {exc}")
-    except git.GitCommandError as exc:
+    except gitcli.GitError as exc:
         return ToolResult(ok=False, output=f"{name}: git failed: {_one_line(str(exc), 400)}")
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""

@@ -902,7 +902,7 @@ class TestFailClosed:
         def explode(*args, **kwargs):
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(permissions, "_decide", explode)
+        monkeypatch.setattr(permissions.evaluation, "_decide", explode)
         d = evaluate("read_file", {"path": "a"}, context(worktree))
         assert (d.decision, d.reason_type) == ("deny", "error")
         assert "boom" in d.reason

@@ -20,24 +20,9 @@ from hypothesis import strategies as st
 from agents import tools
 from agents.runtime.worktrees import ensure_worktree
 from agents.tools import PathEscapeError, ToolArgumentError, ToolResult, execute, parse_arguments, resolve_path
+from tests.gitrepo import git
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "Test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "HOME": "/nonexistent",
-}
 TRAILERS = {"Agent-Session": "12", "Delegated-By": "alice", "Grant": "7"}
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, env={**os.environ, **GIT_ENV}
-    )
-    assert done.returncode == 0, f"git {' '.join(args)} failed: {done.stderr}"
-    return done.stdout.strip()
 
 
 @pytest.fixture

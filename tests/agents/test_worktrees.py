@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agents import gitcli
 from agents.runtime import worktrees
 from agents.runtime.worktrees import (
     WorktreeError,
@@ -20,33 +21,9 @@ from agents.runtime.worktrees import (
     ensure_worktree,
     remove_worktree,
 )
+from tests.gitrepo import git, make_repo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "Test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "HOME": "/nonexistent",
-}
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, env={**os.environ, **GIT_ENV}
-    )
-    assert done.returncode == 0, f"git {' '.join(args)} failed: {done.stderr}"
-    return done.stdout.strip()
-
-
-def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    (path / "README.md").write_text("hello\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "initial")
-    return path
 
 
 def commit_file(cwd: Path, name: str, content: str, message: str) -> str:
@@ -142,7 +119,7 @@ def test_a_known_base_reuses_a_healthy_worktree_without_starting_git(repo: Path,
     def no_git(*args, **kwargs):
         raise AssertionError(f"git started: {args}")
 
-    monkeypatch.setattr(worktrees, "_run", no_git)
+    monkeypatch.setattr(gitcli, "_spawn", no_git)  # where every git process starts
     monkeypatch.setattr(worktrees, "_open_repo", no_git)
     assert (
         ensure_worktree(
