@@ -207,6 +207,9 @@ class AgentSession(models.Model):
     lease_owner = models.CharField(max_length=120, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the launch or the housekeeping tick last sent its next step."
+    )
     version = models.PositiveBigIntegerField(default=1)
 
     hold = models.CharField(

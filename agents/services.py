@@ -310,6 +310,9 @@ def session_launch(
     TranscriptEntry.objects.create(session=session, seq=2, iteration=1, role="user", content=initial_brief(session))
     send_on_commit(session.pk)
     if start:
+        # when its first step went on the queue: the tick re-sends it if no worker ever took it
+        # (a worker host lost with the message reserved), see agents.tasks.tick
+        AgentSession.objects.filter(pk=session.pk).update(enqueued_at=timezone.now())
         enqueue_step_on_commit(session_id=session.pk, step=1, priority=priority)
     return session
 

@@ -71,7 +71,8 @@ def tick() -> dict:
     """Periodic housekeeping (Celery beat, every few seconds):
     - wake queued sessions whose grant window has opened (or whose pod's review queue has room);
     - recover stale sessions: running, no live lease, heartbeat older than STALE_AFTER_S (a lost message
-      or a dead worker) → enqueue their next step again (the step number makes that harmless);
+      or a dead worker), or launched and never taken by a worker → enqueue their next step again, at
+      most once per STALE_AFTER_S (the step number makes a duplicate harmless);
     - block sessions whose grant expired while they waited for a human;
     - mark worker hosts that stopped beating as lost and move their sessions off them (agents/hosts.py).
     """
@@ -107,10 +108,16 @@ def tick() -> dict:
                 continue
         enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
         woken += 1
-    stale = AgentSession.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before).filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    # running with a stale heartbeat, or launched and never taken (its first step message went down
+    # with a worker host that had reserved it): send the step again, at most once per STALE_AFTER_S
+    never_taken = Q(status=Status.QUEUED, status_reason="", steps=0, enqueued_at__lt=stale_before)
+    stale = (
+        AgentSession.objects.filter(Q(status=Status.RUNNING, heartbeat_at__lt=stale_before) | never_taken)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale_before))
     )
     for session_id, steps, priority in stale.values_list("id", "steps", "priority"):
+        AgentSession.objects.filter(pk=session_id).update(enqueued_at=now)
         enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
         recovered += 1
     waiting = AgentSession.objects.filter(

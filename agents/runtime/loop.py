@@ -414,8 +414,14 @@ class _Step:
         central repository itself; ``clone`` worktrees push the branch there (outside any transaction)."""
         if settings.CONTROLROOM["WORKTREE_SOURCE"] != "clone":
             return None, ""
+        repository = self.session.repository
+        mirror = mirrors.mirror_dir(
+            worktrees_dir=Path(settings.CONTROLROOM["WORKTREES_DIR"]), repository_id=repository.pk, name=repository.name
+        )
         try:
-            return mirrors.push(worktree=Path(self.session.worktree_path), branch=self.session.branch), ""
+            return mirrors.push(
+                mirror=mirror, worktree=Path(self.session.worktree_path), branch=self.session.branch
+            ), ""
         except worktrees.WorktreeError as exc:
             logger.warning("session %s: push failed: %s", self.session_id, exc)
             return None, str(exc)

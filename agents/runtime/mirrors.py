@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agents import gitcli
-from agents.runtime.worktrees import WorktreeError
+from agents.runtime.worktrees import WorktreeError, repository_lock
 
 NETWORK_TIMEOUT_S = 120
 LOCK_TIMEOUT_S = 180
@@ -73,6 +73,9 @@ def prepare(*, url: str, mirror: Path, base_branch: str, branch: str) -> bool:
             shutil.rmtree(partial, ignore_errors=True)
             _git(mirror.parent, "clone", "--bare", "--no-tags", "--quiet", url, str(partial), what=f"cloning {url}")
             partial.rename(mirror)
+    # the same lock as `git worktree add/remove` on this clone: a fetch must not see a worktree's
+    # HEAD half-made (it checks every worktree's HEAD: "bad object worktrees/<name>/HEAD")
+    with repository_lock(mirror):
         _git(
             mirror,
             "fetch",
@@ -99,12 +102,13 @@ def prepare(*, url: str, mirror: Path, base_branch: str, branch: str) -> bool:
         return True
 
 
-def push(*, worktree: Path, branch: str) -> str:
+def push(*, mirror: Path, worktree: Path, branch: str) -> str:
     """Push the worktree's HEAD to the session branch of the central repository (never forced: a
     host that was declared lost and came back cannot overwrite what another host pushed since).
     Returns the pushed sha; raises WorktreeError."""
     sha = gitcli.resolve_commit(worktree, "HEAD", error=WorktreeError)
     if sha is None:
         raise WorktreeError(f"{worktree} has no commit to push")
-    _git(worktree, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", what=f"pushing {branch!r}")
+    with repository_lock(mirror):  # not while another session's worktree is half made in this clone
+        _git(worktree, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", what=f"pushing {branch!r}")
     return sha

@@ -39,42 +39,56 @@ def _is_ancestor(repo: Path, sha: str, branch: str) -> bool:
 
 @pytest.mark.slow
 def test_two_hosts_one_sigkilled_mid_run_every_session_finishes_on_the_other(fleet, tmp_path, settings):
-    settings.CONTROLROOM = {**settings.CONTROLROOM, "HOST_LOST_AFTER_S": 6}
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "HOST_LOST_AFTER_S": 6, "STALE_AFTER_S": 8}
     common = {"WORKTREE_SOURCE": "clone", "STEP_LEASE_S": "3", "HOST_LOST_AFTER_S": "6"}
     pools = []
     with LoopbackModel(latency_s=2.0, plan=PLAN) as model:
-        with transaction.atomic():
-            ids = []
-            for index in range(30):
-                session = launch(
-                    fleet,
-                    goal=f"Host session {index}: log and commit",
-                    model="openai/loopback",
-                    api_base=model.api_base,
-                    spec=services.GrantSpec(mode="autonomous"),
-                    seed=index,
-                )
-                enqueue_step_on_commit(session_id=session.pk, step=1, priority=session.priority)
-                ids.append(session.pk)
         try:
             for name in ("host-a", "host-b"):
                 pools.append(
                     WorkerPool(
                         worktrees=tmp_path / name,
-                        concurrency=32,
+                        concurrency=15,  # so that neither host reserves every session's first step
                         pool="threads",
                         label=name,
                         extra_env={**common, "WORKER_HOST": name},
                     ).start()
                 )
             host_a, host_b = pools
+            # both hosts are up before the sessions are launched: they share the first steps
+            wait_until(
+                lambda: WorkerHost.objects.filter(name__in=["host-a", "host-b"]).count() == 2,
+                timeout=90,
+                message=lambda: host_a.log_tail() + host_b.log_tail(),
+            )
+            with transaction.atomic():
+                ids = []
+                for index in range(30):
+                    session = launch(
+                        fleet,
+                        goal=f"Host session {index}: log and commit",
+                        model="openai/loopback",
+                        api_base=model.api_base,
+                        spec=services.GrantSpec(mode="autonomous"),
+                        seed=index,
+                    )
+                    enqueue_step_on_commit(session_id=session.pk, step=1, priority=session.priority)
+                    ids.append(session.pk)
 
             def under_way() -> bool:
                 rows = AgentSession.objects.filter(pk__in=ids).values_list("worker_host", "steps")
                 homes = {host for host, steps in rows if steps >= 2}
                 return homes == {"host-a", "host-b"} and all(steps >= 2 for _, steps in rows)
 
-            wait_until(under_way, timeout=120, interval=0.2, message=lambda: host_a.log_tail() + host_b.log_tail())
+            wait_until(
+                under_way,
+                timeout=120,
+                interval=0.2,
+                message=lambda: (
+                    f"{list(AgentSession.objects.filter(pk__in=ids, status='failed').values_list('status_reason', flat=True))}\n"
+                    f"{host_a.log_tail()}{host_b.log_tail()}"
+                ),
+            )
             host_a.kill(host_a.procs[0])  # SIGKILL mid-run: its disk (clone, worktrees) is written off
             killed_at = timezone.now()
             on_a = set(
@@ -88,7 +102,14 @@ def test_two_hosts_one_sigkilled_mid_run_every_session_finishes_on_the_other(fle
                 tick()  # housekeeping: host A stops beating, is marked lost, its sessions move to B
                 return not AgentSession.objects.filter(pk__in=ids).exclude(status=Status.SUCCEEDED).exists()
 
-            wait_until(finished, timeout=240, interval=1.0, message=lambda: host_b.log_tail())
+            wait_until(
+                finished,
+                timeout=240,
+                interval=1.0,
+                message=lambda: (
+                    f"{list(AgentSession.objects.filter(pk__in=ids).exclude(status=Status.SUCCEEDED).values_list('pk', 'status', 'worker_host', 'steps', 'current_activity'))}\n{host_b.log_tail()}"
+                ),
+            )
         finally:
             for pool in pools:
                 pool.stop()
