@@ -25,7 +25,7 @@ import git
 from agents.permissions import path_denied
 from agents.runtime import sandbox as sandbox_runtime
 from agents.tools.paths import PathEscapeError, display_path, resolve_path
-from agents.tools.schemas import ToolArgumentError, parse_arguments
+from agents.tools.schemas import HANDOFF_FILE, ToolArgumentError, parse_arguments
 
 DEFAULT_AUTHOR = ("Control Room agent", "agent@controlroom.invalid")
 LIST_CAP = 500
@@ -34,7 +34,6 @@ SEARCH_MAX_RESULTS = 200
 SEARCH_LINE_CHARS = 300
 SEARCH_TIMEOUT_S = 30
 GIT_TIMEOUT_S = 120
-HANDOFF_FILE = "HANDOFF.md"
 # git must never run hooks (they would execute agent-written code outside the sandbox), sign, or
 # start an automatic gc that races other sessions' ref updates in the shared repository.
 GIT_SAFE_CONFIG = (

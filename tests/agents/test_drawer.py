@@ -12,9 +12,9 @@ from django.db import transaction
 
 from agents import services
 from agents.models import Escalation, Status
-from agents.runtime.loop import append_transcript
 from agents.runtime.worktrees import ensure_worktree
 from agents.selectors import active_grant
+from agents.services import transcript_append
 from agents.views import AUDIT_PAGE, TRANSCRIPT_PAGE
 from reviews.audit import record
 from reviews.models import AuditEvent
@@ -53,7 +53,7 @@ def text(response) -> str:
 
 
 def test_the_drawer_shows_goal_grant_transcript_audit_and_controls_to_the_sto(client, fleet, session):
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -61,7 +61,7 @@ def test_the_drawer_shows_goal_grant_transcript_audit_and_controls_to_the_sto(cl
         content="Let me look at the cart.",
         tool_calls=[{"id": "c1", "name": "read_file", "arguments": json.dumps({"path": "shopcart/cart.py"})}],
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -155,7 +155,7 @@ def test_a_member_of_another_pod_gets_403_on_the_drawer_and_every_post(client, f
 
 def test_the_transcript_is_newest_first_and_pages_to_older_messages(client, fleet, session):
     for n in range(45):
-        append_transcript(
+        transcript_append(
             session_id=session.pk, iteration=1, step=n, role="assistant", content=f"message number {n:02d}"
         )
     login(client, fleet.sto)
@@ -182,7 +182,7 @@ def test_the_transcript_is_newest_first_and_pages_to_older_messages(client, flee
 
 
 def test_long_messages_are_collapsed_and_everything_is_escaped(client, fleet, session):
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -190,7 +190,7 @@ def test_long_messages_are_collapsed_and_everything_is_escaped(client, fleet, se
         name="read_file",
         content="<script>alert('x')</script>" + "y" * 2000,
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -340,7 +340,7 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(
         grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)", "Git(commit)"), deny=("Bash(git push *)",)),
         start=False,
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -348,7 +348,7 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(
         content="I will run the tests first.",
         tool_calls=[{"id": "c1", "name": "run_command", "arguments": json.dumps({"command": "pytest -q"})}],
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -357,7 +357,7 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(
         tool_call_id="c1",
         content="F.\n" + "E   assert 10.0 == 9.99\n" * 60,
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=2,
