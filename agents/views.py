@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from agents import authority, selectors, services
 from agents.errors import validation_text
+from agents.formatting import format_duration
 from agents.forms import MODE_HELP, RULE_LISTS, EscalationDecisionForm, GrantForm, RevokeForm, rule_errors, rule_lines
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, TranscriptEntry, User
 from agents.runtime.sandbox import sandbox_available
@@ -275,8 +276,8 @@ def _budget_rows(*, session: AgentSession, grant: Grant | None) -> list[dict]:
             "Wall time",
             wall or 0,
             grant.max_wall_seconds,
-            _duration(wall) if wall is not None else "not started",
-            _duration(grant.max_wall_seconds) if grant.max_wall_seconds else "",
+            format_duration(wall, empty="not started"),
+            format_duration(grant.max_wall_seconds) if grant.max_wall_seconds else "",
         ),
         (
             "Tool calls",
@@ -299,16 +300,6 @@ def _budget_rows(*, session: AgentSession, grant: Grant | None) -> list[dict]:
             }
         )
     return shown
-
-
-def _duration(seconds: int | None) -> str:
-    if seconds is None:
-        return ""
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 BUDGET_FIELDS = (
