@@ -157,11 +157,6 @@ def archive_ref_for(branch: str) -> str:
     return f"refs/archive/{branch}"
 
 
-def tip_of(repo_path: Path, branch: str) -> str | None:
-    """The branch's tip, or its archived tip (``refs/archive/<branch>``) once it was archived."""
-    return resolve(repo_path, f"refs/heads/{branch}") or resolve(repo_path, archive_ref_for(branch))
-
-
 # -- diff stats ----------------------------------------------------------------------------------
 
 
@@ -265,25 +260,6 @@ def diff_stat(repo_path: Path, base: str, tip: str) -> DiffStat:
         f"{base}...{tip}",
         "--",
         what=f"diff stat of {tip[:12]} against {base[:12]}",
-    )
-    return parse_raw_numstat(out)
-
-
-def diff_stat_between(repo_path: Path, old: str, new: str) -> DiffStat:
-    """``git diff old new`` (two commits, no merge-base)."""
-    out = _run_bytes(
-        repo_path,
-        "diff",
-        "--no-color",
-        "--no-ext-diff",
-        "--raw",
-        "--numstat",
-        "-z",
-        "-M",
-        old,
-        new,
-        "--",
-        what=f"diff stat of {new[:12]} against {old[:12]}",
     )
     return parse_raw_numstat(out)
 

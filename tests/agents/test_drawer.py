@@ -141,6 +141,7 @@ def test_a_member_of_another_pod_gets_403_on_the_drawer_and_every_post(client, f
         f"/sessions/{session.pk}/grant/issue": {"mode": "edits", "on_unanswered": "wait"},
         f"/sessions/{session.pk}/grant/validate": {"field": "allow", "allow": "Bash(ls)"},
         f"/sessions/{session.pk}/grant/revoke": {"reason": "mine now"},
+        f"/sessions/{session.pk}/priority": {"priority": "0"},
     }
     for url, data in posts.items():
         for headers in ({}, HTMX):
@@ -297,6 +298,37 @@ def test_resuming_a_running_session_says_why_nothing_happened(client, fleet, ses
     response = login(client, fleet.sto).post(f"/sessions/{session.pk}/resume", **HTMX)
     assert response.status_code == 409
     assert "not paused" in text(response)
+
+
+@pytest.mark.parametrize("user", ["sto", "lead", "manager"])
+def test_the_sto_the_lead_or_a_manager_sets_the_priority_from_the_drawer(client, fleet, session, user):
+    page = text(drawer(login(client, getattr(fleet, user)), session))
+    assert 'data-control="priority"' in page and '<option value="2" selected>P2</option>' in page
+    response = client.post(f"/sessions/{session.pk}/priority", {"priority": "0"}, **HTMX)
+    assert response.status_code == 200
+    assert '<option value="0" selected>P0</option>' in text(response) and "priority P0" in text(response)
+    session.refresh_from_db()
+    assert session.priority == 0
+    event = AuditEvent.objects.get(session_id=session.pk, kind="session.priority_set")
+    assert event.payload == {"from": 2, "to": 0} and event.actor_label == getattr(fleet, user).username
+
+
+@pytest.mark.parametrize("user", ["member", "leader"])
+def test_setting_the_priority_is_refused_to_a_member_or_a_leader_and_recorded(client, fleet, session, user):
+    response = login(client, getattr(fleet, user)).post(f"/sessions/{session.pk}/priority", {"priority": "0"}, **HTMX)
+    assert response.status_code == 403
+    session.refresh_from_db()
+    assert session.priority == 2
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="session.action_refused").exists()
+    assert not AuditEvent.objects.filter(session_id=session.pk, kind="session.priority_set").exists()
+
+
+@pytest.mark.parametrize("value", ["7", "", "P1", "-1", "01"])
+def test_a_priority_outside_p0_to_p3_is_refused_with_the_reason(client, fleet, session, value):
+    response = login(client, fleet.sto).post(f"/sessions/{session.pk}/priority", {"priority": value}, **HTMX)
+    assert response.status_code == 400 and "P0 to P3" in text(response)
+    session.refresh_from_db()
+    assert session.priority == 2
 
 
 def test_a_plain_form_post_redirects_back_to_the_drawer(client, fleet, session):
