@@ -97,17 +97,12 @@ def redirect_back(request: HttpRequest, slug: str, status: int = 302) -> HttpRes
     return redirect(target)
 
 
-POD_CONTROLS = ("pause", "resume")
-
-
 @require_POST
 def pod_control(request: HttpRequest, slug: str, action: str) -> HttpResponse:
     """Pause or resume a whole pod (its lead or a manager). Pausing parks every queued or running
     session of the pod before its next tool call; resuming lets the ones it parked carry on. htmx
     gets the pod's controls re-rendered with the outcome, a plain form post a redirect to the page."""
     pod = get_object_or_404(Pod, slug=slug)
-    if action not in POD_CONTROLS:
-        raise Http404("Unknown pod control")
     if not selectors.pods_visible_to(user=request.user).filter(pk=pod.pk).exists():
         return HttpResponseForbidden("You are not a member of this pod.")
     try:
@@ -557,16 +552,15 @@ def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
     except PermissionError:
         return HttpResponseForbidden(OUTSIDER_REFUSAL)
     raw = request.POST.get("priority", "")
-    if not (raw.isdigit() and len(raw) == 1):
-        return _refused(request, session_id, "Choose a priority from P0 to P3.", status=400)
+    priority = int(raw) if raw.isdigit() and len(raw) == 1 else -1  # the service refuses it (after who asks)
     try:
-        services.session_set_priority(session=session, priority=int(raw), by=request.user)
+        services.session_set_priority(session=session, priority=priority, by=request.user)
     except authority.NotAllowed as exc:
         services.record_refused_action(session=session, by=request.user, action="set priority", refusal=str(exc))
         return _refused(request, session_id, str(exc))
     except ValidationError as exc:
         return _refused(request, session_id, validation_text(exc), status=400)
-    return _after_action(request, session_id, success=f"#{session_id}: priority P{raw}.")
+    return _after_action(request, session_id, success=f"#{session_id}: priority P{priority}.")
 
 
 # --- escalations ------------------------------------------------------------------------------

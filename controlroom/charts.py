@@ -312,6 +312,19 @@ def build_charts(report: Report) -> dict:
             name=name, css=css, kind=kind, values=values, small=[False] * len(values), notes=[""] * len(values)
         )
 
+    def hours_chart(key, title, spreads, upper_label):
+        """Weekly median and upper percentile of a duration, in hours."""
+        return time_chart(
+            key=key,
+            title=title,
+            unit="hours",
+            weeks=weeks,
+            series=[
+                spec("median", "s1", spreads, value=lambda f: _hours_or_none(f.median)),
+                spec(upper_label, "s2", spreads, value=lambda f: _hours_or_none(f.upper)),
+            ],
+        )
+
     def ratio_chart(key, title, attr, caption=""):
         figures = [getattr(m, attr) for m in points]
         return time_chart(
@@ -332,29 +345,11 @@ def build_charts(report: Report) -> dict:
             ratio_chart("revert_rate", "Revert rate (14 days)", "revert_rate"),
         ),
         (
-            time_chart(
-                key="lead_time",
-                title="Lead time to acceptance",
-                unit="hours",
-                weeks=weeks,
-                series=[
-                    spec("median", "s1", lead, value=lambda f: _hours_or_none(f.median)),
-                    spec("p85", "s2", lead, value=lambda f: _hours_or_none(f.upper)),
-                ],
-            ),
+            hours_chart("lead_time", "Lead time to acceptance", lead, "p85"),
             ratio_chart("first_pass", "First-pass acceptance", "first_pass_acceptance"),
         ),
         (
-            time_chart(
-                key="escalation_response",
-                title="Escalation response time",
-                unit="hours",
-                weeks=weeks,
-                series=[
-                    spec("median", "s1", response, value=lambda f: _hours_or_none(f.median)),
-                    spec("p90", "s2", response, value=lambda f: _hours_or_none(f.upper)),
-                ],
-            ),
+            hours_chart("escalation_response", "Escalation response time", response, "p90"),
             time_chart(
                 key="supervision_load",
                 title="Supervision load (per accepted)",

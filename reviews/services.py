@@ -67,6 +67,11 @@ def _scratch_dir() -> Path:
     return Path(settings.CONTROLROOM["WORKTREES_DIR"]) / SCRATCH_DIRNAME
 
 
+def _commit_message(subject: str, body: str, comment: str, trailers: str) -> str:
+    """A review's commit message: its paragraphs, the reviewer's comment only when there is one."""
+    return "\n\n".join(filter(None, [subject, body, comment, trailers]))
+
+
 def _author(user: User) -> tuple[str, str]:
     return (user.get_full_name() or user.username, user.email or f"{user.username}@controlroom.invalid")
 
@@ -215,16 +220,11 @@ def review_approve(
     session = _fresh(session)
     _require_awaiting(session)
     comment = (comment or "").strip()
-    message = "\n\n".join(
-        filter(
-            None,
-            [
-                f"Merge session #{session.pk}: {session.name}",
-                f"Work of agent session #{session.pk} on {session.branch}, approved by {reviewer.username}.",
-                comment,
-                f"Agent-Session: {session.pk}\nReviewed-By: {reviewer.username}",
-            ],
-        )
+    message = _commit_message(
+        f"Merge session #{session.pk}: {session.name}",
+        f"Work of agent session #{session.pk} on {session.branch}, approved by {reviewer.username}.",
+        comment,
+        f"Agent-Session: {session.pk}\nReviewed-By: {reviewer.username}",
     )
     try:
         merged = git_ops.merge_branch(
@@ -396,17 +396,12 @@ def review_revert(
     if merged.get("method") not in ("fast-forward", "merge"):
         raise ValidationError(f"Session #{session.pk}'s approval merged no commits: there is nothing to revert.")
     comment = (comment or "").strip()
-    message = "\n\n".join(
-        filter(
-            None,
-            [
-                f"Revert session #{session.pk}: {session.name}",
-                f"This reverts the work of agent session #{session.pk} ({session.branch}), merged into "
-                f"{session.base_branch} at {merged['base_after'][:12]} ({merged['method']}).",
-                comment,
-                f"Agent-Session: {session.pk}\nReverted-By: {reviewer.username}",
-            ],
-        )
+    message = _commit_message(
+        f"Revert session #{session.pk}: {session.name}",
+        f"This reverts the work of agent session #{session.pk} ({session.branch}), merged into "
+        f"{session.base_branch} at {merged['base_after'][:12]} ({merged['method']}).",
+        comment,
+        f"Agent-Session: {session.pk}\nReverted-By: {reviewer.username}",
     )
     try:
         reverted = git_ops.revert_merge(

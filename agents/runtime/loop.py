@@ -760,7 +760,7 @@ class _Step:
                 result=f"denied: {reason}",
                 finished_at=timezone.now(),
             )
-            if provenance == "human" or provenance == "expired":
+            if provenance in ("human", "expired", "budget"):  # the grant's rules did not decide: say who did
                 ToolCall.objects.filter(pk=row.pk).update(reason_type=provenance, reason=reason, decision="deny")
                 row.refresh_from_db()
             self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}")
@@ -834,25 +834,18 @@ class _Step:
                 session_id=self.session_id, limit=grant.max_tool_calls, activity=activity
             ):
                 reason = f"budget: max tool calls ({grant.max_tool_calls}) reached"
-                row = self._tool_row(
+                return self._deny(
                     step_row,
                     index,
                     call,
                     args,
                     raw_hash,
                     decision,
-                    ToolCall.State.DENIED,
-                    existing,
-                    result=f"denied: {reason}",
-                    finished_at=timezone.now(),
+                    reason,
+                    block=True,
+                    provenance="budget",
+                    existing=existing,
                 )
-                ToolCall.objects.filter(pk=row.pk).update(decision="deny", reason_type="budget", reason=reason)
-                row.refresh_from_db()
-                self._append_transcript(
-                    role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}"
-                )
-                self._audit_tool(row, provenance="budget")
-                return ("block", reason)
             self.session.tool_calls += 1
             provenance = decision.reason_type
             if decision.reason_type == "human" and not services.approval_consume(

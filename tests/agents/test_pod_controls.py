@@ -127,10 +127,6 @@ def test_a_member_of_another_pod_gets_403_and_learns_nothing(client, fleet, sess
     assert not paused(fleet.alpha)
 
 
-def test_an_unknown_pod_control_is_404(client, fleet):
-    assert login(client, fleet.lead).post("/pods/alpha/explode").status_code == 404
-
-
 def test_pausing_needs_a_post(client, fleet):
     assert login(client, fleet.lead).get("/pods/alpha/pause").status_code == 405
 
