@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import transaction
 
 from agents import services
 from agents.authority import NotAllowed
@@ -25,7 +26,8 @@ def sessions(fleet, worktrees_dir):
         )
 
     queued, running, mine = launch("Fix the pricing bug"), launch("Fix the slug bug"), launch("Write the docs")
-    services.set_status(running, Status.RUNNING, reason="working")
+    with transaction.atomic():
+        services.set_status(running, Status.RUNNING, reason="working")
     services.session_pause(session=mine, by=fleet.sto)
     return {"queued": queued, "running": running, "paused_by_hand": mine}
 
@@ -153,3 +155,48 @@ def test_the_cli_refuses_a_member_with_a_clear_message(fleet, sessions):
 def test_the_cli_names_an_unknown_pod(fleet):
     with pytest.raises(CommandError, match="no pod with slug 'nope'"):
         call_command("resume_pod", "nope", "--as", "lena")
+
+
+# --- in a real browser ----------------------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_chromium_the_lead_confirms_and_pauses_the_pod_then_resumes_it(live_server, fleet, sessions, monkeypatch):
+    from playwright.sync_api import expect, sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop here
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{live_server.url}/login/?next=/pods/alpha/")
+            page.fill("input[name=username]", "lena")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{live_server.url}/pods/alpha/")
+            asked: list[str] = []
+            page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+            page.click("[data-control=pause-pod]")
+            expect(page.locator("#pod-controls")).to_have_attribute("data-paused", "false")
+            assert asked and "parked before its next tool call" in asked[0]
+            assert not paused(fleet.alpha), "dismissing the confirmation changes nothing"
+
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.fill("#pod-controls input[name=reason]", "bad deploy")
+            page.click("[data-control=pause-pod]")
+            expect(page.locator("#pod-controls")).to_have_attribute("data-paused", "true")
+            expect(page.locator("#pod-controls .flash")).to_contain_text("2 session(s) parked")
+            assert page.url == f"{live_server.url}/pods/alpha/", "htmx swapped the controls in place"
+            assert paused(fleet.alpha) and statuses(sessions)["running"] == (Status.PAUSED, "pod")
+            assert AuditEvent.objects.get(kind="pod.paused").payload["reason"] == "bad deploy"
+
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("[data-control=resume-pod]")
+            expect(page.locator("#pod-controls")).to_have_attribute("data-paused", "false")
+            assert not paused(fleet.alpha) and statuses(sessions)["running"] == (Status.RUNNING, "")
+        finally:
+            browser.close()
