@@ -382,29 +382,12 @@ def build_charts(report: Report) -> dict:
     )
     pods = report.by_pod
     comparison = [
-        pod_bar_chart(
-            key="pod_throughput",
-            title="Accepted per week, by pod",
-            unit="count",
-            rows=[(m.label, m.accepted_throughput) for m in pods],
-        ),
-        pod_bar_chart(
-            key="pod_yield",
-            title="Acceptance yield, by pod (95% CI)",
-            unit="ratio",
-            rows=[(m.label, m.acceptance_yield) for m in pods],
-        ),
-        pod_bar_chart(
-            key="pod_revert",
-            title="Revert rate, by pod (95% CI)",
-            unit="ratio",
-            rows=[(m.label, m.revert_rate) for m in pods],
-        ),
-        pod_bar_chart(
-            key="pod_cost",
-            title="Cost per accepted session, by pod",
-            unit="usd",
-            rows=[(m.label, m.cost_per_accepted) for m in pods],
-        ),
+        pod_bar_chart(key=key, title=title, unit=unit, rows=[(m.label, getattr(m, attr)) for m in pods])
+        for key, title, unit, attr in (
+            ("pod_throughput", "Accepted per week, by pod", "count", "accepted_throughput"),
+            ("pod_yield", "Acceptance yield, by pod (95% CI)", "ratio", "acceptance_yield"),
+            ("pod_revert", "Revert rate, by pod (95% CI)", "ratio", "revert_rate"),
+            ("pod_cost", "Cost per accepted session, by pod", "usd", "cost_per_accepted"),
+        )
     ]
     return {"pairs": pairs, "cost": cost, "comparison": comparison}

@@ -632,17 +632,14 @@ class _Step:
                 if action
                 else None
             )
-            if escalation and escalation.state == Escalation.State.DENIED:
+            if escalation and escalation.state in (Escalation.State.DENIED, Escalation.State.EXPIRED):
+                if escalation.state == Escalation.State.DENIED:
+                    who = escalation.decided_by.username if escalation.decided_by else "a human"
+                    reason, provenance = f"denied by {who}: {escalation.decision_reason or 'no reason given'}", "human"
+                else:
+                    reason, provenance = "nobody answered before the grant expired", "expired"
                 return self._deny(
-                    step_row,
-                    index,
-                    call,
-                    args,
-                    raw_hash,
-                    decision,
-                    f"denied by {escalation.decided_by.username if escalation.decided_by else 'a human'}: {escalation.decision_reason or 'no reason given'}",
-                    provenance="human",
-                    existing=existing,
+                    step_row, index, call, args, raw_hash, decision, reason, provenance=provenance, existing=existing
                 )
             if escalation and escalation.state == Escalation.State.OPEN:
                 with transaction.atomic():
@@ -652,18 +649,6 @@ class _Step:
                             session, Status.NEEDS_APPROVAL, reason=f"asks: {escalation.action}"[:480], agent=True
                         )
                 return StepOutcome("parked", detail="still waiting for a human")
-            if escalation and escalation.state == Escalation.State.EXPIRED:
-                return self._deny(
-                    step_row,
-                    index,
-                    call,
-                    args,
-                    raw_hash,
-                    decision,
-                    "nobody answered before the grant expired",
-                    provenance="expired",
-                    existing=existing,
-                )
             if self.grant.on_unanswered == Grant.OnUnanswered.DENY:
                 return self._escalate(step_row, index, call, args, raw_hash, decision, existing, deny_now=True)
             return self._escalate(step_row, index, call, args, raw_hash, decision, existing)
