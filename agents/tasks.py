@@ -6,7 +6,6 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
@@ -17,9 +16,9 @@ from django.utils import timezone
 
 from agents import services
 from agents.dispatch import enqueue_step_now
-from agents.models import AgentSession, Escalation, Grant, Status
+from agents.models import AgentSession, Escalation, Status
 from agents.runtime.loop import run_step
-from agents.selectors import awaiting_review_count
+from agents.selectors import active_grants, awaiting_review_count, stale_q
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +55,11 @@ def agent_step(self, session_id: int, step: int) -> str:
 def tick() -> dict:
     """Periodic housekeeping (Celery beat, every few seconds):
     - wake queued sessions whose grant window has opened (or whose pod's review queue has room);
-    - recover stale sessions: running, no live lease, heartbeat older than STALE_AFTER_S (a lost message
-      or a dead worker) → enqueue their next step again (the step number makes that harmless);
+    - recover stale sessions (``agents.selectors.stale_q``: a lost message or a dead worker) → enqueue
+      their next step again (the step number makes that harmless);
     - block sessions whose grant expired while they waited for a human.
     """
     now = timezone.now()
-    stale_before = now - timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
     woken = recovered = 0
     # only sessions a check parked (window not open, review WIP limit): a freshly launched one already
     # has its first step on the queue, and one launched with --no-start stays put
@@ -77,14 +75,12 @@ def tick() -> dict:
             if wip_limit and awaiting_review_count(pod_id=pod_id) >= wip_limit:
                 continue
         else:
-            grant = Grant.objects.filter(session_id=session_id, revoked_at__isnull=True).order_by("-version").first()
+            grant = active_grants(session_id).only("not_before").first()
             if not grant or grant.not_before > now:
                 continue
         enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
         woken += 1
-    stale = AgentSession.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before).filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lt=now)
-    )
+    stale = AgentSession.objects.filter(stale_q(now=now))
     for session_id, steps, priority in stale.values_list("id", "steps", "priority"):
         enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
         recovered += 1
