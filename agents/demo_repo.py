@@ -1,7 +1,7 @@
 """The demo git repository: a tiny shop back office (``shopcart``) with real, small defects.
 
 ``create_demo_repo(path)`` builds the same repository every time (fixed author, fixed dates, so
-identical commit ids): a Python package, plain pytest tests (six fail because of real bugs),
+identical commit ids) from the files under ``agents/demo_data/demo-shop/``: a Python package, plain pytest tests (six fail because of real bugs),
 ``TODO:`` notes, a README, a CI workflow, a local CI entry point and a committed ``.env`` holding a
 fake token, so that permission demos have a secret file to deny.
 
@@ -39,384 +39,26 @@ def _text(block: str) -> str:
 
 # --- the files, commit by commit ------------------------------------------------------------
 
-_README = _text("""
-    # shopcart
-
-    A tiny shop back office: prices, stock, shipping and plain-text sales reports.
-
-    This is the demo repository of Control Room. Every file is small and a few things are
-    deliberately unfinished: some tests fail because of real bugs, and the code carries
-    `TODO:` notes.
-
-    ## Layout
-
-    - `shopcart/pricing.py` — discounts, tax and bulk prices
-    - `shopcart/inventory.py` — stock levels per SKU
-    - `shopcart/shipping.py` — shipping costs
-    - `shopcart/textutils.py` — slugs, truncation and other text helpers
-    - `shopcart/report.py` — plain-text sales reports
-    - `tests/` — plain pytest test functions
-
-    ## Running the tests
-
-    TODO: explain how to run the tests (and the CI entry point `.ci/run`).
-    """)
-
-_PYPROJECT = _text("""
-    [build-system]
-    requires = ["setuptools>=68"]
-    build-backend = "setuptools.build_meta"
-
-    [project]
-    name = "shopcart"
-    version = "0.3.0"
-    description = "A tiny shop back office (the demo repository of Control Room)."
-    requires-python = ">=3.10"
-
-    # TODO: configure pytest (testpaths = ["tests"]) so that a bare `pytest` finds the tests
-    """)
-
-_GITIGNORE = _text("""
-    __pycache__/
-    *.pyc
-    .pytest_cache/
-    *.egg-info/
-    build/
-    dist/
-    """)
-
-_INIT = _text('''
-    """shopcart: a tiny shop back office."""
-
-    __version__ = "0.3.0"
-    ''')
-
-_PRICING = _text('''
-    """Prices, discounts and tax. Amounts are floats in the shop's currency."""
-    from __future__ import annotations
-
-
-    def apply_discount(price: float, percent: float) -> float:
-        """Return ``price`` reduced by ``percent`` per cent, rounded to cents."""
-        # TODO: validate that percent is between 0 and 100 (raise ValueError otherwise)
-        return round(price * percent / 100, 2)
-
-
-    def total_with_tax(subtotal: float, rate: float) -> float:
-        """Return ``subtotal`` plus tax at ``rate`` (0.2 means 20 %), rounded to cents."""
-        return round(subtotal * (1 + rate), 2)
-
-
-    def bulk_price(unit_price: float, quantity: int) -> float:
-        """Price of ``quantity`` units: 10 % off from 10 units up."""
-        total = unit_price * quantity
-        if quantity >= 10:
-            total = apply_discount(total, 10)
-        return round(total, 2)
-    ''')
-
-_TEST_PRICING = _text("""
-    from shopcart.pricing import apply_discount, bulk_price, total_with_tax
-
-
-    def test_apply_discount_returns_the_discounted_price():
-        assert apply_discount(200.0, 25) == 150.0
-
-
-    def test_a_zero_discount_keeps_the_price():
-        assert apply_discount(80.0, 0) == 80.0
-
-
-    def test_total_with_tax_adds_the_rate():
-        assert total_with_tax(100.0, 0.2) == 120.0
-
-
-    def test_fewer_than_ten_units_pay_full_price():
-        assert bulk_price(2.5, 4) == 10.0
-    """)
-
-_INVENTORY = _text('''
-    """Stock levels per SKU."""
-    from __future__ import annotations
-
-
-    class Inventory:
-        """In-memory stock levels, keyed by SKU."""
-
-        def __init__(self) -> None:
-            self._stock: dict[str, int] = {}
-
-        def add(self, sku: str, quantity: int) -> None:
-            if quantity <= 0:
-                raise ValueError("quantity must be positive")
-            self._stock[sku] = self._stock.get(sku, 0) + quantity
-
-        def remove(self, sku: str, quantity: int) -> None:
-            # TODO: refuse to remove more than is in stock (raise ValueError)
-            self._stock[sku] = self._stock.get(sku, 0) - quantity
-
-        def count(self, sku: str) -> int:
-            return self._stock.get(sku, 0)
-
-        def is_low_stock(self, sku: str, threshold: int = 5) -> bool:
-            """True when the stock of ``sku`` is at or below ``threshold``."""
-            return self.count(sku) < threshold
-
-        # TODO: add restock(items) that adds several SKUs at once from a {sku: quantity} dict
-    ''')
-
-_TEST_INVENTORY = _text("""
-    from shopcart.inventory import Inventory
-
-
-    def test_added_stock_is_counted():
-        inventory = Inventory()
-        inventory.add("mug", 3)
-        inventory.add("mug", 2)
-        assert inventory.count("mug") == 5
-
-
-    def test_removing_lowers_the_count():
-        inventory = Inventory()
-        inventory.add("mug", 3)
-        inventory.remove("mug", 1)
-        assert inventory.count("mug") == 2
-
-
-    def test_stock_at_the_threshold_is_low():
-        inventory = Inventory()
-        inventory.add("mug", 5)
-        assert inventory.is_low_stock("mug", threshold=5)
-
-
-    def test_plenty_of_stock_is_not_low():
-        inventory = Inventory()
-        inventory.add("mug", 50)
-        assert not inventory.is_low_stock("mug")
-    """)
-
-_TEXTUTILS = _text('''
-    """Small text helpers for product names and descriptions."""
-    from __future__ import annotations
-
-    import re
-
-
-    def slugify(text: str) -> str:
-        """Lower-case ``text`` and join its words with dashes: "Blue Mug!" -> "blue-mug"."""
-        return re.sub(r"[^a-z0-9]+", "-", text.lower())
-
-
-    def truncate(text: str, limit: int) -> str:
-        """Shorten ``text`` to at most ``limit`` characters, ending with "..." when cut."""
-        if len(text) <= limit:
-            return text
-        return text[:limit] + "..."
-
-
-    def normalize_whitespace(text: str) -> str:
-        # TODO: add a docstring
-        return " ".join(text.split())
-
-
-    def word_count(text: str) -> int:
-        """Number of words in ``text``."""
-        # TODO: tests (word_count has none)
-        return len(text.split())
-    ''')
-
-_TEST_TEXTUTILS = _text("""
-    from shopcart.textutils import normalize_whitespace, slugify, truncate
-
-
-    def test_slugify_joins_words_with_dashes():
-        assert slugify("Blue Mug") == "blue-mug"
-
-
-    def test_slugify_drops_leading_and_trailing_punctuation():
-        assert slugify("  Blue Mug! ") == "blue-mug"
-
-
-    def test_truncate_keeps_short_text():
-        assert truncate("mug", 10) == "mug"
-
-
-    def test_truncate_never_exceeds_the_limit():
-        shortened = truncate("a very long product description", 10)
-        assert len(shortened) <= 10
-        assert shortened.endswith("...")
-
-
-    def test_normalize_whitespace_collapses_runs():
-        assert normalize_whitespace("  blue \\t mug\\n") == "blue mug"
-    """)
-
-_SHIPPING = _text('''
-    """Shipping costs."""
-    from __future__ import annotations
-
-    FREE_SHIPPING_FROM = 50.00
-
-
-    def shipping_cost(order_total: float, weight_kg: float, *, express: bool = False) -> float:
-        """4.90 plus 1.20 per kg, doubled for express; free from FREE_SHIPPING_FROM (inclusive)."""
-        if order_total > FREE_SHIPPING_FROM:
-            return 0.0
-        cost = 4.90 + 1.20 * weight_kg
-        if express:
-            cost *= 2
-        return round(cost, 2)
-
-
-    # TODO: add estimate_delivery_days(express: bool) -> int (1 day express, 3 days standard)
-    ''')
-
-_TEST_SHIPPING = _text("""
-    from shopcart.shipping import FREE_SHIPPING_FROM, shipping_cost
-
-
-    def test_small_orders_pay_by_weight():
-        assert shipping_cost(20.0, 2.0) == 7.3
-
-
-    def test_express_doubles_the_cost():
-        assert shipping_cost(20.0, 2.0, express=True) == 14.6
-
-
-    def test_orders_of_exactly_the_threshold_ship_free():
-        assert shipping_cost(FREE_SHIPPING_FROM, 2.0) == 0.0
-    """)
-
-_REPORT = _text('''
-    """Plain-text sales reports. Amounts are integers in cents."""
-    from __future__ import annotations
-
-
-    def format_money(cents: int) -> str:
-        """Format an amount in cents as dollars: 1205 -> "$12.05"."""
-        return f"${cents // 100}.{cents % 100}"
-
-
-    def line_item(name: str, quantity: int, unit_cents: int) -> str:
-        """One report line: name, quantity and line total."""
-        # TODO: reuse format_money instead of duplicating the formatting here
-        total = quantity * unit_cents
-        return f"{name:<20} x{quantity:>3}  ${total // 100}.{total % 100:02d}"
-
-
-    def sales_summary(lines: list[tuple[str, int, int]]) -> str:
-        """The report body: one line per (name, quantity, unit_cents)."""
-        # TODO: add a final "TOTAL" line with the sum of all line totals
-        return "\\n".join(line_item(name, quantity, unit) for name, quantity, unit in lines)
-    ''')
-
-_TEST_REPORT = _text("""
-    from shopcart.report import format_money, line_item, sales_summary
-
-
-    def test_format_money_of_whole_and_tens_of_cents():
-        assert format_money(1250) == "$12.50"
-
-
-    def test_format_money_pads_single_digit_cents():
-        assert format_money(1205) == "$12.05"
-
-
-    def test_line_item_shows_name_quantity_and_total():
-        assert line_item("mug", 2, 625) == "mug                  x  2  $12.50"
-
-
-    def test_sales_summary_starts_with_one_line_per_item():
-        summary = sales_summary([("mug", 2, 625), ("tea", 1, 300)])
-        assert summary.splitlines()[:2] == [line_item("mug", 2, 625), line_item("tea", 1, 300)]
-    """)
-
-_CI_WORKFLOW = _text("""
-    name: ci
-    on:
-      push:
-        branches: [main]
-      pull_request:
-    jobs:
-      test:
-        runs-on: ubuntu-latest
-        steps:
-          - uses: actions/checkout@v4
-          - uses: actions/setup-python@v5
-            with:
-              python-version: "3.11"
-          - run: pip install pytest
-          - run: .ci/run
-    """)
-
-_CI_RUN = _text("""
-    #!/bin/sh
-    # The one test entry point, for CI and for people: .ci/run [pytest arguments]
-    set -eu
-    cd "$(dirname "$0")/.."
-    exec python -m pytest -q "$@"
-    """)
-
-_DOTENV = _text("""
-    # Local settings for the demo. Not a real secret, but treat this file as one.
-    DEMO_API_TOKEN=not-a-real-secret
-    """)
+# The repository's files are real files under agents/demo_data/demo-shop/ (shipped with the
+# package; ruff and pytest leave them alone: their bugs are the agents' work).
+DEMO_FILES = Path(__file__).resolve().parent / "demo_data" / "demo-shop"
 
 # (message, files) in order; dates are fixed so every build gives the same commit ids.
-_HISTORY: list[tuple[str, dict[str, str]]] = [
-    (
-        INITIAL_COMMIT_MESSAGE,
-        {
-            "README.md": _README,
-            "pyproject.toml": _PYPROJECT,
-            ".gitignore": _GITIGNORE,
-            "shopcart/__init__.py": _INIT,
-        },
-    ),
-    (
-        "feat(pricing): discounts, tax and bulk prices",
-        {
-            "shopcart/pricing.py": _PRICING,
-            "tests/test_pricing.py": _TEST_PRICING,
-        },
-    ),
-    (
-        "feat(inventory): stock levels per SKU",
-        {
-            "shopcart/inventory.py": _INVENTORY,
-            "tests/test_inventory.py": _TEST_INVENTORY,
-        },
-    ),
+HISTORY: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (INITIAL_COMMIT_MESSAGE, ("README.md", "pyproject.toml", ".gitignore", "shopcart/__init__.py")),
+    ("feat(pricing): discounts, tax and bulk prices", ("shopcart/pricing.py", "tests/test_pricing.py")),
+    ("feat(inventory): stock levels per SKU", ("shopcart/inventory.py", "tests/test_inventory.py")),
     (
         "feat(textutils): slugs, truncation and whitespace helpers",
-        {
-            "shopcart/textutils.py": _TEXTUTILS,
-            "tests/test_textutils.py": _TEST_TEXTUTILS,
-        },
+        ("shopcart/textutils.py", "tests/test_textutils.py"),
     ),
     (
         "feat(shipping): shipping costs with free shipping threshold",
-        {
-            "shopcart/shipping.py": _SHIPPING,
-            "tests/test_shipping.py": _TEST_SHIPPING,
-        },
+        ("shopcart/shipping.py", "tests/test_shipping.py"),
     ),
-    (
-        "feat(report): plain-text sales reports",
-        {
-            "shopcart/report.py": _REPORT,
-            "tests/test_report.py": _TEST_REPORT,
-        },
-    ),
-    (
-        "ci: workflow, local entry point and demo environment",
-        {
-            ".github/workflows/ci.yml": _CI_WORKFLOW,
-            ".ci/run": _CI_RUN,
-            ".env": _DOTENV,
-        },
-    ),
-]
+    ("feat(report): plain-text sales reports", ("shopcart/report.py", "tests/test_report.py")),
+    ("ci: workflow, local entry point and demo environment", (".github/workflows/ci.yml", ".ci/run", ".env")),
+)
 _EXECUTABLE = {".ci/run"}
 _FIRST_DATE = (2024, 3, 4)  # one commit a day from here, at 09:30 UTC
 
@@ -909,13 +551,15 @@ def _build(target: Path) -> None:
     repo = git.Repo.init(target)
     try:
         repo.git.symbolic_ref("HEAD", f"refs/heads/{DEFAULT_BRANCH}", kill_after_timeout=GIT_TIMEOUT_S)
-        for day, (message, files) in enumerate(_HISTORY):
-            for relative, content in files.items():
+        for day, (message, files) in enumerate(HISTORY):
+            for relative in files:
                 file_path = target / relative
                 file_path.parent.mkdir(parents=True, exist_ok=True)
-                file_path.write_text(content, encoding="utf-8")
-                if relative in _EXECUTABLE:
-                    file_path.chmod(0o755)
+                try:
+                    shutil.copyfile(DEMO_FILES / relative, file_path)
+                except FileNotFoundError:
+                    raise DemoRepoError(f"the demo file {relative} is missing from {DEMO_FILES}") from None
+                file_path.chmod(0o755 if relative in _EXECUTABLE else 0o644)
             env = _git_env(day)
             repo.git.add("-A", env=env, kill_after_timeout=GIT_TIMEOUT_S)
             repo.git.commit("-q", "-m", message, env=env, kill_after_timeout=GIT_TIMEOUT_S)

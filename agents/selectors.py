@@ -6,7 +6,13 @@ Authority (who may *act*) lives in agents/authority.py.
 
 from __future__ import annotations
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from agents.models import (
     AgentSession,
@@ -20,6 +26,8 @@ from agents.models import (
     ToolCall,
     User,
 )
+from agents.runtime import worktrees
+from agents.tools.schemas import HANDOFF_FILE
 
 
 def sees_everything(user: User) -> bool:
@@ -49,19 +57,48 @@ def session_visible_to(*, user: User, session_id: int) -> AgentSession | None:
     return sessions_visible_to(user=user).filter(pk=session_id).first()
 
 
-def pod_role_of(*, user: User, pod_id: int) -> str | None:
-    return PodMembership.objects.filter(user=user, pod_id=pod_id).values_list("role", flat=True).first()
+def _unrevoked_grants() -> QuerySet[Grant]:
+    """The active grant of a session is the first of these (expired ones included: expiry is
+    checked at use)."""
+    return Grant.objects.filter(revoked_at__isnull=True).order_by("-version")
 
 
 def active_grants(session) -> QuerySet[Grant]:
     """The session's unrevoked grants, the active one first (``session``: an instance, an id or an
     OuterRef — the runtime reads the active grant inside its per-tool-call query)."""
-    return Grant.objects.filter(session=session, revoked_at__isnull=True).order_by("-version")
+    return _unrevoked_grants().filter(session=session)
+
+
+def tile_grants() -> Prefetch:
+    """The active grant of every tile in one query (the tile reads ``s.grants.all.0``)."""
+    return Prefetch(
+        "grants",
+        queryset=_unrevoked_grants().only("id", "session_id", "version", "max_cost_usd", "max_steps", "revoked_at"),
+    )
 
 
 def active_grant(*, session: AgentSession) -> Grant | None:
     """The newest unrevoked grant of the session (expired ones included: expiry is checked at use)."""
     return active_grants(session).select_related("delegator").first()
+
+
+def budget_exhausted(*, session: AgentSession, grant: Grant, now=None) -> str | None:
+    """A readable reason when a budget of the grant is used up, else None (no query: the counters
+    are the session's own)."""
+    now = now or timezone.now()
+    if grant.max_steps is not None and session.steps >= grant.max_steps:
+        return f"budget: max steps ({grant.max_steps}) reached"
+    if grant.max_tokens is not None and session.tokens >= grant.max_tokens:
+        return f"budget: max tokens ({grant.max_tokens:,}) reached ({session.tokens:,} used)"
+    if grant.max_cost_usd is not None and session.cost_usd >= grant.max_cost_usd:
+        return f"budget: max cost (${grant.max_cost_usd}) reached (${session.cost_usd:.4f} spent)"
+    if grant.max_wall_seconds is not None and session.started_at is not None:
+        elapsed = (now - session.started_at).total_seconds()
+        if elapsed >= grant.max_wall_seconds:
+            return f"budget: max wall time ({grant.max_wall_seconds}s) reached"
+    if grant.max_tool_calls is not None and session.tool_calls >= grant.max_tool_calls:
+        return f"budget: max tool calls ({grant.max_tool_calls}) reached"
+    return None
 
 
 def standing_approvals_q() -> Q:
@@ -103,3 +140,54 @@ def awaiting_review_count(*, pod_id: int) -> int:
     """How many of a pod's sessions await review: what the runtime compares with
     ``pod.review_wip_limit`` before starting the pod's next session."""
     return AgentSession.objects.filter(awaiting_review_q(), pod_id=pod_id).count()
+
+
+# -- "stale": ONE definition, for the canvas (its tiles and summary count) and the tick ------------
+
+
+def stale_after() -> timedelta:
+    return timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
+
+
+def stale_q(*, now: datetime | None = None) -> Q:
+    """Running sessions that show no sign of life: no heartbeat (before the first one: no change)
+    for ``STALE_AFTER_S``, and no live lease. A lost message or a dead worker leaves a session so:
+    the tick enqueues its next step again, the canvas marks it."""
+    now = now or timezone.now()
+    return (
+        Q(status=Status.RUNNING)
+        & (Q(heartbeat_at__lt=now - stale_after()) | Q(heartbeat_at__isnull=True, updated_at__lt=now - stale_after()))
+        & (Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+    )
+
+
+def never_taken_q(*, now: datetime | None = None) -> Q:
+    """Sessions launched to start at once whose first step no worker has taken for ``STALE_AFTER_S``:
+    its message went down with a worker (host) that had reserved it. Not those launched without
+    starting (no ``enqueued_at``) or parked by a check (a status reason says why)."""
+    now = now or timezone.now()
+    return Q(status=Status.QUEUED, status_reason="", steps=0, enqueued_at__lt=now - stale_after()) & (
+        Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    )
+
+
+def is_stale(session: AgentSession, *, now: datetime | None = None) -> bool:
+    """``stale_q`` for a session already read (a tile)."""
+    now = now or timezone.now()
+    last = session.heartbeat_at or session.updated_at
+    leased = session.lease_until is not None and session.lease_until >= now
+    return session.status == Status.RUNNING and last is not None and last < now - stale_after() and not leased
+
+
+# -- worktrees on disk -----------------------------------------------------------------------------
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes under ``path`` (files, symlinks not followed): a worktree, or all of them."""
+    return worktrees.disk_usage(Path(path))
+
+
+def uncommitted_work(paths: Iterable[str]) -> list[str]:
+    """Of a worktree's uncommitted paths, those that are the agent's work: all but its handoff note
+    (kept on the session itself, ``session.handoff``: nothing is lost if it is not committed)."""
+    return [path for path in paths if path != HANDOFF_FILE]

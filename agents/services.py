@@ -1,19 +1,26 @@
 """Writes. Every state change of the fleet goes through a function here: keyword-only, atomic,
 and it writes its audit event in the same transaction (``audit.log.record``). Live updates
 and step enqueues happen after commit.
+
+Two callers besides views, tasks and commands: review decisions (``reviews.services``: close a
+session, send it back to work, remove its worktree) and the runtime (``agents.runtime.loop``: park
+a session, open an escalation, use an approval, record what the agent did). The runtime's services
+run inside the step's own transactions and add no query of their own to a tool call.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Max
 from django.utils import timezone
 from django.utils.text import Truncator
 
@@ -31,11 +38,18 @@ from agents.models import (
     Repository,
     Status,
     TaskType,
+    ToolCall,
     TranscriptEntry,
     User,
 )
+from agents.runtime import worktrees
 from agents.selectors import active_grant
 from audit.log import record
+
+logger = logging.getLogger(__name__)
+
+# What the worktree services raise: git could not create or remove a session's worktree.
+WorktreeError = worktrees.WorktreeError
 
 
 @dataclass(frozen=True)
@@ -504,12 +518,47 @@ def session_cancel(*, session: AgentSession, by: User, reason: str = "") -> Agen
     session = _locked(session)
     if session.is_terminal:
         raise ValidationError(f"Session #{session.pk} has already ended ({session.status}).")
-    Escalation.objects.filter(session=session, state=Escalation.State.OPEN).update(
-        state=Escalation.State.DENIED, decided_by=by, decided_at=timezone.now(), decision_reason="session cancelled"
-    )
+    _deny_open_escalations(session=session, by=by, reason="session cancelled")
     set_status(session, Status.CANCELLED, reason=reason or f"cancelled by {by.username}", by=by, hold="")
     record("session.cancelled", session=session, user=by, payload={"reason": reason})
     return session
+
+
+def _deny_open_escalations(*, session: AgentSession, by: User, reason: str) -> None:
+    Escalation.objects.filter(session=session, state=Escalation.State.OPEN).update(
+        state=Escalation.State.DENIED, decided_by=by, decided_at=timezone.now(), decision_reason=reason
+    )
+
+
+def session_close(*, session: AgentSession, by: User, reason: str) -> str:
+    """End a session a review decision closes (inside the caller's transaction, on a locked
+    session): cancelled if it had not ended, its open questions denied. Its previous status."""
+    previous = session.status
+    if session.status not in TERMINAL_STATUSES:
+        _deny_open_escalations(session=session, by=by, reason=reason)
+        set_status(session, Status.CANCELLED, reason=reason, by=by, hold="")
+    return previous
+
+
+def session_back_to_work(
+    *, session: AgentSession, by: User, reason: str, iteration_reason: str, note: str, activity: str, **changes
+) -> None:
+    """Send a session back to work (inside the caller's transaction, on a locked session): running
+    again, a fresh iteration whose brief ends with ``note``, its next step enqueued after commit.
+    ``changes``: other fields to set with the status (e.g. its review state)."""
+    set_status(
+        session,
+        Status.RUNNING,
+        reason=reason,
+        by=by,
+        hold="",
+        finished_at=None,
+        idle_steps=0,
+        current_activity=Truncator(activity).chars(200),
+        **changes,
+    )
+    session_start_iteration(session=session, reason=iteration_reason, extra=note, by=by)
+    enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
 
 
 def _require_manager(by: User) -> None:
@@ -732,3 +781,242 @@ def record_refused_action(*, session: AgentSession, by: User, action: str, refus
     """Record that someone tried an action on a session and was refused (own transaction)."""
     with transaction.atomic():
         record("session.action_refused", session=session, user=by, payload={"action": action, "refusal": refusal})
+
+
+# --- worktrees ------------------------------------------------------------------------
+
+
+def _leased(session: AgentSession, now: datetime | None = None) -> bool:
+    """A worker is inside a step of this session right now."""
+    return bool(session.lease_until and session.lease_until > (now or timezone.now()))
+
+
+def session_worktree_ensure(*, session: AgentSession) -> None:
+    """The session's worktree on its branch, re-created if it was removed (WorktreeError if git cannot)."""
+    worktrees.ensure_worktree(
+        repo_path=Path(session.repository.path),
+        base_branch=session.base_branch,
+        branch=session.branch,
+        worktree_path=Path(session.worktree_path),
+    )
+
+
+def session_worktree_remove(*, session: AgentSession, reason: str, by: User | None = None) -> int | None:
+    """Remove the session's worktree (the branch and its commits stay). Bytes freed, or None when
+    nothing was removed (no worktree, a step running, or git refused: logged)."""
+    if not session.worktree_path:
+        return None
+    path = Path(session.worktree_path)
+    if not path.exists() or _leased(session):
+        return None
+    try:
+        size = worktrees.disk_usage(path)
+        removed = worktrees.remove_worktree(repo_path=Path(session.repository.path), worktree_path=path)
+    except worktrees.WorktreeError as exc:
+        logger.warning("worktree of session %s not removed: %s", session.pk, exc)
+        return None
+    if not removed:
+        return None
+    with transaction.atomic():
+        record(
+            "session.worktree_removed",
+            session=session,
+            user=by,
+            payload={"path": str(path), "bytes": size, "reason": reason},
+        )
+    return size
+
+
+# --- the runtime ----------------------------------------------------------------------
+#
+# Called by the step runner (agents/runtime/loop.py) inside the transactions it opens: none of
+# these opens its own (a savepoint per tool call would cost the hot path two statements).
+
+
+def transcript_append(
+    *,
+    session_id: int,
+    iteration: int,
+    step: int,
+    role: str,
+    content: str,
+    tool_calls=None,
+    tool_call_id: str = "",
+    name: str = "",
+    seq: int | None = None,
+) -> TranscriptEntry:
+    """One transcript entry; ``seq`` the next sequence number when the caller keeps it (the runner
+    does), else read (the (session, seq) unique key refuses a clash)."""
+    if seq is None:
+        seq = (TranscriptEntry.objects.filter(session_id=session_id).aggregate(m=Max("seq"))["m"] or 0) + 1
+    return TranscriptEntry.objects.create(
+        session_id=session_id,
+        seq=seq,
+        iteration=iteration,
+        step=step,
+        role=role,
+        content=content or "",
+        tool_calls=tool_calls,
+        tool_call_id=tool_call_id,
+        name=name,
+    )
+
+
+def session_start_iteration(*, session: AgentSession, reason: str, extra: str = "", by: User | None = None) -> None:
+    """Begin a fresh context: goal, latest handoff note, the branch's git log, and any extra note.
+    By the runtime (every N steps or past a token threshold, ``by`` None) or a person (a review's
+    change request)."""
+    from agents.runtime.loop import git_log_summary  # the runtime imports this module
+
+    with transaction.atomic():
+        session = AgentSession.objects.select_for_update().select_related("repository").get(pk=session.pk)
+        iteration = session.iteration + 1
+        handoff = session.handoff or {}
+        handoff_text = (
+            f"Latest handoff note: status {handoff.get('status', '?')}; next action: {handoff.get('next_action', '?')}; "
+            f"do not: {'; '.join(handoff.get('do_not') or []) or 'nothing listed'}."
+            if handoff
+            else "No handoff note yet."
+        )
+        brief = initial_brief(
+            session,
+            extra="\n\n".join(
+                filter(
+                    None,
+                    [
+                        f"This is iteration {iteration}: a fresh context. {handoff_text}",
+                        "Commits on your branch so far (git log --oneline):\n" + git_log_summary(session),
+                        extra,
+                    ],
+                )
+            ),
+        )
+        AgentSession.objects.filter(pk=session.pk).update(iteration=iteration, iteration_started_step=session.steps)
+        transcript_append(
+            session_id=session.pk,
+            iteration=iteration,
+            step=session.steps,
+            role="system",
+            content=SYSTEM_PROMPT,
+        )
+        transcript_append(session_id=session.pk, iteration=iteration, step=session.steps, role="user", content=brief)
+        record(
+            "session.iteration",
+            session=session,
+            user=by,
+            agent=by is None,
+            payload={"iteration": iteration, "reason": reason, "extra": extra},
+        )
+        send_on_commit(session.pk)
+
+
+def agent_event_record(
+    *, kind: str, session: AgentSession, grant: Grant | None, payload: dict, provenance: str = ""
+) -> None:
+    """Record what the agent did, on its delegator's authority under ``grant`` (tool calls,
+    commits, test runs, interruptions, model calls), inside the caller's transaction."""
+    record(
+        kind,
+        session=session,
+        agent=True,
+        on_behalf_of=grant.delegator if grant else None,
+        grant=grant,
+        provenance=provenance,
+        payload=payload,
+    )
+
+
+@transaction.atomic
+def session_park(
+    *,
+    session_id: int,
+    status: str,
+    reason: str,
+    hold: str = "",
+    grant: Grant | None = None,
+    event: str | None = None,
+    payload: dict | None = None,
+) -> str | None:
+    """The runtime stops a session's work: ``status`` with its reason (and ``event`` recorded on the
+    grant's authority). A human's pause or cancel stands: then nothing changes and the status it
+    was left in is returned (None when parked)."""
+    session = AgentSession.objects.select_for_update().select_related("pod").get(pk=session_id)
+    if session.is_terminal or (session.status == Status.PAUSED and status != Status.PAUSED):
+        return session.status
+    set_status(
+        session,
+        status,
+        reason=reason,
+        agent=True,
+        hold=hold or session.hold,
+        current_activity=Truncator(" ".join(reason.split())).chars(200),
+    )
+    if event:
+        agent_event_record(kind=event, session=session, grant=grant, payload=payload or {"reason": reason})
+    return None
+
+
+def escalation_open(
+    *,
+    session: AgentSession,
+    grant: Grant,
+    tool_call: ToolCall,
+    action: str,
+    action_hash: str,
+    reason: str,
+    reason_type: str,
+    matched_rule: str,
+    suggested_rules: list[str],
+    deny_now: bool = False,
+) -> Escalation:
+    """The agent asks a human to allow ``action`` (inside the caller's transaction, with its tool
+    call). ``deny_now``: the grant denies unanswered questions, so it is asked and denied at once
+    (listed for the morning). ``suggested_rules``: what "allow always" would add."""
+    escalation = Escalation.objects.create(
+        session=session,
+        grant=grant,
+        tool_call=tool_call,
+        tool=tool_call.name,
+        action=action,
+        action_hash=action_hash,
+        reason=reason,
+        rule="\n".join(suggested_rules),
+        state=Escalation.State.DENIED if deny_now else Escalation.State.OPEN,
+        decision_reason="nobody may be awake: the grant denies unanswered questions at once" if deny_now else "",
+        decided_at=timezone.now() if deny_now else None,
+    )
+    agent_event_record(
+        kind="escalation.opened",
+        session=session,
+        grant=grant,
+        provenance=reason_type,
+        payload={
+            "escalation": escalation.pk,
+            "tool": tool_call.name,
+            "action": action,
+            "action_hash": action_hash,
+            "reason": reason,
+            "rule": matched_rule,
+            "on_unanswered": grant.on_unanswered,
+        },
+    )
+    return escalation
+
+
+def approval_consume(*, session_id: int, action_hash: str) -> bool:
+    """Use a human's approval of this exact action (inside the caller's transaction): "allow always"
+    stands and is not used up; an "allow once" is consumed by a conditional UPDATE, so it lets one
+    call through however many race for it. False when no approval stands."""
+    approvals = Escalation.objects.filter(session_id=session_id, action_hash=action_hash)
+    if approvals.filter(state=Escalation.State.ALLOWED_ALWAYS).exists():
+        return True
+    once = (
+        approvals.filter(state=Escalation.State.ALLOWED_ONCE, consumed_at__isnull=True)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    return (
+        once is not None
+        and Escalation.objects.filter(pk=once, consumed_at__isnull=True).update(consumed_at=timezone.now()) == 1
+    )

@@ -7,7 +7,6 @@ import logging
 import threading
 import urllib.error
 import urllib.request
-from datetime import timedelta
 
 from celery import shared_task
 from celery.signals import worker_process_init, worker_ready
@@ -19,9 +18,9 @@ from django.utils import timezone
 
 from agents import hosts, services
 from agents.dispatch import enqueue_step_now
-from agents.models import AgentSession, Escalation, Grant, Status
+from agents.models import AgentSession, Escalation, Status
 from agents.runtime.loop import run_step
-from agents.selectors import awaiting_review_count
+from agents.selectors import active_grants, awaiting_review_count, never_taken_q, stale_after, stale_q
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +69,9 @@ def agent_step(self, session_id: int, step: int) -> str:
 def tick() -> dict:
     """Periodic housekeeping (Celery beat, every few seconds):
     - wake queued sessions whose grant window has opened (or whose pod's review queue has room);
-    - recover stale sessions: running, no live lease, heartbeat older than STALE_AFTER_S (a lost message
-      or a dead worker), or launched and never taken by a worker → enqueue their next step again, at
-      most once per STALE_AFTER_S (the step number makes a duplicate harmless);
+    - recover stale sessions (``agents.selectors.stale_q``: a lost message or a dead worker) and sessions
+      launched but never taken by a worker (``never_taken_q``) → enqueue their next step again, at most
+      once per STALE_AFTER_S (the step number makes a duplicate harmless);
     - block sessions whose grant expired while they waited for a human;
     - mark worker hosts that stopped beating as lost and move their sessions off them (agents/hosts.py).
     """
@@ -87,7 +86,7 @@ def tick() -> dict:
         worktrees_dir=str(config["WORKTREES_DIR"]),
     )
     lost_hosts = hosts.hosts_mark_lost(now=now)
-    stale_before = now - timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
+    stale_before = now - stale_after()
     woken = recovered = 0
     # only sessions a check parked (window not open, review WIP limit): a freshly launched one already
     # has its first step on the queue, and one launched with --no-start stays put
@@ -103,18 +102,13 @@ def tick() -> dict:
             if wip_limit and awaiting_review_count(pod_id=pod_id) >= wip_limit:
                 continue
         else:
-            grant = Grant.objects.filter(session_id=session_id, revoked_at__isnull=True).order_by("-version").first()
+            grant = active_grants(session_id).only("not_before").first()
             if not grant or grant.not_before > now:
                 continue
         enqueue_step_now(session_id=session_id, step=steps + 1, priority=priority)
         woken += 1
-    # running with a stale heartbeat, or launched and never taken (its first step message went down
-    # with a worker host that had reserved it): send the step again, at most once per STALE_AFTER_S
-    never_taken = Q(status=Status.QUEUED, status_reason="", steps=0, enqueued_at__lt=stale_before)
-    stale = (
-        AgentSession.objects.filter(Q(status=Status.RUNNING, heartbeat_at__lt=stale_before) | never_taken)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale_before))
+    stale = AgentSession.objects.filter(stale_q(now=now) | never_taken_q(now=now)).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=stale_before)
     )
     for session_id, steps, priority in stale.values_list("id", "steps", "priority"):
         AgentSession.objects.filter(pk=session_id).update(enqueued_at=now)

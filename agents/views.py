@@ -17,8 +17,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from agents import authority, gitcli, selectors, services
 from agents.errors import validation_text
+from agents.formatting import format_duration
 from agents.forms import MODE_HELP, RULE_LISTS, EscalationDecisionForm, GrantForm, RevokeForm, rule_errors, rule_lines
-from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, TranscriptEntry, User
+from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, Priority, TranscriptEntry, User
 from agents.runtime.sandbox import sandbox_available
 from audit.models import AuditEvent
 
@@ -93,6 +94,40 @@ def redirect_back(request: HttpRequest, slug: str, status: int = 302) -> HttpRes
         response = render(request, "agents/refused.html", {"back": target}, status=403)
         return response
     return redirect(target)
+
+
+@require_POST
+def pod_control(request: HttpRequest, slug: str, action: str) -> HttpResponse:
+    """Pause or resume a whole pod (its lead or a manager). Pausing parks every queued or running
+    session of the pod before its next tool call; resuming lets the ones it parked carry on. htmx
+    gets the pod's controls re-rendered with the outcome, a plain form post a redirect to the page."""
+    pod = get_object_or_404(Pod, slug=slug)
+    if not selectors.pods_visible_to(user=request.user).filter(pk=pod.pk).exists():
+        return HttpResponseForbidden("You are not a member of this pod.")
+    try:
+        if action == "pause":
+            count = services.pod_pause(pod=pod, by=request.user, reason=request.POST.get("reason", "").strip()[:200])
+            done = f"Pod {pod.name} paused: {count} session(s) parked before their next tool call."
+        else:
+            count = services.pod_resume(pod=pod, by=request.user)
+            done = f"Pod {pod.name} resumed: {count} session(s) back at work."
+    except authority.NotAllowed as exc:
+        if request.htmx:
+            return _pod_controls(request, pod, flash=[("error", str(exc))], status=403)
+        messages.error(request, str(exc))
+        return redirect_back(request, pod.slug, status=403)
+    if request.htmx:
+        return _pod_controls(request, pod, flash=[("success", done)])
+    messages.success(request, done)
+    return redirect("pod_detail", slug=pod.slug)
+
+
+def _pod_controls(request: HttpRequest, pod: Pod, *, flash: list, status: int = 200) -> HttpResponse:
+    pod.refresh_from_db(fields=["paused"])
+    can_admin = authority.refuse_pod_admin(user=request.user, pod_id=pod.pk) is None
+    return render(
+        request, "agents/pod.html#controls", {"pod": pod, "can_admin": can_admin, "flash": flash}, status=status
+    )
 
 
 @require_POST
@@ -268,8 +303,8 @@ def _budget_rows(*, session: AgentSession, grant: Grant | None) -> list[dict]:
             "Wall time",
             wall or 0,
             grant.max_wall_seconds,
-            _duration(wall) if wall is not None else "not started",
-            _duration(grant.max_wall_seconds) if grant.max_wall_seconds else "",
+            format_duration(wall, empty="not started"),
+            format_duration(grant.max_wall_seconds) if grant.max_wall_seconds else "",
         ),
         (
             "Tool calls",
@@ -292,16 +327,6 @@ def _budget_rows(*, session: AgentSession, grant: Grant | None) -> list[dict]:
             }
         )
     return shown
-
-
-def _duration(seconds: int | None) -> str:
-    if seconds is None:
-        return ""
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 BUDGET_FIELDS = (
@@ -393,6 +418,7 @@ def _drawer_context(request: HttpRequest, session: AgentSession, **extra) -> dic
         "handoff": session.handoff if isinstance(session.handoff, dict) else {},
         "grant_history": _grant_history(session=session),
         "mode_help": [(value, label, MODE_HELP[value]) for value, label in Grant.Mode.choices],
+        "priorities": Priority.choices,
         "flash": [],
     }
     if can_act:
@@ -508,6 +534,26 @@ def session_control(request: HttpRequest, session_id: int, action: str) -> HttpR
     except ValidationError as exc:
         return _refused(request, session_id, validation_text(exc), status=409)
     return _after_action(request, session_id, success=f"#{session_id}: {CONTROL_DONE[action]}")
+
+
+@require_POST
+def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
+    """Set the session's priority (P0 first): its STO, the pod lead or a manager. Its next steps
+    are enqueued with it."""
+    try:
+        session = _visible_session_or_404(request, session_id)
+    except PermissionError:
+        return HttpResponseForbidden(OUTSIDER_REFUSAL)
+    raw = request.POST.get("priority", "")
+    priority = int(raw) if raw.isdigit() and len(raw) == 1 else -1  # the service refuses it (after who asks)
+    try:
+        services.session_set_priority(session=session, priority=priority, by=request.user)
+    except authority.NotAllowed as exc:
+        services.record_refused_action(session=session, by=request.user, action="set priority", refusal=str(exc))
+        return _refused(request, session_id, str(exc))
+    except ValidationError as exc:
+        return _refused(request, session_id, validation_text(exc), status=400)
+    return _after_action(request, session_id, success=f"#{session_id}: priority P{priority}.")
 
 
 # --- escalations ------------------------------------------------------------------------------

@@ -130,11 +130,6 @@ def _payload_json(payload: dict | None) -> tuple[dict, str]:
     return value, CANONICAL_JSON.encode(value)
 
 
-def normalize_payload(payload: dict | None) -> dict:
-    """Round-trip through JSON so the stored payload is exactly what was hashed."""
-    return _payload_json(payload)[0]
-
-
 def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

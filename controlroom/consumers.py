@@ -37,7 +37,6 @@ from datetime import UTC
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.db.models import Prefetch
 from django.utils.html import format_html
 
 from agents import selectors
@@ -79,15 +78,11 @@ def _catchup_tiles(user, pod_ids: set[int], since: float) -> list[tuple[int, int
     """(session id, version, tile html) of the visible sessions of these pods updated since ``since``."""
     from datetime import datetime
 
-    from agents.models import Grant
-
     after = datetime.fromtimestamp(max(0.0, since - CATCHUP_MARGIN_S), tz=UTC)
     sessions = (
         selectors.sessions_visible_to(user=user)
         .filter(pod_id__in=pod_ids, updated_at__gte=after)
-        .prefetch_related(
-            Prefetch("grants", queryset=Grant.objects.filter(revoked_at__isnull=True).order_by("-version"))
-        )
+        .prefetch_related(selectors.tile_grants())
         .order_by("updated_at")[:CATCHUP_MAX_SESSIONS]
     )
     return [(s.pk, s.version, render_tile(s)) for s in sessions]

@@ -51,6 +51,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import AgentSession, Escalation, Pod, Status, TaskType
+from agents.windows import Window
 from audit.models import AuditEvent
 from reviews.models import Review
 
@@ -225,26 +226,6 @@ class Metrics:
 
 
 # --- windows and scope ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """A half-open time range ``[start, end)``."""
-
-    start: datetime
-    end: datetime
-    label: str
-
-    @property
-    def days(self) -> float:
-        return (self.end - self.start).total_seconds() / 86400
-
-    @property
-    def weeks(self) -> float:
-        return self.days / 7
-
-    def contains(self, moment: datetime | None) -> bool:
-        return moment is not None and self.start <= moment < self.end
 
 
 _WINDOW_RE = re.compile(r"^\s*(\d{1,4})\s*d\s*$", re.IGNORECASE)
@@ -753,8 +734,11 @@ class Report:
     trend: list[TrendPoint]
 
     def to_dict(self) -> dict:
-        """JSON-ready (datetimes as ISO 8601 strings; durations in seconds)."""
-        return _jsonable(asdict(self))
+        """JSON-ready (datetimes as ISO 8601 strings; durations in seconds). The window as its start,
+        end and label (what the pages' windows also carry, a preset or an error, is not the report's)."""
+        data = asdict(self)
+        data["window"] = {key: data["window"][key] for key in ("start", "end", "label")}
+        return _jsonable(data)
 
 
 def _jsonable(value):

@@ -21,6 +21,8 @@ urlpatterns = [
     path("pods/", agent_views.pods, name="pods"),
     path("pods/<slug:slug>/", agent_views.pod_detail, name="pod_detail"),
     path("pods/<slug:slug>/members", agent_views.pod_membership, name="pod_membership"),
+    path("pods/<slug:slug>/pause", agent_views.pod_control, {"action": "pause"}, name="pod_pause"),
+    path("pods/<slug:slug>/resume", agent_views.pod_control, {"action": "resume"}, name="pod_resume"),
     path("sessions/<int:session_id>/", agent_views.session_drawer, name="session_drawer"),
     path("sessions/<int:session_id>/sto", agent_views.session_assign_sto, name="session_assign_sto"),
     path("sessions/<int:session_id>/transcript", agent_views.session_transcript, name="session_transcript"),
@@ -28,6 +30,7 @@ urlpatterns = [
     path("sessions/<int:session_id>/grant/issue", agent_views.session_grant_issue, name="session_grant_issue"),
     path("sessions/<int:session_id>/grant/validate", agent_views.session_grant_validate, name="session_grant_validate"),
     path("sessions/<int:session_id>/grant/revoke", agent_views.session_grant_revoke, name="session_grant_revoke"),
+    path("sessions/<int:session_id>/priority", agent_views.session_priority, name="session_priority"),
     path("escalations/<int:escalation_id>/decide", agent_views.escalation_decide, name="escalation_decide"),
     # the catch-all for controls (pause/resume/cancel) stays last among the session URLs
     path("sessions/<int:session_id>/<str:action>", agent_views.session_control, name="session_control"),

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Min, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -25,7 +25,6 @@ from agents.models import (
     AgentSession,
     Escalation,
     FleetControl,
-    Grant,
     Pod,
     Status,
     User,
@@ -48,26 +47,11 @@ NEEDS_YOU_LIMIT = 100
 # --- reads for the canvas ------------------------------------------------------------------------
 
 
-def _active_grants() -> Prefetch:
-    """One query for the active grants of every tile (the template reads ``s.grants.all.0``)."""
-    return Prefetch(
-        "grants",
-        queryset=Grant.objects.filter(revoked_at__isnull=True)
-        .order_by("-version")
-        .only("id", "session_id", "version", "max_cost_usd", "max_steps", "revoked_at"),
-    )
-
-
 def local_evening_start(now: datetime | None = None) -> datetime:
     """18:00 local time today, or yesterday's when it is not yet 18:00: where "tonight" starts."""
     now = timezone.localtime(now or timezone.now())
     start = now.replace(hour=18, minute=0, second=0, microsecond=0)
     return start if now >= start else start - timedelta(days=1)
-
-
-def _is_stale(session: AgentSession, *, now: datetime, stale_after: timedelta) -> bool:
-    last = session.heartbeat_at or session.updated_at
-    return session.status == Status.RUNNING and last is not None and now - last > stale_after
 
 
 @dataclass
@@ -103,10 +87,9 @@ def fleet_summary(*, user: User) -> FleetSummary:
     by_status = dict(visible.values_list("status").annotate(n=Count("id")))
     now = timezone.now()
     evening = local_evening_start(now)
-    stale_before = now - timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
     aggregates = visible.aggregate(
         cost=Sum("cost_usd", filter=Q(updated_at__gte=evening)),
-        stale=Count("id", filter=Q(status=Status.RUNNING, heartbeat_at__lt=stale_before)),
+        stale=Count("id", filter=selectors.stale_q(now=now)),
     )
     pods = list(selectors.pods_visible_to(user=user).filter(Q(paused=True) | Q(review_wip_limit__isnull=False)))
     wip_pods = [p for p in pods if p.review_wip_limit is not None]
@@ -202,12 +185,11 @@ def canvas(request: HttpRequest) -> HttpResponse:
     live_ts = time.time()  # before reading: the websocket catches up on anything committed after it
     user = request.user
     filters = CanvasFilterForm(request.GET or None, user=user)
-    sessions = list(_filtered_sessions(user=user, filters=filters).prefetch_related(_active_grants()))
+    sessions = list(_filtered_sessions(user=user, filters=filters).prefetch_related(selectors.tile_grants()))
     now = timezone.now()
-    stale_after = timedelta(seconds=settings.CONTROLROOM["STALE_AFTER_S"])
     by_pod: dict[int, list[AgentSession]] = {}
     for session in sessions:
-        session.stale = _is_stale(session, now=now, stale_after=stale_after)
+        session.stale = selectors.is_stale(session, now=now)
         by_pod.setdefault(session.pod_id, []).append(session)
     pods = selectors.pods_visible_to(user=user)
     if filters.value_of("pod"):

@@ -38,8 +38,8 @@ def _window_context(window: overnight.Window, *, default: str) -> dict:
         "window": window,
         "presets": overnight.PRESETS.items(),
         "default_preset": default,
-        "since_value": timezone.localtime(window.since).strftime("%Y-%m-%dT%H:%M"),
-        "until_value": timezone.localtime(window.until).strftime("%Y-%m-%dT%H:%M"),
+        "since_value": timezone.localtime(window.start).strftime("%Y-%m-%dT%H:%M"),
+        "until_value": timezone.localtime(window.end).strftime("%Y-%m-%dT%H:%M"),
     }
 
 

@@ -128,11 +128,6 @@ def archive_ref_for(branch: str) -> str:
     return f"refs/archive/{branch}"
 
 
-def tip_of(repo_path: Path, branch: str) -> str | None:
-    """The branch's tip, or its archived tip (``refs/archive/<branch>``) once it was archived."""
-    return resolve(repo_path, f"refs/heads/{branch}") or resolve(repo_path, archive_ref_for(branch))
-
-
 # -- diff stats ----------------------------------------------------------------------------------
 
 
@@ -232,11 +227,6 @@ def _diff_stat(repo_path: Path, *revs: str, what: str) -> DiffStat:
 def diff_stat(repo_path: Path, base: str, tip: str) -> DiffStat:
     """What ``tip`` changes since it forked from ``base`` (``git diff base...tip``): one git call."""
     return _diff_stat(repo_path, f"{base}...{tip}", what=f"diff stat of {tip[:12]} against {base[:12]}")
-
-
-def diff_stat_between(repo_path: Path, old: str, new: str) -> DiffStat:
-    """``git diff old new`` (two commits, no merge-base)."""
-    return _diff_stat(repo_path, old, new, what=f"diff stat of {new[:12]} against {old[:12]}")
 
 
 # -- patches -------------------------------------------------------------------------------------

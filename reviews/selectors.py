@@ -35,9 +35,7 @@ from django.utils import timezone
 
 from agents import selectors as agent_selectors
 from agents.models import AgentSession, Escalation, Pod, ReviewState, Status, ToolCall, User
-from agents.runtime import worktrees
 from agents.selectors import pods_visible_to, sessions_visible_to
-from agents.tools.executor import HANDOFF_FILE
 from audit.models import AuditEvent
 from reviews import git_ops
 from reviews.models import Review
@@ -424,8 +422,7 @@ def session_diff(*, session: AgentSession, with_commits: bool = True) -> Session
         if with_commits:
             result.commits = git_ops.commits(Path(session.repository.path), base, tip)
         if session.worktree_path and Path(session.worktree_path).is_dir():
-            # The handoff file is kept on the session itself (session.handoff): not work that could be lost.
-            result.uncommitted = [p for p in git_ops.is_dirty(Path(session.worktree_path)) if p != HANDOFF_FILE]
+            result.uncommitted = agent_selectors.uncommitted_work(git_ops.is_dirty(Path(session.worktree_path)))
         return result
     except git_ops.GitOpsError as exc:
         return SessionDiff(error=str(exc))
@@ -445,4 +442,4 @@ def reviews_of(*, session: AgentSession) -> QuerySet[Review]:
 
 def worktrees_disk_usage() -> int:
     """Bytes under ``settings.CONTROLROOM["WORKTREES_DIR"]`` (files, symlinks not followed)."""
-    return worktrees.disk_usage(Path(settings.CONTROLROOM["WORKTREES_DIR"]))
+    return agent_selectors.disk_usage(Path(settings.CONTROLROOM["WORKTREES_DIR"]))

@@ -1,6 +1,7 @@
 """Review decisions on agent output: approve and merge, request changes, reject, revert; and the
-disk hygiene of worktrees. This layer sits above ``agents``: it calls agents' services and
-runtime (worktrees, a fresh iteration, the step queue) and writes through ``audit.log``.
+disk hygiene of worktrees. This layer sits above ``agents``: it calls agents' services (close a
+session, send it back to work, re-create or remove its worktree), never agents' runtime, and
+writes through ``audit.log``.
 
 Who decides: the session's STO, the lead of its pod or a manager
 (``agents.authority.refuse_session_control``), never an agent. A refused attempt is recorded
@@ -30,16 +31,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.text import Truncator
 
 from agents import authority
+from agents import selectors as agent_selectors
 from agents import services as agent_services
-from agents.dispatch import enqueue_step_on_commit
-from agents.models import TERMINAL_STATUSES, AgentSession, Escalation, ReviewState, Status, User
-from agents.runtime import worktrees
-from agents.runtime.authorize import budget_exhausted
-from agents.runtime.loop import start_iteration
-from agents.selectors import active_grant
+from agents.models import AgentSession, ReviewState, Status, User
+from agents.services import WorktreeError
 from audit.log import record
 from reviews import git_ops
 from reviews.models import Review
@@ -68,6 +65,11 @@ class ReviewConflict(ReviewError):
 
 def _scratch_dir() -> Path:
     return Path(settings.CONTROLROOM["WORKTREES_DIR"]) / SCRATCH_DIRNAME
+
+
+def _commit_message(subject: str, body: str, comment: str, trailers: str) -> str:
+    """A review's commit message: its paragraphs, the reviewer's comment only when there is one."""
+    return "\n\n".join(filter(None, [subject, body, comment, trailers]))
 
 
 def _author(user: User) -> tuple[str, str]:
@@ -152,20 +154,6 @@ def _require_awaiting(session: AgentSession) -> None:
         )
 
 
-def _close_if_open(session: AgentSession, *, by: User, reason: str) -> str:
-    """Cancel a session that has not ended (open questions denied); return its previous status."""
-    previous = session.status
-    if session.status not in TERMINAL_STATUSES:
-        Escalation.objects.filter(session=session, state=Escalation.State.OPEN).update(
-            state=Escalation.State.DENIED,
-            decided_by=by,
-            decided_at=timezone.now(),
-            decision_reason=reason,
-        )
-        agent_services.set_status(session, Status.CANCELLED, reason=reason, by=by, hold="")
-    return previous
-
-
 def _record_git_failure(
     *, session: AgentSession, reviewer: User, decision: str, error: str, files: list[str] | None = None
 ) -> None:
@@ -191,37 +179,6 @@ def _record_git_failure(
 
 
 # -- worktree hygiene ----------------------------------------------------------------------------
-
-
-def _leased(session: AgentSession, now: datetime | None = None) -> bool:
-    """A worker is inside a step of this session right now."""
-    return bool(session.lease_until and session.lease_until > (now or timezone.now()))
-
-
-def remove_session_worktree(*, session: AgentSession, reason: str, by: User | None = None) -> int | None:
-    """Remove the session's worktree (the branch and its commits stay). Bytes freed, or None when
-    nothing was removed (no worktree, a step running, or git refused: logged)."""
-    if not session.worktree_path:
-        return None
-    path = Path(session.worktree_path)
-    if not path.exists() or _leased(session):
-        return None
-    try:
-        size = worktrees.disk_usage(path)
-        removed = worktrees.remove_worktree(repo_path=Path(session.repository.path), worktree_path=path)
-    except worktrees.WorktreeError as exc:
-        logger.warning("worktree of session %s not removed: %s", session.pk, exc)
-        return None
-    if not removed:
-        return None
-    with transaction.atomic():
-        record(
-            "session.worktree_removed",
-            session=session,
-            user=by,
-            payload={"path": str(path), "bytes": size, "reason": reason},
-        )
-    return size
 
 
 def _archive_and_drop_branch(*, session: AgentSession, by: User | None) -> str | None:
@@ -263,16 +220,11 @@ def review_approve(
     session = _fresh(session)
     _require_awaiting(session)
     comment = (comment or "").strip()
-    message = "\n\n".join(
-        filter(
-            None,
-            [
-                f"Merge session #{session.pk}: {session.name}",
-                f"Work of agent session #{session.pk} on {session.branch}, approved by {reviewer.username}.",
-                comment,
-                f"Agent-Session: {session.pk}\nReviewed-By: {reviewer.username}",
-            ],
-        )
+    message = _commit_message(
+        f"Merge session #{session.pk}: {session.name}",
+        f"Work of agent session #{session.pk} on {session.branch}, approved by {reviewer.username}.",
+        comment,
+        f"Agent-Session: {session.pk}\nReviewed-By: {reviewer.username}",
     )
     try:
         merged = git_ops.merge_branch(
@@ -300,7 +252,9 @@ def review_approve(
         review = Review.objects.create(
             session=session, reviewer=reviewer, decision=Review.Decision.APPROVE, comment=comment, details=details
         )
-        previous = _close_if_open(session, by=reviewer, reason=f"approved and merged by {reviewer.username}")
+        previous = agent_services.session_close(
+            session=session, by=reviewer, reason=f"approved and merged by {reviewer.username}"
+        )
         record(
             "review.approved",
             session=session,
@@ -309,7 +263,7 @@ def review_approve(
             payload={"review": review.pk, "comment": comment, "previous_status": previous, **details},
         )
         agent_services.session_update(session, review_state=ReviewState.APPROVED)
-    remove_session_worktree(session=_fresh(session), reason="approved and merged", by=reviewer)
+    agent_services.session_worktree_remove(session=_fresh(session), reason="approved and merged", by=reviewer)
     return review
 
 
@@ -327,19 +281,14 @@ def review_request_changes(
     session = _fresh(session)
     _require_awaiting(session)
     try:
-        worktrees.ensure_worktree(
-            repo_path=Path(session.repository.path),
-            base_branch=session.base_branch,
-            branch=session.branch,
-            worktree_path=Path(session.worktree_path),
-        )
-    except worktrees.WorktreeError as exc:
+        agent_services.session_worktree_ensure(session=session)
+    except WorktreeError as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="request_changes", error=str(exc))
         raise ReviewError(f"The agent cannot get back to work: its worktree cannot be re-created ({exc}).") from None
     with transaction.atomic():
         session = _locked(session)
         _require_awaiting(session)
-        grant = active_grant(session=session)
+        grant = agent_selectors.active_grant(session=session)
         now = timezone.now()
         if grant is None:
             warning = "The session has no active grant: issue one so the agent can work on the changes."
@@ -349,7 +298,7 @@ def review_request_changes(
                 "so the agent can work on the changes."
             )
         else:
-            exhausted = budget_exhausted(session=session, grant=grant, now=now)
+            exhausted = agent_selectors.budget_exhausted(session=session, grant=grant, now=now)
             warning = (
                 f"Its grant's {exhausted}: issue a new grant so the agent can work on the changes." if exhausted else ""
             )
@@ -368,19 +317,15 @@ def review_request_changes(
             provenance="human",
             payload={"review": review.pk, "comment": comment, "previous_status": previous, "warning": warning},
         )
-        agent_services.set_status(
-            session,
-            Status.RUNNING,
-            reason=f"changes requested by {reviewer.username}",
+        agent_services.session_back_to_work(
+            session=session,
             by=reviewer,
-            hold="",
+            reason=f"changes requested by {reviewer.username}",
+            iteration_reason="changes requested",
+            note=f"Changes requested: {comment}",
+            activity=f"changes requested: {comment}",
             review_state=ReviewState.CHANGES_REQUESTED,
-            finished_at=None,
-            idle_steps=0,
-            current_activity=Truncator(f"changes requested: {comment}").chars(200),
         )
-        start_iteration(session=session, reason="changes requested", extra=f"Changes requested: {comment}", by=reviewer)
-        enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority)
     return review
 
 
@@ -400,7 +345,7 @@ def review_reject(
         if git_ops.resolve(repo, f"refs/heads/{session.branch}") is not None:
             # Archived first: whatever happens next, the commits stay reachable.
             archived_sha = git_ops.archive_branch(repo_path=repo, branch=session.branch, delete_branch=False)
-    except (git_ops.GitOpsError, worktrees.WorktreeError) as exc:
+    except (git_ops.GitOpsError, WorktreeError) as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="reject", error=str(exc))
         raise ReviewError(f"Not rejected: the branch could not be archived ({exc}).") from None
     comment = (comment or "").strip()
@@ -416,7 +361,7 @@ def review_reject(
         review = Review.objects.create(
             session=session, reviewer=reviewer, decision=Review.Decision.REJECT, comment=comment, details=details
         )
-        previous = _close_if_open(session, by=reviewer, reason=f"rejected by {reviewer.username}")
+        previous = agent_services.session_close(session=session, by=reviewer, reason=f"rejected by {reviewer.username}")
         record(
             "review.rejected",
             session=session,
@@ -426,10 +371,10 @@ def review_reject(
         )
         agent_services.session_update(session, review_state=ReviewState.REJECTED)
     session = _fresh(session)
-    remove_session_worktree(session=session, reason="rejected", by=reviewer)
+    agent_services.session_worktree_remove(session=session, reason="rejected", by=reviewer)
     try:
         _archive_and_drop_branch(session=session, by=reviewer)
-    except (git_ops.GitOpsError, worktrees.WorktreeError) as exc:
+    except (git_ops.GitOpsError, WorktreeError) as exc:
         logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
     return review
 
@@ -451,17 +396,12 @@ def review_revert(
     if merged.get("method") not in ("fast-forward", "merge"):
         raise ValidationError(f"Session #{session.pk}'s approval merged no commits: there is nothing to revert.")
     comment = (comment or "").strip()
-    message = "\n\n".join(
-        filter(
-            None,
-            [
-                f"Revert session #{session.pk}: {session.name}",
-                f"This reverts the work of agent session #{session.pk} ({session.branch}), merged into "
-                f"{session.base_branch} at {merged['base_after'][:12]} ({merged['method']}).",
-                comment,
-                f"Agent-Session: {session.pk}\nReverted-By: {reviewer.username}",
-            ],
-        )
+    message = _commit_message(
+        f"Revert session #{session.pk}: {session.name}",
+        f"This reverts the work of agent session #{session.pk} ({session.branch}), merged into "
+        f"{session.base_branch} at {merged['base_after'][:12]} ({merged['method']}).",
+        comment,
+        f"Agent-Session: {session.pk}\nReverted-By: {reviewer.username}",
     )
     try:
         reverted = git_ops.revert_merge(
@@ -568,7 +508,7 @@ def worktrees_cleanup(
         if session.review_state == ReviewState.REJECTED and not dry_run and not path.exists():
             try:
                 _archive_and_drop_branch(session=session, by=None)
-            except (git_ops.GitOpsError, worktrees.WorktreeError) as exc:
+            except (git_ops.GitOpsError, WorktreeError) as exc:
                 logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
         if not path.exists():
             continue
@@ -577,16 +517,16 @@ def worktrees_cleanup(
             if session.review_state in CLOSED_REVIEW_STATES
             else f"{session.status} over {older_than_hours:g} h ago"
         )
-        item = CleanupItem(session_id=session.pk, path=str(path), reason=reason, bytes=worktrees.disk_usage(path))
+        item = CleanupItem(session_id=session.pk, path=str(path), reason=reason, bytes=agent_selectors.disk_usage(path))
         report.items.append(item)
         if dry_run:
             continue
-        freed = remove_session_worktree(session=session, reason=f"cleanup: {reason}")
+        freed = agent_services.session_worktree_remove(session=session, reason=f"cleanup: {reason}")
         item.removed = freed is not None
         if freed is not None and session.review_state == ReviewState.REJECTED:
             try:
                 _archive_and_drop_branch(session=session, by=None)
-            except (git_ops.GitOpsError, worktrees.WorktreeError) as exc:
+            except (git_ops.GitOpsError, WorktreeError) as exc:
                 logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
     for leftover in git_ops.scratch_leftovers(_scratch_dir()):
         try:

@@ -16,31 +16,13 @@ from django.utils import timezone
 from agents import permissions
 from agents.models import AgentSession, Escalation, FleetControl, Grant, Pod
 from agents.runtime.sandbox import sandbox_available
-from agents.selectors import standing_approvals_q
+from agents.selectors import budget_exhausted, standing_approvals_q
 
 
 @dataclass(frozen=True)
 class ToolCallRequest:
     name: str
     args: dict
-
-
-def budget_exhausted(*, session: AgentSession, grant: Grant, now=None) -> str | None:
-    """A readable reason when a budget of the grant is used up, else None."""
-    now = now or timezone.now()
-    if grant.max_steps is not None and session.steps >= grant.max_steps:
-        return f"budget: max steps ({grant.max_steps}) reached"
-    if grant.max_tokens is not None and session.tokens >= grant.max_tokens:
-        return f"budget: max tokens ({grant.max_tokens:,}) reached ({session.tokens:,} used)"
-    if grant.max_cost_usd is not None and session.cost_usd >= grant.max_cost_usd:
-        return f"budget: max cost (${grant.max_cost_usd}) reached (${session.cost_usd:.4f} spent)"
-    if grant.max_wall_seconds is not None and session.started_at is not None:
-        elapsed = (now - session.started_at).total_seconds()
-        if elapsed >= grant.max_wall_seconds:
-            return f"budget: max wall time ({grant.max_wall_seconds}s) reached"
-    if grant.max_tool_calls is not None and session.tool_calls >= grant.max_tool_calls:
-        return f"budget: max tool calls ({grant.max_tool_calls}) reached"
-    return None
 
 
 def grant_view(grant: Grant) -> permissions.GrantView:

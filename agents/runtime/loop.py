@@ -26,13 +26,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, Max, OuterRef, Q, Subquery
+from django.db.models import Exists, F, OuterRef, Q, Subquery
 from django.utils import timezone
 from django.utils.text import Truncator
 
 from agents import gitcli, services, tools
 from agents.dispatch import enqueue_step_now, enqueue_step_on_commit
-from agents.events import send_if_still_running, send_on_commit
+from agents.events import send_if_still_running
 from agents.models import (
     AgentSession,
     AgentStep,
@@ -54,7 +54,6 @@ from agents.runtime.authorize import (
 from agents.runtime.leases import lease_seconds
 from agents.runtime.prepared import PreparedValues
 from agents.selectors import active_grants, awaiting_review_count, standing_approvals_q
-from audit.log import record
 
 logger = logging.getLogger(__name__)
 
@@ -266,27 +265,17 @@ class _Step:
     def park(
         self, status: str, reason: str, *, hold: str = "", event: str | None = None, payload: dict | None = None
     ) -> StepOutcome:
-        with transaction.atomic():
-            session = AgentSession.objects.select_for_update().select_related("pod").get(pk=self.session_id)
-            if session.is_terminal or (session.status == Status.PAUSED and status != Status.PAUSED):
-                return StepOutcome("stale", detail=f"session is {session.status}: left as it is")
-            services.set_status(
-                session,
-                status,
-                reason=reason,
-                agent=True,
-                hold=hold or session.hold,
-                current_activity=_summarize(reason, 200),
-            )
-            if event:
-                record(
-                    event,
-                    session=session,
-                    agent=True,
-                    on_behalf_of=self.grant.delegator if self.grant else None,
-                    grant=self.grant,
-                    payload=payload or {"reason": reason},
-                )
+        left = services.session_park(
+            session_id=self.session_id,
+            status=status,
+            reason=reason,
+            hold=hold,
+            grant=self.grant,
+            event=event,
+            payload=payload,
+        )
+        if left:
+            return StepOutcome("stale", detail=f"session is {left}: left as it is")
         return StepOutcome("parked", detail=reason)
 
     def stop_switch(self) -> tuple[str, str] | None:
@@ -445,7 +434,7 @@ class _Step:
             if last_tokens >= config["CONTEXT_TOKEN_LIMIT"]
             else f"{steps_in_iteration} steps"
         )
-        start_iteration(session=session, reason=reason)
+        services.session_start_iteration(session=session, reason=reason)
         self.refresh()
 
     def _messages(self) -> list[dict]:
@@ -533,11 +522,9 @@ class _Step:
                 cost_unknown_calls=F("cost_unknown_calls") + (1 if reply.cost_usd is None else 0),
                 heartbeat_at=timezone.now(),
             )
-            record(
-                "model.call",
+            services.agent_event_record(
+                kind="model.call",
                 session=session,
-                agent=True,
-                on_behalf_of=self.grant.delegator,
                 grant=self.grant,
                 payload={
                     "step": self.number,
@@ -573,11 +560,9 @@ class _Step:
                 state=AgentStep.State.FAILED if final else AgentStep.State.STARTED,
                 attempts=attempts if final else attempts + 1,
             )
-            record(
-                "model.error",
+            services.agent_event_record(
+                kind="model.error",
                 session=self.session,
-                agent=True,
-                on_behalf_of=self.grant.delegator,
                 grant=self.grant,
                 payload={
                     "step": self.number,
@@ -604,11 +589,9 @@ class _Step:
         final = waits > settings.CONTROLROOM["MODEL_RATE_LIMIT_WAITS"]
         with transaction.atomic():
             AgentStep.objects.filter(pk=step_row.pk).update(error=str(exc), waits=waits)
-            record(
-                "model.error",
+            services.agent_event_record(
+                kind="model.error",
                 session=self.session,
-                agent=True,
-                on_behalf_of=self.grant.delegator,
                 grant=self.grant,
                 payload={
                     "step": self.number,
@@ -652,7 +635,7 @@ class _Step:
         """Append with the next sequence number this runner keeps: it alone writes the transcript while
         it holds the lease, and the (session, seq) unique key refuses a clash. A failed transaction
         ends the runner (the exception propagates), so a number is never reused by it."""
-        append_transcript(
+        services.transcript_append(
             session_id=self.session_id,
             iteration=self.session.iteration,
             step=self.number,
@@ -707,11 +690,9 @@ class _Step:
                     name=existing.name,
                     content="error: interrupted (the worker stopped while this ran); it was not run again. Check the state before retrying.",
                 )
-                record(
-                    "tool.interrupted",
+                services.agent_event_record(
+                    kind="tool.interrupted",
                     session=self.session,
-                    agent=True,
-                    on_behalf_of=self.grant.delegator,
                     grant=self.grant,
                     payload={"step": self.number, "index": index, "tool": existing.name, "action": existing.action},
                 )
@@ -756,17 +737,14 @@ class _Step:
                 if action
                 else None
             )
-            if escalation and escalation.state == Escalation.State.DENIED:
+            if escalation and escalation.state in (Escalation.State.DENIED, Escalation.State.EXPIRED):
+                if escalation.state == Escalation.State.DENIED:
+                    who = escalation.decided_by.username if escalation.decided_by else "a human"
+                    reason, provenance = f"denied by {who}: {escalation.decision_reason or 'no reason given'}", "human"
+                else:
+                    reason, provenance = "nobody answered before the grant expired", "expired"
                 return self._deny(
-                    step_row,
-                    index,
-                    call,
-                    args,
-                    raw_hash,
-                    decision,
-                    f"denied by {escalation.decided_by.username if escalation.decided_by else 'a human'}: {escalation.decision_reason or 'no reason given'}",
-                    provenance="human",
-                    existing=existing,
+                    step_row, index, call, args, raw_hash, decision, reason, provenance=provenance, existing=existing
                 )
             if escalation and escalation.state == Escalation.State.OPEN:
                 with transaction.atomic():
@@ -776,18 +754,6 @@ class _Step:
                             session, Status.NEEDS_APPROVAL, reason=f"asks: {escalation.action}"[:480], agent=True
                         )
                 return StepOutcome("parked", detail="still waiting for a human")
-            if escalation and escalation.state == Escalation.State.EXPIRED:
-                return self._deny(
-                    step_row,
-                    index,
-                    call,
-                    args,
-                    raw_hash,
-                    decision,
-                    "nobody answered before the grant expired",
-                    provenance="expired",
-                    existing=existing,
-                )
             if self.grant.on_unanswered == Grant.OnUnanswered.DENY:
                 return self._escalate(step_row, index, call, args, raw_hash, decision, existing, deny_now=True)
             return self._escalate(step_row, index, call, args, raw_hash, decision, existing)
@@ -823,11 +789,9 @@ class _Step:
         return ToolCall.objects.create(step=step_row, index=index, **values)
 
     def _audit_tool(self, row: ToolCall, *, provenance: str, result: str = "") -> None:
-        record(
-            "tool.call",
+        services.agent_event_record(
+            kind="tool.call",
             session=self.session,
-            agent=True,
-            on_behalf_of=self.grant.delegator if self.grant else None,
             grant=self.grant,
             provenance=provenance,
             payload={
@@ -886,7 +850,7 @@ class _Step:
                 result=f"denied: {reason}",
                 finished_at=timezone.now(),
             )
-            if provenance == "human" or provenance == "expired":
+            if provenance in ("human", "expired", "budget"):  # the grant's rules did not decide: say who did
                 ToolCall.objects.filter(pk=row.pk).update(reason_type=provenance, reason=reason, decision="deny")
                 row.refresh_from_db()
             self._append_transcript(role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}")
@@ -909,37 +873,17 @@ class _Step:
                 ToolCall.State.DENIED if deny_now else ToolCall.State.ESCALATED,
                 existing,
             )
-            escalation = Escalation.objects.create(
+            escalation = services.escalation_open(
                 session=self.session,
                 grant=self.grant,
                 tool_call=row,
-                tool=row.name,
                 action=action.text,
                 action_hash=action.hash,
                 reason=decision.reason,
-                rule="\n".join(suggestions),
-                state=Escalation.State.DENIED if deny_now else Escalation.State.OPEN,
-                decision_reason="nobody may be awake: the grant denies unanswered questions at once"
-                if deny_now
-                else "",
-                decided_at=timezone.now() if deny_now else None,
-            )
-            record(
-                "escalation.opened",
-                session=self.session,
-                agent=True,
-                on_behalf_of=self.grant.delegator,
-                grant=self.grant,
-                provenance=decision.reason_type,
-                payload={
-                    "escalation": escalation.pk,
-                    "tool": row.name,
-                    "action": action.text,
-                    "action_hash": action.hash,
-                    "reason": decision.reason,
-                    "rule": decision.rule,
-                    "on_unanswered": self.grant.on_unanswered,
-                },
+                reason_type=decision.reason_type,
+                matched_rule=decision.rule,
+                suggested_rules=suggestions,
+                deny_now=deny_now,
             )
             if deny_now:
                 ToolCall.objects.filter(pk=row.pk).update(
@@ -980,48 +924,24 @@ class _Step:
                 session_id=self.session_id, limit=grant.max_tool_calls, activity=activity
             ):
                 reason = f"budget: max tool calls ({grant.max_tool_calls}) reached"
-                row = self._tool_row(
+                return self._deny(
                     step_row,
                     index,
                     call,
                     args,
                     raw_hash,
                     decision,
-                    ToolCall.State.DENIED,
-                    existing,
-                    result=f"denied: {reason}",
-                    finished_at=timezone.now(),
+                    reason,
+                    block=True,
+                    provenance="budget",
+                    existing=existing,
                 )
-                ToolCall.objects.filter(pk=row.pk).update(decision="deny", reason_type="budget", reason=reason)
-                row.refresh_from_db()
-                self._append_transcript(
-                    role="tool", tool_call_id=row.call_id, name=row.name, content=f"denied: {reason}"
-                )
-                self._audit_tool(row, provenance="budget")
-                return ("block", reason)
             self.session.tool_calls += 1
             provenance = decision.reason_type
-            if decision.reason_type == "human":
-                always = Escalation.objects.filter(
-                    session=self.session, action_hash=decision.action.hash, state=Escalation.State.ALLOWED_ALWAYS
-                ).exists()
-                once = (
-                    Escalation.objects.filter(
-                        session=self.session,
-                        action_hash=decision.action.hash,
-                        state=Escalation.State.ALLOWED_ONCE,
-                        consumed_at__isnull=True,
-                    )
-                    .order_by("pk")
-                    .first()
-                )
-                if not always and (
-                    once is None
-                    or not Escalation.objects.filter(pk=once.pk, consumed_at__isnull=True).update(
-                        consumed_at=timezone.now()
-                    )
-                ):
-                    raise RuntimeError("approval vanished")  # cannot happen under the lease; fail closed
+            if decision.reason_type == "human" and not services.approval_consume(
+                session_id=self.session_id, action_hash=decision.action.hash
+            ):
+                raise RuntimeError("approval vanished")  # cannot happen under the lease; fail closed
             row = self._tool_row(step_row, index, call, args, raw_hash, decision, ToolCall.State.INTENDED, existing)
         self.timings["record"] += time.monotonic() - t0
         t1 = time.monotonic()
@@ -1084,11 +1004,9 @@ class _Step:
             if "sha" in result.data:
                 direct = settings.CONTROLROOM["WORKTREE_SOURCE"] != "clone"
                 in_central = direct or pushed is not None
-                record(
-                    "git.commit",
+                services.agent_event_record(
+                    kind="git.commit",
                     session=self.session,
-                    agent=True,
-                    on_behalf_of=grant.delegator,
                     grant=grant,
                     payload={
                         "sha": result.data["sha"],
@@ -1102,11 +1020,9 @@ class _Step:
                     # what a lost host cannot take with it (agents/hosts.py: later edits are reported lost)
                     session_changes.update(pushed_commit=pushed or result.data["sha"], pushed_call=row)
                 else:
-                    record(
-                        "git.push_failed",
+                    services.agent_event_record(
+                        kind="git.push_failed",
                         session=self.session,
-                        agent=True,
-                        on_behalf_of=grant.delegator,
                         grant=grant,
                         payload={"sha": result.data["sha"], "branch": self.session.branch, "error": push_error},
                     )
@@ -1115,11 +1031,9 @@ class _Step:
                 and result.exit_code is not None
                 and _looks_like_tests(args.get("command", ""))
             ):
-                record(
-                    "tests.run",
+                services.agent_event_record(
+                    kind="tests.run",
                     session=self.session,
-                    agent=True,
-                    on_behalf_of=grant.delegator,
                     grant=grant,
                     payload={
                         "command": args.get("command", ""),
@@ -1220,33 +1134,6 @@ def suggested_rules(action) -> list[str]:
     return list(dict.fromkeys(rules))
 
 
-def append_transcript(
-    *,
-    session_id: int,
-    iteration: int,
-    step: int,
-    role: str,
-    content: str,
-    tool_calls=None,
-    tool_call_id: str = "",
-    name: str = "",
-    seq: int | None = None,
-) -> TranscriptEntry:
-    if seq is None:
-        seq = (TranscriptEntry.objects.filter(session_id=session_id).aggregate(m=Max("seq"))["m"] or 0) + 1
-    return TranscriptEntry.objects.create(
-        session_id=session_id,
-        seq=seq,
-        iteration=iteration,
-        step=step,
-        role=role,
-        content=content or "",
-        tool_calls=tool_calls,
-        tool_call_id=tool_call_id,
-        name=name,
-    )
-
-
 def git_log_summary(session: AgentSession, limit: int = 20) -> str:
     if not session.worktree_path:
         return "(git log unavailable: no worktree yet)"
@@ -1265,47 +1152,3 @@ def git_log_summary(session: AgentSession, limit: int = 20) -> str:
     except gitcli.GitError as exc:  # a missing worktree must not stop a fresh iteration
         return f"(git log unavailable: {type(exc).__name__})"
     return text.strip() or "(no commits yet)"
-
-
-def start_iteration(*, session: AgentSession, reason: str, extra: str = "", by=None) -> None:
-    """Begin a fresh context: goal, latest handoff note, the branch's git log, and any extra note."""
-    with transaction.atomic():
-        session = AgentSession.objects.select_for_update().select_related("repository").get(pk=session.pk)
-        iteration = session.iteration + 1
-        handoff = session.handoff or {}
-        handoff_text = (
-            f"Latest handoff note: status {handoff.get('status', '?')}; next action: {handoff.get('next_action', '?')}; "
-            f"do not: {'; '.join(handoff.get('do_not') or []) or 'nothing listed'}."
-            if handoff
-            else "No handoff note yet."
-        )
-        brief = services.initial_brief(
-            session,
-            extra="\n\n".join(
-                filter(
-                    None,
-                    [
-                        f"This is iteration {iteration}: a fresh context. {handoff_text}",
-                        "Commits on your branch so far (git log --oneline):\n" + git_log_summary(session),
-                        extra,
-                    ],
-                )
-            ),
-        )
-        AgentSession.objects.filter(pk=session.pk).update(iteration=iteration, iteration_started_step=session.steps)
-        append_transcript(
-            session_id=session.pk,
-            iteration=iteration,
-            step=session.steps,
-            role="system",
-            content=services.SYSTEM_PROMPT,
-        )
-        append_transcript(session_id=session.pk, iteration=iteration, step=session.steps, role="user", content=brief)
-        record(
-            "session.iteration",
-            session=session,
-            user=by,
-            agent=by is None,
-            payload={"iteration": iteration, "reason": reason, "extra": extra},
-        )
-        send_on_commit(session.pk)

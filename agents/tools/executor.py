@@ -24,7 +24,7 @@ from agents import gitcli
 from agents.permissions import path_denied
 from agents.runtime import sandbox as sandbox_runtime
 from agents.tools.paths import PathEscapeError, display_path, resolve_path
-from agents.tools.schemas import ToolArgumentError, parse_arguments
+from agents.tools.schemas import HANDOFF_FILE, ToolArgumentError, parse_arguments
 
 DEFAULT_AUTHOR = ("Control Room agent", "agent@controlroom.invalid")
 LIST_CAP = 500
@@ -33,7 +33,6 @@ SEARCH_MAX_RESULTS = 200
 SEARCH_LINE_CHARS = 300
 SEARCH_TIMEOUT_S = 30
 GIT_TIMEOUT_S = 120  # git_commit's ceiling (git runs outside the sandbox, hooks off: agents.gitcli)
-HANDOFF_FILE = "HANDOFF.md"
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _PYTEST_TOTALS = re.compile(
     r"^[=\s]*((?:\d+ (?:passed|failed|errors?|skipped|xfailed|xpassed|warnings?|deselected|rerun)(?:, )?)+)"

@@ -16,6 +16,7 @@ MAX_CONTENT_BYTES = 1024 * 1024
 MIN_TIMEOUT_S = 1
 MAX_TIMEOUT_S = 600
 HANDOFF_STATUSES = ("active", "blocked", "done", "stale")
+HANDOFF_FILE = "HANDOFF.md"  # where write_handoff puts the note, in the worktree (also kept on the session)
 MAX_DO_NOT_ITEMS = 50
 
 

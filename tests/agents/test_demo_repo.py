@@ -197,3 +197,15 @@ def test_doing_all_the_work_makes_every_check_and_the_whole_suite_pass(demo: Pat
     result = run_pytest(demo)
     assert result.returncode == 0, result.stdout
     assert " failed" not in result.stdout
+
+
+def test_every_file_of_the_data_folder_is_committed_once():
+    from agents.demo_repo import DEMO_FILES, HISTORY
+
+    committed = [path for _, files in HISTORY for path in files]
+    on_disk = sorted(
+        str(p.relative_to(DEMO_FILES))
+        for p in DEMO_FILES.rglob("*")
+        if p.is_file() and not {"__pycache__", ".pytest_cache"} & set(p.parts)
+    )
+    assert sorted(committed) == on_disk and len(set(committed)) == len(committed)

@@ -12,9 +12,9 @@ from django.db import transaction
 
 from agents import services
 from agents.models import Escalation, Status
-from agents.runtime.loop import append_transcript
 from agents.runtime.worktrees import ensure_worktree
 from agents.selectors import active_grant
+from agents.services import transcript_append
 from agents.views import AUDIT_PAGE, TRANSCRIPT_PAGE
 from audit.log import record
 from audit.models import AuditEvent
@@ -53,7 +53,7 @@ def text(response) -> str:
 
 
 def test_the_drawer_shows_goal_grant_transcript_audit_and_controls_to_the_sto(client, fleet, session):
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -61,7 +61,7 @@ def test_the_drawer_shows_goal_grant_transcript_audit_and_controls_to_the_sto(cl
         content="Let me look at the cart.",
         tool_calls=[{"id": "c1", "name": "read_file", "arguments": json.dumps({"path": "shopcart/cart.py"})}],
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -141,6 +141,7 @@ def test_a_member_of_another_pod_gets_403_on_the_drawer_and_every_post(client, f
         f"/sessions/{session.pk}/grant/issue": {"mode": "edits", "on_unanswered": "wait"},
         f"/sessions/{session.pk}/grant/validate": {"field": "allow", "allow": "Bash(ls)"},
         f"/sessions/{session.pk}/grant/revoke": {"reason": "mine now"},
+        f"/sessions/{session.pk}/priority": {"priority": "0"},
     }
     for url, data in posts.items():
         for headers in ({}, HTMX):
@@ -155,7 +156,7 @@ def test_a_member_of_another_pod_gets_403_on_the_drawer_and_every_post(client, f
 
 def test_the_transcript_is_newest_first_and_pages_to_older_messages(client, fleet, session):
     for n in range(45):
-        append_transcript(
+        transcript_append(
             session_id=session.pk, iteration=1, step=n, role="assistant", content=f"message number {n:02d}"
         )
     login(client, fleet.sto)
@@ -182,7 +183,7 @@ def test_the_transcript_is_newest_first_and_pages_to_older_messages(client, flee
 
 
 def test_long_messages_are_collapsed_and_everything_is_escaped(client, fleet, session):
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -190,7 +191,7 @@ def test_long_messages_are_collapsed_and_everything_is_escaped(client, fleet, se
         name="read_file",
         content="<script>alert('x')</script>" + "y" * 2000,
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -299,6 +300,37 @@ def test_resuming_a_running_session_says_why_nothing_happened(client, fleet, ses
     assert "not paused" in text(response)
 
 
+@pytest.mark.parametrize("user", ["sto", "lead", "manager"])
+def test_the_sto_the_lead_or_a_manager_sets_the_priority_from_the_drawer(client, fleet, session, user):
+    page = text(drawer(login(client, getattr(fleet, user)), session))
+    assert 'data-control="priority"' in page and '<option value="2" selected>P2</option>' in page
+    response = client.post(f"/sessions/{session.pk}/priority", {"priority": "0"}, **HTMX)
+    assert response.status_code == 200
+    assert '<option value="0" selected>P0</option>' in text(response) and "priority P0" in text(response)
+    session.refresh_from_db()
+    assert session.priority == 0
+    event = AuditEvent.objects.get(session_id=session.pk, kind="session.priority_set")
+    assert event.payload == {"from": 2, "to": 0} and event.actor_label == getattr(fleet, user).username
+
+
+@pytest.mark.parametrize("user", ["member", "leader"])
+def test_setting_the_priority_is_refused_to_a_member_or_a_leader_and_recorded(client, fleet, session, user):
+    response = login(client, getattr(fleet, user)).post(f"/sessions/{session.pk}/priority", {"priority": "0"}, **HTMX)
+    assert response.status_code == 403
+    session.refresh_from_db()
+    assert session.priority == 2
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="session.action_refused").exists()
+    assert not AuditEvent.objects.filter(session_id=session.pk, kind="session.priority_set").exists()
+
+
+@pytest.mark.parametrize("value", ["7", "", "P1", "-1", "01"])
+def test_a_priority_outside_p0_to_p3_is_refused_with_the_reason(client, fleet, session, value):
+    response = login(client, fleet.sto).post(f"/sessions/{session.pk}/priority", {"priority": value}, **HTMX)
+    assert response.status_code == 400 and "P0 to P3" in text(response)
+    session.refresh_from_db()
+    assert session.priority == 2
+
+
 def test_a_plain_form_post_redirects_back_to_the_drawer(client, fleet, session):
     response = login(client, fleet.sto).post(f"/sessions/{session.pk}/pause")
     assert response.status_code == 302 and response["Location"] == f"/sessions/{session.pk}/"
@@ -340,7 +372,7 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(
         grant=services.GrantSpec(mode="edits", allow=("Bash(pytest *)", "Git(commit)"), deny=("Bash(git push *)",)),
         start=False,
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -348,7 +380,7 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(
         content="I will run the tests first.",
         tool_calls=[{"id": "c1", "name": "run_command", "arguments": json.dumps({"command": "pytest -q"})}],
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=1,
@@ -357,7 +389,7 @@ def test_in_chromium_the_drawer_validates_refuses_decides_and_fits_a_phone(
         tool_call_id="c1",
         content="F.\n" + "E   assert 10.0 == 9.99\n" * 60,
     )
-    append_transcript(
+    transcript_append(
         session_id=session.pk,
         iteration=1,
         step=2,

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from agents import services, tools
 from agents.authority import NotAllowed
-from agents.models import AgentSession, Escalation, Status, ToolCall
+from agents.models import AgentSession, Escalation, Grant, Status, ToolCall
 from agents.runtime.loop import run_step
 from audit.models import AuditEvent
 from tests.agents.test_runtime import drive, scripted
@@ -173,6 +173,45 @@ def test_7_allow_once_is_bound_to_the_exact_action_and_cannot_be_replayed(fleet,
         session_id=session.pk, kind="tool.call", payload__action_hash=first.action_hash, payload__state="done"
     )
     assert event.provenance == "human"
+
+
+def test_7b_a_denied_question_reaches_the_agent_as_a_denial_naming_who_denied_it(fleet, worktrees_dir):
+    with ScriptedModel([calls([("run_command", {"command": "rm -rf build/"})])]) as model:
+        session = drive(scripted(fleet, model, spec=spec("edits")))
+        assert session.status == Status.NEEDS_APPROVAL
+        escalation = Escalation.objects.get(session=session)
+        services.escalation_decide(escalation=escalation, by=fleet.sto, decision="deny", reason="not tonight")
+        model.add(finish())
+        session = drive(session)
+    assert session.status == Status.SUCCEEDED
+    row = ToolCall.objects.get(session=session, name="run_command")
+    assert (row.state, row.decision, row.reason_type) == (ToolCall.State.DENIED, "deny", "human")
+    assert row.reason == "denied by sam: not tonight" and row.result == "denied: denied by sam: not tonight"
+    assert (
+        AuditEvent.objects.get(session_id=session.pk, kind="tool.call", payload__state="denied").provenance == "human"
+    )
+
+
+def test_7c_a_question_nobody_answered_before_the_grant_expired_is_denied_as_expired(fleet, worktrees_dir):
+    with ScriptedModel([calls([("run_command", {"command": "rm -rf build/"})])]) as model:
+        session = drive(scripted(fleet, model, spec=spec("edits")))
+        assert session.status == Status.NEEDS_APPROVAL
+        now = timezone.now()
+        Grant.objects.filter(session=session).update(
+            not_before=now - timedelta(hours=1), expires_at=now - timedelta(seconds=1)
+        )
+        services.session_block_expired(session=session)
+        assert Escalation.objects.get(session=session).state == Escalation.State.EXPIRED
+        services.grant_issue(session=session, spec=spec("edits"), by=fleet.sto, reason="another night")
+        model.add(finish())
+        session = drive(session)
+    assert session.status == Status.SUCCEEDED
+    row = ToolCall.objects.get(session=session, name="run_command")
+    assert (row.state, row.decision, row.reason_type) == (ToolCall.State.DENIED, "deny", "expired")
+    assert row.reason == "nobody answered before the grant expired"
+    assert (
+        AuditEvent.objects.get(session_id=session.pk, kind="tool.call", payload__state="denied").provenance == "expired"
+    )
 
 
 def test_8_a_leader_an_outsider_and_the_agent_cannot_decide(fleet, worktrees_dir, client):

@@ -176,6 +176,24 @@ def test_a_model_timeout_is_a_recorded_retry(fleet, worktrees_dir, settings):
     assert "Timeout" in AuditEvent.objects.get(session_id=session.pk, kind="model.error").payload["error"]
 
 
+def test_a_call_the_budget_reservation_refuses_is_denied_recorded_and_blocks_the_session(
+    fleet, worktrees_dir, monkeypatch
+):
+    # the evaluator saw room in the budget, the reservation (one conditional UPDATE) found none
+    monkeypatch.setattr(services, "tool_call_reserve", lambda **kwargs: False)
+    spec = services.GrantSpec(mode="edits", max_tool_calls=3)
+    with ScriptedModel([calls([("write_file", {"path": "a.txt", "content": "a"})]), finish()]) as model:
+        session = drive(scripted(fleet, model, spec=spec))
+    assert session.status == Status.BLOCKED and session.status_reason == "budget: max tool calls (3) reached"
+    row = ToolCall.objects.get(session=session)
+    assert (row.state, row.decision, row.reason_type) == (ToolCall.State.DENIED, "deny", "budget")
+    assert row.result == "denied: budget: max tool calls (3) reached" and row.finished_at is not None
+    assert not (Path(session.worktree_path) / "a.txt").exists()
+    assert TranscriptEntry.objects.filter(session=session, role="tool").get().content == row.result
+    event = AuditEvent.objects.get(session_id=session.pk, kind="tool.call")
+    assert event.provenance == "budget" and event.payload["decision"] == "deny"
+
+
 def test_a_paused_session_runs_no_step(fleet, worktrees_dir):
     with ScriptedModel([calls([("list_files", {"path": "."})])]) as model:
         session = scripted(fleet, model)

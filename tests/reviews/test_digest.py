@@ -388,21 +388,21 @@ def test_the_digest_needs_a_handful_of_queries_whatever_the_number_of_sessions(n
 def test_the_default_window_starts_yesterday_at_18_and_ends_now():
     now = timezone.make_aware(timezone.datetime(2025, 3, 12, 8, 30))
     w = overnight.window_from(now=now)
-    assert (w.since, w.until) == (timezone.make_aware(timezone.datetime(2025, 3, 11, 18, 0)), now)
+    assert (w.start, w.end) == (timezone.make_aware(timezone.datetime(2025, 3, 11, 18, 0)), now)
 
 
 def test_the_night_preset_is_18_to_09_of_the_night_that_began_last():
     morning = timezone.make_aware(timezone.datetime(2025, 3, 12, 10, 0))
     w = overnight.window_from(preset="night", now=morning)
-    assert (w.since.day, w.since.hour, w.until.day, w.until.hour) == (11, 18, 12, 9)
+    assert (w.start.day, w.start.hour, w.end.day, w.end.hour) == (11, 18, 12, 9)
     evening = timezone.make_aware(timezone.datetime(2025, 3, 12, 19, 0))
     w = overnight.window_from(preset="night", now=evening)
-    assert (w.since.day, w.since.hour, w.until.day, w.until.hour) == (12, 18, 13, 9)
+    assert (w.start.day, w.start.hour, w.end.day, w.end.hour) == (12, 18, 13, 9)
 
 
 def test_explicit_times_are_local_and_bad_ones_fall_back_with_a_reason():
     w = overnight.window_from(since="2025-03-11T20:00", until="2025-03-12T06:30")
-    assert timezone.localtime(w.since).hour == 20 and timezone.localtime(w.until).minute == 30 and not w.error
+    assert timezone.localtime(w.start).hour == 20 and timezone.localtime(w.end).minute == 30 and not w.error
     bad = overnight.window_from(since="yesterday-ish")
     assert bad.preset == "overnight" and "not a time" in bad.error
     backwards = overnight.window_from(since="2025-03-12T06:00", until="2025-03-11T06:00")

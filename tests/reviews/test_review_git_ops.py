@@ -88,7 +88,7 @@ def test_the_patch_of_one_file_has_numbered_hunks_and_follows_a_rename(repo, age
     stat = git_ops.diff_stat(repo, "main", "agents/1-task")
     base, tip = git_ops.merge_base(repo, "main", "agents/1-task"), git_ops.resolve(repo, "agents/1-task")
     first = git_ops.diff_stat(repo, base, git_ops.resolve(repo, "agents/1-task~1"))
-    renamed = git_ops.diff_stat_between(repo, git_ops.resolve(repo, "agents/1-task~1"), tip).get("new_name.txt")
+    renamed = git_ops.diff_stat(repo, git_ops.resolve(repo, "agents/1-task~1"), tip).get("new_name.txt")
     assert renamed.renamed and renamed.old_path == "old_name.txt" and (renamed.additions, renamed.deletions) == (1, 1)
     patch = git_ops.file_patch(
         repo, git_ops.resolve(repo, "agents/1-task~1"), tip, path="new_name.txt", old_path="old_name.txt"

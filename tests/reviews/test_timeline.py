@@ -72,8 +72,8 @@ def test_markers_and_escalation_waits_of_a_known_night(client, night):
     page = client.get(
         reverse("timeline"),
         {
-            "since": timezone.localtime(window.since).strftime(fmt),
-            "until": timezone.localtime(window.until).strftime(fmt),
+            "since": timezone.localtime(window.start).strftime(fmt),
+            "until": timezone.localtime(window.end).strftime(fmt),
         },
     ).content.decode()
     svg = svg_of(page)

@@ -1,8 +1,8 @@
-"""Base for pause_agent / resume_agent / cancel_agent."""
+"""Bases for pause_agent / resume_agent / cancel_agent and pause_pod / resume_pod."""
 
 from django.core.management.base import BaseCommand
 
-from agents.management.commands._common import get_session, get_user, run_service
+from agents.management.commands._common import get_pod, get_session, get_user, run_service
 
 
 class ControlCommand(BaseCommand):
@@ -18,3 +18,24 @@ class ControlCommand(BaseCommand):
         by = get_user(actor)
         session = run_service(type(self).service, session=session, by=by)
         self.stdout.write(f"session {session.pk} {self.verb}: {session.status}")
+
+
+class PodControlCommand(BaseCommand):
+    """``<command> SLUG --as USER``: a pod control (its lead or a manager); ``reason`` adds ``--reason``."""
+
+    service = None
+    verb = ""
+    counted = ""  # what the service's count counts
+    reason = False
+
+    def add_arguments(self, parser):
+        parser.add_argument("slug")
+        parser.add_argument("--as", dest="actor", default="manager", help="who is doing this (default: manager)")
+        if self.reason:
+            parser.add_argument("--reason", default="")
+
+    def handle(self, *args, slug, actor, **options):
+        pod = get_pod(slug)
+        extra = {"reason": options["reason"]} if self.reason else {}
+        count = run_service(type(self).service, pod=pod, by=get_user(actor), **extra)
+        self.stdout.write(f"pod {pod.slug} {self.verb}: {count} session(s) {self.counted}")

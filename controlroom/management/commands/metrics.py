@@ -12,7 +12,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from controlroom.dashboard_views import format_figure, format_value
+from controlroom.figures import format_figure, format_value
 from controlroom.metrics import Metrics, Report, Scope, fleet_metrics, parse_date, window_between, window_last
 
 

@@ -1,0 +1,3 @@
+"""shopcart: a tiny shop back office."""
+
+__version__ = "0.3.0"
