@@ -43,4 +43,5 @@ def enqueue_step_now(
 
 
 def enqueue_step_on_commit(*, session_id: int, step: int, priority: int = 2, host: str | None = None) -> None:
-    transaction.on_commit(lambda: enqueue_step_now(session_id=session_id, step=step, priority=priority, host=host))
+    where = {} if host is None else {"host": host}  # None: looked up when the step is sent
+    transaction.on_commit(lambda: enqueue_step_now(session_id=session_id, step=step, priority=priority, **where))

@@ -37,7 +37,7 @@ def _worker_started(**_kwargs) -> None:
     from agents.runtime import leases
     from agents.runtime import model as model_client
 
-    leases.keeper.ensure_started()
+    leases.keeper.serve_host()
     threading.Thread(target=model_client.warm_up, name="litellm-warm-up", daemon=True).start()
 
 

@@ -34,6 +34,7 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self.beats = 0
+        self.serves_host = False  # a worker process (not a test or a benchmark running steps in-process)
 
     # -- what steps call ----------------------------------------------------------------------
     def hold(self, session_id: int, owner: str) -> None:
@@ -58,18 +59,28 @@ class LeaseKeeper:
             self._thread.start()
 
     # -- the beat -------------------------------------------------------------------------------
+    def serve_host(self) -> None:
+        """Called when a worker process starts: beat for the host even while no step runs."""
+        self.serves_host = True
+        self.ensure_started()
+
     def beat(self) -> None:
-        """Renew every lease this process holds, and say the host is alive. One or two statements."""
+        """Renew every lease this process holds, and (in a worker) say the host is alive. At most
+        two statements; none when there is nothing to say."""
         from agents import hosts
         from agents.models import AgentSession
 
         now = timezone.now()
         owners = list(self.held())
+        if not owners and not self.serves_host:
+            return
         until = now + timezone.timedelta(seconds=lease_seconds())
         for start in range(0, len(owners), 500):
             AgentSession.objects.filter(lease_owner__in=owners[start : start + 500]).update(
                 lease_until=until, heartbeat_at=now
             )
+        if not self.serves_host:
+            return
         config = settings.CONTROLROOM
         hosts.host_beat(
             name=config["WORKER_HOST"],
@@ -105,6 +116,7 @@ def _after_fork_in_child() -> None:
     keeper._lock = threading.Lock()
     keeper._held = {}
     keeper._thread = None
+    keeper.serves_host = False  # a prefork child is a worker too: worker_process_init says so again
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

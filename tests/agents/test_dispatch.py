@@ -55,7 +55,8 @@ def test_every_thread_sees_the_projects_celery_app_as_the_current_one():
 
 
 def test_a_step_enqueued_from_another_thread_reaches_the_projects_broker():
-    in_another_thread(lambda: enqueue_step_now(session_id=4321, step=7, priority=0))
+    # host="": a session with no worker host yet goes to the shared queue (no database lookup here)
+    in_another_thread(lambda: enqueue_step_now(session_id=4321, step=7, priority=0, host=""))
     [message] = queued_tasks()
     assert message["task"] == STEP_TASK
     assert message["argsrepr"] == "[4321, 7]"
