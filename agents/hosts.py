@@ -13,16 +13,21 @@ commit — is reported as lost in the audit log, naming the host, never silently
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agents.authority import NotAllowed
 from agents.dispatch import enqueue_step_on_commit
 from agents.events import send_on_commit
-from agents.models import TERMINAL_STATUSES, AgentSession, Status, ToolCall, WorkerHost
+from agents.models import TERMINAL_STATUSES, AgentSession, Repository, Status, ToolCall, User, WorkerHost
+from agents.runtime import mirrors
 from audit.log import record
 
 logger = logging.getLogger(__name__)
@@ -159,3 +164,48 @@ def session_move_off_host(*, session: AgentSession, host: WorkerHost, locked: bo
     if session.status == Status.RUNNING:
         enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority, host="")
     send_on_commit(session.pk)
+
+
+GIT_URL = re.compile(r"\A(?:(?:ssh|git|https?|file)://\S+|[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:\S+|/\S*)\Z")
+
+
+@transaction.atomic
+def repository_set_remote(*, repository: Repository, remote_url: str, by: User) -> Repository:
+    """Where worker hosts with disks of their own clone the repository and push session branches
+    (empty: its path). Managers only; audited: it decides where agents' work goes."""
+    if not by.is_manager:
+        raise NotAllowed("Only a manager may change where worker hosts clone and push a repository.")
+    remote_url = (remote_url or "").strip()
+    if remote_url and (len(remote_url) > 500 or not GIT_URL.match(remote_url)):
+        raise ValidationError(
+            {"remote_url": "Give a git URL (ssh://…, https://…, file://…, user@host:path) or an absolute path."}
+        )
+    repository = Repository.objects.select_for_update().get(pk=repository.pk)
+    previous = repository.remote_url
+    repository.remote_url = remote_url
+    repository.save(update_fields=["remote_url"])
+    record(
+        "repository.remote_changed",
+        user=by,
+        payload={"repository": repository.name, "from": previous, "to": remote_url},
+    )
+    return repository
+
+
+def worktree_repository(session: AgentSession) -> Path | None:
+    """The repository the session's worktree belongs to, as this process sees it: the central
+    repository (``direct`` hosts), this host's own clone (a ``clone`` host, here), or None when the
+    worktree lives on another ``clone`` host's disk (only that host can touch it)."""
+    source = (
+        WorkerHost.objects.filter(name=session.worker_host).values_list("worktree_source", flat=True).first()
+        if session.worker_host
+        else None
+    )
+    if source != WorkerHost.Source.CLONE:
+        return Path(session.repository.path)
+    config = settings.CONTROLROOM
+    if session.worker_host != config["WORKER_HOST"]:
+        return None
+    return mirrors.mirror_dir(
+        worktrees_dir=Path(config["WORKTREES_DIR"]), repository_id=session.repository_id, name=session.repository.name
+    )

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -25,7 +26,7 @@ from django.utils import timezone
 from django.utils.text import Truncator
 
 from agents import authority, permissions
-from agents.dispatch import enqueue_step_on_commit
+from agents.dispatch import enqueue_step_on_commit, host_queue
 from agents.events import send_on_commit
 from agents.models import (
     TERMINAL_STATUSES,
@@ -792,9 +793,15 @@ def _leased(session: AgentSession, now: datetime | None = None) -> bool:
 
 
 def session_worktree_ensure(*, session: AgentSession) -> None:
-    """The session's worktree on its branch, re-created if it was removed (WorktreeError if git cannot)."""
+    """The session's worktree on its branch, re-created if it was removed (WorktreeError if git cannot).
+    A worktree on another worker host's own disk is left to that host: its next step recreates it."""
+    from agents import hosts
+
+    repo_path = hosts.worktree_repository(session)
+    if repo_path is None:
+        return
     worktrees.ensure_worktree(
-        repo_path=Path(session.repository.path),
+        repo_path=repo_path,
         base_branch=session.base_branch,
         branch=session.branch,
         worktree_path=Path(session.worktree_path),
@@ -804,14 +811,22 @@ def session_worktree_ensure(*, session: AgentSession) -> None:
 def session_worktree_remove(*, session: AgentSession, reason: str, by: User | None = None) -> int | None:
     """Remove the session's worktree (the branch and its commits stay). Bytes freed, or None when
     nothing was removed (no worktree, a step running, or git refused: logged)."""
+    from agents import hosts
+
     if not session.worktree_path:
+        return None
+    repo_path = hosts.worktree_repository(session)
+    if repo_path is None:  # on another host's own disk: that host removes it (its queue)
+        current_app.send_task(
+            "agents.tasks.worktree_remove", args=[session.pk, reason], queue=host_queue(session.worker_host)
+        )
         return None
     path = Path(session.worktree_path)
     if not path.exists() or _leased(session):
         return None
     try:
         size = worktrees.disk_usage(path)
-        removed = worktrees.remove_worktree(repo_path=Path(session.repository.path), worktree_path=path)
+        removed = worktrees.remove_worktree(repo_path=repo_path, worktree_path=path)
     except worktrees.WorktreeError as exc:
         logger.warning("worktree of session %s not removed: %s", session.pk, exc)
         return None

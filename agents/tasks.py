@@ -171,3 +171,11 @@ def send_webhook(self, session_id: int, escalation_id: int | None = None, reason
         return f"refused: {exc.code}"
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         raise WebhookTransientError(str(exc)) from None
+
+
+@shared_task(name="agents.tasks.worktree_remove", ignore_result=True, time_limit=300)
+def worktree_remove(session_id: int, reason: str) -> None:
+    """Remove a session's worktree on the worker host whose own disk holds it (sent to its queue)."""
+    session = AgentSession.objects.select_related("repository").filter(pk=session_id).first()
+    if session is not None:
+        services.session_worktree_remove(session=session, reason=reason)

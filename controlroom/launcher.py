@@ -1,6 +1,7 @@
 """The one start command (``bin/start``): check the configuration, then run everything.
 
-``python -m controlroom.launcher [--host H] [--port P] [--workers K] [--concurrency N] [--no-seed]``
+``python -m controlroom.launcher [--host H] [--port P] [--workers K] [--concurrency N] [--pool threads|prefork]
+[--no-seed] [--worker-only]``
 
 1. Checks the configuration before starting anything: settings that do not parse, a
    ``REDIS_URL`` that does not answer, a database that does not connect, a port already taken.
@@ -71,6 +72,7 @@ class Options:
     concurrency: int
     pool: str
     seed: bool
+    worker_only: bool = False
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -97,6 +99,12 @@ def parse_args(argv: list[str] | None) -> Options:
         help="worker pool: threads (default: a step waiting on a model holds a thread, not a process) or prefork",
     )
     parser.add_argument(
+        "--worker-only",
+        action="store_true",
+        help="add this machine as a worker host of an existing control room (only Celery workers; needs "
+        "REDIS_URL, DATABASE_URL and AUDIT_SIGNING_KEY of that control room; see README 'Scaling out')",
+    )
+    parser.add_argument(
         "--no-seed", dest="seed", action="store_false", help="do not create the demo data in an empty database"
     )
     args = parser.parse_args(argv)
@@ -114,6 +122,7 @@ def parse_args(argv: list[str] | None) -> Options:
         concurrency=concurrency,
         pool=args.pool,
         seed=args.seed,
+        worker_only=args.worker_only,
     )
 
 
@@ -282,19 +291,40 @@ def stop_signals_deferred() -> Iterator[None]:
 def process_commands(*, options: Options, run_dir: Path) -> dict[str, str]:
     """Name -> shell command, in the order honcho starts them."""
     python = shlex.quote(sys.executable)
-    commands = {
-        "web": f"exec {python} -m daphne -b {shlex.quote(options.host)} -p {options.port} controlroom.asgi:application",
-    }
+    commands = {}
+    if not options.worker_only:
+        commands["web"] = (
+            f"exec {python} -m daphne -b {shlex.quote(options.host)} -p {options.port} controlroom.asgi:application"
+        )
     for index in range(1, options.workers + 1):
         commands[f"worker{index}"] = (
             f"exec {python} -m celery -A controlroom worker -l info -P {options.pool} "
             f"--concurrency {options.concurrency} -n worker{index}@%h"
         )
-    commands["beat"] = (
-        f"exec {python} -m celery -A controlroom beat -l info "
-        f"--schedule {shlex.quote(str(run_dir / 'celerybeat-schedule'))}"
-    )
+    if not options.worker_only:
+        commands["beat"] = (
+            f"exec {python} -m celery -A controlroom beat -l info "
+            f"--schedule {shlex.quote(str(run_dir / 'celerybeat-schedule'))}"
+        )
     return commands
+
+
+def check_worker_host(*, external_redis: str | None) -> None:
+    """A worker host joins an existing control room: it must reach that room's Redis and database
+    and sign checkpoints with that room's key (a key of its own would make audit_verify fail)."""
+    from controlroom.env import env_str
+
+    if external_redis is None:
+        raise ConfigError("REDIS_URL: --worker-only joins an existing control room: set REDIS_URL to its Redis")
+    if not env_str("DATABASE_URL"):
+        raise ConfigError(
+            "DATABASE_URL: --worker-only joins an existing control room: set DATABASE_URL to its database"
+        )
+    if not env_str("AUDIT_SIGNING_KEY"):
+        raise ConfigError(
+            "AUDIT_SIGNING_KEY: --worker-only needs the control room's audit signing key "
+            "(AUDIT_SIGNING_KEY or AUDIT_SIGNING_KEY_FILE): workers sign audit checkpoints"
+        )
 
 
 def make_printer(*, logs_dir: Path) -> Any:
@@ -567,7 +597,9 @@ def run(*, options: Options) -> int:
 
     external_redis = env_str("REDIS_URL")
     private_redis_port = None
-    if external_redis is None:
+    if options.worker_only:
+        check_worker_host(external_redis=external_redis)
+    elif external_redis is None:
         # Settings read REDIS_URL at import: decide the private Redis's address before that.
         private_redis_port = free_port()
         os.environ["REDIS_URL"] = f"redis://127.0.0.1:{private_redis_port}/0"
@@ -593,7 +625,8 @@ def run(*, options: Options) -> int:
         )
     if external_redis is not None:
         check_redis_reachable(url=settings.REDIS_URL)
-    check_port_free(host=options.host, port=options.port)
+    if not options.worker_only:
+        check_port_free(host=options.host, port=options.port)
 
     with exclusive_data_dir(run_dir=run_dir):
         import django
@@ -618,7 +651,15 @@ def run(*, options: Options) -> int:
                 resources.redis_url_file = run_dir / "redis.url"
                 resources.redis_url_file.write_text(resources.redis.url + "\n")
                 print(f"Started a private Redis at {resources.redis.url} (REDIS_URL is not set).", flush=True)
-            prepare_database(options=options, password=password)
+            if options.worker_only:
+                print(
+                    f"Worker host {settings.CONTROLROOM['WORKER_HOST']} joining the control room "
+                    f"(worktrees in {settings.CONTROLROOM['WORKTREES_DIR']}, "
+                    f"WORKTREE_SOURCE={settings.CONTROLROOM['WORKTREE_SOURCE']}).",
+                    flush=True,
+                )
+            else:
+                prepare_database(options=options, password=password)
             return supervise(options=options, run_dir=run_dir, logs_dir=logs_dir, password=password)
         finally:
             # Cleanup must finish: further Ctrl-C presses are ignored while it runs (it is bounded).
@@ -632,6 +673,8 @@ def supervise(*, options: Options, run_dir: Path, logs_dir: Path, password: str)
     printer = make_printer(logs_dir=logs_dir)
 
     def on_started(manager: Any) -> None:
+        if options.worker_only:
+            return
         threading.Thread(
             target=watch_until_ready,
             kwargs={"manager": manager, "options": options, "password": password},

@@ -239,6 +239,11 @@ def ensure_worktree(
     with repository_lock(common_dir):
         if _healthy(worktree_path, common_dir, branch):  # another worker made it meanwhile
             return _base_of(repo_path, base_branch, branch)
+        fresh = not os.path.lexists(worktree_path) and not _local_branch_exists(repo_path, branch)
+        if fresh and _git(repo_path, "worktree", "add", "-b", branch, str(worktree_path), base_branch).ok:
+            # the common case, a session's first step: a new branch into a new directory needs no
+            # prune or listing (a hundred sessions starting at once wait on this lock in turn)
+            return _base_of(repo_path, base_branch, branch)
         _ok(repo_path, "worktree", "prune", what="pruning stale worktrees")
         registered = _registered_worktrees(repo_path)
         real = Path(os.path.realpath(worktree_path))

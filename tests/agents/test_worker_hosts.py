@@ -200,3 +200,34 @@ def test_a_host_that_stops_beating_is_lost_and_its_sessions_move_with_their_unpu
     hosts.host_beat(name="far", now=timezone.now(), worktree_source="clone", worktrees_dir="/far")
     assert WorkerHost.objects.get(name="far").lost_at is None
     assert AuditEvent.objects.filter(kind="host.returned", payload__host="far").count() == 1
+
+
+def test_a_manager_sets_where_hosts_clone_a_repository_and_it_is_audited(fleet, capsys):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="refused"):
+        call_command("repository_url", fleet.repo.name, "ssh://git@example.com/shop.git", "--as", fleet.lead.username)
+    with pytest.raises(CommandError, match="git URL"):
+        call_command("repository_url", fleet.repo.name, "not a url", "--as", fleet.manager.username)
+    call_command("repository_url", fleet.repo.name, "ssh://git@example.com/shop.git", "--as", fleet.manager.username)
+    fleet.repo.refresh_from_db()
+    assert fleet.repo.remote_url == "ssh://git@example.com/shop.git"
+    event = AuditEvent.objects.get(kind="repository.remote_changed")
+    assert event.actor_user_id == fleet.manager.pk and event.payload["to"] == "ssh://git@example.com/shop.git"
+    call_command("repository_url", fleet.repo.name)
+    assert "ssh://git@example.com/shop.git (remote_url)" in capsys.readouterr().out
+
+
+def test_only_the_host_holding_a_clone_worktree_touches_it(fleet, settings):
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "WORKER_HOST": "here"}
+    session = launch(fleet, goal="where is my worktree")
+    now = timezone.now()
+    hosts.host_beat(name="shared-disk", now=now, worktree_source="direct", worktrees_dir="/w")
+    hosts.host_beat(name="elsewhere", now=now, worktree_source="clone", worktrees_dir="/e")
+    hosts.host_beat(name="here", now=now, worktree_source="clone", worktrees_dir="/h")
+    for home, expected in (("", Path(fleet.repo.path)), ("shared-disk", Path(fleet.repo.path)), ("elsewhere", None)):
+        session.worker_host = home
+        assert hosts.worktree_repository(session) == expected, home
+    session.worker_host = "here"
+    mirror = hosts.worktree_repository(session)
+    assert mirror is not None and mirror.parent == Path(settings.CONTROLROOM["WORKTREES_DIR"]) / ".repos"

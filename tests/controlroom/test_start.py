@@ -157,3 +157,33 @@ def test_a_port_in_use_stops_it_before_anything_starts(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "--port" in result.stderr and "already in use" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("missing", "given"),
+    [
+        ("REDIS_URL", {}),
+        ("DATABASE_URL", {"REDIS_URL": "redis://127.0.0.1:1/0"}),
+        ("AUDIT_SIGNING_KEY", {"REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_URL": "postgres://u@127.0.0.1:1/x"}),
+    ],
+)
+def test_a_worker_host_refuses_to_start_without_the_control_rooms_redis_database_and_key(
+    tmp_path: Path, missing: str, given: dict
+):
+    """--worker-only joins an existing control room: without its Redis, database and audit key it
+    would start a room of its own, or sign checkpoints audit_verify then refuses."""
+    env = _launcher_env(tmp_path / "data", **given)
+    for name in ("REDIS_URL", "DATABASE_URL", "AUDIT_SIGNING_KEY"):
+        if name not in given:
+            env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "controlroom.launcher", "--worker-only"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"error: {missing}:") and "--worker-only" in result.stderr
