@@ -684,11 +684,29 @@ def _chain_ranges(sizes: list[tuple[str, int]], workers: int) -> list[tuple[str 
 
 _child_expect: dict | None = None
 
+# What a forked child inherited from its parent: database connections and connection pools whose
+# sockets the parent still uses. Kept referenced so they are never finalised (closing one, or
+# returning it to a pool, would write to the parent's socket), never used.
+_inherited: list[object] = []
+
+
+def _forget_inherited_connections() -> None:  # also run after every fork (audit.apps)
+    """In a forked child: drop the parent's connections and pools without touching their sockets,
+    so this process's first query opens its own connection (and, with pooling, its own pool)."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None:
+            _inherited.append(conn.connection)
+            conn.connection = None
+        pools = getattr(type(conn), "_connection_pools", None)  # PostgreSQL with psycopg_pool
+        if pools:
+            _inherited.append(dict(pools))
+            pools.clear()
+
 
 def _child_start(expect: dict) -> None:
     global _child_expect
     _child_expect = expect
-    connections.close_all()  # already closed before the fork: the child opens its own
+    _forget_inherited_connections()
 
 
 def _verify_range(lo: str | None, hi: str | None) -> tuple[list[Break], int, set[str]]:
