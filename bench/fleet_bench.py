@@ -17,6 +17,7 @@ times a worker log says "database is locked".
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import Row, log
+from bench.common import Row, log, percentile
 from bench.loopback_model import LoopbackModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +203,24 @@ def run(*, sessions: int, latency: float, steps: int, database_url: str, label: 
             target="≤ 1.5 × limit",
             verdict="met" if wall <= 1.5 * limit and succeeded == sessions else "MISSED",
         ).emit()
+        # Where a session's time goes outside the model: the control room's own share of the wall time.
+        by_conversation: dict[str, list] = {}
+        for call in calls:
+            by_conversation.setdefault(call.conversation, []).append(call)
+        gaps = []
+        for convo in by_conversation.values():
+            convo.sort(key=lambda c: c.started)
+            gaps += [b.started - a.ended for a, b in itertools.pairwise(convo) if a.ended is not None]
+        to_first = [started - launched for started in first_calls.values()]
+        last_ends = sorted(c.ended for convo in by_conversation.values() for c in convo[-1:] if c.ended is not None)
+        to_end = [f - e for f, e in zip(sorted(ends), last_ends)] if len(ends) == len(last_ends) else []
+        for what, values in (
+            ("launch committed → first model call", to_first),
+            ("model answer → next model call (one step of the runtime)", gaps),
+            ("last model answer → session finished (n-th fastest to n-th fastest)", to_end),
+        ):
+            if values:
+                Row("fleet", f"{case}: {what}", len(values), percentile(values, 50), percentile(values, 99), "s").emit()
         Row(
             "fleet",
             f"{case}: worker RSS, all worker processes",

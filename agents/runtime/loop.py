@@ -344,6 +344,7 @@ class _Step:
                 locked = AgentSession.objects.select_for_update().get(pk=self.session_id)
                 services.set_status(locked, Status.RUNNING, reason="", agent=True, current_activity="starting")
             session = self.refresh()
+        t_worktree = time.monotonic()
         try:
             base_commit, worktree_path = self._worktree()
         except worktrees.WorktreeError as exc:
@@ -355,6 +356,7 @@ class _Step:
                 base_commit=base_commit, worker_host=here, worktree_path=worktree_path
             )
             session.base_commit, session.worker_host, session.worktree_path = base_commit, here, worktree_path
+        self.timings["worktree"] = time.monotonic() - t_worktree
         self._maybe_new_iteration()
         record_row, reply_message = self._model_turn()
         if record_row is None:
@@ -482,6 +484,7 @@ class _Step:
         try:
             messages = self._messages()
             t_model = time.monotonic()
+            self.timings["before_model"] = t_model - self.t_start
             _hand_back_connection()  # a slow call must not hold one of the pool's connections
             try:
                 reply = model_client.complete(

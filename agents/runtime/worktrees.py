@@ -95,8 +95,11 @@ def _registered_worktrees(repo_path: Path) -> dict[Path, str | None]:
 
 
 @contextlib.contextmanager
-def repository_lock(common_dir: Path, *, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Exclusive per-repository lock across threads and processes (flock on a fresh descriptor)."""
+def repository_lock(common_dir: Path, *, timeout_s: float = LOCK_TIMEOUT_S, shared: bool = False) -> Iterator[None]:
+    """Per-repository lock across threads and processes (flock on a fresh descriptor). Exclusive by
+    default; ``shared`` holders run at once and exclude only the exclusive ones (a session's first
+    ``worktree add`` of a new branch into a new directory is shared: a hundred of them at once touch
+    different files, while prune, remove, relink, fetch and push must see no half-made worktree)."""
     lock_path = Path(common_dir) / LOCK_FILE
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -104,7 +107,7 @@ def repository_lock(common_dir: Path, *, timeout_s: float = LOCK_TIMEOUT_S) -> I
         delay = 0.005
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -233,16 +236,23 @@ def ensure_worktree(
     if _healthy(worktree_path, common_dir, branch):
         return _base_of(repo_path, base_branch, branch)
     _check_branch_name(repo_path, branch, label="branch")
-    if _resolve_commit(repo_path, base_branch) is None:
+    base_commit = _resolve_commit(repo_path, base_branch)
+    if base_commit is None:
         raise WorktreeError(f"base branch {base_branch!r} not found in repository {repo_path}")
     worktree_path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.lexists(worktree_path):
+        # The common case, a session's first step: a new branch into a new directory, under the shared
+        # lock, so a hundred sessions starting at once make their worktrees side by side. The branch
+        # starts at the resolved commit (which is then its base: no merge-base to ask, no upstream
+        # tracking written to the shared config). Anything unusual (the branch exists, git refuses)
+        # falls through to the exclusive path below.
+        with repository_lock(common_dir, shared=True):
+            if not _local_branch_exists(repo_path, branch) and (
+                _git(repo_path, "worktree", "add", "-b", branch, str(worktree_path), base_commit).ok
+            ):
+                return base_commit
     with repository_lock(common_dir):
         if _healthy(worktree_path, common_dir, branch):  # another worker made it meanwhile
-            return _base_of(repo_path, base_branch, branch)
-        fresh = not os.path.lexists(worktree_path) and not _local_branch_exists(repo_path, branch)
-        if fresh and _git(repo_path, "worktree", "add", "-b", branch, str(worktree_path), base_branch).ok:
-            # the common case, a session's first step: a new branch into a new directory needs no
-            # prune or listing (a hundred sessions starting at once wait on this lock in turn)
             return _base_of(repo_path, base_branch, branch)
         _ok(repo_path, "worktree", "prune", what="pruning stale worktrees")
         registered = _registered_worktrees(repo_path)
