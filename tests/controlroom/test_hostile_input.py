@@ -3,7 +3,7 @@ query parameter (unicode digits, huge numbers, far dates, NUL, 100 kB strings), 
 with bad values, the timeline asked for a far window (shortened, with a notice), and the
 explanation of another pod's commit answered exactly like a commit that does not exist.
 
-One small night (``build_night``) per test; requests go through Django's test client."""
+One small night per test; requests go through Django's test client."""
 
 from __future__ import annotations
 
@@ -16,33 +16,31 @@ from django.utils import timezone
 
 from agents import params
 from agents.models import AgentSession, Escalation, Grant
+from agents.services import transcript_append
 from audit.models import AuditEvent
 from reviews.digest.windows import MAX_WINDOW, window_from
-from tests.reviews.test_digest import Night, build_night
+from tests.reviews.test_digest import Night, commit, escalate, launch
 
 pytestmark = pytest.mark.django_db
 
 HUGE = str(2**70)
-HOSTILE = [
-    "²",  # str.isdigit() says yes, int() says no
-    "١٢",  # Arabic-Indic digits
-    "#²",
-    "-1",
-    "0",
-    "1e20",
-    str(2**63),
-    HUGE,
-    "9999-12-31T23:59",
-    "0001-01-01T00:00",
-    "2025-13-45T99:99",
-    "\x00",
-    "1\x00",
-    "x" * 100_000,
-    "' OR 1=1 --",
-    "%",
-    "*",
-    " ",
-]
+LONG = "x" * 100_000
+#: Hostile values by what the parameter holds: numbers, times, and text (choices, names, free text).
+NUMBERS = ["²", "١٢", "#²", "-1", "1e20", str(2**63), HUGE]
+TIMES = ["9999-12-31T23:59", "0001-01-01T00:00", "2025-13-45T99:99", "²"]
+TEXTS = ["\x00", "1\x00", LONG, "' OR 1=1 --", "%", "²"]
+#: Sent in every parameter of a page at once.
+EVERYWHERE = ["²", HUGE, "9999-12-31T23:59", "\x00", LONG]
+KIND = {
+    **dict.fromkeys(["session", "before", "transcript_before", "audit_before"], NUMBERS),
+    **dict.fromkeys(["since", "until", "from", "to"], TIMES),
+}
+
+
+def hostile(param: str) -> list[str]:
+    """The table of hostile values for one parameter."""
+    return KIND.get(param, TEXTS)
+
 
 #: The query parameters each GET page reads (the walk below fails when a URL is missing here).
 QUERY = {
@@ -134,8 +132,22 @@ def _url(name: str, night: Night, *, huge: bool = False) -> str:
 
 
 @pytest.fixture
-def night(fleet) -> Night:
-    return build_night(fleet)
+def night(fleet, monkeypatch) -> Night:
+    """A small night: sam's session with an escalation, a transcript entry and a commit in pod
+    alpha, otto's session with a commit in pod bravo. The drawer's git diff stat is not read (the
+    requests here are about parsing, and git would make each one slow)."""
+    monkeypatch.setattr("agents.views._diff_stat", lambda *, session: {"state": "none", "text": "not read"})
+    night = Night(fleet=fleet, since=timezone.now() - timedelta(minutes=1))
+    a = launch(fleet, name="Fix the cart total")
+    b = launch(fleet, name="Add search filters")
+    escalate(a)
+    transcript_append(session_id=a.pk, iteration=1, step=1, role="assistant", content="Looking.")
+    commit(a, sha="a1" * 20, message="Fix rounding in cart total")
+    o = launch(fleet, name="Bravo billing", sto=fleet.outsider, by=fleet.outsider, pod=fleet.bravo)
+    commit(o, sha="0b" * 20, message="Bravo commit")
+    night.s.update(a=a, b=b, o=o)
+    night.until = timezone.now() + timedelta(seconds=1)
+    return night
 
 
 def _no_5xx(responses: list[tuple[str, int]]) -> None:
@@ -149,9 +161,9 @@ def test_a_get_page_answers_every_hostile_query_value_without_a_5xx(client, nigh
     url = _url(name, night)
     seen = []
     for param in QUERY[name]:
-        for value in HOSTILE:
+        for value in hostile(param):
             seen.append((f"{url}?{param}={value[:20]!r}", client.get(url, {param: value}).status_code))
-    for value in HOSTILE:  # every parameter at once
+    for value in EVERYWHERE if QUERY[name] else []:  # every parameter at once
         seen.append((f"{url} all={value[:20]!r}", client.get(url, dict.fromkeys(QUERY[name], value)).status_code))
     seen.append((f"{url} NUL name", client.get(url, {"a\x00b": "1"}).status_code))
     seen.append((f"{url} huge ids", client.get(_url(name, night, huge=True)).status_code))
@@ -188,7 +200,7 @@ def test_a_post_answers_every_hostile_field_value_without_a_5xx(client, night, n
     url = _url(name, night)
     seen = []
     for field in POST[name]:
-        for value in HOSTILE:
+        for value in hostile(field):
             seen.append((f"{url} {field}={value[:20]!r}", client.post(url, {field: value}).status_code))
     seen.append((f"{url} NUL name", client.post(url, {"a\x00b": "1"}).status_code))
     seen.append((f"{url} huge ids", client.post(_url(name, night, huge=True), {}).status_code))
@@ -206,7 +218,19 @@ def test_the_control_and_batch_urls_answer_huge_ids_and_nul_fields_without_a_5xx
 # -- the forms -----------------------------------------------------------------------------------------
 
 FUTURE = (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
-FORM_HOSTILE = [*HOSTILE, "2000-01-01T00:00", "2101-01-01T00:00", "10" + "0" * 30, str(2**63 - 1)]
+FORM_NUMBERS = ["²", "-1", "1e20", "1" + "0" * 30, str(2**63), HUGE]
+FORM_TIMES = ["9999-12-31T23:59", "0001-01-01T00:00", "2000-01-01T00:00", "2101-01-01T00:00", "2025-13-45T99:99"]
+FORM_TEXTS = ["\x00", LONG, "²"]
+FORM_KIND = {
+    **dict.fromkeys(
+        ["max_steps", "max_cost_usd", "max_tokens", "max_wall_minutes", "max_tool_calls", "priority"], FORM_NUMBERS
+    ),
+    **dict.fromkeys(["not_before", "expires_at"], FORM_TIMES),
+}
+
+
+def form_hostile(field: str) -> list[str]:
+    return FORM_KIND.get(field, FORM_TEXTS)
 
 
 def _launch_data(night: Night) -> dict:
@@ -248,7 +272,7 @@ def test_the_launch_form_refuses_hostile_values(client, night):
     client.force_login(night.fleet.manager)
     seen = []
     for field in LAUNCH_FIELDS:
-        for value in FORM_HOSTILE:
+        for value in form_hostile(field):
             response = client.post("/launch", {**_launch_data(night), field: value})
             seen.append((f"{field}={value[:20]!r}", response.status_code))
     _no_5xx(seen)
@@ -275,7 +299,7 @@ def test_the_batch_plan_refuses_hostile_values(client, night):
     batch["batch-tasks"] = "@sam Fix it"
     seen = []
     for field in [*(f for f in LAUNCH_FIELDS if f not in ("goal", "name", "success_criteria")), "tasks"]:
-        for value in FORM_HOSTILE:
+        for value in form_hostile(field):
             response = client.post("/launch/batch", {**batch, f"batch-{field}": value})
             seen.append((f"{field}={value[:20]!r}", response.status_code))
     seen.append(("5000 lines", client.post("/launch/batch", {**batch, "batch-tasks": "@sam x\n" * 5000}).status_code))
@@ -308,7 +332,7 @@ def test_the_grant_editor_refuses_hostile_values(client, night):
     url = reverse("session_grant_issue", args=[night.s["b"].pk])
     seen = []
     for field in GRANT_FIELDS:
-        for value in FORM_HOSTILE:
+        for value in form_hostile(field):
             seen.append((f"{field}={value[:20]!r}", client.post(url, {**_grant_data(), field: value}).status_code))
     _no_5xx(seen)
 
