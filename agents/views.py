@@ -562,8 +562,9 @@ def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
         session = _visible_session_or_404(request, session_id)
     except PermissionError:
         return HttpResponseForbidden(OUTSIDER_REFUSAL)
-    try:  # a malformed value becomes -1: the service refuses it (after checking who asks)
-        priority = params.integer(request.POST.get("priority", ""), name="priority", maximum=9)
+    raw = request.POST.get("priority", "")
+    try:  # one ASCII digit, else -1: the service refuses it (after checking who asks)
+        priority = params.integer(raw, name="priority", maximum=9) if len(raw) == 1 else -1
     except params.BadParameter:
         priority = -1
     try:
