@@ -15,6 +15,24 @@ from __future__ import annotations
 
 from agents.models import AgentSession, PodMembership, User
 
+#: The refusal for someone of another pod: it names no one of the session's pod.
+OUTSIDER_REFUSAL = (
+    "This session belongs to a pod you are not a member of: only its Single Task Owner, "
+    "the pod lead or a manager may do this."
+)
+
+
+def sto_named_for(*, user: User, session: AgentSession) -> str:
+    """The session's STO as a refusal may name them to ``user``: by name to someone who may see the
+    session (its pod's members, managers, leaders), as "its Single Task Owner" to anyone else."""
+    if user.is_authenticated and (
+        user.role in (User.Role.MANAGER, User.Role.LEADER)
+        or user.is_superuser
+        or _pod_role(user, session.pod_id) is not None
+    ):
+        return f"the session's Single Task Owner ({session.sto.username})"
+    return "the session's Single Task Owner"
+
 
 class NotAllowed(PermissionError):
     """Raised by services when the actor lacks authority; the message is shown to the user."""
@@ -31,8 +49,11 @@ def refuse_session_control(*, user: User, session: AgentSession) -> str | None:
         return "Leaders read the fleet; they cannot act on agents."
     if user.role == User.Role.MANAGER or user.pk == session.sto_id:
         return None
-    if _pod_role(user, session.pod_id) == PodMembership.Role.LEAD:
+    role = _pod_role(user, session.pod_id)
+    if role == PodMembership.Role.LEAD:
         return None
+    if role is None:  # someone of another pod: the refusal names nobody of this one
+        return OUTSIDER_REFUSAL
     return f"Only the session's Single Task Owner ({session.sto.username}), the pod lead or a manager may do this."
 
 

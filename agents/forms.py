@@ -8,7 +8,7 @@ from decimal import Decimal
 from django import forms
 from django.utils import timezone
 
-from agents import permissions
+from agents import params, permissions
 from agents.models import Grant
 from agents.services import GrantSpec
 
@@ -40,6 +40,17 @@ def rule_errors(rules: list[str]) -> list[str]:
     return errors
 
 
+def rule_list_errors(rules: list[str]) -> list[str]:
+    """``rule_errors``, after the limits of one list: at most ``params.MAX_RULES`` rules of at most
+    ``params.MAX_RULE_CHARS`` characters each (so nothing huge is parsed or stored)."""
+    if len(rules) > params.MAX_RULES:
+        return [f"At most {params.MAX_RULES} rules in one list ({len(rules)} given)."]
+    long = next((rule for rule in rules if len(rule) > params.MAX_RULE_CHARS), None)
+    if long is not None:
+        return [f"A rule is at most {params.MAX_RULE_CHARS} characters: {long[:60]}… has {len(long)}."]
+    return rule_errors(rules)
+
+
 class DateTimeLocalInput(forms.DateTimeInput):
     input_type = "datetime-local"
 
@@ -53,15 +64,18 @@ def _rules_field(label: str, help_text: str) -> forms.CharField:
         required=False,
         help_text=help_text,
         strip=False,
+        # a generous cap on the raw text (every rule at its longest); the list itself is checked in clean
+        max_length=params.MAX_RULES * (params.MAX_RULE_CHARS + 2),
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "autocapitalize": "off", "autocomplete": "off"}),
     )
 
 
-def _positive(label: str, help_text: str = "") -> forms.IntegerField:
+def _positive(label: str, maximum: int, help_text: str = "") -> forms.IntegerField:
     return forms.IntegerField(
         label=label,
         required=False,
         min_value=1,
+        max_value=maximum,
         help_text=help_text,
         widget=forms.NumberInput(attrs={"inputmode": "numeric", "placeholder": "no limit"}),
     )
@@ -74,8 +88,8 @@ class GrantForm(forms.Form):
     allow = _rules_field("Allow", "One rule per line, e.g. Bash(pytest *), Git(commit), Read(src/**)")
     ask = _rules_field("Ask", "These always ask a human, even where the mode would allow.")
     deny = _rules_field("Deny", "Nothing overrides a deny rule, not even a human's allow-once.")
-    max_steps = _positive("Max steps")
-    max_tokens = _positive("Max tokens")
+    max_steps = _positive("Max steps", params.MAX_STEPS)
+    max_tokens = _positive("Max tokens", params.MAX_TOKENS)
     max_cost_usd = forms.DecimalField(
         label="Max cost (USD)",
         required=False,
@@ -92,11 +106,12 @@ class GrantForm(forms.Form):
         decimal_places=2,
         widget=forms.NumberInput(attrs={"inputmode": "decimal", "step": "1", "placeholder": "no limit"}),
     )
-    max_tool_calls = _positive("Max tool calls")
+    max_tool_calls = _positive("Max tool calls", params.MAX_TOOL_CALLS)
     not_before = forms.DateTimeField(
         label="Not before",
         required=False,
         input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
+        validators=params.DATETIME_BOUNDS,
         widget=DateTimeLocalInput(),
         help_text="Empty: now.",
     )
@@ -104,6 +119,7 @@ class GrantForm(forms.Form):
         label="Expires at",
         required=False,
         input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
+        validators=params.DATETIME_BOUNDS,
         widget=DateTimeLocalInput(),
         help_text="Empty: 8 hours after it starts.",
     )
@@ -167,7 +183,7 @@ class GrantForm(forms.Form):
 
     def _clean_rules(self, name: str) -> list[str]:
         rules = rule_lines(self.cleaned_data.get(name, ""))
-        errors = rule_errors(rules)
+        errors = rule_list_errors(rules)
         if errors:
             raise forms.ValidationError(errors)
         return rules
@@ -188,6 +204,8 @@ class GrantForm(forms.Form):
             start = not_before or timezone.now()
             if expires_at <= start:
                 self.add_error("expires_at", "The grant must end after it starts.")
+            elif expires_at <= timezone.now():
+                self.add_error("expires_at", "The window has already closed: choose an end in the future.")
         return data
 
     def to_spec(self) -> GrantSpec:

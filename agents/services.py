@@ -25,7 +25,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from agents import authority, permissions
+from agents import authority, params, permissions
 from agents.dispatch import enqueue_step_on_commit, host_queue
 from agents.events import send_on_commit
 from agents.models import (
@@ -74,6 +74,15 @@ class GrantSpec:
     extra: dict = field(default_factory=dict)
 
 
+#: The largest budgets a grant may carry (the database columns hold them on every backend).
+BUDGET_MAXIMA = {
+    "max_steps": params.MAX_STEPS,
+    "max_tokens": params.MAX_TOKENS,
+    "max_wall_seconds": 2**31 - 1,
+    "max_tool_calls": params.MAX_TOOL_CALLS,
+}
+
+
 def grant_spec_errors(spec: GrantSpec) -> dict[str, str]:
     errors: dict[str, str] = {}
     if spec.mode not in Grant.Mode.values:
@@ -92,6 +101,16 @@ def grant_spec_errors(spec: GrantSpec) -> dict[str, str]:
             errors[name] = "Must be at least 1 (or empty for no limit)."
     if spec.max_cost_usd is not None and spec.max_cost_usd <= 0:
         errors["max_cost_usd"] = "Must be positive (or empty for no limit)."
+    for name, maximum in BUDGET_MAXIMA.items():
+        value = getattr(spec, name)
+        if value is not None and value > maximum:
+            errors[name] = f"Must be at most {maximum:,} (or empty for no limit)."
+    for name in ("not_before", "expires_at"):
+        value = getattr(spec, name)
+        if value is not None and not params.MIN_YEAR <= value.year <= params.MAX_YEAR:
+            errors[name] = f"Choose a time between the years {params.MIN_YEAR} and {params.MAX_YEAR}."
+    if not 0 < spec.hours <= 24 * 366:
+        errors["expires_at"] = "A grant's default length must be between 0 and 366 days."
     return errors
 
 

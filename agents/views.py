@@ -15,10 +15,18 @@ from django.utils import timezone
 from django.utils.text import Truncator
 from django.views.decorators.http import require_GET, require_POST
 
-from agents import authority, gitcli, selectors, services
+from agents import authority, gitcli, params, selectors, services
 from agents.errors import validation_text
 from agents.formatting import format_duration
-from agents.forms import MODE_HELP, RULE_LISTS, EscalationDecisionForm, GrantForm, RevokeForm, rule_errors, rule_lines
+from agents.forms import (
+    MODE_HELP,
+    RULE_LISTS,
+    EscalationDecisionForm,
+    GrantForm,
+    RevokeForm,
+    rule_lines,
+    rule_list_errors,
+)
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, Priority, TranscriptEntry, User
 from agents.runtime.sandbox import sandbox_available
 from audit.models import AuditEvent
@@ -34,12 +42,14 @@ def _visible_session_or_404(request: HttpRequest, session_id: int) -> AgentSessi
 
 
 @require_GET
+@params.bad_parameter_400
 def pods(request: HttpRequest) -> HttpResponse:
     visible = selectors.pods_visible_to(user=request.user).prefetch_related("memberships__user")
     return render(request, "agents/pods.html", {"pods": visible})
 
 
 @require_GET
+@params.bad_parameter_400
 def pod_detail(request: HttpRequest, slug: str) -> HttpResponse:
     pod = get_object_or_404(Pod, slug=slug)
     if not selectors.pods_visible_to(user=request.user).filter(pk=pod.pk).exists():
@@ -65,6 +75,7 @@ def pod_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @require_POST
+@params.bad_parameter_400
 def session_assign_sto(request: HttpRequest, session_id: int) -> HttpResponse:
     try:
         session = _visible_session_or_404(request, session_id)
@@ -97,6 +108,7 @@ def redirect_back(request: HttpRequest, slug: str, status: int = 302) -> HttpRes
 
 
 @require_POST
+@params.bad_parameter_400
 def pod_control(request: HttpRequest, slug: str, action: str) -> HttpResponse:
     """Pause or resume a whole pod (its lead or a manager). Pausing parks every queued or running
     session of the pod before its next tool call; resuming lets the ones it parked carry on. htmx
@@ -131,6 +143,7 @@ def _pod_controls(request: HttpRequest, pod: Pod, *, flash: list, status: int = 
 
 
 @require_POST
+@params.bad_parameter_400
 def pod_membership(request: HttpRequest, slug: str) -> HttpResponse:
     pod = get_object_or_404(Pod, slug=slug)
     user = User.objects.filter(username=request.POST.get("username", "")).first()
@@ -169,9 +182,9 @@ OUTSIDER_REFUSAL = "You cannot see this session: it belongs to another pod."
 
 
 def _before(request: HttpRequest, name: str = "before") -> int | None:
-    """A keyset cursor from the query string (a positive integer), or None for the newest page."""
-    value = request.GET.get(name, "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    """A keyset cursor from the query string (a positive integer), or None for the newest page.
+    BadParameter (a 400) for anything else."""
+    return params.query_int(request.GET, name, minimum=1)
 
 
 def _pretty_arguments(arguments: object) -> str:
@@ -456,6 +469,7 @@ def _refused(request: HttpRequest, session_id: int, message: str, *, status: int
 
 
 @require_GET
+@params.bad_parameter_400
 def session_drawer(request: HttpRequest, session_id: int) -> HttpResponse:
     try:
         _visible_session_or_404(request, session_id)
@@ -484,6 +498,7 @@ def _older_page(
 
 
 @require_GET
+@params.bad_parameter_400
 def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
     """One page of the transcript (older entries)."""
     return _older_page(
@@ -497,6 +512,7 @@ def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 @require_GET
+@params.bad_parameter_400
 def session_audit(request: HttpRequest, session_id: int) -> HttpResponse:
     """One page of the session's audit trail (older events)."""
     return _older_page(
@@ -518,6 +534,7 @@ CONTROL_DONE = {"pause": "Paused.", "resume": "Resumed.", "cancel": "Cancelled."
 
 
 @require_POST
+@params.bad_parameter_400
 def session_control(request: HttpRequest, session_id: int, action: str) -> HttpResponse:
     try:
         session = _visible_session_or_404(request, session_id)
@@ -537,6 +554,7 @@ def session_control(request: HttpRequest, session_id: int, action: str) -> HttpR
 
 
 @require_POST
+@params.bad_parameter_400
 def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
     """Set the session's priority (P0 first): its STO, the pod lead or a manager. Its next steps
     are enqueued with it."""
@@ -545,7 +563,10 @@ def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
     except PermissionError:
         return HttpResponseForbidden(OUTSIDER_REFUSAL)
     raw = request.POST.get("priority", "")
-    priority = int(raw) if raw.isdigit() and len(raw) == 1 else -1  # the service refuses it (after who asks)
+    try:  # one ASCII digit, else -1: the service refuses it (after checking who asks)
+        priority = params.integer(raw, name="priority", maximum=9) if len(raw) == 1 else -1
+    except params.BadParameter:
+        priority = -1
     try:
         services.session_set_priority(session=session, priority=priority, by=request.user)
     except authority.NotAllowed as exc:
@@ -562,6 +583,7 @@ DECIDED_TEXT = {"allow-once": "allowed once", "allow-always": "allowed always", 
 
 
 @require_POST
+@params.bad_parameter_400
 def escalation_decide(request: HttpRequest, escalation_id: int) -> HttpResponse:
     """Allow once, allow always or deny an escalation. Refusals are recorded by the service and
     answered 403; a question someone already answered is answered 409 with who and how."""
@@ -621,6 +643,7 @@ def _acting_session(request: HttpRequest, session_id: int) -> AgentSession | Htt
 
 
 @require_POST
+@params.bad_parameter_400
 def session_grant_validate(request: HttpRequest, session_id: int) -> HttpResponse:
     """Inline validation of one rule list (or all): the errors naming each bad rule, or a count of good ones."""
     session = _acting_session(request, session_id)
@@ -634,11 +657,12 @@ def session_grant_validate(request: HttpRequest, session_id: int) -> HttpRespons
     checks = []
     for name in lists:
         rules = rule_lines(request.POST.get(name, ""))
-        checks.append({"list": name, "count": len(rules), "errors": rule_errors(rules)})
+        checks.append({"list": name, "count": len(rules), "errors": rule_list_errors(rules)})
     return render(request, "agents/_grant.html#check", {"s": session, "checks": checks, "field": requested})
 
 
 @require_POST
+@params.bad_parameter_400
 def session_grant_issue(request: HttpRequest, session_id: int) -> HttpResponse:
     """Save the editor: revoke the current grant and issue the next version, delegated by the user."""
     session = _acting_session(request, session_id)
@@ -696,6 +720,7 @@ def session_grant_issue(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 @require_POST
+@params.bad_parameter_400
 def session_grant_revoke(request: HttpRequest, session_id: int) -> HttpResponse:
     """Revoke the active grant with a reason: the agent stops at its next step (no active grant)."""
     session = _acting_session(request, session_id)

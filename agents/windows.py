@@ -23,6 +23,7 @@ class Window:
     label: str = ""  # how it is named on the page; by default its local start and end
     preset: str = ""  # the preset it came from, "" for explicit times
     error: str = ""  # why the requested window was not used (shown to the user)
+    notice: str = ""  # how the requested window was changed to be used (e.g. shortened), shown to the user
 
     def __post_init__(self) -> None:
         if not self.label:

@@ -22,6 +22,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from agents import params
 from agents.formatting import format_duration
 from agents.models import Pod, TaskType, User
 from agents.windows import Window
@@ -68,10 +69,18 @@ class DashboardFilterForm(forms.Form):
         self.fields["pod"].choices = [("", "All pods"), *Pod.objects.order_by("name").values_list("slug", "name")]
         # "from" is a Python keyword: the fields are added by name
         self.fields["from"] = forms.DateField(
-            required=False, label="From", input_formats=["%Y-%m-%d"], widget=forms.DateInput(attrs={"type": "date"})
+            required=False,
+            label="From",
+            input_formats=["%Y-%m-%d"],
+            validators=params.DATETIME_BOUNDS,
+            widget=forms.DateInput(attrs={"type": "date"}),
         )
         self.fields["to"] = forms.DateField(
-            required=False, label="To", input_formats=["%Y-%m-%d"], widget=forms.DateInput(attrs={"type": "date"})
+            required=False,
+            label="To",
+            input_formats=["%Y-%m-%d"],
+            validators=params.DATETIME_BOUNDS,
+            widget=forms.DateInput(attrs={"type": "date"}),
         )
 
     def clean(self) -> dict:
@@ -221,6 +230,7 @@ def lead_split(m: Metrics) -> list[tuple[str, str, float | None, str]]:
 
 
 @require_GET
+@params.bad_parameter_400
 def dashboard(request: HttpRequest) -> HttpResponse:
     if not may_view_dashboard(request.user):
         return render(request, "controlroom/dashboard_forbidden.html", {"reason": FORBIDDEN}, status=403)

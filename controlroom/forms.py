@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from agents import selectors
+from agents import params, selectors
 from agents.models import (
     Grant,
     Pod,
@@ -112,6 +112,7 @@ def _datetime_field(label: str, help_text: str) -> forms.DateTimeField:
         required=False,
         help_text=help_text,
         input_formats=[DATETIME_LOCAL, "%Y-%m-%d %H:%M"],
+        validators=params.DATETIME_BOUNDS,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=DATETIME_LOCAL),
     )
 
@@ -134,7 +135,9 @@ class _SharedLaunchFields(forms.Form):
     preset = forms.ChoiceField(label="Authority", choices=[(k, p.label) for k, p in PRESETS.items()], initial="edits")
     not_before = _datetime_field("Window from", "Empty: now.")
     expires_at = _datetime_field("Window until", "Empty: 8 hours after the start.")
-    max_steps = forms.IntegerField(label="Budget: steps", required=False, min_value=1, max_value=100_000, initial=200)
+    max_steps = forms.IntegerField(
+        label="Budget: steps", required=False, min_value=1, max_value=params.MAX_STEPS, initial=200
+    )
     max_cost_usd = forms.DecimalField(
         label="Budget: cost (USD)",
         required=False,

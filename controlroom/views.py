@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from agents import authority, selectors, services
+from agents import authority, params, selectors, services
 from agents.models import (
     NEEDS_HUMAN_STATUSES,
     AgentSession,
@@ -179,6 +179,7 @@ def _side_context(user: User) -> dict:
 
 
 @require_GET
+@params.bad_parameter_400
 def canvas(request: HttpRequest) -> HttpResponse:
     """Every session the user may see as a tile, grouped by pod, with the "needs you" queue and the
     fleet summary. Filters (pod, sto=mine|username, status, repeatable) live in the query string."""
@@ -214,6 +215,7 @@ def canvas(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@params.bad_parameter_400
 def canvas_side(request: HttpRequest) -> HttpResponse:
     """The summary bar and the "needs you" queue as out-of-band fragments (polled by the canvas)."""
     return render(request, "controlroom/canvas.html#side", {**_side_context(request.user), "oob": True})
@@ -258,6 +260,7 @@ def _initial(request: HttpRequest) -> dict:
 
 
 @require_http_methods(["GET", "POST"])
+@params.bad_parameter_400
 def launch(request: HttpRequest) -> HttpResponse:
     """Launch one session: ``agents.services.session_launch`` with a ``GrantSpec`` from the preset."""
     user = request.user
@@ -295,6 +298,7 @@ class _BatchLineError(Exception):
 
 
 @require_POST
+@params.bad_parameter_400
 def launch_batch(request: HttpRequest) -> HttpResponse:
     """Plan the night: every line becomes a session, all in ONE transaction (one bad line: none)."""
     user = request.user

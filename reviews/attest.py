@@ -18,7 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from agents.authority import NotAllowed
+from agents.authority import NotAllowed, sto_named_for
 from agents.events import send_on_commit
 from agents.models import AgentSession, User
 from audit.log import record
@@ -33,7 +33,7 @@ def refuse_attest(*, user: User, session: AgentSession) -> str | None:
         return "You must be logged in."
     if user.pk != session.sto_id:
         return (
-            f"Only the session's Single Task Owner ({session.sto.username}) may accept or disown its work: "
+            f"Only {sto_named_for(user=user, session=session)} may accept or disown its work: "
             "it is their statement that the work is theirs."
         )
     return None

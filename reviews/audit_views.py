@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from agents import params
 from agents import services as agent_services
 from agents.authority import NotAllowed
 from agents.errors import validation_text
@@ -47,6 +48,7 @@ def _window_context(window: overnight.Window, *, default: str) -> dict:
 
 
 @require_GET
+@params.bad_parameter_400
 @vary_on_headers("HX-Request")
 def digest_page(request: HttpRequest) -> HttpResponse:
     window = _window(request, default="overnight")
@@ -67,6 +69,7 @@ def digest_page(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@params.bad_parameter_400
 def digest_attest(request: HttpRequest, session_id: int) -> HttpResponse:
     """The STO accepts or disowns a session's work (htmx: the session's row comes back)."""
     session = session_visible_to(user=request.user, session_id=session_id)
@@ -130,6 +133,7 @@ def _attest_answer(
 
 
 @require_GET
+@params.bad_parameter_400
 def audit_mine(request: HttpRequest) -> HttpResponse:
     window = _window(request, default="overnight")
     include_model = request.GET.get("model_calls") == "1"
@@ -149,9 +153,10 @@ def audit_mine(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@params.bad_parameter_400
 def timeline_page(request: HttpRequest) -> HttpResponse:
     window = _window(request, default="night")
-    pod = request.GET.get("pod", "").strip()
+    pod = params.query_text(request.GET, "pod", max_length=100)
     result = overnight.timeline(
         user=request.user,
         window=window,
@@ -176,6 +181,7 @@ def timeline_page(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@params.bad_parameter_400
 @vary_on_headers("HX-Request")
 def audit_explorer(request: HttpRequest) -> HttpResponse:
     filters = overnight.ExplorerFilters.from_query(request.GET)
@@ -195,6 +201,7 @@ def audit_explorer(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@params.bad_parameter_400
 def audit_event(request: HttpRequest, event_id: int) -> HttpResponse:
     from audit.models import AuditEvent
 
@@ -228,7 +235,9 @@ def audit_event(request: HttpRequest, event_id: int) -> HttpResponse:
 
 
 @require_GET
+@params.bad_parameter_400
 def audit_commit(request: HttpRequest, sha: str) -> HttpResponse:
+    """Who is behind a commit. Another pod's commit and one that does not exist get the same 404."""
     try:
         x = overnight.commit_explain(sha=sha, user=request.user)
     except overnight.CommitNotFound as exc:
@@ -241,17 +250,6 @@ def audit_commit(request: HttpRequest, sha: str) -> HttpResponse:
                 "back": reverse("audit_explorer"),
             },
             status=404,
-        )
-    except PermissionError as exc:
-        return render(
-            request,
-            "reviews/audit_error.html",
-            {
-                "title": "Not yours to see",
-                "error": str(exc),
-                "back": reverse("audit_explorer"),
-            },
-            status=403,
         )
     in_commit = [a for a in x.approvals if a.in_commit]
     return render(

@@ -20,7 +20,7 @@ from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
-from agents import authority
+from agents import authority, params
 from agents.errors import validation_text
 from agents.models import AgentSession, User
 from agents.selectors import pods_visible_to, session_visible_to
@@ -167,9 +167,10 @@ def _handoff_rows(handoff) -> list[tuple[str, str]]:
 
 
 @require_GET
+@params.bad_parameter_400
 def review_queue(request: HttpRequest) -> HttpResponse:
-    pod = request.GET.get("pod", "").strip()
-    sto = request.GET.get("sto", "").strip()
+    pod = params.query_text(request.GET, "pod", max_length=100)
+    sto = params.query_text(request.GET, "sto", max_length=150)
     rows = selectors.review_queue(user=request.user, pod=pod, sto=sto)
     pods = list(pods_visible_to(user=request.user))
     stos = User.objects.filter(memberships__pod__in=pods).distinct().order_by("username")
@@ -189,6 +190,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@params.bad_parameter_400
 def review_diff(request: HttpRequest, session_id: int) -> HttpResponse:
     try:
         session = _visible(request, session_id)
@@ -257,13 +259,14 @@ def _render_diff(
 
 
 @require_GET
+@params.bad_parameter_400
 def review_file(request: HttpRequest, session_id: int) -> HttpResponse:
     """One file's hunks (the htmx partial the diff page loads when the file is scrolled into view)."""
     try:
         session = _visible(request, session_id)
     except PermissionError as exc:
         return HttpResponseForbidden(str(exc))
-    path = request.GET.get("path", "")
+    path = params.query_text(request.GET, "path", max_length=params.MAX_TEXT)
     diff = selectors.session_diff(session=session, with_commits=False)
     # htmx swaps only 2xx answers: an error comes back as 200 so the reviewer sees it in place.
     error_status = 200 if request.htmx else 409
@@ -284,6 +287,7 @@ def review_file(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 @require_POST
+@params.bad_parameter_400
 def review_decide(request: HttpRequest, session_id: int, decision: str) -> HttpResponse:
     service = services.DECISIONS.get(decision)
     if service is None:

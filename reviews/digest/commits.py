@@ -10,6 +10,7 @@ from pathlib import Path
 
 from django.utils import timezone
 
+from agents import params as strict
 from agents.models import AgentSession, Grant, Repository, User
 from audit.models import AuditEvent
 from reviews import git_ops
@@ -94,19 +95,34 @@ def _resolve_in(repo_path: Path, sha: str) -> str | None:
     return git_ops.resolve(repo_path, sha)
 
 
+def _not_found(sha: str) -> CommitNotFound:
+    """The one answer for a commit that does not exist and for one the viewer may not see (the
+    same words, so the answer tells nothing about other pods' commits)."""
+    return CommitNotFound(f"no commit {sha} in the audit log's git.commit events or in any registered repository")
+
+
 def commit_explain(*, sha: str, user: User | None = None) -> CommitExplanation:
     """Who is behind an agent's commit: its session, agent, delegator and grant (from the commit's
     trailers and the audit log), and the approvals of the session's actions up to the commit.
 
     ``sha`` may be abbreviated (4+ hex digits). The commit is found through the ``git.commit``
     events of the audit log (their payload's sha), else in the registered repositories. With a
-    ``user``, a session they may not see raises PermissionError. CommitNotFound says why otherwise.
+    ``user``, only commits of sessions they may see are looked up: another pod's commit is
+    CommitNotFound, in the same words as a commit that does not exist. CommitNotFound says why.
     """
     sha = (sha or "").strip()
     if not SHA_RE.match(sha):
-        raise CommitNotFound(f"{sha!r} is not a commit sha: give 4 to 40 hexadecimal digits")
+        raise CommitNotFound(f"{sha[:80]!r} is not a commit sha: give 4 to 40 hexadecimal digits")
     sha = sha.lower()
-    found = list(AuditEvent.objects.filter(kind="git.commit", payload__sha__startswith=sha).order_by("id")[:20])
+    visible = visible_session_ids(user=user) if user is not None else None
+
+    def may_see(session_id: int | None) -> bool:
+        return visible is None or (session_id is not None and session_id in visible)
+
+    commits = AuditEvent.objects.filter(kind="git.commit", payload__sha__startswith=sha)
+    if visible is not None:
+        commits = commits.filter(session_id__in=visible)
+    found = list(commits.order_by("id")[:20])
     full_shas = sorted({str(e.payload.get("sha", "")) for e in found})
     if len(full_shas) > 1:
         raise CommitNotFound(f"{sha} is ambiguous: it starts {', '.join(s[:12] for s in full_shas)}; give more digits")
@@ -137,15 +153,20 @@ def commit_explain(*, sha: str, user: User | None = None) -> CommitExplanation:
                 explanation.repository = repository.name
                 break
         if info is None:
-            raise CommitNotFound(
-                f"no commit {sha} in the audit log's git.commit events or in any registered repository"
-            )
-        trailer_session = info["trailers"].get("Agent-Session", "")
-        if not trailer_session.isdigit():
+            raise _not_found(sha)
+        try:
+            trailer_session = strict.integer(info["trailers"].get("Agent-Session", ""), name="Agent-Session", minimum=1)
+        except strict.BadParameter:
+            trailer_session = None
+        if trailer_session is None:
+            if visible is not None:  # whose commit it is cannot be told: not shown to a pod member
+                raise _not_found(sha)
             raise CommitNotFound(
                 f"commit {info['sha'][:12]} in {explanation.repository} has no Agent-Session trailer: no agent made it"
             )
-        explanation.session_id = int(trailer_session)
+        explanation.session_id = trailer_session
+        if not may_see(explanation.session_id):
+            raise _not_found(sha)
         explanation.commit_event = (
             AuditEvent.objects.filter(kind="git.commit", session_id=explanation.session_id, payload__sha=info["sha"])
             .order_by("id")
@@ -164,10 +185,6 @@ def commit_explain(*, sha: str, user: User | None = None) -> CommitExplanation:
         if explanation.session_id
         else None
     )
-    if user is not None and explanation.session_id is not None:
-        visible = visible_session_ids(user=user)
-        if visible is not None and explanation.session_id not in visible:
-            raise PermissionError("This commit belongs to a session of a pod you are not a member of.")
     _explain_authority(explanation)
     return explanation
 
@@ -178,7 +195,7 @@ def _explain_authority(x: CommitExplanation) -> None:
     if trailers.get("Agent-Session") and x.session_id and trailers["Agent-Session"] != str(x.session_id):
         x.notes.append(f"the Agent-Session trailer says {trailers['Agent-Session']}, the audit log says {x.session_id}")
     grant_id = trailers.get("Grant", "")
-    x.grant_id = int(grant_id) if grant_id.isdigit() else (event.grant_id if event else None)
+    x.grant_id = int(grant_id) if grant_id.isascii() and grant_id.isdigit() else (event.grant_id if event else None)
     if event and x.grant_id and event.grant_id and event.grant_id != x.grant_id:
         x.notes.append(f"the Grant trailer says {x.grant_id}, the audit log says {event.grant_id}")
     x.grant = (

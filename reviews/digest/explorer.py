@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from django.db.models import Q
 
+from agents import params as strict
 from agents.models import AgentSession, Pod, User
 from agents.windows import iso_minutes
 from audit.models import AuditEvent
@@ -41,19 +42,22 @@ class ExplorerFilters:
         for name in ("session", "before"):
             raw = (params.get(name) or "").strip().lstrip("#")
             if raw:
-                if raw.isdigit():
-                    setattr(f, name, int(raw))
-                else:
-                    f.errors.append(f"{name}: {raw!r} is not a number")
+                try:
+                    setattr(f, name, strict.integer(raw, name=name, minimum=1))
+                except strict.BadParameter as exc:
+                    f.errors.append(str(exc))
         for name in ("pod", "sto", "delegator", "kind", "decision"):
-            setattr(f, name, (params.get(name) or "").strip()[:100])
+            try:
+                setattr(f, name, strict.text(params.get(name), name=name, max_length=100))
+            except strict.BadParameter as exc:
+                f.errors.append(str(exc))
         for name in ("since", "until"):
             raw = (params.get(name) or "").strip()
             if raw:
                 try:
-                    setattr(f, name, parse_time(raw))
+                    setattr(f, name, parse_time(raw, name=name))
                 except ValueError as exc:
-                    f.errors.append(f"{name}: {exc}")
+                    f.errors.append(str(exc))
         return f
 
     def query(self, **override) -> str:

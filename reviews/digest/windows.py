@@ -1,5 +1,6 @@
 """Which window a page reads: the presets of the night (18:00 to 09:00, local time) and explicit
-times typed by a person. A bad request falls back to the default window and says why."""
+times typed by a person. A bad request falls back to the default window and says why; a window longer than ``MAX_WINDOW``
+is shortened to its last ``MAX_WINDOW`` and says so."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from datetime import time as dtime
 
 from django.utils import timezone
 
+from agents import params
 from agents.windows import Window, iso_minutes
 
 EVENING_HOUR = 18  # the night starts at 18:00 local time ...
 MORNING_HOUR = 9  # ... and ends at 09:00
+
+#: The longest window a page reads: a longer request keeps its end and is shortened to this, with a notice.
+MAX_WINDOW = timedelta(days=31)
 
 PRESETS = {
     "overnight": "Since yesterday 18:00",
@@ -45,17 +50,11 @@ def preset_window(preset: str, *, now: datetime | None = None) -> Window:
     raise ValueError(f"unknown window {preset!r}: use one of {', '.join(PRESETS)}")
 
 
-def parse_time(text: str) -> datetime:
+def parse_time(text: str, *, name: str = "time") -> datetime:
     """A datetime from ``2025-01-31T18:00`` (local time), ``2025-01-31`` (midnight), or ISO 8601 with
-    an offset or ``Z``. ValueError with a readable message otherwise."""
-    text = (text or "").strip()
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a time: use YYYY-MM-DDTHH:MM (local time) or YYYY-MM-DD") from None
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value)
-    return value
+    an offset or ``Z``, in the years ``params`` allows. ValueError (``params.BadParameter``) with a
+    readable message otherwise."""
+    return params.moment(text, name=name)
 
 
 def window_from(
@@ -74,8 +73,8 @@ def window_from(
     if not (since or until):
         return fallback
     try:
-        start = parse_time(since) if since else fallback.start
-        end = parse_time(until) if until else now
+        start = parse_time(since, name="since") if since else fallback.start
+        end = parse_time(until, name="until") if until else now
     except ValueError as exc:
         return Window(fallback.start, fallback.end, preset=fallback.preset, error=str(exc))
     if end <= start:
@@ -84,5 +83,15 @@ def window_from(
             fallback.end,
             preset=fallback.preset,
             error=f"the window must end after it starts ({iso_minutes(start)} → {iso_minutes(end)})",
+        )
+    if end - start > MAX_WINDOW:
+        shortened = end - MAX_WINDOW
+        return Window(
+            shortened,
+            end,
+            notice=(
+                f"a window is at most {MAX_WINDOW.days} days: showing {iso_minutes(shortened)} → {iso_minutes(end)}"
+                f" (asked from {iso_minutes(start)})"
+            ),
         )
     return Window(start, end)

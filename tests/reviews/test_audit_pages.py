@@ -255,7 +255,9 @@ def test_audit_explain_from_the_audit_log_alone_when_git_lost_the_commit(night):
 
 def test_an_outsider_cannot_read_the_explanation_of_a_pod_a_commit(client, night):
     login(client, night.fleet.outsider)
-    assert client.get(reverse("audit_commit", args=["a1" * 20])).status_code == 403
+    response = client.get(reverse("audit_commit", args=["a1" * 20]))
+    assert response.status_code == 404, "answered like a commit that does not exist (no existence oracle)"
+    assert "Fix rounding" not in response.content.decode()
 
 
 @pytest.mark.django_db(transaction=True)
