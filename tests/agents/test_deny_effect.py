@@ -241,3 +241,37 @@ def test_other_programs_still_run(worktree: Path) -> None:
     result = sh(worktree, "ls src && git status --short && python3 -c 'print(41 + 1)'")
     assert result.ok, result.output
     assert "a.py" in result.output and "42" in result.output
+
+
+# -- a human's approval -------------------------------------------------------------------------------
+
+
+def test_an_approved_action_lifts_the_guard_masks_it_names_but_never_a_deny_rules(worktree: Path) -> None:
+    from agents.permissions import canonicalize
+    from agents.permissions.masks import lifted_guards
+
+    command = "echo fixed > .github/workflows/ci.yml && cat docs/guide.md > /dev/null"
+    action = canonicalize("run_command", {"command": command}, str(worktree))
+    lift = lifted_guards(action.resources, action.recursive, root=str(worktree))
+    assert lift == (".github/**",)
+    result = execute(
+        "run_command",
+        {"command": command + " && echo x > docs/guide.md"},
+        worktree=worktree,
+        trailers={},
+        sandbox="bwrap",
+        deny=DENY,
+        lift=lift,
+    )
+    assert (worktree / ".github" / "workflows" / "ci.yml").read_text() == "fixed\n"
+    assert (worktree / "docs" / "guide.md").read_text() == "# Guide\n"  # Edit(docs/**) is a deny rule
+    assert "Read-only file system" in result.output
+
+
+def test_the_masks_cover_nested_matches_and_skip_what_is_already_covered(worktree: Path) -> None:
+    masks = compute_masks(DENY + ("Edit(.github/**)",), str(worktree), path=agent_env()["PATH"])
+    root = os.path.realpath(worktree)
+    assert set(masks.hidden) == {f"{root}/.env", f"{root}/config/.env", f"{root}/private"}
+    assert f"{root}/.github" in masks.read_only and f"{root}/.github/workflows/ci.yml" not in masks.read_only
+    assert f"{root}/.husky" in masks.missing and f"{root}/.github" not in masks.missing
+    assert not masks.incomplete
