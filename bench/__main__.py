@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
     "smoke": {
         "audit": ["--events", "300", "--verify-events", "2000", "--repeats", "1"],
-        "step": ["--sessions", "2", "--fleet", "0", "--memory-steps", "0"],
+        "step": ["--sessions", "2", "--fleet", "0", "--memory-steps", "0", "--sandbox-repeats", "3"],
         "pages": ["--sessions", "20", "--big", "40", "--events", "2000", "--repeats", "2"],
         "live": ["--sessions", "20", "--updates", "40", "--pages", "1", "--rate", "100", "--viewers", "2"],
         "fleet": ["--sessions", "4", "--latency", "0.5", "--steps", "2"],

@@ -115,6 +115,57 @@ def bench_overhead(sessions: int) -> None:
     ).emit()
 
 
+SANDBOX_DENY = (
+    "Read(**/.env*)",
+    "Read(secrets/**)",
+    "Edit(.github/**)",
+    "Bash(touch *)",
+    "Bash(curl *)",
+    "Bash(git push *)",
+)
+
+
+def bench_sandbox_start(repeats: int) -> None:
+    """Per-command sandbox start: `true` through the executor, without masks and with a typical
+    grant's masks (what the worker pays on every run_command before the command itself)."""
+    from django.conf import settings
+
+    from agents.permissions.masks import compute_masks
+    from agents.runtime.sandbox import sandbox_available
+    from agents.runtime.worktrees import ensure_worktree
+    from agents.tools import execute
+    from agents.tools.executor import agent_env
+
+    if not sandbox_available("bwrap"):
+        log("sandbox start: bubblewrap is not available here; skipped")
+        return
+    _pod, _lead, repo = _fleet()
+    worktree = Path(settings.DATA_DIR) / "worktrees" / "bench-sandbox"
+    ensure_worktree(repo_path=Path(repo.path), base_branch="main", branch="bench/sandbox", worktree_path=worktree)
+    log(f"sandbox start: {repeats} commands each, without and with the grant's masks")
+    masks = compute_masks(SANDBOX_DENY, str(worktree), path=agent_env()["PATH"])
+    computing = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        compute_masks(SANDBOX_DENY, str(worktree), path=agent_env()["PATH"])
+        computing.append((time.perf_counter() - started) * 1000)
+    cases = (("bwrap `true`, no masks", None), ("bwrap `true`, with the grant's masks", SANDBOX_DENY))
+    for label, deny in cases:
+        durations = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            result = execute(
+                "run_command", {"command": "true"}, worktree=worktree, trailers={}, sandbox="bwrap", deny=deny
+            )
+            durations.append((time.perf_counter() - started) * 1000)
+            assert result.ok, result.output
+        median, p99 = summarize(durations)
+        Row("sandbox start", label, len(durations), median, p99, "ms/command").emit()
+    median, p99 = summarize(computing)
+    shape = f"{len(masks.hidden)} hidden, {len(masks.read_only) + len(masks.missing)} read-only, {len(masks.programs)} programs"
+    Row("sandbox start", f"computing the masks ({shape})", len(computing), median, p99, "ms/command").emit()
+
+
 def bench_fleet(sessions: int, workers: int) -> None:
     from agents.models import AgentSession, AgentStep
 
@@ -242,10 +293,13 @@ def main() -> None:
     parser.add_argument("--fleet", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-steps", type=int, default=1000, help="worker RSS after this many steps (0: skip)")
+    parser.add_argument("--sandbox-repeats", type=int, default=50, help="commands per sandbox start case (0: skip)")
     args = parser.parse_args()
     setup_django()
     migrate()
     bench_overhead(args.sessions)
+    if args.sandbox_repeats:
+        bench_sandbox_start(args.sandbox_repeats)
     if args.fleet:
         bench_fleet(args.fleet, args.workers)
     if args.memory_steps:

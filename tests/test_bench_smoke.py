@@ -31,6 +31,7 @@ def test_every_benchmark_runs_in_smoke_mode_and_prints_its_rows():
         "audit append",
         "audit verify",
         "step overhead",
+        "sandbox start",
         "page canvas",
         "page digest",
         "page dashboard",

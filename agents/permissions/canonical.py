@@ -51,6 +51,9 @@ class CanonicalAction:
     #: Read/Edit resources that are directories touched with everything below them (rm -r, grep -r,
     #: cp -r ...): deny and ask rules and protected paths are also checked against what lies below.
     recursive: tuple[Resource, ...] = ()
+    #: argv of each program the evaluator does not model (wrappers it cannot see through, scripts):
+    #: a command word among their arguments that a deny rule names makes the call ask.
+    unmodelled: tuple[tuple[str, ...], ...] = ()
 
 
 _SPECIAL_READ = frozenset({"/dev/null", "/dev/stdin", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/tty"})
@@ -134,6 +137,7 @@ class _Collector:
         self.recursive: dict[Resource, None] = {}
         self.unknown: list[str] = []
         self.outside: list[str] = []
+        self.unmodelled: dict[tuple[str, ...], None] = {}
 
     def add(self, kind: str, value: str) -> None:
         self.resources.setdefault(Resource(kind, value), None)
@@ -222,6 +226,8 @@ def _analyse_command(command: str, paths: _Paths) -> tuple[list[list[str]], _Col
             _classify(argv, fs, effects, xargs=cmd.xargs)
             for alias in effects.aliases:
                 collector.add("Bash", " ".join(alias))
+            for unmodelled in effects.unmodelled:
+                collector.unmodelled.setdefault(tuple(unmodelled), None)
             for reason in effects.unknown:
                 collector.unk(reason)
             for path in effects.reads:
@@ -345,4 +351,5 @@ def canonicalize(tool: str, args: dict, worktree: str) -> CanonicalAction:
         text=text,
         hash=_sha(text),
         recursive=tuple(collector.recursive),
+        unmodelled=tuple(collector.unmodelled),
     )

@@ -34,6 +34,7 @@ class _Effects:
     git: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     aliases: list[list[str]] = field(default_factory=list)  # other spellings matched against Bash rules
+    unmodelled: list[list[str]] = field(default_factory=list)  # argv of programs run without a model
 
     def unk(self, reason: str) -> None:
         if reason not in self.unknown:
@@ -1817,7 +1818,9 @@ def _classify(argv: list[str], fs, effects: _Effects, *, xargs: bool) -> None:
         handler = lambda _n, a, f, e: _pip(a, f, e)  # noqa: E731
     if handler is None and _interpreter_family(name):
         handler = _interpreter
+        effects.unmodelled.append(list(argv))  # a script does what it likes with its arguments
     if handler is None:
+        effects.unmodelled.append(list(argv))
         _generic(name, args, fs, effects)
         if name in _SHELLS:
             effects.reads.extend(a for a in args[:1] if not a.startswith("-"))

@@ -10,6 +10,8 @@ nothing here reads the database.
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,6 +27,7 @@ from agents.permissions.rules import (
     _protected,
 )
 from agents.permissions.shell import _short_error
+from agents.permissions.spelling import covers
 
 MODES = ("plan", "ask", "edits", "autonomous")
 
@@ -148,12 +151,24 @@ def _decide(action: CanonicalAction, ctx: EvalContext) -> Decision:
     resources = action.resources
     root = os.path.realpath(ctx.worktree)
 
+    # Inside the sandbox, what Read deny rules and the secret guard cover is masked (agents.permissions
+    # .masks): a command reading a whole tree (grep -r, rg, tar c) reads nothing of it, so the tree is
+    # not denied for what lies below it. Paths the command names itself still are.
+    masked_reads = action.tool == "run_command" and ctx.sandbox_available is True
+
     def rule_hit(rules: tuple[Rule, ...]) -> tuple[str, Rule] | None:
-        """The first rule matching a resource, or something below a recursively touched directory."""
+        """The first rule matching a resource in any spelling of its options, or something below a
+        recursively touched directory."""
         found = _first_match(rules, resources, fold_case=True)
         if found:
             return _upper_first(_describe(found[0])), found[1]
+        for resource in resources:
+            for rule in rules:
+                if covers(rule, resource):
+                    return _upper_first(_describe(resource)), rule
         for resource in action.recursive:
+            if masked_reads and resource.kind == "Read":
+                continue
             for rule in rules:
                 if rule.kind == resource.kind and _matches_below(rule.specifier, resource.value, root, fold_case=True):
                     return f"{_upper_first(_describe(resource))} (with everything below it)", rule
@@ -215,6 +230,8 @@ def _decide(action: CanonicalAction, ctx: EvalContext) -> Decision:
             verb = "editing" if resource.kind == "Edit" else "reading"
             guard_asks.append(f"{verb} {resource.value} needs a human: it is a protected path ({pattern})")
     for resource in action.recursive:
+        if masked_reads and resource.kind == "Read":
+            continue
         patterns = PROTECTED_PATTERNS if resource.kind == "Edit" else PROTECTED_READ_PATTERNS
         for pattern in patterns:
             if _matches_below(pattern, resource.value, root, fold_case=True):
@@ -231,6 +248,9 @@ def _decide(action: CanonicalAction, ctx: EvalContext) -> Decision:
         return decision(
             "ask", "guard", f"This command needs a human because it cannot be analysed safely: {action.unknown}."
         )
+    wrapped = _denied_word_in_unmodelled(action, deny_rules)
+    if wrapped:
+        return decision("ask", "guard", wrapped)
     if guard_asks:
         return decision("ask", "guard", _upper_first(guard_asks[0]) + ".")
     if mode_asks:
@@ -240,3 +260,37 @@ def _decide(action: CanonicalAction, ctx: EvalContext) -> Decision:
         rule = needed[0]
         return decision("allow", "rule", f"Allowed by the rule {rule.text}.", rule.text)
     return decision("allow", "mode", f"Allowed by {grant.mode} mode.")
+
+
+_WORD_SPLIT = re.compile(r"[\s;|&()<>`'\"{}=]+")
+
+
+def _denied_programs(deny_rules: tuple[Rule, ...]) -> dict[str, Rule]:
+    """The command words Bash deny rules name (``git`` for ``Bash(git push *)``)."""
+    named: dict[str, Rule] = {}
+    for rule in deny_rules:
+        if rule.kind != "Bash":
+            continue
+        first = rule.specifier.split()[0] if rule.specifier.split() else ""
+        if first and not any(c in first for c in "*?["):
+            named.setdefault(posixpath.basename(first), rule)
+    return named
+
+
+def _denied_word_in_unmodelled(action: CanonicalAction, deny_rules: tuple[Rule, ...]) -> str | None:
+    """Unknown wrappers fail closed: a program the evaluator does not model, whose arguments contain
+    a command word a deny rule names, may run that command in a way no rule can see."""
+    named = _denied_programs(deny_rules)
+    if not named:
+        return None
+    for argv in action.unmodelled:
+        for argument in argv[1:]:
+            for word in _WORD_SPLIT.split(argument):
+                rule = named.get(posixpath.basename(word)) if word else None
+                if rule is not None:
+                    return (
+                        f"This command needs a human: `{posixpath.basename(argv[0])}` is a program the permission "
+                        f"check does not model, and its arguments name `{posixpath.basename(word)}`, which the "
+                        f"rule {rule.text} denies."
+                    )
+    return None

@@ -43,6 +43,7 @@ from agents.models import (
     ToolCall,
     TranscriptEntry,
 )
+from agents.permissions.masks import lifted_guards
 from agents.runtime import capacity, leases, mirrors, worktrees
 from agents.runtime import model as model_client
 from agents.runtime.authorize import (
@@ -950,12 +951,19 @@ class _Step:
         t1 = time.monotonic()
         if row.name == "run_command":
             _hand_back_connection()  # a command may run for minutes
+        lift: tuple[str, ...] = ()
+        if decision.reason_type == "human" and decision.action is not None:
+            # the human approved exactly this action, protected paths included: those guards' masks
+            # are lifted for it (the deny rules' masks never are)
+            lift = lifted_guards(
+                decision.action.resources, decision.action.recursive, root=os.path.realpath(self.session.worktree_path)
+            )
         with send_if_still_running(self.session_id):
-            result = self._run_tool(row, args, grant)
+            result = self._run_tool(row, args, grant, lift=lift)
         self.timings["tool"] += time.monotonic() - t1
         return self._record_result(row, args, grant, result, provenance)
 
-    def _run_tool(self, row: ToolCall, args: dict, grant: Grant):
+    def _run_tool(self, row: ToolCall, args: dict, grant: Grant, *, lift: tuple[str, ...] = ()):
         return tools.execute(
             row.name,
             args,
@@ -976,6 +984,8 @@ class _Step:
             hide_paths=[settings.DATA_DIR],
             branch=self.session.branch,
             deny_read=tuple(grant.deny),
+            deny=tuple(grant.deny),
+            lift=lift,
         )
 
     def _record_result(self, row: ToolCall, args: dict, grant: Grant, result, provenance: str):
@@ -1001,6 +1011,23 @@ class _Step:
                 content=result.output if result.ok else f"error: {result.output}",
             )
             self._audit_tool(row, provenance=provenance, result=result.summary or result.output)
+            for refusal in result.data.get("denied_by_sandbox") or ():
+                # the evaluator let the command run; the sandbox refused a program the grant denies
+                services.agent_event_record(
+                    kind="tool.denied_by_sandbox",
+                    session=self.session,
+                    grant=grant,
+                    provenance="rule",
+                    payload={
+                        "step": self.number,
+                        "index": row.index,
+                        "tool": row.name,
+                        "action": row.action,
+                        "action_hash": row.action_hash,
+                        "program": refusal["program"],
+                        "rule": refusal["rule"],
+                    },
+                )
             session_changes = {}
             if "handoff" in result.data:
                 session_changes["handoff"] = result.data["handoff"]

@@ -13,7 +13,12 @@ The bwrap sandbox sees the whole system read-only, with:
   (as root, bwrap would otherwise keep them, and a capable root can remount ``/`` read-write);
 - no network (its own empty network namespace) unless ``allow_network``; without network ``/run``
   is hidden too, because Unix sockets there (PostgreSQL, Docker, D-Bus) ignore network namespaces;
-- only the environment the caller passes (``--clearenv``, then ``--setenv`` each variable).
+- only the environment the caller passes (``--clearenv``, then ``--setenv`` each variable);
+- the grant's masks (:class:`agents.permissions.masks.Masks`), bound last, over the worktree:
+  denied or secret files replaced by an empty read-only file (directories by an empty read-only directory),
+  denied and protected paths read-only, and denied programs replaced by a stub that refuses
+  (exit 126), says so on stderr and appends the rule to a refusal log only this command sees
+  (``CommandOutcome.denied``).
 
 Without a sandbox (mode ``none``, or ``auto`` where bwrap is missing or broken) the same command runs
 with ``subprocess``; deciding whether that is acceptable is the caller's policy (see
@@ -24,17 +29,21 @@ timeout and after the command ends, and output is capped (head and tail kept, th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from agents.permissions.masks import Masks, ProgramMask
 
 MODES = ("auto", "bwrap", "none")
 PROBE_TIMEOUT_S = 10
@@ -63,6 +72,18 @@ class CommandOutcome:
     sandboxed: bool
     truncated: bool = False
     total_bytes: int = 0  # output bytes before capping
+    #: the masked programs the command tried to run: (program, deny rule), in order, once each
+    denied: tuple[tuple[str, str], ...] = ()
+
+
+#: Inside the sandbox: where a stub records a refusal (a file bound from the host per command).
+DENIAL_LOG = "/tmp/.controlroom-denied"
+#: The stderr line a stub prints (the rule follows the marker).
+DENIAL_MARKER = "controlroom-sandbox: denied by grant:"
+DENIED_EXIT_CODE = 126
+
+_stub_lock = threading.Lock()
+_stub_dir: list[str] = []
 
 
 def _check_mode(mode: str) -> None:
@@ -170,8 +191,72 @@ def _git_dirs(cwd: Path) -> tuple[Path | None, Path | None, Path | None]:
     return (common if common.is_dir() else None), admin, None
 
 
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def stub_for(mask: ProgramMask) -> str:
+    """The host path of the stub that replaces a denied program (written once per process)."""
+    body = (
+        "#!/bin/sh\n"
+        f"echo {_shell_quote(f'{DENIAL_MARKER} {mask.rule} ({mask.program} cannot run in this sandbox)')} >&2\n"
+        f"printf '%s\\n' {_shell_quote(mask.rule)} >> {DENIAL_LOG} 2>/dev/null\n"
+        f"exit {DENIED_EXIT_CODE}\n"
+    )
+    return _host_file(hashlib.sha256(body.encode()).hexdigest()[:24], body, 0o755)
+
+
+def empty_file() -> str:
+    """The host path of an empty read-only file, bound over files the grant hides."""
+    return _host_file("empty", "", 0o444)
+
+
+def _host_file(name: str, body: str, mode: int) -> str:
+    """A file in this process's private directory of sandbox files (made once, re-made if removed)."""
+    with _stub_lock:
+        if not _stub_dir or not os.path.isdir(_stub_dir[0]):
+            _stub_dir[:] = [tempfile.mkdtemp(prefix="controlroom-stubs-")]
+            os.chmod(_stub_dir[0], 0o755)
+        path = os.path.join(_stub_dir[0], name)
+        if not os.path.isfile(path):
+            partial = path + f".{os.getpid()}.tmp"
+            with open(partial, "w", encoding="utf-8") as handle:
+                handle.write(body)
+            os.chmod(partial, mode)
+            os.replace(partial, path)
+    return path
+
+
+def mask_argv(masks: Masks, *, denial_log: str | None) -> list[str]:
+    """The bwrap arguments that apply the masks (after the worktree is bound)."""
+    argv: list[str] = []
+    for path in masks.read_only:
+        if os.path.lexists(path):
+            argv += ["--ro-bind", path, path]
+    for path in masks.missing:
+        argv += ["--tmpfs", path, "--remount-ro", path]
+    for path in masks.hidden:
+        if os.path.isdir(path):
+            argv += ["--tmpfs", path, "--remount-ro", path]
+        elif os.path.lexists(path):
+            argv += ["--ro-bind", empty_file(), path]
+    for program in masks.programs:
+        argv += ["--ro-bind", stub_for(program), program.path]
+    if masks.programs and denial_log:
+        argv += ["--bind", denial_log, DENIAL_LOG]
+    return argv
+
+
 def bwrap_argv(
-    *, bwrap: str, command: str, cwd: Path, allow_network: bool, env: dict[str, str], hide_paths: Sequence[Path] = ()
+    *,
+    bwrap: str,
+    command: str,
+    cwd: Path,
+    allow_network: bool,
+    env: dict[str, str],
+    hide_paths: Sequence[Path] = (),
+    masks: Masks | None = None,
+    denial_log: str | None = None,
 ) -> list[str]:
     """The bwrap command line (exposed for tests and for the audit trail)."""
     cwd = Path(cwd).resolve()
@@ -208,6 +293,8 @@ def bwrap_argv(
         argv += ["--ro-bind", str(dot_git), str(dot_git)]
     if in_tree_git is not None:
         argv += ["--ro-bind", str(in_tree_git), str(in_tree_git)]
+    if masks:
+        argv += mask_argv(masks, denial_log=denial_log)
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox"]
     if not allow_network:
         argv += ["--unshare-net"]
@@ -216,6 +303,25 @@ def bwrap_argv(
         argv += ["--setenv", key, value]
     argv += ["--", "/bin/bash", "-c", command]
     return argv
+
+
+def _denials(masks: Masks, denial_log: str | None, buffer: _CappedBuffer) -> tuple[tuple[str, str], ...]:
+    """The masked programs the command tried: from the refusal log, and the stubs' stderr lines
+    (a program that captured its children's stderr still leaves the log). Only rules actually
+    masked count, so output that imitates a stub names nothing new."""
+    by_rule: dict[str, str] = {}
+    for mask in masks.programs:
+        by_rule.setdefault(mask.rule, mask.program)
+    named: list[str] = []
+    if denial_log:
+        with contextlib.suppress(OSError):
+            with open(denial_log, encoding="utf-8", errors="replace") as handle:
+                named += [line.strip() for line in handle.read(65536).splitlines()]
+    for line in buffer.text().splitlines():
+        if DENIAL_MARKER in line:
+            rest = line.split(DENIAL_MARKER, 1)[1].strip()
+            named += [rule for rule in by_rule if rest.startswith(rule + " (")]
+    return tuple((by_rule[rule], rule) for rule in dict.fromkeys(named) if rule in by_rule)
 
 
 def _exited(pid: int) -> bool:
@@ -348,6 +454,7 @@ def run_command(
     env: dict[str, str],
     mode: str = "auto",
     hide_paths: Sequence[Path] = (),
+    masks: Masks | None = None,
 ) -> CommandOutcome:
     """Run ``bash -c command`` with cwd as the working directory.
 
@@ -355,7 +462,8 @@ def run_command(
     ``SandboxError``; "none": plain subprocess. ``env`` is the complete environment (nothing is
     inherited). ``hide_paths``: directories replaced by an empty tmpfs (files by /dev/null) inside
     the sandbox, e.g. the data directory with the database and signing key; the worktree and its
-    repository are re-exposed on top.
+    repository are re-exposed on top. ``masks``: the grant's masks (module docstring), applied only
+    inside the sandbox; ``CommandOutcome.denied`` lists the masked programs the command tried.
     """
     _check_mode(mode)
     if not isinstance(command, str) or not command.strip():
@@ -373,21 +481,38 @@ def run_command(
             "sandbox mode is 'bwrap' but bubblewrap is missing or does not work on this machine "
             "(is /usr/bin/bwrap installed, and are user namespaces allowed?)"
         )
-    if sandboxed:
-        argv = bwrap_argv(
-            bwrap=bwrap_path() or "bwrap",
-            command=command,
-            cwd=cwd,
-            allow_network=allow_network,
-            env=env,
-            hide_paths=hide_paths,
+    denial_log: str | None = None
+    if sandboxed and masks and masks.programs:
+        handle, denial_log = tempfile.mkstemp(prefix="controlroom-denied-")
+        os.close(handle)
+    try:
+        if sandboxed:
+            argv = bwrap_argv(
+                bwrap=bwrap_path() or "bwrap",
+                command=command,
+                cwd=cwd,
+                allow_network=allow_network,
+                env=env,
+                hide_paths=hide_paths,
+                masks=masks,
+                denial_log=denial_log,
+            )
+        else:
+            argv = ["/bin/bash", "-c", command]
+        code, buffer, timed_out, duration_ms = run_argv(
+            argv, cwd=cwd, timeout_s=timeout_s, output_cap=output_cap, env=dict(env)
         )
-    else:
-        argv = ["/bin/bash", "-c", command]
-    code, buffer, timed_out, duration_ms = run_argv(
-        argv, cwd=cwd, timeout_s=timeout_s, output_cap=output_cap, env=dict(env)
-    )
+        denied = _denials(masks, denial_log, buffer) if sandboxed and masks else ()
+    finally:
+        if denial_log:
+            with contextlib.suppress(OSError):
+                os.unlink(denial_log)
+        if sandboxed and masks:
+            for path in masks.missing:  # the empty mount points bwrap made for missing directories
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
     return CommandOutcome(
+        denied=denied,
         exit_code=code,
         output=buffer.text(),
         timed_out=timed_out,

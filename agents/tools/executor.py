@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agents import gitcli
 from agents.permissions import path_denied
+from agents.permissions.masks import compute_masks
 from agents.runtime import sandbox as sandbox_runtime
 from agents.tools.paths import PathEscapeError, display_path, resolve_path
 from agents.tools.schemas import HANDOFF_FILE, ToolArgumentError, parse_arguments
@@ -386,18 +387,24 @@ def _run_command(
     mode: str,
     author: tuple[str, str] | None,
     hide_paths: Sequence[Path],
+    deny: Sequence[str] | None = None,
+    lift: Sequence[str] = (),
 ) -> ToolResult:
     requested = args.get("timeout_s")
     effective = min(requested, timeout_s) if requested else timeout_s
+    root = os.path.realpath(worktree)
+    env = agent_env(author)
+    masks = None if deny is None else compute_masks(deny, root, path=env["PATH"], lift=lift)
     outcome = sandbox_runtime.run_command(
         args["command"],
-        cwd=Path(os.path.realpath(worktree)),
+        cwd=Path(root),
         timeout_s=effective,
         output_cap=output_cap,
         allow_network=allow_network,
-        env=agent_env(author),
+        env=env,
         mode=mode,
         hide_paths=hide_paths,
+        masks=masks,
     )
     summary = _command_summary(outcome, effective)
     body = outcome.output if outcome.output.strip() else "(no output)"
@@ -405,6 +412,9 @@ def _run_command(
         footer = f"[timed out after {effective}s: the command and everything it started were killed]"
     else:
         footer = f"[exit {outcome.exit_code} in {outcome.duration_ms / 1000:.1f}s]"
+    if outcome.denied:
+        refused = ", ".join(f"{program} ({rule})" for program, rule in outcome.denied)
+        footer += f"\n[the grant denies running {refused}: the sandbox refused it]"
     output = body.rstrip("\n") + "\n" + footer
     return ToolResult(
         ok=outcome.exit_code == 0 and not outcome.timed_out,
@@ -416,6 +426,7 @@ def _run_command(
             "sandboxed": outcome.sandboxed,
             "truncated": outcome.truncated,
             "timeout_s": effective,
+            "denied_by_sandbox": [{"program": program, "rule": rule} for program, rule in outcome.denied],
         },
     )
 
@@ -555,6 +566,8 @@ def execute(
     hide_paths: Sequence[Path] = (),
     branch: str | None = None,
     deny_read: Sequence[str] = (),
+    deny: Sequence[str] | None = None,
+    lift: Sequence[str] = (),
 ) -> ToolResult:
     """Carry out tool ``name`` with (already parsed, re-validated here) ``args`` in ``worktree``.
 
@@ -562,7 +575,9 @@ def execute(
     ``timeout_s`` wins); ``trailers`` end every commit message, in order; ``author`` (name, email)
     signs commits and is exported to commands; ``hide_paths`` are hidden from sandboxed commands;
     ``branch``, when given, is the only branch ``git_commit`` will commit on; ``search`` leaves out the
-    lines of files matched by the ``deny_read`` rules (the grant's deny list).
+    lines of files matched by the ``deny_read`` rules (the grant's deny list). ``deny`` (the grant's
+    deny list; None: no grant, no masks) makes ``run_command``'s sandbox enforce it and the guards
+    (:mod:`agents.permissions.masks`); ``lift`` names guard patterns a human approved for this call.
     """
     format_trailers(trailers)  # a caller mistake should fail loudly, before anything changes
     if sandbox not in sandbox_runtime.MODES:
@@ -581,6 +596,8 @@ def execute(
         hide_paths=hide_paths,
         branch=branch,
         deny_read=deny_read,
+        deny=deny,
+        lift=lift,
     )
     if not result.duration_ms:
         result.duration_ms = int((time.monotonic() - started) * 1000)
@@ -603,6 +620,8 @@ def _dispatch(
     hide_paths: Sequence[Path],
     branch: str | None,
     deny_read: Sequence[str] = (),
+    deny: Sequence[str] | None = None,
+    lift: Sequence[str] = (),
 ) -> ToolResult:
     try:
         args = parse_arguments(name, args)
@@ -628,6 +647,8 @@ def _dispatch(
                 mode=mode,
                 author=author,
                 hide_paths=hide_paths,
+                deny=deny,
+                lift=lift,
             )
         if name == "git_commit":
             return _git_commit(

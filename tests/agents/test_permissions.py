@@ -749,9 +749,30 @@ class TestDenyAndBudget:
     def test_deny_rules_see_below_directories_touched_recursively(self, worktree):
         g = grant("autonomous", deny=["Edit(src/**)", "Read(**/.env*)"])
         assert run(worktree, "rm -rf .", g).reason_type == "rule"
-        assert run(worktree, "grep -rn KEY .", g).reason_type == "rule"
         assert run(worktree, "mv src lib", g).decision == "deny"
         assert run(worktree, "rm -rf docs", g).allowed
+        # without a sandbox nothing masks .env: a recursive read of the tree is denied for it
+        assert run(worktree, "grep -rn KEY .", g, sandbox_available=False).reason_type == "rule"
+
+    def test_recursive_reads_are_allowed_where_the_sandbox_masks_what_read_rules_deny(self, worktree):
+        g = grant("autonomous", deny=["Read(**/.env*)"])
+        for command in ("grep -rn TODO .", "rg TODO", "grep -r KEY src", "tar czf /dev/null ."):
+            assert run(worktree, command, g).allowed, command
+        # naming the denied file is still the evaluator's deny, the first, explaining line
+        d = run(worktree, "grep -n KEY .env", g)
+        assert (d.decision, d.rule) == ("deny", "Read(**/.env*)")
+        # the search tool runs outside the sandbox: it is checked as before
+        assert evaluate("search", {"pattern": "KEY", "path": "."}, context(worktree, g)).allowed
+
+    @pytest.mark.parametrize(
+        "command", ["pytest", "pytest -q tests", "git status", "ls", "ls -la src", "grep -n x src/a.py"]
+    )
+    def test_benign_commands_stay_allowed_under_a_typical_deny_list(self, worktree, command):
+        g = grant(
+            "autonomous",
+            deny=["Read(**/.env*)", "Bash(touch *)", "Bash(rm -rf *)", "Bash(git push *)", "Edit(.github/**)"],
+        )
+        assert run(worktree, command, g).allowed, run(worktree, command, g).reason
 
     def test_a_denied_commit_cannot_be_made_through_the_shell(self, worktree):
         g = grant("autonomous", deny=["Git(commit)"])
@@ -917,3 +938,105 @@ class TestFailClosed:
 def test_constants():
     assert MODES == ("plan", "ask", "edits", "autonomous")
     assert ".github/**" in PROTECTED_PATTERNS and "**/.env*" in PROTECTED_PATTERNS
+
+
+class TestOptionSpellings:
+    """Deny rules with argument patterns match every spelling of their options."""
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            "rm -rf src",
+            "rm -fr src",
+            "rm -r -f src",
+            "rm -f -r src",
+            "rm --recursive --force src",
+            "rm --force --recursive src",
+            "rm -R -f src",
+            "rm -Rf src",
+            "rm --rec --forc src",
+            "rm -rfv src",
+            "rm src -r -f",
+            "rm -r --force -- src",
+            "/bin/rm -fr src",
+        ],
+    )
+    def test_rm_spellings_are_denied_by_rm_rf(self, worktree, command):
+        d = run(worktree, command, grant("autonomous", deny=["Bash(rm -rf *)"]))
+        assert (d.decision, d.rule) == ("deny", "Bash(rm -rf *)"), (command, d.reason)
+
+    @pytest.mark.parametrize("command", ["rm -r src", "rm -f src/a.py", "rm src/a.py", "rm -i src/a.py"])
+    def test_rm_without_both_options_is_not_denied_by_rm_rf(self, worktree, command):
+        d = run(worktree, command, grant("autonomous", deny=["Bash(rm -rf *)"]))
+        assert d.decision != "deny", (command, d.reason)
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            "git push -f",
+            "git push --force",
+            "git push --forc origin main",
+            "git push --force-with-lease origin main",
+            "git push origin main --force",
+            "git push origin +main",
+            "git push origin +HEAD:refs/heads/main",
+            "git -C . push -f origin main",
+            "git push -vf origin main",
+        ],
+    )
+    def test_force_push_spellings_are_denied_by_git_push_force(self, worktree, command):
+        d = run(worktree, command, grant("autonomous", deny=["Bash(git push --force *)"]))
+        assert (d.decision, d.rule) == ("deny", "Bash(git push --force *)"), (command, d.reason)
+
+    def test_a_plain_push_is_not_a_force_push(self, worktree):
+        g = grant("autonomous", deny=["Bash(git push --force *)"], allow=["Net(*)"])
+        assert run(worktree, "git push origin main", g).decision != "deny"
+
+    def test_a_deny_written_with_a_short_flag_covers_the_long_one_and_a_refspec(self, worktree):
+        g = grant("autonomous", deny=["Bash(git push -f *)", "Bash(git push origin main)"])
+        assert run(worktree, "git push --force origin dev", g).rule == "Bash(git push -f *)"
+        assert run(worktree, "git push -v origin main", g).rule == "Bash(git push origin main)"
+
+    def test_ask_rules_match_spellings_too(self, worktree):
+        d = run(worktree, "git branch --delete --force old", grant("autonomous", ask=["Bash(git branch -D *)"]))
+        assert (d.decision, d.rule) == ("ask", "Bash(git branch -D *)")
+
+    def test_allow_rules_are_not_widened(self, worktree):
+        d = run(worktree, "rm -r -f src", grant("edits", allow=["Bash(rm -rf *)"]))
+        assert d.decision == "ask"
+
+
+class TestUnknownWrappers:
+    """A program the evaluator does not model, whose arguments name a command a deny rule names, asks."""
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            "strace -f touch x",
+            "busybox touch x",
+            "ionice -c3 touch x",
+            "flock /tmp/l touch x",
+            "chrt -i 0 touch x",
+            "taskset -c 0 /usr/bin/touch x",
+            "gdb -batch -ex 'shell touch x'",
+            "sudo-like --run 'touch x; echo'",
+        ],
+    )
+    def test_a_denied_command_word_inside_an_unknown_wrapper_asks(self, worktree, command):
+        d = run(worktree, command, grant("autonomous", deny=["Bash(touch *)"]))
+        assert (d.decision, d.reason_type) == ("ask", "guard"), (command, d.reason)
+        assert "Bash(touch *)" in d.reason and "does not model" in d.reason
+
+    def test_a_script_given_a_denied_command_word_asks(self, worktree):
+        d = run(worktree, "python3 src/a.py git push", grant("autonomous", deny=["Bash(git push *)"]))
+        assert d.decision == "ask" and "Bash(git push *)" in d.reason
+
+    @pytest.mark.parametrize("command", ["strace -f ls", "make test", "pytest -q", "python3 src/a.py"])
+    def test_unknown_programs_without_a_denied_word_are_unaffected(self, worktree, command):
+        assert run(worktree, command, grant("autonomous", deny=["Bash(touch *)", "Bash(git push *)"])).allowed
+
+    def test_known_wrappers_are_still_unwrapped_and_denied(self, worktree):
+        g = grant("autonomous", deny=["Bash(touch *)"])
+        for command in ("nice touch x", "env A=1 touch x", "sh -c 'touch x'", "echo x | xargs touch"):
+            d = run(worktree, command, g)
+            assert (d.decision, d.rule) == ("deny", "Bash(touch *)"), command
