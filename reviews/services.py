@@ -244,17 +244,28 @@ def review_approve(
     except git_ops.GitOpsError as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="approve", error=str(exc))
         raise ReviewError(f"Not merged: {exc}") from None
+    review = _approval_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=comment,
+        details=merged.__dict__,
+        reason=f"approved and merged by {reviewer.username}",
+    )
+    agent_services.session_worktree_remove(session=_fresh(session), reason="approved and merged", by=reviewer)
+    return review
+
+
+def _approval_recorded(*, session: AgentSession, reviewer: User, comment: str, details: dict, reason: str) -> Review:
+    """The approval's rows and audit event, in one transaction (its git work, if any, is done)."""
     with transaction.atomic():
         session = _locked(session)
         if session.review_state in CLOSED_REVIEW_STATES:
             raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
-        details = {**merged.__dict__, "branch": session.branch}
+        details = {**details, "branch": session.branch}
         review = Review.objects.create(
             session=session, reviewer=reviewer, decision=Review.Decision.APPROVE, comment=comment, details=details
         )
-        previous = agent_services.session_close(
-            session=session, by=reviewer, reason=f"approved and merged by {reviewer.username}"
-        )
+        previous = agent_services.session_close(session=session, by=reviewer, reason=reason)
         record(
             "review.approved",
             session=session,
@@ -263,7 +274,6 @@ def review_approve(
             payload={"review": review.pk, "comment": comment, "previous_status": previous, **details},
         )
         agent_services.session_update(session, review_state=ReviewState.APPROVED)
-    agent_services.session_worktree_remove(session=_fresh(session), reason="approved and merged", by=reviewer)
     return review
 
 
@@ -418,9 +428,25 @@ def review_revert(
     except git_ops.GitOpsError as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="revert", error=str(exc))
         raise ReviewError(f"Not reverted: {exc}") from None
+    return _revert_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=comment,
+        details={**reverted.__dict__, "reverted": merged, "approval": approval.pk},
+        payload={
+            "revert_commit": reverted.revert_commit,
+            "base_branch": reverted.base_branch,
+            "base_before": reverted.base_before,
+            "merged_method": merged["method"],
+            "merged_at": merged["base_after"],
+        },
+    )
+
+
+def _revert_recorded(*, session: AgentSession, reviewer: User, comment: str, details: dict, payload: dict) -> Review:
+    """The revert's row and audit event, in one transaction (its git work, if any, is done)."""
     with transaction.atomic():
         session = _locked(session)
-        details = {**reverted.__dict__, "reverted": merged, "approval": approval.pk}
         review = Review.objects.create(
             session=session, reviewer=reviewer, decision=Review.Decision.REVERT, comment=comment, details=details
         )
@@ -429,18 +455,52 @@ def review_revert(
             session=session,
             user=reviewer,
             provenance="human",
-            payload={
-                "review": review.pk,
-                "comment": comment,
-                "revert_commit": reverted.revert_commit,
-                "base_branch": reverted.base_branch,
-                "base_before": reverted.base_before,
-                "merged_method": merged["method"],
-                "merged_at": merged["base_after"],
-            },
+            payload={"review": review.pk, "comment": comment, **payload},
         )
         agent_services.session_update(session, review_state=ReviewState.REVERTED)
     return review
+
+
+# -- the demo's simulated past -------------------------------------------------------------------
+
+WITHOUT_GIT_NOTE = "simulated past work (demo history): it has no branch in git, so nothing was merged or reverted"
+
+
+def review_approve_without_git(*, session: AgentSession, reviewer: User, comment: str = "") -> Review:
+    """An approval recorded exactly as ``review_approve`` records one (same checks, rows and audit
+    event), of work that has no branch in git: the demo's simulated past (controlroom/demo_history.py).
+    Its details and event say so (``method`` "none", ``note``): they never name a merge that was not made."""
+    _require_authority(session=session, reviewer=reviewer, decision="approve", acting_session_id=None)
+    session = _fresh(session)
+    _require_awaiting(session)
+    return _approval_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=(comment or "").strip(),
+        details={"method": "none", "note": WITHOUT_GIT_NOTE},
+        reason=f"approved by {reviewer.username} ({WITHOUT_GIT_NOTE})",
+    )
+
+
+def review_revert_without_git(*, session: AgentSession, reviewer: User, comment: str = "") -> Review:
+    """A revert recorded as ``review_revert`` records one, of an approval made by
+    ``review_approve_without_git`` (nothing to undo in git; the details and event say so)."""
+    _require_authority(session=session, reviewer=reviewer, decision="revert", acting_session_id=None)
+    session = _fresh(session)
+    if session.review_state != ReviewState.APPROVED:
+        raise ValidationError(
+            f"Only approved work can be reverted; session #{session.pk} is {session.get_review_state_display().lower()}."
+        )
+    approval = approval_of(session)
+    if approval is None or approval.details.get("method") != "none":
+        raise ValidationError(f"Session #{session.pk}'s approval merged commits: revert them with review_revert.")
+    return _revert_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=(comment or "").strip(),
+        details={"method": "none", "note": WITHOUT_GIT_NOTE, "approval": approval.pk},
+        payload={"revert_commit": "", "merged_method": "none", "note": WITHOUT_GIT_NOTE},
+    )
 
 
 DECISIONS = {
