@@ -5,8 +5,8 @@ digest show figures, lanes and decisions instead of n = 0.
 Written the way the product writes: every row and every audit event comes from the services the
 product itself uses — ``session_launch``, ``set_status``, the runtime's ``agent_event_record``,
 ``escalation_open`` / ``session_park``, ``escalation_decide`` (by the STO, the pod lead or the
-manager, after minutes or hours), ``session_block_expired``, ``session_cancel``,
-``review_reject`` and audit checkpoints — on a simulated clock (``django.utils.timezone.now``
+manager, after minutes or hours), ``session_block_expired``, ``session_cancel`` and audit
+checkpoints — on a simulated clock (``django.utils.timezone.now``
 and the models' ``default=timezone.now`` replaced while it runs), in time order, oldest first:
 every chain grows in time, the log's ids follow its times, and ``audit_verify`` passes.
 
@@ -16,8 +16,9 @@ What is simulated, and says so:
   price of the model in ``PRICES``), tool calls and test runs are audit events whose payload
   carries ``"simulated": true``; the sessions are tagged ``demo-history``.
 - git: the past sessions have no branch. No ``git.commit`` event is written (there is no commit
-  to name); approvals and reverts go through ``review_approve_without_git`` /
-  ``review_revert_without_git``, whose details and events say that nothing was merged.
+  to name); reviews go through ``review_approve_without_git``, ``review_reject_without_git`` and
+  ``review_revert_without_git`` (the review services' own checks, rows and events, without the
+  git work), whose details and events say that nothing was merged, archived or reverted.
 
 Nothing leaves the process while it runs (``agents.events.offline``: no live update, no step
 enqueued), and no past session is left running or queued: each ends closed (approved, rejected,
@@ -47,7 +48,7 @@ from django.utils import timezone
 from agents import services
 from agents.events import offline
 from agents.management.commands.seed_demo import demo_people, demo_repository
-from agents.models import AgentSession, AgentStep, Escalation, Pod, Status, TaskType, ToolCall, User
+from agents.models import AgentSession, AgentStep, Escalation, Grant, Pod, Status, TaskType, ToolCall, User
 from agents.selectors import active_grant
 from audit.chain import checkpoint_if_changed
 from audit.models import AuditEvent
@@ -222,6 +223,7 @@ class _Ctx:
     tokens_out: int = 0
     cost: Decimal = field(default_factory=lambda: Decimal(0))
     escalation: Escalation | None = None
+    grant: Grant | None = None  # the active grant, read again whenever a service may have changed it
 
 
 class _Simulation:
@@ -268,7 +270,7 @@ class _Simulation:
         for index, day in enumerate(self.nights):
             ramp = 0.6 + 0.4 * index / max(1, len(self.nights) - 1)  # the fleet grew over the month
             weekend = day.weekday() in (4, 5)  # Friday and Saturday nights are quiet
-            count = round(self.rng.randint(20, 32) * ramp * (0.4 if weekend else 1.0))
+            count = round(self.rng.randint(12, 22) * ramp * (0.4 if weekend else 1.0))
             for _ in range(max(3, count)):
                 self.plan_session(index)
             morning_checkpoint = self.morning(index, 1.0) + timedelta(seconds=30)
@@ -282,7 +284,7 @@ class _Simulation:
         task_type, template = rng.choice(TEMPLATES)
         mode = "autonomous" if rng.random() < 0.25 else "edits"
         fate = rng.choices(["success", "fail", "budget", "cancel"], weights=[0.78, 0.07, 0.09, 0.06])[0]
-        steps = rng.randint(4, 14)
+        steps = rng.randint(4, 10)
         ctx = _Ctx(
             pod=pod,
             members=members,
@@ -335,7 +337,7 @@ class _Simulation:
     def plan_ask(self, ctx: _Ctx, number: int, t: datetime, dawn: datetime) -> datetime | None:
         """Step ``number`` asks; when (and whether) someone answers. The time work resumes, or None
         when the question expired with the grant at dawn. A slow answer still leaves the rest of
-        the night's work (at most 14 steps of 9 minutes) before dawn."""
+        the night's work (at most 10 steps of 9 minutes) before dawn."""
         rng = self.rng
         tool, action, why, reason_type, rule = rng.choice(ASKS)
         deny_now = ctx.on_unanswered == "deny"
@@ -404,6 +406,7 @@ class _Simulation:
             delegator=ctx.delegator,
             start=False,
         )
+        ctx.grant = active_grant(session=ctx.session)
         self.result.sessions += 1
 
     def locked(self, ctx: _Ctx) -> AgentSession:
@@ -417,7 +420,7 @@ class _Simulation:
         services.agent_event_record(
             kind=kind,
             session=ctx.session,
-            grant=active_grant(session=ctx.session),
+            grant=ctx.grant,
             provenance=provenance,
             payload={**payload, "simulated": True},
         )
@@ -468,6 +471,8 @@ class _Simulation:
         ctx.tool_calls += 1
 
     def counters(self, ctx: _Ctx) -> None:
+        """The session's counters as the runtime keeps them (nobody reads them while the past is
+        written, so they are stored when the session next changes status)."""
         AgentSession.objects.filter(pk=ctx.session.pk).update(
             steps=ctx.step,
             tool_calls=ctx.tool_calls,
@@ -511,14 +516,13 @@ class _Simulation:
                         passed=passed,
                         summary=f"{rng.randint(20, 80)} passed" if passed else "1 failed, 31 passed",
                     )
-            self.counters(ctx)
 
     def ask(
         self, ctx: _Ctx, number: int, tool: str, action: str, why: str, reason_type: str, rule: str, deny_now: bool
     ) -> None:
         with transaction.atomic():
             self.model_call(ctx, number)
-            grant = active_grant(session=ctx.session)
+            grant = ctx.grant
             step = AgentStep.objects.create(
                 session=ctx.session,
                 number=number,
@@ -573,11 +577,14 @@ class _Simulation:
             "deny": "not from an agent: leave it for the morning",
         }
         services.escalation_decide(escalation=ctx.escalation, by=decider, decision=decision, reason=reasons[decision])
+        ctx.grant = active_grant(session=ctx.session)  # "allow always" issued the next version
 
     def expire(self, ctx: _Ctx) -> None:
+        self.counters(ctx)
         services.session_block_expired(session=ctx.session)
 
     def cancel(self, ctx: _Ctx, by: User, reason: str) -> None:
+        self.counters(ctx)
         services.session_cancel(session=ctx.session, by=by, reason=reason)
 
     def fail(self, ctx: _Ctx) -> None:
@@ -585,15 +592,17 @@ class _Simulation:
             self.agent(
                 ctx, "model.error", step=ctx.step + 1, error="upstream 503", attempt=4, transient=True, final=True
             )
+            self.counters(ctx)
             self.status(ctx, Status.FAILED, "model error after 4 attempt(s): upstream 503")
 
     def out_of_budget(self, ctx: _Ctx) -> None:
+        self.counters(ctx)
         reason = f"budget: max steps ({ctx.max_steps}) reached"
         services.session_park(
             session_id=ctx.session.pk,
             status=Status.BLOCKED,
             reason=reason,
-            grant=active_grant(session=ctx.session),
+            grant=ctx.grant,
             event="budget.exhausted",
             payload={"reason": reason, "simulated": True},
         )
@@ -617,7 +626,7 @@ class _Simulation:
             comment = self.rng.choice(
                 ["not what the task asked", "too broad: split it", "the tests do not cover the change", ""]
             )
-            review_services.review_reject(session=ctx.session, reviewer=reviewer, comment=comment)
+            review_services.review_reject_without_git(session=ctx.session, reviewer=reviewer, comment=comment)
         self.result.reviews += 1
 
     def revert(self, ctx: _Ctx, reviewer: User) -> None:

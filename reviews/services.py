@@ -359,15 +359,31 @@ def review_reject(
         _record_git_failure(session=session, reviewer=reviewer, decision="reject", error=str(exc))
         raise ReviewError(f"Not rejected: the branch could not be archived ({exc}).") from None
     comment = (comment or "").strip()
+    review = _rejection_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=comment,
+        details={
+            "archive_ref": git_ops.archive_ref_for(session.branch) if archived_sha else "",
+            "archived_sha": archived_sha or "",
+        },
+    )
+    session = _fresh(session)
+    agent_services.session_worktree_remove(session=session, reason="rejected", by=reviewer)
+    try:
+        _archive_and_drop_branch(session=session, by=reviewer)
+    except (git_ops.GitOpsError, WorktreeError) as exc:
+        logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
+    return review
+
+
+def _rejection_recorded(*, session: AgentSession, reviewer: User, comment: str, details: dict) -> Review:
+    """The rejection's rows and audit event, in one transaction (its branch, if any, is archived)."""
     with transaction.atomic():
         session = _locked(session)
         if session.review_state in CLOSED_REVIEW_STATES:
             raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
-        details = {
-            "archive_ref": git_ops.archive_ref_for(session.branch) if archived_sha else "",
-            "archived_sha": archived_sha or "",
-            "branch": session.branch,
-        }
+        details = {**details, "branch": session.branch}
         review = Review.objects.create(
             session=session, reviewer=reviewer, decision=Review.Decision.REJECT, comment=comment, details=details
         )
@@ -380,12 +396,6 @@ def review_reject(
             payload={"review": review.pk, "comment": comment, "previous_status": previous, **details},
         )
         agent_services.session_update(session, review_state=ReviewState.REJECTED)
-    session = _fresh(session)
-    agent_services.session_worktree_remove(session=session, reason="rejected", by=reviewer)
-    try:
-        _archive_and_drop_branch(session=session, by=reviewer)
-    except (git_ops.GitOpsError, WorktreeError) as exc:
-        logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
     return review
 
 
@@ -463,7 +473,9 @@ def _revert_recorded(*, session: AgentSession, reviewer: User, comment: str, det
 
 # -- the demo's simulated past -------------------------------------------------------------------
 
-WITHOUT_GIT_NOTE = "simulated past work (demo history): it has no branch in git, so nothing was merged or reverted"
+WITHOUT_GIT_NOTE = (
+    "simulated past work (demo history): it has no branch in git, so nothing was merged, archived or reverted"
+)
 
 
 def review_approve_without_git(*, session: AgentSession, reviewer: User, comment: str = "") -> Review:
@@ -479,6 +491,19 @@ def review_approve_without_git(*, session: AgentSession, reviewer: User, comment
         comment=(comment or "").strip(),
         details={"method": "none", "note": WITHOUT_GIT_NOTE},
         reason=f"approved by {reviewer.username} ({WITHOUT_GIT_NOTE})",
+    )
+
+
+def review_reject_without_git(*, session: AgentSession, reviewer: User, comment: str = "") -> Review:
+    """A rejection recorded as ``review_reject`` records one, of work that has no branch in git
+    (nothing to archive; the details say so)."""
+    _require_authority(session=session, reviewer=reviewer, decision="reject", acting_session_id=None)
+    session = _fresh(session)
+    return _rejection_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=(comment or "").strip(),
+        details={"archive_ref": "", "archived_sha": "", "method": "none", "note": WITHOUT_GIT_NOTE},
     )
 
 
