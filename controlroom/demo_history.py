@@ -667,5 +667,3 @@ def seed_history(*, nights: int = 30, seed: int = 2026, password: str, now: date
     result.events = AuditEvent.objects.count() - events_before
     result.seconds = time.perf_counter() - started
     return result
-
-

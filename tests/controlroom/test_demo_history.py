@@ -20,12 +20,16 @@ from agents.models import AgentSession, Escalation, Status, User
 from audit.chain import verify_log
 from audit.models import AuditEvent, Checkpoint
 from controlroom.demo_history import HISTORY_TAG, NIGHT, SimulatedClock, _dusk, seed_history, simulated_time
-from controlroom.metrics import SMALL_SAMPLE, REVERT_HORIZON, fleet_metrics, window_last
+from controlroom.metrics import REVERT_HORIZON, SMALL_SAMPLE, fleet_metrics, window_last
 from reviews.digest.timeline import timeline
 from reviews.digest.windows import preset_window
 from reviews.models import Review
 
 pytestmark = pytest.mark.django_db
+
+
+# A month takes 10-20 s to write (more on a loaded machine): the tests that read one are slow.
+slow = pytest.mark.slow
 
 
 @pytest.fixture
@@ -40,6 +44,7 @@ def _sessions():
     return [s for s in AgentSession.objects.all() if HISTORY_TAG in s.tags]
 
 
+@slow
 def test_the_dashboards_headline_figures_have_n_of_twenty_or_more_and_match_the_records(month):
     now, result = month
     window = window_last(text="30d", now=now)
@@ -53,7 +58,9 @@ def test_the_dashboards_headline_figures_have_n_of_twenty_or_more_and_match_the_
         first.setdefault((review.session_id, review.decision), review.created_at)
     approved = {sid: at for (sid, decision), at in first.items() if decision == "approve" and inside(at)}
     reverted_soon = {
-        sid for sid, at in approved.items() if (sid, "revert") in first and first[(sid, "revert")] - at <= REVERT_HORIZON
+        sid
+        for sid, at in approved.items()
+        if (sid, "revert") in first and first[(sid, "revert")] - at <= REVERT_HORIZON
     }
     accepted = set(approved) - reverted_soon
     asked_a_human = Escalation.objects.filter(created_at__gte=window.start, created_at__lt=window.end).exclude(
@@ -68,7 +75,11 @@ def test_the_dashboards_headline_figures_have_n_of_twenty_or_more_and_match_the_
         (
             s.cost_usd
             for s in AgentSession.objects.all()
-            if inside(first.get((s.pk, "approve")) or first.get((s.pk, "reject")) or (s.status == "cancelled" and s.finished_at))
+            if inside(
+                first.get((s.pk, "approve"))
+                or first.get((s.pk, "reject"))
+                or (s.status == "cancelled" and s.finished_at)
+            )
         ),
         Decimal(0),
     )
@@ -86,6 +97,7 @@ def test_the_dashboards_headline_figures_have_n_of_twenty_or_more_and_match_the_
     assert result.sessions == len(_sessions()) >= 30 * 3
 
 
+@slow
 def test_every_sessions_counters_are_the_sum_of_its_recorded_model_calls(month):
     calls = {}
     for sid, payload in AuditEvent.objects.filter(kind="model.call").values_list("session_id", "payload"):
@@ -101,6 +113,7 @@ def test_every_sessions_counters_are_the_sum_of_its_recorded_model_calls(month):
         assert (s.tokens_in, s.tokens_out, s.cost_usd) == calls[s.pk], s.pk
 
 
+@slow
 def test_last_nights_timeline_has_lanes_for_the_sessions_that_ran_then(month):
     _now, result = month
     morning = _dusk(result.last_night) + NIGHT + timedelta(minutes=5)
@@ -115,6 +128,7 @@ def test_last_nights_timeline_has_lanes_for_the_sessions_that_ran_then(month):
     assert all(lane.segments for block in night.pods for lane in block.lanes)
 
 
+@slow
 def test_the_audit_log_verifies_with_its_checkpoints_and_grows_in_time(month):
     _now, result = month
     verified = verify_log()
@@ -126,6 +140,7 @@ def test_the_audit_log_verifies_with_its_checkpoints_and_grows_in_time(month):
     assert times[-1] < timezone.now()
 
 
+@slow
 def test_no_past_session_is_left_to_run_and_nothing_was_enqueued_or_broadcast(month):
     left = AgentSession.objects.filter(status__in=[Status.QUEUED, Status.RUNNING, Status.PAUSED])
     assert not left.exists()

@@ -155,9 +155,7 @@ def demo_repository() -> Repository:
 
 def demo_people(password: str) -> tuple[User, list[tuple[Pod, list[User]]]]:
     """The manager, the leader and the ~20 pods of 3–5 people (a lead each); created when missing."""
-    manager = _user(
-        "manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True
-    )
+    manager = _user("manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True)
     _user("leader", "Lee", "Leader", User.Role.LEADER, password)
     pods = []
     name_index = 0
@@ -175,6 +173,7 @@ def demo_people(password: str) -> tuple[User, list[tuple[Pod, list[User]]]]:
             members.append(user)
         pods.append((pod, members))
     return manager, pods
+
 
 def _user(username, first, last, role, password, **flags) -> User:
     user, created = User.objects.get_or_create(
