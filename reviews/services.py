@@ -40,7 +40,7 @@ from agents.services import WorktreeError
 from audit.log import record
 from reviews import git_ops
 from reviews.models import Review
-from reviews.selectors import STOPPED_STATUSES, approval_of
+from reviews.selectors import STOPPED_STATUSES, WITHOUT_GIT_NOTE, approval_of
 
 logger = logging.getLogger(__name__)
 
@@ -472,10 +472,6 @@ def _revert_recorded(*, session: AgentSession, reviewer: User, comment: str, det
 
 
 # -- the demo's simulated past -------------------------------------------------------------------
-
-WITHOUT_GIT_NOTE = (
-    "simulated past work (demo history): it has no branch in git, so nothing was merged, archived or reverted"
-)
 
 
 def review_approve_without_git(*, session: AgentSession, reviewer: User, comment: str = "") -> Review:

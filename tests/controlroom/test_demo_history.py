@@ -194,3 +194,36 @@ def test_the_simulated_clock_is_put_back():
         assert Escalation._meta.get_field("created_at").get_default() < real() - timedelta(days=2)
     assert timezone.now is real
     assert Escalation._meta.get_field("created_at").default is default
+
+
+def test_a_past_sessions_review_page_says_nothing_was_merged_and_a_git_revert_is_refused(worktrees_dir, client):
+    from django.core.exceptions import ValidationError
+
+    from reviews.services import review_revert
+
+    seed_history(nights=2, password="pw")
+    approval = Review.objects.filter(decision="approve").select_related("session").first()
+    assert approval is not None
+    client.force_login(User.objects.get(username="manager"))
+    page = client.get(f"/reviews/{approval.session_id}/")
+    assert page.status_code == 200
+    assert "nothing was merged" in page.content.decode()
+    if approval.session.review_state == "approved":
+        with pytest.raises(ValidationError, match="merged no commits"):
+            review_revert(session=approval.session, reviewer=User.objects.get(username="manager"))
+
+
+def test_offline_services_schedule_no_live_update_and_no_step(django_capture_on_commit_callbacks):
+    from agents.dispatch import enqueue_step_on_commit
+    from agents.events import is_offline, offline, send_on_commit
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        with offline():
+            assert is_offline()
+            send_on_commit(1)
+            enqueue_step_on_commit(session_id=1, step=1)
+        assert not is_offline()
+    assert callbacks == []
+    with django_capture_on_commit_callbacks() as callbacks:
+        send_on_commit(1)
+    assert len(callbacks) == 1

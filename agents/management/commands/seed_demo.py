@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
@@ -154,7 +155,11 @@ def demo_repository() -> Repository:
 
 
 def demo_people(password: str) -> tuple[User, list[tuple[Pod, list[User]]]]:
-    """The manager, the leader and the ~20 pods of 3–5 people (a lead each); created when missing."""
+    """The manager, the leader and the ~20 pods of 3–5 people (a lead each); created when missing.
+
+    Every demo user has the same password, so it is hashed once (a hash costs ~0.3 s by design)
+    and that one hash is stored for each of them."""
+    password = _Hashed(password)
     manager = _user("manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True)
     _user("leader", "Lee", "Leader", User.Role.LEADER, password)
     pods = []
@@ -175,12 +180,25 @@ def demo_people(password: str) -> tuple[User, list[tuple[Pod, list[User]]]]:
     return manager, pods
 
 
-def _user(username, first, last, role, password, **flags) -> User:
+class _Hashed:
+    """A password hashed on first use, once."""
+
+    def __init__(self, raw: str) -> None:
+        self.raw, self._encoded = raw, ""
+
+    @property
+    def encoded(self) -> str:
+        if not self._encoded:
+            self._encoded = make_password(self.raw)
+        return self._encoded
+
+
+def _user(username, first, last, role, password: _Hashed, **flags) -> User:
     user, created = User.objects.get_or_create(
         username=username, defaults={"first_name": first, "last_name": last, "role": role, **flags}
     )
     if created or not user.has_usable_password():
-        user.set_password(password)
+        user.password = password.encoded
         user.save(update_fields=["password"])
     return user
 
