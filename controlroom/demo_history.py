@@ -270,7 +270,7 @@ class _Simulation:
         for index, day in enumerate(self.nights):
             ramp = 0.6 + 0.4 * index / max(1, len(self.nights) - 1)  # the fleet grew over the month
             weekend = day.weekday() in (4, 5)  # Friday and Saturday nights are quiet
-            count = round(self.rng.randint(12, 22) * ramp * (0.4 if weekend else 1.0))
+            count = round(self.rng.randint(10, 18) * ramp * (0.4 if weekend else 1.0))
             for _ in range(max(3, count)):
                 self.plan_session(index)
             morning_checkpoint = self.morning(index, 1.0) + timedelta(seconds=30)
