@@ -43,5 +43,9 @@ def enqueue_step_now(
 
 
 def enqueue_step_on_commit(*, session_id: int, step: int, priority: int = 2, host: str | None = None) -> None:
+    from agents.events import is_offline
+
+    if is_offline():  # writing the past (agents.events.offline): no step of it may run
+        return
     where = {} if host is None else {"host": host}  # None: looked up when the step is sent
     transaction.on_commit(lambda: enqueue_step_now(session_id=session_id, step=step, priority=priority, **where))

@@ -14,10 +14,13 @@ Event payload (type ``session.update``), documented in docs/ARCHITECTURE.md:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from channels.layers import get_channel_layer
 from django.db import transaction
@@ -100,7 +103,30 @@ def broadcast_session(session_id: int) -> None:
         logger.warning("live update for session %s not sent", session_id, exc_info=True)
 
 
+_offline: contextvars.ContextVar[bool] = contextvars.ContextVar("controlroom_offline", default=False)
+
+
+@contextmanager
+def offline() -> Iterator[None]:
+    """Inside, the services change the database and the audit log as usual, but nothing leaves the
+    process: no live update is broadcast and no agent step is enqueued (``agents.dispatch``).
+
+    For writing the past (the demo's month of history, ``controlroom/demo_history.py``): nobody
+    watches it live, and none of its sessions may be run by a worker."""
+    token = _offline.set(True)
+    try:
+        yield
+    finally:
+        _offline.reset(token)
+
+
+def is_offline() -> bool:
+    return _offline.get()
+
+
 def send_on_commit(session_id: int) -> None:
+    if _offline.get():
+        return
     transaction.on_commit(lambda: broadcast_session(session_id))
 
 

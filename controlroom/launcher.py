@@ -8,7 +8,8 @@
    Each problem is one ``error: VARIABLE: ...`` line on stderr and exit status 2.
 2. Without ``REDIS_URL``, starts a private Redis and writes its URL to ``DATA_DIR/run/redis.url``
    (settings read that file, so ``manage.py`` commands run beside it find the same Redis).
-3. Migrates; seeds the demo data when the database has no agent sessions (unless ``--no-seed``).
+3. Migrates; seeds the demo data when the database has no agent sessions (unless ``--no-seed``):
+   a past month of history (``seed_history``), then tonight's fleet (``seed_demo``).
 4. Runs the web server (Daphne: HTTP and websockets), K Celery workers and Celery beat under
    honcho; their output goes to the terminal, prefixed, and to ``DATA_DIR/logs/<name>.log``.
 5. Prints the address and the demo login once the web server answers.
@@ -577,11 +578,13 @@ def prepare_database(*, options: Options, password: str) -> None:
         elif "seed_demo" not in get_commands():
             print("warning: the seed_demo command is not available: starting with an empty database", flush=True)
         else:
-            try:
-                call_command("seed_demo", "--password", password)
-            except Exception as exc:  # a bug in seeding: show it, then say how to start without it
-                traceback.print_exc()
-                raise SeedFailed(f"seed_demo failed ({one_line(exc)}); start with --no-seed to skip it") from exc
+            # the past month first (the audit log is appended in time order), then tonight's fleet
+            for command in ("seed_history", "seed_demo"):
+                try:
+                    call_command(command, "--password", password)
+                except Exception as exc:  # a bug in seeding: show it, then say how to start without it
+                    traceback.print_exc()
+                    raise SeedFailed(f"{command} failed ({one_line(exc)}); start with --no-seed to skip it") from exc
     connections.close_all()
 
 

@@ -41,6 +41,10 @@ from reviews import git_ops
 from reviews.models import Review
 
 WIP_REASON_PREFIX = "review WIP limit"
+# What the reviews of the demo's simulated past say (reviews.services.review_approve_without_git ...).
+WITHOUT_GIT_NOTE = (
+    "simulated past work (demo history): it has no branch in git, so nothing was merged, archived or reverted"
+)
 
 # The one definition of "awaiting review" lives with the runtime that enforces the WIP limit.
 OPEN_REVIEW_STATES = agent_selectors.OPEN_REVIEW_STATES
@@ -402,6 +406,8 @@ def diff_range(session: AgentSession) -> tuple[str, str, bool]:
         tip = git_ops.resolve(repo, git_ops.archive_ref_for(session.branch))
         archived = tip is not None
     if tip is None:
+        if any(review.details.get("method") == "none" for review in session.reviews.all()):
+            raise git_ops.GitOpsError(f"no diff to show: {WITHOUT_GIT_NOTE}")
         raise git_ops.GitOpsError(f"branch {session.branch!r} not found in {repo}: the agent has not started work yet")
     base = git_ops.resolve(repo, f"refs/heads/{session.base_branch}")
     if base is None:

@@ -40,7 +40,7 @@ from agents.services import WorktreeError
 from audit.log import record
 from reviews import git_ops
 from reviews.models import Review
-from reviews.selectors import STOPPED_STATUSES, approval_of
+from reviews.selectors import STOPPED_STATUSES, WITHOUT_GIT_NOTE, approval_of
 
 logger = logging.getLogger(__name__)
 
@@ -244,17 +244,28 @@ def review_approve(
     except git_ops.GitOpsError as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="approve", error=str(exc))
         raise ReviewError(f"Not merged: {exc}") from None
+    review = _approval_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=comment,
+        details=merged.__dict__,
+        reason=f"approved and merged by {reviewer.username}",
+    )
+    agent_services.session_worktree_remove(session=_fresh(session), reason="approved and merged", by=reviewer)
+    return review
+
+
+def _approval_recorded(*, session: AgentSession, reviewer: User, comment: str, details: dict, reason: str) -> Review:
+    """The approval's rows and audit event, in one transaction (its git work, if any, is done)."""
     with transaction.atomic():
         session = _locked(session)
         if session.review_state in CLOSED_REVIEW_STATES:
             raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
-        details = {**merged.__dict__, "branch": session.branch}
+        details = {**details, "branch": session.branch}
         review = Review.objects.create(
             session=session, reviewer=reviewer, decision=Review.Decision.APPROVE, comment=comment, details=details
         )
-        previous = agent_services.session_close(
-            session=session, by=reviewer, reason=f"approved and merged by {reviewer.username}"
-        )
+        previous = agent_services.session_close(session=session, by=reviewer, reason=reason)
         record(
             "review.approved",
             session=session,
@@ -263,7 +274,6 @@ def review_approve(
             payload={"review": review.pk, "comment": comment, "previous_status": previous, **details},
         )
         agent_services.session_update(session, review_state=ReviewState.APPROVED)
-    agent_services.session_worktree_remove(session=_fresh(session), reason="approved and merged", by=reviewer)
     return review
 
 
@@ -349,15 +359,31 @@ def review_reject(
         _record_git_failure(session=session, reviewer=reviewer, decision="reject", error=str(exc))
         raise ReviewError(f"Not rejected: the branch could not be archived ({exc}).") from None
     comment = (comment or "").strip()
+    review = _rejection_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=comment,
+        details={
+            "archive_ref": git_ops.archive_ref_for(session.branch) if archived_sha else "",
+            "archived_sha": archived_sha or "",
+        },
+    )
+    session = _fresh(session)
+    agent_services.session_worktree_remove(session=session, reason="rejected", by=reviewer)
+    try:
+        _archive_and_drop_branch(session=session, by=reviewer)
+    except (git_ops.GitOpsError, WorktreeError) as exc:
+        logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
+    return review
+
+
+def _rejection_recorded(*, session: AgentSession, reviewer: User, comment: str, details: dict) -> Review:
+    """The rejection's rows and audit event, in one transaction (its branch, if any, is archived)."""
     with transaction.atomic():
         session = _locked(session)
         if session.review_state in CLOSED_REVIEW_STATES:
             raise ValidationError(f"Session #{session.pk} was already {session.get_review_state_display().lower()}.")
-        details = {
-            "archive_ref": git_ops.archive_ref_for(session.branch) if archived_sha else "",
-            "archived_sha": archived_sha or "",
-            "branch": session.branch,
-        }
+        details = {**details, "branch": session.branch}
         review = Review.objects.create(
             session=session, reviewer=reviewer, decision=Review.Decision.REJECT, comment=comment, details=details
         )
@@ -370,12 +396,6 @@ def review_reject(
             payload={"review": review.pk, "comment": comment, "previous_status": previous, **details},
         )
         agent_services.session_update(session, review_state=ReviewState.REJECTED)
-    session = _fresh(session)
-    agent_services.session_worktree_remove(session=session, reason="rejected", by=reviewer)
-    try:
-        _archive_and_drop_branch(session=session, by=reviewer)
-    except (git_ops.GitOpsError, WorktreeError) as exc:
-        logger.warning("branch of rejected session %s kept as is: %s", session.pk, exc)
     return review
 
 
@@ -418,9 +438,25 @@ def review_revert(
     except git_ops.GitOpsError as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="revert", error=str(exc))
         raise ReviewError(f"Not reverted: {exc}") from None
+    return _revert_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=comment,
+        details={**reverted.__dict__, "reverted": merged, "approval": approval.pk},
+        payload={
+            "revert_commit": reverted.revert_commit,
+            "base_branch": reverted.base_branch,
+            "base_before": reverted.base_before,
+            "merged_method": merged["method"],
+            "merged_at": merged["base_after"],
+        },
+    )
+
+
+def _revert_recorded(*, session: AgentSession, reviewer: User, comment: str, details: dict, payload: dict) -> Review:
+    """The revert's row and audit event, in one transaction (its git work, if any, is done)."""
     with transaction.atomic():
         session = _locked(session)
-        details = {**reverted.__dict__, "reverted": merged, "approval": approval.pk}
         review = Review.objects.create(
             session=session, reviewer=reviewer, decision=Review.Decision.REVERT, comment=comment, details=details
         )
@@ -429,18 +465,63 @@ def review_revert(
             session=session,
             user=reviewer,
             provenance="human",
-            payload={
-                "review": review.pk,
-                "comment": comment,
-                "revert_commit": reverted.revert_commit,
-                "base_branch": reverted.base_branch,
-                "base_before": reverted.base_before,
-                "merged_method": merged["method"],
-                "merged_at": merged["base_after"],
-            },
+            payload={"review": review.pk, "comment": comment, **payload},
         )
         agent_services.session_update(session, review_state=ReviewState.REVERTED)
     return review
+
+
+# -- the demo's simulated past -------------------------------------------------------------------
+
+
+def review_approve_without_git(*, session: AgentSession, reviewer: User, comment: str = "") -> Review:
+    """An approval recorded exactly as ``review_approve`` records one (same checks, rows and audit
+    event), of work that has no branch in git: the demo's simulated past (controlroom/demo_history.py).
+    Its details and event say so (``method`` "none", ``note``): they never name a merge that was not made."""
+    _require_authority(session=session, reviewer=reviewer, decision="approve", acting_session_id=None)
+    session = _fresh(session)
+    _require_awaiting(session)
+    return _approval_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=(comment or "").strip(),
+        details={"method": "none", "note": WITHOUT_GIT_NOTE},
+        reason=f"approved by {reviewer.username} ({WITHOUT_GIT_NOTE})",
+    )
+
+
+def review_reject_without_git(*, session: AgentSession, reviewer: User, comment: str = "") -> Review:
+    """A rejection recorded as ``review_reject`` records one, of work that has no branch in git
+    (nothing to archive; the details say so)."""
+    _require_authority(session=session, reviewer=reviewer, decision="reject", acting_session_id=None)
+    session = _fresh(session)
+    return _rejection_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=(comment or "").strip(),
+        details={"archive_ref": "", "archived_sha": "", "method": "none", "note": WITHOUT_GIT_NOTE},
+    )
+
+
+def review_revert_without_git(*, session: AgentSession, reviewer: User, comment: str = "") -> Review:
+    """A revert recorded as ``review_revert`` records one, of an approval made by
+    ``review_approve_without_git`` (nothing to undo in git; the details and event say so)."""
+    _require_authority(session=session, reviewer=reviewer, decision="revert", acting_session_id=None)
+    session = _fresh(session)
+    if session.review_state != ReviewState.APPROVED:
+        raise ValidationError(
+            f"Only approved work can be reverted; session #{session.pk} is {session.get_review_state_display().lower()}."
+        )
+    approval = approval_of(session)
+    if approval is None or approval.details.get("method") != "none":
+        raise ValidationError(f"Session #{session.pk}'s approval merged commits: revert them with review_revert.")
+    return _revert_recorded(
+        session=session,
+        reviewer=reviewer,
+        comment=(comment or "").strip(),
+        details={"method": "none", "note": WITHOUT_GIT_NOTE, "approval": approval.pk},
+        payload={"revert_commit": "", "merged_method": "none", "note": WITHOUT_GIT_NOTE},
+    )
 
 
 DECISIONS = {

@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
@@ -144,6 +145,64 @@ def demo_password() -> str:
     return os.environ.get("DEMO_PASSWORD") or "controlroom"
 
 
+def demo_repository() -> Repository:
+    """The demo git repository (created on disk when missing) and its row."""
+    repo_path = create_demo_repo(settings.CONTROLROOM["REPOS_DIR"] / "demo-shop")
+    repository, _ = Repository.objects.get_or_create(
+        name="demo-shop", defaults={"path": str(repo_path), "default_branch": "main"}
+    )
+    return repository
+
+
+def demo_people(password: str) -> tuple[User, list[tuple[Pod, list[User]]]]:
+    """The manager, the leader and the ~20 pods of 3–5 people (a lead each); created when missing.
+
+    Every demo user has the same password, so it is hashed once (a hash costs ~0.3 s by design)
+    and that one hash is stored for each of them."""
+    password = _Hashed(password)
+    manager = _user("manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True)
+    _user("leader", "Lee", "Leader", User.Role.LEADER, password)
+    pods = []
+    name_index = 0
+    for pod_index, pod_name in enumerate(POD_NAMES):
+        pod, _ = Pod.objects.get_or_create(slug=pod_name.lower().replace(" ", "-"), defaults={"name": pod_name})
+        size = 3 + (pod_index % 3)  # 3–5 people
+        members = []
+        for member_index in range(size):
+            first = FIRST_NAMES[name_index % len(FIRST_NAMES)]
+            username = f"{first}" if name_index < len(FIRST_NAMES) else f"{first}{name_index}"
+            name_index += 1
+            user = _user(username, first.capitalize(), pod_name, User.Role.MEMBER, password)
+            role = PodMembership.Role.LEAD if member_index == 0 else PodMembership.Role.MEMBER
+            PodMembership.objects.get_or_create(user=user, pod=pod, defaults={"role": role})
+            members.append(user)
+        pods.append((pod, members))
+    return manager, pods
+
+
+class _Hashed:
+    """A password hashed on first use, once."""
+
+    def __init__(self, raw: str) -> None:
+        self.raw, self._encoded = raw, ""
+
+    @property
+    def encoded(self) -> str:
+        if not self._encoded:
+            self._encoded = make_password(self.raw)
+        return self._encoded
+
+
+def _user(username, first, last, role, password: _Hashed, **flags) -> User:
+    user, created = User.objects.get_or_create(
+        username=username, defaults={"first_name": first, "last_name": last, "role": role, **flags}
+    )
+    if created or not user.has_usable_password():
+        user.password = password.encoded
+        user.save(update_fields=["password"])
+    return user
+
+
 class Command(BaseCommand):
     help = "Create demo pods, people, a demo git repository and N agent sessions (idempotent)."
 
@@ -161,13 +220,10 @@ class Command(BaseCommand):
         if agents < 0:
             raise CommandError("--agents must be zero or more")
         password = password or demo_password()
-        repo_path = create_demo_repo(settings.CONTROLROOM["REPOS_DIR"] / "demo-shop")
-        repository, _ = Repository.objects.get_or_create(
-            name="demo-shop", defaults={"path": str(repo_path), "default_branch": "main"}
-        )
+        repository = demo_repository()
         if reset:
             self._reset()
-        manager, pods = self._people(password)
+        manager, pods = demo_people(password)
         existing = self._demo_count()
         created = 0
         now = timezone.now()
@@ -242,38 +298,6 @@ class Command(BaseCommand):
             justification="overnight demo fleet",
             **window,
         )
-
-    def _people(self, password: str):
-        manager = self._user(
-            "manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True
-        )
-        self._user("leader", "Lee", "Leader", User.Role.LEADER, password)
-        pods = []
-        name_index = 0
-        for pod_index, pod_name in enumerate(POD_NAMES):
-            pod, _ = Pod.objects.get_or_create(slug=pod_name.lower().replace(" ", "-"), defaults={"name": pod_name})
-            size = 3 + (pod_index % 3)  # 3–5 people
-            members = []
-            for member_index in range(size):
-                first = FIRST_NAMES[name_index % len(FIRST_NAMES)]
-                username = f"{first}" if name_index < len(FIRST_NAMES) else f"{first}{name_index}"
-                name_index += 1
-                user = self._user(username, first.capitalize(), pod_name, User.Role.MEMBER, password)
-                role = PodMembership.Role.LEAD if member_index == 0 else PodMembership.Role.MEMBER
-                PodMembership.objects.get_or_create(user=user, pod=pod, defaults={"role": role})
-                members.append(user)
-            pods.append((pod, members))
-        return manager, pods
-
-    @staticmethod
-    def _user(username, first, last, role, password, **flags) -> User:
-        user, created = User.objects.get_or_create(
-            username=username, defaults={"first_name": first, "last_name": last, "role": role, **flags}
-        )
-        if created or not user.has_usable_password():
-            user.set_password(password)
-            user.save(update_fields=["password"])
-        return user
 
     def _reset(self) -> None:
         from agents.runtime.worktrees import remove_worktree

@@ -1,0 +1,28 @@
+"""``manage.py seed_history``: a plausible past month of the demo fleet (controlroom/demo_history.py),
+written before tonight's sessions (``seed_demo``) into a database that has none yet. A second run,
+or a run on a database with sessions, does nothing and says why. ``bin/start`` runs it before
+``seed_demo`` on an empty database."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from agents.management.commands.seed_demo import demo_password
+from controlroom.demo_history import seed_history
+
+
+class Command(BaseCommand):
+    help = "Write a past month of demo sessions (reviews, escalations, costs) into an empty database."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--nights", type=int, default=30, help="how many past nights (default: %(default)s)")
+        parser.add_argument("--seed", type=int, default=2026, help="random seed of the simulation")
+        parser.add_argument(
+            "--password", default=None, help="password for every demo user (default $DEMO_PASSWORD or 'controlroom')"
+        )
+
+    def handle(self, *args, nights, seed, password, **options):
+        if not 1 <= nights <= 365:
+            raise CommandError("--nights must be between 1 and 365")
+        result = seed_history(nights=nights, seed=seed, password=password or demo_password())
+        self.stdout.write(result.summary())
