@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from agents import authority, selectors, services
+from agents.events import prepare_tiles
 from agents.models import (
     NEEDS_HUMAN_STATUSES,
     AgentSession,
@@ -42,6 +43,26 @@ STATUS_ICONS = {
     Status.CANCELLED: "⊘",
 }
 NEEDS_YOU_LIMIT = 100
+CANVAS_VIEWS = ("tiles", "compact", "map")
+VIEW_COOKIE = "cr_canvas_view"
+# With no view chosen (query string or the remembered cookie), a canvas of more sessions than this
+# opens as the fleet map: a thousand tiles are neither readable nor quick to draw.
+MAP_ABOVE = 300
+# What a fleet-map cell shows (and is stranded from): one narrow query for a thousand sessions.
+MAP_FIELDS = (
+    "id",
+    "name",
+    "status",
+    "status_reason",
+    "current_activity",
+    "priority",
+    "version",
+    "pod_id",
+    "heartbeat_at",
+    "lease_until",
+    "updated_at",
+    "sto__username",
+)
 
 
 # --- reads for the canvas ------------------------------------------------------------------------
@@ -172,24 +193,49 @@ def _filtered_sessions(*, user: User, filters: CanvasFilterForm) -> QuerySet[Age
 
 
 def _side_context(user: User) -> dict:
-    return {"summary": fleet_summary(user=user), "waiting": needs_you(user=user), "icons": STATUS_ICONS}
+    return {
+        "summary": fleet_summary(user=user),
+        "waiting": needs_you(user=user),
+        "icons": STATUS_ICONS,
+        "stale_after": settings.CONTROLROOM["STALE_AFTER_S"],
+    }
 
 
 # --- pages ---------------------------------------------------------------------------------------
 
 
+def _canvas_view(request: HttpRequest, filters: CanvasFilterForm) -> tuple[str | None, bool]:
+    """(the view asked for or remembered — None when neither —, whether the query string chose it)."""
+    chosen = filters.value_of("view")
+    if chosen:
+        return chosen, True
+    remembered = request.COOKIES.get(VIEW_COOKIE, "")
+    return (remembered if remembered in CANVAS_VIEWS else None), False
+
+
 @require_GET
 def canvas(request: HttpRequest) -> HttpResponse:
-    """Every session the user may see as a tile, grouped by pod, with the "needs you" queue and the
-    fleet summary. Filters (pod, sto=mine|username, status, repeatable) live in the query string."""
+    """Every session the user may see, grouped by pod, with the "needs you" queue and the fleet
+    summary: as tiles, compact tiles (100 fit one 1920×1080 screen) or the fleet map (one cell per
+    session). Filters (pod, sto=mine|username, status, repeatable) and ``view`` live in the query
+    string; a view chosen there is remembered in a cookie."""
     live_ts = time.time()  # before reading: the websocket catches up on anything committed after it
     user = request.user
     filters = CanvasFilterForm(request.GET or None, user=user)
-    sessions = list(_filtered_sessions(user=user, filters=filters).prefetch_related(selectors.tile_grants()))
+    view, chosen = _canvas_view(request, filters)
+    sessions_qs = _filtered_sessions(user=user, filters=filters)
+    if view is None:
+        view = "map" if sessions_qs.count() > MAP_ABOVE else "tiles"
     now = timezone.now()
+    if view == "map":
+        sessions = list(sessions_qs.select_related(None).select_related("sto").only(*MAP_FIELDS))
+        for session in sessions:
+            session.stranded = selectors.is_stranded(session, now=now)
+    else:
+        sessions = list(sessions_qs.prefetch_related(selectors.tile_grants()).annotate(**selectors.last_commit_q()))
+        prepare_tiles(sessions, now=now)
     by_pod: dict[int, list[AgentSession]] = {}
     for session in sessions:
-        session.stale = selectors.is_stale(session, now=now)
         by_pod.setdefault(session.pod_id, []).append(session)
     pods = selectors.pods_visible_to(user=user)
     if filters.value_of("pod"):
@@ -200,17 +246,22 @@ def canvas(request: HttpRequest) -> HttpResponse:
     context = {
         "groups": groups,
         "tile_count": len(sessions),
+        "view": view,
+        "views": [("tiles", "Tiles"), ("compact", "Compact"), ("map", "Fleet map")],
+        "drawer_prefix": reverse("session_drawer", args=[0]).removesuffix("0/"),
         "filters": filters,
         "filter_problems": filters.problems() if filters.is_bound else [],
         "filter_statuses": statuses,
         "filter_sto": sto,
         "statuses": [(value, label, STATUS_ICONS[value]) for value, label in Status.choices],
         "live_ts": f"{live_ts:.6f}",
-        "stale_after": settings.CONTROLROOM["STALE_AFTER_S"],
         "can_launch": user.role != User.Role.LEADER,
         **_side_context(user),
     }
-    return render(request, "controlroom/canvas.html", context)
+    response = render(request, "controlroom/canvas.html", context)
+    if chosen:
+        response.set_cookie(VIEW_COOKIE, view, max_age=365 * 24 * 3600, samesite="Lax", httponly=True)
+    return response
 
 
 @require_GET
