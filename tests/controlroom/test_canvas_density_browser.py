@@ -167,7 +167,8 @@ def test_a_sigkilled_workers_session_shows_stranded_and_recovers_with_one_click(
     _wait_for(page, f'#tile-{session.pk}[data-status="running"]', timeout=10, session_id=session.pk)
     pool.kill(pool.procs[0])
     killed = time.monotonic()
-    assert AgentSession.objects.get(pk=session.pk).status == Status.RUNNING
+    at_kill = AgentSession.objects.get(pk=session.pk)
+    assert at_kill.status == Status.RUNNING
     # the open page turns it stranded on its own (no message comes from a dead worker)
     _wait_for(page, f"#tile-{session.pk}.stranded", timeout=20, session_id=session.pk, logs=(pool.log_tail,))
     seen = time.monotonic() - killed
@@ -187,7 +188,7 @@ def test_a_sigkilled_workers_session_shows_stranded_and_recovers_with_one_click(
     page.wait_for_selector(f'#drawer [data-session-id="{session.pk}"]')
     assert "Recovery sent" in page.locator("#drawer").inner_text()
     wait_until(
-        lambda: AgentSession.objects.get(pk=session.pk).steps > 0,
+        lambda: AgentSession.objects.get(pk=session.pk).steps > at_kill.steps,
         timeout=60,
         message=f"the recovered session to take a step\n{pool2.log_tail()}",
     )
