@@ -297,20 +297,21 @@ def overlaps_for(
     }
     if not ids:
         return {}
-    mine = AgentSession.objects.filter(unmerged_q(), pk__in=ids)
-    repos = set(mine.order_by().values_list("repository_id", flat=True).distinct())
-    if not repos:
-        return {}
-    candidates = AgentSession.objects.filter(unmerged_q(), repository_id__in=repos)
-    calls = ToolCall.objects.filter(session__in=candidates.values("pk"))
-    if len(ids) <= FEW_SESSIONS:
-        # a tile or a review page: only the rows of the files these sessions edited
-        own = _edited_paths(ToolCall.objects.filter(session__in=mine.values("pk")))
+    few = len(ids) <= FEW_SESSIONS
+    if few:
+        # a tile or a review page: first what these sessions edited (one query, and the only one
+        # for a session that edited nothing), then only the rows of those files
+        own = _edited_paths(ToolCall.objects.filter(session_id__in=ids))
         for sid, paths in extra.items():
             own.setdefault(sid, set()).update(paths)
         own = {sid: paths for sid, paths in own.items() if paths}
         if not own:
             return {}
+        ids = set(own)
+    mine = AgentSession.objects.filter(unmerged_q(), pk__in=ids)
+    candidates = AgentSession.objects.filter(unmerged_q(), repository_id__in=mine.order_by().values("repository_id"))
+    calls = ToolCall.objects.filter(session__in=candidates.values("pk"))
+    if few:
         paths = set().union(*own.values())
         calls = calls.filter(arguments__path__in=sorted(paths | {f"./{p}" for p in paths}))
     edited = _edited_paths(calls)
