@@ -129,10 +129,34 @@
         var link = next.querySelector(".tile-link");
         if (link) link.focus({ preventScroll: true });
       }
+      markOverlaps(next);
       next.dispatchEvent(new CustomEvent("cr:tileSwap", { bubbles: true, detail: { id: next.id, version: +next.dataset.version } }));
     });
     if (changed) htmx.trigger(document.body, "crChanged");
   });
+
+  // A tile that now overlaps another (same files edited) says so at once; the other tile is only
+  // re-rendered at its own next change, so it is marked here until then.
+  function markOverlaps(tile) {
+    var mine = tile.dataset.sessionId;
+    (tile.dataset.overlaps || "").split(" ").filter(Boolean).forEach(function (id) {
+      var other = byId("tile-" + id);
+      if (!other) return;
+      var list = (other.dataset.overlaps || "").split(" ").filter(Boolean);
+      if (list.indexOf(mine) >= 0) return;
+      list.push(mine);
+      other.dataset.overlaps = list.join(" ");
+      other.classList.add("overlap");
+      var note = other.querySelector(".overlap-note");
+      if (!note) {
+        note = document.createElement("p");
+        note.className = "overlap-note";
+        var link = other.querySelector(".tile-link");
+        link.insertBefore(note, link.querySelector("footer"));
+      }
+      note.textContent = "⚠ same files as #" + list.join(", #");
+    });
+  }
 
   // --- the fleet map ---------------------------------------------------------------------------
   // A cell takes its face from the session's tile frame: status, stranded, name, STO, activity.

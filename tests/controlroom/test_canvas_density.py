@@ -229,7 +229,7 @@ def test_two_unmerged_sessions_that_edited_the_same_file_both_say_so(client, fle
     html = _get(client, fleet.manager, "/?view=tiles")
     for me, other in ((one, two), (two, one)):
         tile = html.split(f'id="tile-{me.pk}"', 1)[1].split("</article>", 1)[0]
-        assert f'data-overlaps="{other.pk}"' in html.split(f'id="tile-{me.pk}"', 1)[1].split(">", 1)[0]
+        assert f'data-overlaps="{other.pk} "' in html.split(f'id="tile-{me.pk}"', 1)[1].split(">", 1)[0]
         assert f"⚠ same files as #{other.pk}: shop/pricing.py" in tile
         assert "README.md" not in tile and "other.py" not in tile
     live = render_tile(AgentSession.objects.get(pk=one.pk))

@@ -231,6 +231,30 @@ def test_overlapping_edits_show_on_both_tiles_and_on_the_review_page(daphne, bro
     for me, other in ((one, two), (two, one)):
         note = page.locator(f"#tile-{me.pk} .overlap-note")
         assert note.is_visible() and f"#{other.pk}" in note.inner_text() and "helper.py" in note.inner_text()
+    # a third session edits the file while the page is open: its tile says so over the websocket,
+    # and the first one's tile is marked at once too (it is not re-rendered until its own next change)
+    three = off_loop(make_session, fleet, status=Status.RUNNING, name="three")
+    step, _ = AgentStep.objects.get_or_create(session=three, number=1)
+    ToolCall.objects.create(
+        session=three,
+        step=step,
+        index=0,
+        call_id="w3",
+        name="edit_file",
+        arguments={"path": "shopcart/helper.py", "old": "a", "new": "b"},
+        state=ToolCall.State.DONE,
+    )
+
+    def bump() -> None:
+        AgentSession.objects.filter(pk=three.pk).update(version=F("version") + 1, updated_at=timezone.now())
+        broadcast_session(three.pk)
+
+    off_loop(bump)
+    page.wait_for_selector(f"#tile-{three.pk} .overlap-note", timeout=5000)
+    page.wait_for_function(
+        f"() => document.querySelector('#tile-{one.pk} .overlap-note').textContent.includes('#{three.pk}')",
+        timeout=5000,
+    )
     page.goto(f"{daphne.url}/reviews/{one.pk}/")
     warning = page.locator(".overlap-warning")
     assert warning.is_visible()
