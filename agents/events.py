@@ -33,7 +33,24 @@ def pod_group(pod_id: int) -> str:
     return f"pod.{pod_id}"
 
 
+def prepare_tiles(sessions, *, now=None) -> None:
+    """Set what a tile shows beyond its own fields, for all the tiles at once (a constant number of
+    queries): ``stranded`` (agents.selectors.is_stranded), ``last_commit`` (short sha, subject: read
+    with ``selectors.last_commit_q`` when annotated) and ``overlaps`` (selectors.overlaps_for)."""
+    from agents import selectors
+
+    sessions = list(sessions)
+    overlaps = selectors.overlaps_for(s.pk for s in sessions)
+    for session in sessions:
+        session.stranded = selectors.is_stranded(session, now=now)
+        session.last_commit = selectors.last_commit_of(session)
+        session.overlaps = overlaps.get(session.pk, [])
+        session.tile_ready = True
+
+
 def render_tile(session) -> str:
+    if not getattr(session, "tile_ready", False):
+        prepare_tiles([session])
     return render_to_string("agents/_tile.html", {"s": session, "live": True})
 
 
@@ -94,7 +111,9 @@ def broadcast_session(session_id: int) -> None:
     from agents.models import AgentSession
 
     try:
-        session = AgentSession.objects.select_related("pod", "sto").get(pk=session_id)
+        from agents.selectors import last_commit_q
+
+        session = AgentSession.objects.select_related("pod", "sto").annotate(**last_commit_q()).get(pk=session_id)
         layer = get_channel_layer()
         if layer is None:
             return

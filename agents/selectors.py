@@ -6,12 +6,15 @@ Authority (who may *act*) lives in agents/authority.py.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from agents.models import (
@@ -177,6 +180,154 @@ def is_stale(session: AgentSession, *, now: datetime | None = None) -> bool:
     last = session.heartbeat_at or session.updated_at
     leased = session.lease_until is not None and session.lease_until >= now
     return session.status == Status.RUNNING and last is not None and last < now - stale_after() and not leased
+
+
+# -- "stranded": what the canvas shows instead of "running" for a stale session -------------------
+# A stranded session is a stale one (``stale_q``): it says it runs, but its worker's heartbeat and
+# lease vanished, or nothing was ever heard from it, so whether it runs cannot be told. The canvas
+# shows it as "stranded" (tile, fleet-map cell, drawer) with its last commit, Recover and Cancel.
+
+
+def is_stranded(session: AgentSession, *, now: datetime | None = None) -> bool:
+    return is_stale(session, now=now)
+
+
+def last_commit_q() -> dict:
+    """Annotations for a tile: the subject of the session's last commit that reached the central
+    repository (its ``pushed_commit``, made by ``pushed_call``): one join, no query per tile."""
+    return {"last_commit_arguments": F("pushed_call__arguments")}
+
+
+def last_commit_of(session: AgentSession) -> tuple[str, str] | None:
+    """(short sha, subject) of the session's last commit, from the ``last_commit_q`` annotation."""
+    if not session.pushed_commit:
+        return None
+    arguments = getattr(session, "last_commit_arguments", None)
+    message = arguments.get("message", "") if isinstance(arguments, dict) else ""
+    message = message if isinstance(message, str) else ""
+    subject = message.strip().splitlines()[0] if message.strip() else ""
+    return session.pushed_commit[:8], subject
+
+
+# -- overlapping edits: two unmerged sessions of one repository that edited the same file ---------
+
+EDIT_TOOLS = ("write_file", "edit_file")
+FEW_SESSIONS = 20
+
+
+def unmerged_q() -> Q:
+    """Sessions whose work is still to be merged: not ended, or awaiting a review."""
+    return ~Q(status__in=[Status.SUCCEEDED, Status.FAILED, Status.CANCELLED]) | awaiting_review_q()
+
+
+def _normal_path(path: object) -> str:
+    if not isinstance(path, str) or not path.strip():
+        return ""
+    normal = posixpath.normpath(path.strip())
+    return "" if normal in (".", "") or normal.startswith("../") else normal
+
+
+def _edited_paths(calls: QuerySet[ToolCall]) -> dict[int, set[str]]:
+    """session id -> the normalized paths its finished write_file/edit_file calls edited."""
+    edited: dict[int, set[str]] = {}
+    rows = (
+        calls.filter(name__in=EDIT_TOOLS, state=ToolCall.State.DONE)
+        .annotate(edited_path=KT("arguments__path"))
+        .order_by()
+        .values_list("session_id", "edited_path")
+        .distinct()
+    )
+    for session_id, path in rows:
+        normal = _normal_path(path)
+        if normal:
+            edited.setdefault(session_id, set()).add(normal)
+    return edited
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Another unmerged session of the same repository that edited some of the same files."""
+
+    session_id: int
+    name: str
+    pod_id: int
+    pod_name: str
+    paths: tuple[str, ...]
+
+
+def _overlaps_among(edited: dict[int, set[str]], facts: dict[int, tuple]) -> dict[int, list[Overlap]]:
+    by_repo_path: dict[tuple[int, str], list[int]] = {}
+    for session_id, paths in edited.items():
+        repo = facts[session_id][0]
+        for path in paths:
+            by_repo_path.setdefault((repo, path), []).append(session_id)
+    shared: dict[int, dict[int, set[str]]] = {}
+    for (_repo, path), ids in by_repo_path.items():
+        if len(ids) < 2:
+            continue
+        for a in ids:
+            for b in ids:
+                if a != b:
+                    shared.setdefault(a, {}).setdefault(b, set()).add(path)
+    return {
+        a: [
+            Overlap(
+                session_id=b,
+                name=facts[b][1],
+                pod_id=facts[b][2],
+                pod_name=facts[b][3],
+                paths=tuple(sorted(paths)),
+            )
+            for b, paths in sorted(others.items())
+        ]
+        for a, others in shared.items()
+    }
+
+
+def overlaps_for(
+    session_ids: Iterable[int], *, also_edited: dict[int, Iterable[str]] | None = None
+) -> dict[int, list[Overlap]]:
+    """For each given session that is unmerged: the other unmerged sessions of its repository that
+    edited a file it edited, from the recorded write_file/edit_file calls (a few queries in all,
+    whatever the number of sessions). ``also_edited``: more files the given sessions changed (the
+    review page passes the branch's diff, which sees edits made by shell commands too)."""
+    ids = set(session_ids)
+    extra = {
+        sid: {p for p in map(_normal_path, paths) if p} for sid, paths in (also_edited or {}).items() if sid in ids
+    }
+    if not ids:
+        return {}
+    few = len(ids) <= FEW_SESSIONS
+    if few:
+        # a tile or a review page: first what these sessions edited (one query, and the only one
+        # for a session that edited nothing), then only the rows of those files
+        own = _edited_paths(ToolCall.objects.filter(session_id__in=ids))
+        for sid, paths in extra.items():
+            own.setdefault(sid, set()).update(paths)
+        own = {sid: paths for sid, paths in own.items() if paths}
+        if not own:
+            return {}
+        ids = set(own)
+    mine = AgentSession.objects.filter(unmerged_q(), pk__in=ids)
+    candidates = AgentSession.objects.filter(unmerged_q(), repository_id__in=mine.order_by().values("repository_id"))
+    calls = ToolCall.objects.filter(session__in=candidates.values("pk"))
+    if few:
+        paths = set().union(*own.values())
+        calls = calls.filter(arguments__path__in=sorted(paths | {f"./{p}" for p in paths}))
+    edited = _edited_paths(calls)
+    unmerged = set(mine.values_list("pk", flat=True)) if extra else set()
+    for sid, paths in extra.items():
+        if sid in unmerged and paths:
+            edited.setdefault(sid, set()).update(paths)
+    if not any(session_id in ids for session_id in edited):
+        return {}
+    facts = {
+        row[0]: row[1:]
+        for row in AgentSession.objects.filter(pk__in=list(edited)).values_list(
+            "pk", "repository_id", "name", "pod_id", "pod__name"
+        )
+    }
+    return {a: found for a, found in _overlaps_among(edited, facts).items() if a in ids}
 
 
 # -- worktrees on disk -----------------------------------------------------------------------------

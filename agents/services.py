@@ -25,7 +25,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from agents import authority, params, permissions
+from agents import authority, params, permissions, selectors
 from agents.dispatch import enqueue_step_on_commit, host_queue
 from agents.events import send_on_commit
 from agents.models import (
@@ -541,6 +541,45 @@ def session_cancel(*, session: AgentSession, by: User, reason: str = "") -> Agen
     _deny_open_escalations(session=session, by=by, reason="session cancelled")
     set_status(session, Status.CANCELLED, reason=reason or f"cancelled by {by.username}", by=by, hold="")
     record("session.cancelled", session=session, user=by, payload={"reason": reason})
+    return session
+
+
+@transaction.atomic
+def session_recover(*, session: AgentSession, by: User) -> AgentSession:
+    """A person's one-click recovery of a stranded session (``selectors.is_stranded``: running, no
+    heartbeat and no lease for STALE_AFTER_S): its next step is sent again, as the housekeeping
+    tick's recovery does (``enqueue_step_on_commit``, the step number makes a duplicate harmless),
+    now rather than at the next tick. Audited as ``session.recovered``. The tile stays stranded
+    until a worker takes the step and beats."""
+    authority.require(authority.refuse_session_control(user=by, session=session))
+    session = _locked(session)
+    now = timezone.now()
+    if not selectors.is_stranded(session, now=now):
+        if session.status != Status.RUNNING:
+            raise ValidationError(
+                f"Session #{session.pk} is {session.get_status_display().lower()}, not stranded: nothing to recover."
+            )
+        raise ValidationError(f"Session #{session.pk} is not stranded: its worker is alive (heartbeat or lease).")
+    step = session.steps + 1
+    record(
+        "session.recovered",
+        session=session,
+        user=by,
+        payload={
+            "step": step,
+            "heartbeat_at": session.heartbeat_at.isoformat() if session.heartbeat_at else None,
+            "lease_owner": session.lease_owner,
+            "lease_until": session.lease_until.isoformat() if session.lease_until else None,
+            "worker_host": session.worker_host,
+        },
+    )
+    session_update(
+        session,
+        locked=True,
+        enqueued_at=now,
+        current_activity=Truncator(f"recovering: step {step} sent again by {by.username}").chars(200),
+    )
+    enqueue_step_on_commit(session_id=session.pk, step=step, priority=session.priority)
     return session
 
 

@@ -414,10 +414,16 @@ def _drawer_context(request: HttpRequest, session: AgentSession, **extra) -> dic
     grant = selectors.active_grant(session=session)
     can_act = authority.refuse_session_control(user=request.user, session=session) is None
     open_rows, decided = _escalation_rows(session=session)
+    if session.pushed_call_id:
+        session.last_commit_arguments = session.pushed_call.arguments
     context = {
         "s": session,
         "grant": grant,
         "now": timezone.now(),
+        "stranded": selectors.is_stranded(session),
+        "last_commit": selectors.last_commit_of(session),
+        "overlaps": selectors.overlaps_for([session.pk]).get(session.pk, []),
+        "stale_after": settings.CONTROLROOM["STALE_AFTER_S"],
         "escalations": [row["e"] for row in open_rows],
         "open_escalations": open_rows,
         "decided_escalations": decided,
@@ -529,8 +535,14 @@ CONTROLS = {
     "pause": services.session_pause,
     "resume": services.session_resume,
     "cancel": services.session_cancel,
+    "recover": services.session_recover,
 }
-CONTROL_DONE = {"pause": "Paused.", "resume": "Resumed.", "cancel": "Cancelled."}
+CONTROL_DONE = {
+    "pause": "Paused.",
+    "resume": "Resumed.",
+    "cancel": "Cancelled.",
+    "recover": "Recovery sent: its next step is on the queue again.",
+}
 
 
 @require_POST

@@ -40,7 +40,7 @@ from django.conf import settings
 from django.utils.html import format_html
 
 from agents import selectors
-from agents.events import pod_group, render_tile
+from agents.events import pod_group, prepare_tiles, render_tile
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,11 @@ def _catchup_tiles(user, pod_ids: set[int], since: float) -> list[tuple[int, int
         selectors.sessions_visible_to(user=user)
         .filter(pod_id__in=pod_ids, updated_at__gte=after)
         .prefetch_related(selectors.tile_grants())
+        .annotate(**selectors.last_commit_q())
         .order_by("updated_at")[:CATCHUP_MAX_SESSIONS]
     )
+    sessions = list(sessions)
+    prepare_tiles(sessions)
     return [(s.pk, s.version, render_tile(s)) for s in sessions]
 
 

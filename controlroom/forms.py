@@ -41,6 +41,11 @@ class CanvasFilterForm(forms.Form):
         required=False, max_length=150, help_text='"mine" or a username: sessions this person is Single Task Owner of.'
     )
     status = forms.MultipleChoiceField(choices=Status.choices, required=False)
+    view = forms.ChoiceField(
+        choices=[("tiles", "Tiles"), ("compact", "Compact"), ("map", "Fleet map")],
+        required=False,
+        help_text="How the sessions are drawn: tiles, compact tiles (100 on one screen) or the fleet map.",
+    )
 
     def __init__(self, data, *, user: User):
         super().__init__(data)

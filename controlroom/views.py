@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from html import escape as _esc
 
 from django.conf import settings
 from django.contrib import messages
@@ -17,9 +18,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from agents import authority, params, selectors, services
+from agents.events import prepare_tiles
 from agents.models import (
     NEEDS_HUMAN_STATUSES,
     AgentSession,
@@ -42,6 +45,26 @@ STATUS_ICONS = {
     Status.CANCELLED: "⊘",
 }
 NEEDS_YOU_LIMIT = 100
+CANVAS_VIEWS = ("tiles", "compact", "map")
+VIEW_COOKIE = "cr_canvas_view"
+# With no view chosen (query string or the remembered cookie), a canvas of more sessions than this
+# opens as the fleet map: a thousand tiles are neither readable nor quick to draw.
+MAP_ABOVE = 300
+# What a fleet-map cell shows (and is stranded from): one narrow query for a thousand sessions, read
+# as tuples (named like the model's fields, so agents.selectors.is_stranded reads them as it reads a session).
+MAP_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "status_reason",
+    "current_activity",
+    "version",
+    "pod_id",
+    "heartbeat_at",
+    "lease_until",
+    "updated_at",
+    "sto__username",
+)
 
 
 # --- reads for the canvas ------------------------------------------------------------------------
@@ -172,46 +195,119 @@ def _filtered_sessions(*, user: User, filters: CanvasFilterForm) -> QuerySet[Age
 
 
 def _side_context(user: User) -> dict:
-    return {"summary": fleet_summary(user=user), "waiting": needs_you(user=user), "icons": STATUS_ICONS}
+    return {
+        "summary": fleet_summary(user=user),
+        "waiting": needs_you(user=user),
+        "icons": STATUS_ICONS,
+        "stale_after": settings.CONTROLROOM["STALE_AFTER_S"],
+    }
 
 
 # --- pages ---------------------------------------------------------------------------------------
 
 
+def _epoch(moment: datetime | None) -> str:
+    return str(int(moment.timestamp())) if moment else ""
+
+
+CELL_HTML = (
+    '<a id="cell-{id}" class="cell status-{status}{stranded}" href="{prefix}{id}/" data-session-id="{id}"'
+    ' data-version="{version}" data-status="{status}" data-label="{label}" data-name="{name}" data-sto="{sto}"'
+    ' data-activity="{activity}" data-seen="{seen}" data-lease="{lease}" aria-label="#{id} {name}: {shown}, STO {sto}"></a>'
+)
+
+
+def map_cells(rows: list, *, drawer_prefix: str, now: datetime) -> SafeString:
+    """The fleet map's cells of one pod, from ``MAP_COLUMNS`` rows. Every interpolated value is
+    escaped (``html.escape``, which Django's ``escape`` wraps) or an integer, as ``format_html`` would:
+    a thousand cells through the template engine cost ~300 ms, through format_html ~60 ms, this
+    ~10 ms (bench/pages_bench.py, "page canvas map"). canvas.js keeps them current from tile frames."""
+    labels = dict(Status.choices)
+    prefix = _esc(drawer_prefix)
+    cells = []
+    for row in rows:
+        label = labels.get(row.status, row.status)
+        stranded = selectors.is_stranded(row, now=now)
+        name, sto = _esc(row.name), _esc(row.sto__username)
+        cells.append(
+            CELL_HTML.format(
+                id=int(row.id),
+                status=_esc(row.status),
+                stranded=" stranded" if stranded else "",
+                prefix=prefix,
+                version=int(row.version),
+                label=_esc(label),
+                name=name,
+                sto=sto,
+                activity=_esc(row.current_activity or row.status_reason),
+                seen=_epoch(row.heartbeat_at or row.updated_at),
+                lease=_epoch(row.lease_until),
+                shown="stranded" if stranded else _esc(label),
+            )
+        )
+    return mark_safe("".join(cells))  # every value above is escaped
+
+
+def _canvas_view(request: HttpRequest, filters: CanvasFilterForm) -> tuple[str | None, bool]:
+    """(the view asked for or remembered — None when neither —, whether the query string chose it)."""
+    chosen = filters.value_of("view")
+    if chosen:
+        return chosen, True
+    remembered = request.COOKIES.get(VIEW_COOKIE, "")
+    return (remembered if remembered in CANVAS_VIEWS else None), False
+
+
 @require_GET
 @params.bad_parameter_400
 def canvas(request: HttpRequest) -> HttpResponse:
-    """Every session the user may see as a tile, grouped by pod, with the "needs you" queue and the
-    fleet summary. Filters (pod, sto=mine|username, status, repeatable) live in the query string."""
+    """Every session the user may see, grouped by pod, with the "needs you" queue and the fleet
+    summary: as tiles, compact tiles (100 fit one 1920×1080 screen) or the fleet map (one cell per
+    session). Filters (pod, sto=mine|username, status, repeatable) and ``view`` live in the query
+    string; a view chosen there is remembered in a cookie."""
     live_ts = time.time()  # before reading: the websocket catches up on anything committed after it
     user = request.user
     filters = CanvasFilterForm(request.GET or None, user=user)
-    sessions = list(_filtered_sessions(user=user, filters=filters).prefetch_related(selectors.tile_grants()))
+    view, chosen = _canvas_view(request, filters)
+    sessions_qs = _filtered_sessions(user=user, filters=filters)
+    if view is None:
+        view = "map" if sessions_qs.count() > MAP_ABOVE else "tiles"
     now = timezone.now()
+    if view == "map":
+        sessions = list(sessions_qs.select_related(None).values_list(*MAP_COLUMNS, named=True))
+    else:
+        sessions = list(sessions_qs.prefetch_related(selectors.tile_grants()).annotate(**selectors.last_commit_q()))
+        prepare_tiles(sessions, now=now)
     by_pod: dict[int, list[AgentSession]] = {}
     for session in sessions:
-        session.stale = selectors.is_stale(session, now=now)
         by_pod.setdefault(session.pod_id, []).append(session)
     pods = selectors.pods_visible_to(user=user)
     if filters.value_of("pod"):
         pods = pods.filter(pk=filters.value_of("pod").pk)
     groups = [(pod, by_pod.get(pod.pk, [])) for pod in pods.order_by("name")]
+    drawer_prefix = reverse("session_drawer", args=[0]).removesuffix("0/")
+    if view == "map":
+        groups = [(pod, tiles, map_cells(tiles, drawer_prefix=drawer_prefix, now=now)) for pod, tiles in groups]
     statuses = filters.value_of("status") or []
     sto = filters.value_of("sto")
     context = {
         "groups": groups,
         "tile_count": len(sessions),
+        "view": view,
+        "views": [("tiles", "Tiles"), ("compact", "Compact"), ("map", "Fleet map")],
+        "drawer_prefix": drawer_prefix,
         "filters": filters,
         "filter_problems": filters.problems() if filters.is_bound else [],
         "filter_statuses": statuses,
         "filter_sto": sto,
         "statuses": [(value, label, STATUS_ICONS[value]) for value, label in Status.choices],
         "live_ts": f"{live_ts:.6f}",
-        "stale_after": settings.CONTROLROOM["STALE_AFTER_S"],
         "can_launch": user.role != User.Role.LEADER,
         **_side_context(user),
     }
-    return render(request, "controlroom/canvas.html", context)
+    response = render(request, "controlroom/canvas.html", context)
+    if chosen:
+        response.set_cookie(VIEW_COOKIE, view, max_age=365 * 24 * 3600, samesite="Lax", httponly=True)
+    return response
 
 
 @require_GET

@@ -21,6 +21,7 @@ from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
 from agents import authority, params
+from agents import selectors as agent_selectors
 from agents.errors import validation_text
 from agents.models import AgentSession, User
 from agents.selectors import pods_visible_to, session_visible_to
@@ -234,6 +235,9 @@ def _render_diff(
             inlined += 1
             inline_lines += stat.lines
         files.append(entry)
+    overlaps = agent_selectors.overlaps_for(
+        [session.pk], also_edited={session.pk: [p for f in diff.stat.files for p in (f.path, f.old_path) if p]}
+    ).get(session.pk, [])
     refusal = services.refuse_review(session=session, reviewer=request.user)
     return render(
         request,
@@ -253,6 +257,8 @@ def _render_diff(
             "error": error,
             "pygments_css": PYGMENTS_CSS,
             "handoff": _handoff_rows(session.handoff),
+            "overlaps": overlaps,
+            "sees_everything": agent_selectors.sees_everything(request.user),
         },
         status=status,
     )

@@ -3,8 +3,10 @@
      timestamp seen (#live-ts) so a reconnect catches up on what changed meanwhile;
    - swaps the tiles the server sends (keyed by id="tile-<id>"), never for an older version;
    - makes room for tiles of sessions launched after the page loaded;
-   - keeps heartbeat ages and the "stale" look current; keyboard navigation (Enter is the
-     focused tile link's own). */
+   - on the fleet map, updates a session's cell from its tile frame (the same frames as the tiles);
+   - keeps heartbeat ages and the "stranded" look current (running, no heartbeat and no lease for
+     STALE_AFTER_S: agents.selectors.is_stranded); keyboard navigation over tiles and cells (Enter
+     is the focused link's own); the map's details box on hover and focus. */
 (function () {
   "use strict";
   if (window.controlRoomCanvas) return;
@@ -83,6 +85,23 @@
       }
       if (!next.classList.contains("tile") || !next.id) return;
       var current = byId(next.id);
+      var cell = current ? null : byId("cell-" + next.dataset.sessionId);
+      if (cell) { if (updateCell(cell, next)) changed = true; return; }
+      if (!current && document.querySelector("#canvas .cells")) {
+        var mapGroup = document.querySelector('#canvas .pod-group[data-pod-id="' + next.dataset.podId + '"]');
+        if (!mapGroup || !matchesFilters(next)) return;
+        cell = document.createElement("a");
+        cell.id = "cell-" + next.dataset.sessionId;
+        cell.className = "cell";
+        cell.dataset.version = "0";
+        cell.href = (byId("canvas").dataset.drawerPrefix || "/sessions/") + next.dataset.sessionId + "/";
+        mapGroup.querySelector(".cells").appendChild(cell);
+        var mapCount = mapGroup.querySelector(".pod-count");
+        if (mapCount) mapCount.textContent = mapGroup.querySelectorAll(".cell").length;
+        updateCell(cell, next);
+        changed = true;
+        return;
+      }
       if (!current) {
         // A session this page has not seen (launched since): make a slot for it in its pod.
         var group = document.querySelector('#canvas .pod-group[data-pod-id="' + next.dataset.podId + '"]');
@@ -110,12 +129,84 @@
         var link = next.querySelector(".tile-link");
         if (link) link.focus({ preventScroll: true });
       }
+      markOverlaps(next);
       next.dispatchEvent(new CustomEvent("cr:tileSwap", { bubbles: true, detail: { id: next.id, version: +next.dataset.version } }));
     });
     if (changed) htmx.trigger(document.body, "crChanged");
   });
 
-  // --- heartbeat ages and the stale look -----------------------------------------------------
+  // A tile that now overlaps another (same files edited) says so at once; the other tile is only
+  // re-rendered at its own next change, so it is marked here until then.
+  function markOverlaps(tile) {
+    var mine = tile.dataset.sessionId;
+    (tile.dataset.overlaps || "").split(" ").filter(Boolean).forEach(function (id) {
+      var other = byId("tile-" + id);
+      if (!other) return;
+      var list = (other.dataset.overlaps || "").split(" ").filter(Boolean);
+      if (list.indexOf(mine) >= 0) return;
+      list.push(mine);
+      other.dataset.overlaps = list.join(" ");
+      other.classList.add("overlap");
+      var note = other.querySelector(".overlap-note");
+      if (!note) {
+        note = document.createElement("p");
+        note.className = "overlap-note";
+        var link = other.querySelector(".tile-link");
+        link.insertBefore(note, link.querySelector("footer"));
+      }
+      note.textContent = "⚠ same files as #" + list.join(", #");
+    });
+  }
+
+  // --- the fleet map ---------------------------------------------------------------------------
+  // A cell takes its face from the session's tile frame: status, stranded, name, STO, activity.
+  function updateCell(cell, tile) {
+    if (+tile.dataset.version <= +cell.dataset.version) return false;
+    var statusChanged = cell.dataset.status !== tile.dataset.status;
+    var label = tile.querySelector(".status-label");
+    var name = tile.querySelector("h3");
+    var activity = tile.querySelector(".activity");
+    cell.dataset.version = tile.dataset.version;
+    cell.dataset.status = tile.dataset.status;
+    cell.dataset.label = label ? label.textContent : tile.dataset.status;
+    cell.dataset.name = name ? name.getAttribute("title") || name.textContent : "";
+    cell.dataset.sto = tile.dataset.sto || "";
+    cell.dataset.activity = activity ? (activity.getAttribute("title") || "") : "";
+    cell.dataset.seen = tile.dataset.seen || "";
+    cell.dataset.lease = tile.dataset.lease || "";
+    cell.className = "cell status-" + tile.dataset.status + (tile.classList.contains("stranded") ? " stranded" : "");
+    refreshStranded(cell, Date.now() / 1000 + skew);
+    cell.setAttribute("aria-label", cellSummary(cell));
+    if (cell === shownCell) showDetails(cell);
+    cell.dispatchEvent(new CustomEvent("cr:cellSwap", { bubbles: true, detail: { id: cell.id, version: +cell.dataset.version, status: cell.dataset.status } }));
+    return statusChanged;
+  }
+  function cellSummary(cell) {
+    var status = cell.classList.contains("stranded") ? "stranded" : cell.dataset.label;
+    return "#" + cell.dataset.sessionId + " " + cell.dataset.name + ": " + status + ", STO " + cell.dataset.sto;
+  }
+  var shownCell = null;
+  function showDetails(cell) {
+    var box = byId("cell-details");
+    if (!box) return;
+    shownCell = cell;
+    box.textContent = "";
+    var strong = document.createElement("strong");
+    strong.textContent = "#" + cell.dataset.sessionId + " " + cell.dataset.name;
+    box.appendChild(strong);
+    var status = cell.classList.contains("stranded") ? "Stranded (no heartbeat, no lease): open it to recover or cancel" : cell.dataset.label;
+    box.appendChild(document.createTextNode(" · " + status + " · STO " + cell.dataset.sto +
+      (cell.dataset.activity ? " · " + cell.dataset.activity : "")));
+    box.hidden = false;
+  }
+  function onCell(evt) {
+    var cell = evt.target.closest && evt.target.closest("#canvas .cell");
+    if (cell) showDetails(cell);
+  }
+  document.addEventListener("mouseover", onCell);
+  document.addEventListener("focusin", onCell);
+
+  // --- heartbeat ages and the stranded look --------------------------------------------------
   function formatAge(seconds) {
     if (seconds < 60) return Math.floor(seconds) + "s ago";
     if (seconds < 3600) return Math.floor(seconds / 60) + "m ago";
@@ -126,17 +217,28 @@
     var live = byId("live");
     return live ? parseFloat(live.dataset.staleAfter) || 120 : 120;
   }
+  // the browser's side of agents.selectors.is_stranded, for a page left open while a worker dies
+  function refreshStranded(el, now) {
+    var seen = parseFloat(el.dataset.seen), lease = parseFloat(el.dataset.lease);
+    if (!isFinite(seen)) return;
+    var leased = isFinite(lease) && lease >= now;
+    el.classList.toggle("stranded", el.dataset.status === "running" && now - seen > staleAfter() && !leased);
+  }
   function refreshAge(tile, now) {
+    refreshStranded(tile, now);
     var beat = parseFloat(tile.dataset.heartbeat);
     if (!isFinite(beat)) return;
     var age = Math.max(0, now - beat);
-    var time = tile.querySelector("time.age");
-    if (time) time.textContent = formatAge(age);
-    tile.classList.toggle("stale", tile.dataset.status === "running" && age > staleAfter());
+    tile.querySelectorAll("time.age").forEach(function (time) { time.textContent = formatAge(age); });
   }
   function refreshAges() {
     var now = Date.now() / 1000 + skew;
-    document.querySelectorAll("#canvas .tile[data-heartbeat]").forEach(function (tile) { refreshAge(tile, now); });
+    document.querySelectorAll("#canvas .tile").forEach(function (tile) { refreshAge(tile, now); });
+    document.querySelectorAll('#canvas .cell[data-status="running"]').forEach(function (cell) {
+      var was = cell.classList.contains("stranded");
+      refreshStranded(cell, now);
+      if (was !== cell.classList.contains("stranded")) cell.setAttribute("aria-label", cellSummary(cell));
+    });
   }
   document.addEventListener("DOMContentLoaded", function () {
     var ts = liveTs();
@@ -151,15 +253,20 @@
     if (!drawer || !drawer.firstChild) return false;
     drawer.innerHTML = "";
     var tile = lastOpened && byId(lastOpened);
-    if (tile) tile.querySelector(".tile-link").focus();
+    if (tile) (tile.querySelector(".tile-link") || tile).focus();
     return true;
   }
   document.addEventListener("click", function (evt) {
     var target = evt.target;
     if (!target.closest) return;
     if (target.closest(".drawer-close")) { closeDrawer(); return; }
-    var tile = target.closest("#canvas .tile");
+    var tile = target.closest("#canvas .tile, #canvas .cell");
     if (tile) lastOpened = tile.id;
+    // a map cell opens its drawer like a tile link (one delegated handler, not a thousand hx-get)
+    if (tile && tile.classList.contains("cell") && !evt.ctrlKey && !evt.metaKey && !evt.shiftKey && evt.button === 0) {
+      evt.preventDefault();
+      htmx.ajax("GET", tile.getAttribute("href"), { target: "#drawer", swap: "innerHTML" });
+    }
   });
   document.addEventListener("htmx:afterSwap", function (evt) {
     if (evt.detail.target && evt.detail.target.id === "drawer" && window.matchMedia("(max-width: 899px)").matches) {
@@ -168,9 +275,9 @@
   });
 
   // --- keyboard --------------------------------------------------------------------------------
-  function tiles() { return Array.prototype.slice.call(document.querySelectorAll("#canvas .tile")); }
+  function tiles() { return Array.prototype.slice.call(document.querySelectorAll("#canvas .tile, #canvas .cells .cell")); }
   function focusTile(tile) {
-    var link = tile && tile.querySelector(".tile-link");
+    var link = tile && (tile.classList.contains("cell") ? tile : tile.querySelector(".tile-link"));
     if (link) { link.focus(); tile.scrollIntoView({ block: "nearest" }); }
   }
   function vertical(all, current, down) {
@@ -202,7 +309,7 @@
     var all = tiles();
     if (!all.length) return;
     var active = document.activeElement;
-    var current = active && active.closest ? active.closest("#canvas .tile") : null;
+    var current = active && active.closest ? active.closest("#canvas .tile, #canvas .cells .cell") : null;
     var arrows = key.indexOf("Arrow") === 0;
     if (arrows && !current && active !== document.body) return; // arrows scroll elsewhere as usual
     var index = current ? all.indexOf(current) : -1, next = null;
