@@ -7,7 +7,7 @@ import pytest
 
 from agents.models import ReviewState
 from audit.models import AuditEvent
-from reviews import selectors, services
+from reviews import selectors
 from reviews.models import Review
 from tests.reviews.test_digest import record_tests_run
 from tests.reviews.test_review_decisions import git, login, make_session
