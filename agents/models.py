@@ -430,6 +430,13 @@ class Escalation(models.Model):
     decided_at = models.DateTimeField(null=True, blank=True)
     decision_reason = models.CharField(max_length=500, blank=True)
     consumed_at = models.DateTimeField(null=True, blank=True)
+    link_nonce = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="The nonce inside the signed decision links of this escalation (agents/links.py): "
+        "a link is good once, so deciding through one uses it.",
+    )
+    link_used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -437,6 +444,28 @@ class Escalation(models.Model):
 
     def __str__(self) -> str:
         return f"escalation {self.pk}: {self.action[:60]}"
+
+
+class SteeringMessage(models.Model):
+    """A person's message to a running agent. Stored when sent (and audited); the runner puts it
+    into the agent's context, as a user message of its transcript, at the session's next step."""
+
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="steering")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    text = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivered_step = models.PositiveIntegerField(null=True, blank=True)
+    transcript_entry = models.ForeignKey(
+        TranscriptEntry, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["session", "created_at", "pk"]
+        indexes = [models.Index(fields=["session", "delivered_at"])]
+
+    def __str__(self) -> str:
+        return f"steering {self.pk} for session {self.session_id}"
 
 
 class WorkerHost(models.Model):

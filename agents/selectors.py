@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
+from agents import authority
 from agents.models import (
     AgentSession,
     Escalation,
@@ -342,3 +343,69 @@ def uncommitted_work(paths: Iterable[str]) -> list[str]:
     """Of a worktree's uncommitted paths, those that are the agent's work: all but its handoff note
     (kept on the session itself, ``session.handoff``: nothing is lost if it is not committed)."""
     return [path for path in paths if path != HANDOFF_FILE]
+
+
+# -- grouped decisions: open escalations asking for the same canonical action, across sessions -----
+
+
+@dataclass
+class EscalationGroup:
+    """Open escalations that ask for the same canonical action (equal action hash: the same command,
+    host or path), each in its own session. ``members`` the viewer may decide; ``excluded`` (with
+    the refusal) they may see but not decide: a grouped decision leaves those alone."""
+
+    tool: str
+    action: str
+    action_hash: str
+    rule: str
+    members: list[Escalation] = field(default_factory=list)
+    excluded: list[tuple[Escalation, str]] = field(default_factory=list)
+
+    @property
+    def since(self) -> datetime:
+        return min(e.created_at for e in [*self.members, *(e for e, _ in self.excluded)])
+
+    @property
+    def first(self) -> Escalation:
+        """The oldest ask of the group (its reason is shown for all)."""
+        return min([*self.members, *(e for e, _ in self.excluded)], key=lambda e: (e.created_at, e.pk))
+
+    @property
+    def rules_to_add(self) -> list[str]:
+        return [line.strip() for line in self.rule.splitlines() if line.strip()]
+
+    @property
+    def can_allow_always(self) -> bool:
+        """Every member asked because of a rule (not a guard): "allow always" can add it."""
+        return bool(self.members) and all(e.rule for e in self.members)
+
+
+def escalation_groups(*, user: User) -> list[EscalationGroup]:
+    """The open escalations of the sessions ``user`` may see, grouped by canonical action, the
+    largest group first (then the longest wait). Authority is asked once per (pod, is-STO)."""
+    visible = sessions_visible_to(user=user).values("pk")
+    escalations = (
+        Escalation.objects.filter(state=Escalation.State.OPEN, session__in=visible)
+        .select_related("session__pod", "session__sto", "grant__delegator")
+        .order_by("created_at", "pk")
+    )
+    refusals: dict[tuple[int, bool], str | None] = {}
+    groups: dict[str, EscalationGroup] = {}
+    for escalation in escalations:
+        session = escalation.session
+        key = (session.pod_id, session.sto_id == user.pk)
+        if key not in refusals:
+            refusals[key] = authority.refuse_session_control(user=user, session=session)
+        group = groups.get(escalation.action_hash)
+        if group is None:
+            group = groups[escalation.action_hash] = EscalationGroup(
+                tool=escalation.tool,
+                action=escalation.action,
+                action_hash=escalation.action_hash,
+                rule=escalation.rule,
+            )
+        if refusals[key] is None:
+            group.members.append(escalation)
+        else:
+            group.excluded.append((escalation, refusals[key]))
+    return sorted(groups.values(), key=lambda g: (-len(g.members), g.since, g.action_hash))

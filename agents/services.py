@@ -20,13 +20,14 @@ from pathlib import Path
 from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from agents import authority, params, permissions, selectors
+from agents import authority, links, params, permissions, selectors
 from agents.dispatch import enqueue_step_on_commit, host_queue
+from agents.errors import validation_text
 from agents.events import send_on_commit
 from agents.models import (
     TERMINAL_STATUSES,
@@ -38,6 +39,7 @@ from agents.models import (
     PodMembership,
     Repository,
     Status,
+    SteeringMessage,
     TaskType,
     ToolCall,
     TranscriptEntry,
@@ -739,7 +741,9 @@ def session_block_expired(*, session: AgentSession) -> str:
 DECISIONS = ("allow-once", "allow-always", "deny")
 
 
-def escalation_decide(*, escalation: Escalation, by: User, decision: str, reason: str = "") -> Escalation:
+def escalation_decide(
+    *, escalation: Escalation, by: User, decision: str, reason: str = "", via: str = ""
+) -> Escalation:
     """A human answers an escalation. A refused attempt (leader, outsider, agent) is recorded too."""
     if decision not in DECISIONS:
         raise ValidationError({"decision": f"Unknown decision {decision!r}; use {', '.join(DECISIONS)}."})
@@ -759,11 +763,11 @@ def escalation_decide(*, escalation: Escalation, by: User, decision: str, reason
             "This action asked because of a guard (protected path or a command that cannot be analysed): "
             "it can be allowed once, not always."
         )
-    return _escalation_decide(escalation=escalation, by=by, decision=decision, reason=reason)
+    return _escalation_decide(escalation=escalation, by=by, decision=decision, reason=reason, via=via)
 
 
 @transaction.atomic
-def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reason: str) -> Escalation:
+def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reason: str, via: str = "") -> Escalation:
     escalation = Escalation.objects.select_for_update().select_related("grant", "session").get(pk=escalation.pk)
     if escalation.state != Escalation.State.OPEN:
         raise ValidationError(
@@ -794,6 +798,7 @@ def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reaso
             "action": escalation.action,
             "action_hash": escalation.action_hash,
             "tool": escalation.tool,
+            **({"via": via} if via else {}),
         },
     )
     if decision == "allow-always":
@@ -834,6 +839,175 @@ def _escalation_decide(*, escalation: Escalation, by: User, decision: str, reaso
     else:
         session_update(session)
     return escalation
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """What a grouped decision did to one of its escalations."""
+
+    escalation_id: int
+    session_id: int | None
+    decided: bool
+    text: str
+
+
+def escalation_group_decide(
+    *, escalation_ids: list[int], action_hash: str, by: User, decision: str, reason: str = ""
+) -> list[GroupOutcome]:
+    """One human decision for several sessions asking for the same canonical action: each
+    escalation is decided by ``escalation_decide`` in its own transaction (its own audit event,
+    decider, delegator and provenance), so one that cannot be decided (answered meanwhile, not the
+    decider's to decide, a grant changed) is reported and leaves the others decided. An id whose
+    escalation asks for another action than ``action_hash`` is left alone: a stale preview never
+    decides something the human did not see."""
+    if decision not in DECISIONS:
+        raise ValidationError({"decision": f"Unknown decision {decision!r}; use {', '.join(DECISIONS)}."})
+    if not escalation_ids:
+        raise ValidationError("Choose at least one session to decide for.")
+    found = {
+        e.pk: e
+        for e in Escalation.objects.select_related("session__pod", "session__sto", "grant__delegator").filter(
+            pk__in=escalation_ids
+        )
+    }
+    outcomes = []
+    for escalation_id in dict.fromkeys(escalation_ids):
+        escalation = found.get(escalation_id)
+        if escalation is None:
+            outcomes.append(GroupOutcome(escalation_id, None, False, f"Escalation #{escalation_id} does not exist."))
+            continue
+        if escalation.action_hash != action_hash:
+            outcomes.append(
+                GroupOutcome(
+                    escalation.pk,
+                    escalation.session_id,
+                    False,
+                    f"Escalation #{escalation.pk} asks for another action: left for its own decision.",
+                )
+            )
+            continue
+        try:
+            escalation_decide(escalation=escalation, by=by, decision=decision, reason=reason)
+        except authority.NotAllowed as exc:
+            outcomes.append(GroupOutcome(escalation.pk, escalation.session_id, False, str(exc)))
+        except ValidationError as exc:
+            outcomes.append(GroupOutcome(escalation.pk, escalation.session_id, False, validation_text(exc)))
+        except IntegrityError:
+            outcomes.append(
+                GroupOutcome(
+                    escalation.pk,
+                    escalation.session_id,
+                    False,
+                    f"Escalation #{escalation.pk}: the grant changed since it asked; allow it once or edit the grant.",
+                )
+            )
+        else:
+            outcomes.append(GroupOutcome(escalation.pk, escalation.session_id, True, ""))
+    return outcomes
+
+
+# --- decision links ---------------------------------------------------------------------
+
+
+def escalation_link(*, escalation: Escalation, user: User) -> str:
+    """The path of a signed, expiring, single-use decision link of ``escalation`` for ``user``
+    (agents/links.py). An escalation made before links existed gets its nonce now."""
+    if not escalation.link_nonce:
+        Escalation.objects.filter(pk=escalation.pk, link_nonce="").update(link_nonce=links.new_nonce())
+        escalation.link_nonce = Escalation.objects.filter(pk=escalation.pk).values_list("link_nonce", flat=True).get()
+    return links.link_path(escalation_id=escalation.pk, user_id=user.pk, nonce=escalation.link_nonce)
+
+
+class LinkUsed(ValidationError):
+    """The decision link was used already (or replaced): it is good once."""
+
+
+def escalation_decide_by_link(
+    *, escalation: Escalation, by: User, nonce: str, decision: str, reason: str = ""
+) -> Escalation:
+    """Decide through a signed link: the link is used in the same transaction as the decision (a
+    failed decision leaves it usable), then ``escalation_decide`` as from the queue."""
+    authority.require(authority.refuse_session_control(user=by, session=escalation.session))
+    with transaction.atomic():
+        used = Escalation.objects.filter(pk=escalation.pk, link_nonce=nonce, link_used_at__isnull=True).update(
+            link_used_at=timezone.now()
+        )
+        if not used:
+            raise LinkUsed("This decision link was already used: each link decides once.")
+        return escalation_decide(escalation=escalation, by=by, decision=decision, reason=reason, via="link")
+
+
+# --- steering ---------------------------------------------------------------------------
+
+STEER_MAX_CHARS = 4000
+
+
+@transaction.atomic
+def session_steer(*, session: AgentSession, by: User, text: str) -> SteeringMessage:
+    """A person (the STO, the pod lead or a manager) tells a running agent something without
+    waiting for it to finish: stored and audited now, in the agent's context at its next step
+    (``steering_deliver``)."""
+    authority.require(authority.refuse_session_control(user=by, session=session))
+    text = (text or "").strip()
+    if not text:
+        raise ValidationError({"text": "Write the message for the agent."})
+    if len(text) > STEER_MAX_CHARS:
+        raise ValidationError({"text": f"Keep the message under {STEER_MAX_CHARS} characters ({len(text)} now)."})
+    session = _locked(session)
+    if session.is_terminal:
+        raise ValidationError(f"Session #{session.pk} has ended ({session.status}): no agent would read it.")
+    message = SteeringMessage.objects.create(session=session, author=by, text=text)
+    record(
+        "session.steered",
+        session=session,
+        user=by,
+        provenance="human",
+        payload={"message": message.pk, "text": text, "status": session.status},
+    )
+    session_update(session, locked=True)
+    return message
+
+
+def steering_text(message: SteeringMessage) -> str:
+    """How a steering message reads in the agent's context."""
+    return (
+        f"Message from {message.author.username} (a human supervising this session), sent while you were "
+        f"working. Take it into account from now on:\n\n{message.text}"
+    )
+
+
+def steering_deliver(*, session: AgentSession, grant: Grant | None, step: int, seq: int) -> int:
+    """Put the session's undelivered steering messages into its transcript, as user messages
+    numbered from ``seq``, before the step's model call (inside the runner's transaction). The
+    number of entries appended."""
+    pending = list(
+        SteeringMessage.objects.select_for_update()
+        .filter(session=session, delivered_at__isnull=True)
+        .select_related("author")
+        .order_by("created_at", "pk")
+    )
+    now = timezone.now()
+    for offset, message in enumerate(pending):
+        entry = transcript_append(
+            session_id=session.pk,
+            iteration=session.iteration,
+            step=step,
+            role="user",
+            content=steering_text(message),
+            name="steering",  # shown in the transcript; not sent (a user message carries no name)
+            seq=seq + offset,
+        )
+        SteeringMessage.objects.filter(pk=message.pk).update(
+            delivered_at=now, delivered_step=step, transcript_entry=entry
+        )
+        agent_event_record(
+            kind="steering.delivered",
+            session=session,
+            grant=grant,
+            provenance="human",
+            payload={"message": message.pk, "by": message.author.username, "step": step, "seq": entry.seq},
+        )
+    return len(pending)
 
 
 def record_refused_action(*, session: AgentSession, by: User, action: str, refusal: str) -> None:
@@ -1057,6 +1231,7 @@ def escalation_open(
         state=Escalation.State.DENIED if deny_now else Escalation.State.OPEN,
         decision_reason="nobody may be awake: the grant denies unanswered questions at once" if deny_now else "",
         decided_at=timezone.now() if deny_now else None,
+        link_nonce=links.new_nonce(),
     )
     agent_event_record(
         kind="escalation.opened",

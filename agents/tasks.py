@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from agents import hosts, services
+from agents import hosts, links, services
 from agents.dispatch import enqueue_step_now
 from agents.models import AgentSession, Escalation, Status
 from agents.runtime.loop import run_step
@@ -146,7 +146,15 @@ def send_webhook(self, session_id: int, escalation_id: int | None = None, reason
     what = f"asks to run `{escalation.action}`" if escalation else (reason or session.status_reason or session.status)
     # An absolute link when the deployment says where it lives (CONTROLROOM["PUBLIC_URL"]), else the path.
     path = (settings.CONTROLROOM.get("PUBLIC_URL") or "").rstrip("/") + reverse("session_drawer", args=[session.pk])
+    # a signed, single-use, expiring link for the STO to decide from a phone (agents/links.py)
+    decide_url = (
+        links.absolute(services.escalation_link(escalation=escalation, user=session.sto))
+        if escalation is not None and escalation.state == Escalation.State.OPEN
+        else ""
+    )
     text = f"[{session.pod.name}] #{session.pk} {session.name} (STO {session.sto.username}) needs you: {what} — {path}"
+    if decide_url:
+        text += f" · decide: {decide_url}"
     body = json.dumps(
         {
             "text": text,
@@ -156,6 +164,7 @@ def send_webhook(self, session_id: int, escalation_id: int | None = None, reason
             "status": session.status,
             "escalation_id": escalation_id,
             "url": path,
+            "decide_url": decide_url,
         }
     ).encode()
     request = urllib.request.Request(

@@ -13,9 +13,9 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidde
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.text import Truncator
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from agents import authority, gitcli, params, selectors, services
+from agents import authority, gitcli, links, params, selectors, services
 from agents.errors import validation_text
 from agents.formatting import format_duration
 from agents.forms import (
@@ -438,6 +438,8 @@ def _drawer_context(request: HttpRequest, session: AgentSession, **extra) -> dic
         "grant_history": _grant_history(session=session),
         "mode_help": [(value, label, MODE_HELP[value]) for value, label in Grant.Mode.choices],
         "priorities": Priority.choices,
+        "steering": list(session.steering.select_related("author").order_by("-created_at", "-pk")[:10]),
+        "steer_max": services.STEER_MAX_CHARS,
         "flash": [],
     }
     if can_act:
@@ -587,6 +589,122 @@ def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
     except ValidationError as exc:
         return _refused(request, session_id, validation_text(exc), status=400)
     return _after_action(request, session_id, success=f"#{session_id}: priority P{priority}.")
+
+
+@require_POST
+def session_steer(request: HttpRequest, session_id: int) -> HttpResponse:
+    """Send the running agent a message (its STO, the pod lead or a manager): in its context at its
+    next step."""
+    try:
+        session = _visible_session_or_404(request, session_id)
+    except PermissionError:
+        return HttpResponseForbidden(OUTSIDER_REFUSAL)
+    try:
+        services.session_steer(session=session, by=request.user, text=request.POST.get("text", ""))
+    except authority.NotAllowed as exc:
+        services.record_refused_action(session=session, by=request.user, action="steer", refusal=str(exc))
+        return _refused(request, session_id, str(exc))
+    except ValidationError as exc:
+        return _refused(request, session_id, validation_text(exc), status=400)
+    return _after_action(request, session_id, success="Message sent: the agent reads it at its next step.")
+
+
+# --- decision links (phone-sized) -------------------------------------------------------------
+
+
+def _link_refused(request: HttpRequest, title: str, text: str, *, status: int) -> HttpResponse:
+    return render(request, "agents/decision_link_refused.html", {"title": title, "text": text}, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+def decision_link(request: HttpRequest, token: str) -> HttpResponse:
+    """The page a signed decision link opens: one escalation, three buttons, sized for a phone.
+    Refused with a clear page when the link was tampered with, has expired, was made for someone
+    else, was used already, or the person may not decide."""
+    try:
+        claim = links.read_token(token)
+    except links.LinkExpired:
+        return _link_refused(
+            request,
+            "This link has expired",
+            "Decision links are good for a limited time. Open the escalation from the queue instead.",
+            status=410,
+        )
+    except links.LinkInvalid:
+        return _link_refused(
+            request, "This link is not valid", "It is not a decision link, or it was altered.", status=400
+        )
+    escalation = (
+        Escalation.objects.select_related("session__pod", "session__sto", "grant__delegator", "decided_by")
+        .filter(pk=claim.escalation_id)
+        .first()
+    )
+    if escalation is None:
+        return _link_refused(request, "No such escalation", "The escalation of this link does not exist.", status=404)
+    session = escalation.session
+    if claim.user_id != request.user.pk:
+        refusal = "this decision link was made for another person; open the escalation from the queue instead."
+        services.record_refused_action(session=session, by=request.user, action="decision link", refusal=refusal)
+        return _link_refused(request, "This link is not yours", refusal[0].upper() + refusal[1:], status=403)
+    refusal = authority.refuse_session_control(user=request.user, session=session)
+    if refusal:
+        services.record_refused_action(session=session, by=request.user, action="decision link", refusal=refusal)
+        return _link_refused(request, "You may not decide this", refusal, status=403)
+    if escalation.link_used_at is not None or escalation.link_nonce != claim.nonce:
+        return _link_refused(
+            request,
+            "This link was already used",
+            "Each decision link decides once."
+            + (
+                f" #{escalation.pk} is {escalation.get_state_display().lower()}"
+                + (f" by {escalation.decided_by.username}." if escalation.decided_by else ".")
+                if escalation.state != Escalation.State.OPEN
+                else ""
+            ),
+            status=410,
+        )
+    context = {
+        "e": escalation,
+        "s": session,
+        "token": token,
+        "rules_to_add": [r for r in escalation.rule.splitlines() if r.strip()],
+    }
+    if escalation.state != Escalation.State.OPEN:
+        by = f" by {escalation.decided_by.username}" if escalation.decided_by else ""
+        return _link_refused(
+            request,
+            "Already decided",
+            f"Escalation #{escalation.pk} was {escalation.get_state_display().lower()}{by}. Nothing to do.",
+            status=409,
+        )
+    if request.method == "GET":
+        return render(request, "agents/decision_link.html", context)
+    form = EscalationDecisionForm(request.POST)
+    if not form.is_valid():
+        return render(
+            request, "agents/decision_link.html", {**context, "error": _formvalidation_text(form)}, status=400
+        )
+    decision, reason = form.cleaned_data["decision"], form.cleaned_data["reason"]
+    try:
+        services.escalation_decide_by_link(
+            escalation=escalation, by=request.user, nonce=claim.nonce, decision=decision, reason=reason
+        )
+    except services.LinkUsed as exc:
+        return _link_refused(request, "This link was already used", validation_text(exc), status=410)
+    except authority.NotAllowed as exc:
+        return _link_refused(request, "You may not decide this", str(exc), status=403)
+    except ValidationError as exc:
+        return render(request, "agents/decision_link.html", {**context, "error": validation_text(exc)}, status=409)
+    except IntegrityError:
+        return render(
+            request,
+            "agents/decision_link.html",
+            {**context, "error": "The grant changed since the agent asked: allow it once, or edit the grant."},
+            status=409,
+        )
+    return render(
+        request, "agents/decision_link.html", {**context, "done": f"#{escalation.pk} {DECIDED_TEXT[decision]}."}
+    )
 
 
 # --- escalations ------------------------------------------------------------------------------

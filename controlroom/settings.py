@@ -261,6 +261,8 @@ CONTROLROOM = {
     "SANDBOX": env_str("SANDBOX", "auto"),  # auto | bwrap | none
     "HEALTHZ_TOKEN": env_str("HEALTHZ_TOKEN"),
     "PUBLIC_URL": (env_str("PUBLIC_URL", "") or "").rstrip("/"),
+    # how long a signed decision link (the "needs you" webhook, the queue) stays good
+    "DECISION_LINK_MAX_AGE_S": env_int("DECISION_LINK_MAX_AGE_S", 12 * 3600, minimum=60),
     "LIVE_COALESCE_MS": env_int("LIVE_COALESCE_MS", 100, minimum=0),
     "LIVE_FRAME_MS": env_int("LIVE_FRAME_MS", 30, minimum=0),
     "AUDIT_CHECKPOINT_EVERY_S": env_int("AUDIT_CHECKPOINT_EVERY_S", 300, minimum=10),

@@ -13,6 +13,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", views.canvas, name="canvas"),
     path("canvas/side", views.canvas_side, name="canvas_side"),
+    path("decisions", views.decisions, name="decisions"),
+    path("decisions/group", views.decisions_group, name="decisions_group"),
     path("launch", views.launch, name="launch"),
     path("launch/batch", views.launch_batch, name="launch_batch"),
     path("dashboard", dashboard_views.dashboard, name="dashboard"),
@@ -31,6 +33,8 @@ urlpatterns = [
     path("sessions/<int:session_id>/grant/validate", agent_views.session_grant_validate, name="session_grant_validate"),
     path("sessions/<int:session_id>/grant/revoke", agent_views.session_grant_revoke, name="session_grant_revoke"),
     path("sessions/<int:session_id>/priority", agent_views.session_priority, name="session_priority"),
+    path("sessions/<int:session_id>/steer", agent_views.session_steer, name="session_steer"),
+    path("d/<str:token>", agent_views.decision_link, name="decision_link"),
     path("escalations/<int:escalation_id>/decide", agent_views.escalation_decide, name="escalation_decide"),
     # the catch-all for controls (pause/resume/cancel) stays last among the session URLs
     path("sessions/<int:session_id>/<str:action>", agent_views.session_control, name="session_control"),

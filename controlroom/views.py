@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from agents import authority, params, selectors, services
+from agents.errors import validation_text
 from agents.events import prepare_tiles
 from agents.models import (
     NEEDS_HUMAN_STATUSES,
@@ -143,6 +144,7 @@ def fleet_summary(*, user: User) -> FleetSummary:
 class Waiting:
     session: AgentSession
     since: datetime
+    link: str = ""  # the signed, single-use decision link (phone-sized page) of its oldest question
 
     @property
     def seconds(self) -> int:
@@ -167,17 +169,25 @@ def needs_you(*, user: User) -> list[Waiting]:
             decided[key] = authority.refuse_session_control(user=user, session=session) is None
         if decided[key]:
             mine.append(session)
-    opened = (
-        dict(
+    # the oldest open escalation of each: where the wait starts, and what its phone link decides
+    first_open: dict[int, Escalation] = {}
+    if mine:
+        for escalation in (
             Escalation.objects.filter(session__in=[s.pk for s in mine], state=Escalation.State.OPEN)
-            .order_by()
-            .values_list("session_id")
-            .annotate(first=Min("created_at"))
+            .order_by("created_at", "pk")
+            .only("pk", "session_id", "created_at", "link_nonce")
+        ):
+            first_open.setdefault(escalation.session_id, escalation)
+    waiting = []
+    for s in mine:
+        escalation = first_open.get(s.pk)
+        waiting.append(
+            Waiting(
+                session=s,
+                since=escalation.created_at if escalation else s.updated_at,
+                link=services.escalation_link(escalation=escalation, user=user) if escalation else "",
+            )
         )
-        if mine
-        else {}
-    )
-    waiting = [Waiting(session=s, since=opened.get(s.pk) or s.updated_at) for s in mine]
     waiting.sort(key=lambda w: (w.since, w.session.pk))
     return waiting[:NEEDS_YOU_LIMIT]
 
@@ -194,10 +204,36 @@ def _filtered_sessions(*, user: User, filters: CanvasFilterForm) -> QuerySet[Age
     return sessions.order_by("pod__name", "priority", "id")
 
 
+@dataclass
+class SharedAsks:
+    """Open escalations of the "needs you" sessions that ask for an action another session asks too."""
+
+    asks: int = 0
+    actions: int = 0
+
+
+def shared_asks(waiting: list[Waiting]) -> SharedAsks:
+    ids = [w.session.pk for w in waiting if w.session.status == Status.NEEDS_APPROVAL]
+    if not ids:
+        return SharedAsks()
+    counts = (
+        Escalation.objects.filter(session__in=ids, state=Escalation.State.OPEN)
+        .order_by()
+        .values("action_hash")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+        .values_list("n", flat=True)
+    )
+    counts = list(counts)
+    return SharedAsks(asks=sum(counts), actions=len(counts))
+
+
 def _side_context(user: User) -> dict:
+    waiting = needs_you(user=user)
     return {
         "summary": fleet_summary(user=user),
-        "waiting": needs_you(user=user),
+        "waiting": waiting,
+        "shared": shared_asks(waiting),
         "icons": STATUS_ICONS,
         "stale_after": settings.CONTROLROOM["STALE_AFTER_S"],
     }
@@ -315,6 +351,55 @@ def canvas(request: HttpRequest) -> HttpResponse:
 def canvas_side(request: HttpRequest) -> HttpResponse:
     """The summary bar and the "needs you" queue as out-of-band fragments (polled by the canvas)."""
     return render(request, "controlroom/canvas.html#side", {**_side_context(request.user), "oob": True})
+
+
+# --- grouped decisions ---------------------------------------------------------------------------
+
+GROUP_DECIDED = {"allow-once": "allowed once", "allow-always": "allowed always", "deny": "denied"}
+
+
+@require_GET
+def decisions(request: HttpRequest) -> HttpResponse:
+    """The open escalations the user may see, grouped by the canonical action they ask for: one
+    decision per group, applied to each session of its preview."""
+    groups = selectors.escalation_groups(user=request.user)
+    return render(
+        request,
+        "controlroom/decisions.html",
+        {
+            "groups": groups,
+            "asks": sum(len(g.members) for g in groups),
+            "decidable_groups": sum(1 for g in groups if g.members),
+        },
+    )
+
+
+@require_POST
+def decisions_group(request: HttpRequest) -> HttpResponse:
+    """Decide a group: the escalations of its preview (ids posted with the action hash they were
+    shown with), each through the per-escalation service."""
+    decision = request.POST.get("decision", "")
+    action_hash = request.POST.get("action_hash", "")
+    reason = request.POST.get("reason", "").strip()[:480]
+    try:
+        ids = [int(value) for value in request.POST.getlist("escalation")]
+    except ValueError:
+        ids = []
+    try:
+        outcomes = services.escalation_group_decide(
+            escalation_ids=ids, action_hash=action_hash, by=request.user, decision=decision, reason=reason
+        )
+    except ValidationError as exc:
+        messages.error(request, validation_text(exc))
+        return redirect(reverse("decisions"))
+    done = [o for o in outcomes if o.decided]
+    if done:
+        sessions = ", ".join(f"#{o.session_id}" for o in done)
+        messages.success(request, f"{GROUP_DECIDED[decision].capitalize()} for {len(done)} session(s): {sessions}.")
+    for outcome in outcomes:
+        if not outcome.decided:
+            messages.warning(request, f"Not decided: {outcome.text}")
+    return redirect(reverse("decisions"))
 
 
 # --- launching -----------------------------------------------------------------------------------

@@ -336,6 +336,33 @@ def review_queue(*, user: User, pod: str = "", sto: str = "", now: datetime | No
     return rows
 
 
+# -- approving several at once -------------------------------------------------------------------
+
+SAFE_APPROVAL_RULE = "succeeded, the latest test run passed, and touches no protected path"
+
+
+def is_safe_to_approve(row: QueueRow) -> bool:
+    """A diff that may be approved with others in one decision: the session succeeded, its latest
+    recorded test run passed, git could diff it, and it touches no protected path (CI, git
+    configuration, migrations, dependencies)."""
+    return (
+        row.session.status == Status.SUCCEEDED
+        and row.tests is not None
+        and row.tests.get("exit_code") in (0, "0")
+        and row.stat is not None
+        and not row.stat_error
+        and bool(row.stat.files)
+        and not row.protected
+    )
+
+
+def safe_approvals(rows: list[QueueRow], *, user: User) -> list[QueueRow]:
+    """Of the review queue's rows, those safe to approve together that ``user`` may decide."""
+    from agents.authority import refuse_session_control
+
+    return [r for r in rows if is_safe_to_approve(r) and refuse_session_control(user=user, session=r.session) is None]
+
+
 # -- review capacity -----------------------------------------------------------------------------
 
 

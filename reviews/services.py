@@ -524,6 +524,45 @@ def review_revert_without_git(*, session: AgentSession, reviewer: User, comment:
     )
 
 
+@dataclass(frozen=True)
+class GroupApproval:
+    session_id: int
+    approved: bool
+    text: str
+
+
+def review_approve_group(*, session_ids: list[int], reviewer: User, comment: str = "") -> list[GroupApproval]:
+    """Approve several diffs in one decision: each session still safe to approve together
+    (``selectors.is_safe_to_approve``, re-checked now) is merged separately through
+    ``review_approve`` (its own merge, review and audit event); one that conflicts or is no longer
+    safe is reported and left for its own review."""
+    if not session_ids:
+        raise ValidationError("Choose at least one diff to approve.")
+    from reviews import selectors
+
+    safe = {r.session.pk: r for r in selectors.safe_approvals(selectors.review_queue(user=reviewer), user=reviewer)}
+    outcomes = []
+    for session_id in dict.fromkeys(session_ids):
+        row = safe.get(session_id)
+        if row is None:
+            outcomes.append(
+                GroupApproval(
+                    session_id,
+                    False,
+                    f"#{session_id} is not (or no longer) {selectors.SAFE_APPROVAL_RULE}: review it on its own.",
+                )
+            )
+            continue
+        try:
+            review_approve(session=row.session, reviewer=reviewer, comment=comment)
+        except (ReviewError, ValidationError, authority.NotAllowed) as exc:
+            text = exc.messages[0] if isinstance(exc, ValidationError) else str(exc)
+            outcomes.append(GroupApproval(session_id, False, f"#{session_id}: {text}"))
+        else:
+            outcomes.append(GroupApproval(session_id, True, ""))
+    return outcomes
+
+
 DECISIONS = {
     "approve": review_approve,
     "request-changes": review_request_changes,

@@ -7,6 +7,7 @@ from reviews import views
 
 urlpatterns = [
     path("", views.review_queue, name="review_queue"),
+    path("approve-safe", views.review_approve_safe, name="review_approve_safe"),
     path("<int:session_id>/", views.review_diff, name="review_diff"),
     path("<int:session_id>/file", views.review_file, name="review_file"),
     path("<int:session_id>/decide/<str:decision>", views.review_decide, name="review_decide"),

@@ -186,8 +186,39 @@ def review_queue(request: HttpRequest) -> HttpResponse:
             "pod": pod,
             "sto": sto,
             "own_count": sum(1 for r in rows if r.own),
+            "safe": selectors.safe_approvals(rows, user=request.user),
+            "safe_rule": selectors.SAFE_APPROVAL_RULE,
         },
     )
+
+
+@require_POST
+def review_approve_safe(request: HttpRequest) -> HttpResponse:
+    """Approve the diffs of the queue's "safe" preview the reviewer kept ticked, each merged
+    separately through the approve service."""
+    try:
+        ids = [int(value) for value in request.POST.getlist("session")]
+    except ValueError:
+        ids = []
+    try:
+        outcomes = services.review_approve_group(
+            session_ids=ids, reviewer=request.user, comment=request.POST.get("comment", "")
+        )
+    except ValidationError as exc:
+        messages.error(request, validation_text(exc))
+        return redirect(reverse("review_queue"))
+    merged = [o for o in outcomes if o.approved]
+    if merged:
+        messages.success(
+            request,
+            f"Approved and merged {len(merged)} diff(s), each separately: "
+            + ", ".join(f"#{o.session_id}" for o in merged)
+            + ".",
+        )
+    for outcome in outcomes:
+        if not outcome.approved:
+            messages.warning(request, f"Not approved: {outcome.text}")
+    return redirect(reverse("review_queue"))
 
 
 @require_GET

@@ -40,6 +40,7 @@ from agents.models import (
     FleetControl,
     Grant,
     Status,
+    SteeringMessage,
     ToolCall,
     TranscriptEntry,
 )
@@ -75,6 +76,7 @@ class _Facts:
     has_approvals: bool  # a human allowed an action (once, unused, or always): authorize reads which
     last_seq: int  # the transcript's last entry
     last_tokens: int  # prompt tokens of the last finished step of the current iteration
+    has_steering: bool = False  # a person sent a message not in the agent's context yet
 
 
 def _facts_query(session_id: int):
@@ -94,6 +96,7 @@ def _facts_query(session_id: int):
             has_approvals_now=Exists(approvals),
             last_seq_now=Subquery(last_entry.values("seq")[:1]),
             last_tokens_now=Subquery(last_step.values("tokens_in")[:1]),
+            steering_now=Exists(SteeringMessage.objects.filter(session=OuterRef("pk"), delivered_at__isnull=True)),
         )
         .values_list(
             "status",
@@ -105,6 +108,7 @@ def _facts_query(session_id: int):
             "has_approvals_now",
             "last_seq_now",
             "last_tokens_now",
+            "steering_now",
         )
     )
 
@@ -247,6 +251,7 @@ class _Step:
             has_approvals,
             last_seq,
             last_tokens,
+            has_steering,
         ) = row
         self.session.status = status
         self.session.pod.paused = bool(pod_paused)
@@ -261,6 +266,7 @@ class _Step:
             has_approvals=bool(has_approvals),
             last_seq=last_seq or 0,
             last_tokens=last_tokens or 0,
+            has_steering=bool(has_steering),
         )
 
     def park(
@@ -467,6 +473,12 @@ class _Step:
             step_row.refresh_from_db()
         if step_row.response is not None:
             return step_row, step_row.response
+        if self.facts.has_steering:
+            # a person's message waits: into the context now, before the model is asked
+            with transaction.atomic():
+                self.next_seq += services.steering_deliver(
+                    session=session, grant=self.grant, step=self.number, seq=self.next_seq
+                )
         # provider back-pressure: no free slot → back on the queue, holding nothing while it waits
         provider = capacity.provider_key(model=session.model, api_base=session.api_base)
         try:
