@@ -171,9 +171,22 @@ def _git_dirs(cwd: Path) -> tuple[Path | None, Path | None, Path | None]:
 
 
 def bwrap_argv(
-    *, bwrap: str, command: str, cwd: Path, allow_network: bool, env: dict[str, str], hide_paths: Sequence[Path] = ()
+    *,
+    bwrap: str,
+    command: str,
+    cwd: Path,
+    allow_network: bool,
+    env: dict[str, str],
+    hide_paths: Sequence[Path] = (),
+    writable: Sequence[Path] = (),
+    read_only: Sequence[Path] = (),
+    exec_argv: Sequence[str] | None = None,
 ) -> list[str]:
-    """The bwrap command line (exposed for tests and for the audit trail)."""
+    """The bwrap command line (exposed for tests and for the audit trail).
+
+    ``writable``/``read_only``: more existing paths bound writable / read-only over what is already
+    there (a supervised agent's home, the git objects it commits to; its pinned settings), applied
+    last, in that order. ``exec_argv``: run this program instead of ``/bin/bash -c command``."""
     cwd = Path(cwd).resolve()
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     if not allow_network and Path("/run").is_dir():
@@ -208,13 +221,17 @@ def bwrap_argv(
         argv += ["--ro-bind", str(dot_git), str(dot_git)]
     if in_tree_git is not None:
         argv += ["--ro-bind", str(in_tree_git), str(in_tree_git)]
+    for path in writable:
+        argv += ["--bind", str(path), str(path)]
+    for path in read_only:
+        argv += ["--ro-bind", str(path), str(path)]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox"]
     if not allow_network:
         argv += ["--unshare-net"]
     argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(cwd), "--clearenv"]
     for key, value in env.items():
         argv += ["--setenv", key, value]
-    argv += ["--", "/bin/bash", "-c", command]
+    argv += ["--", *exec_argv] if exec_argv else ["--", "/bin/bash", "-c", command]
     return argv
 
 
