@@ -446,7 +446,8 @@ class ClaudeCodeStep(_Step):
             return self.park(Status.FAILED, reason, event="session.error", payload={"error": reason})
         step_row = self._step_row()
         self.step_row = step_row
-        self.index = (ToolCall.objects.filter(step=step_row).aggregate(last=Max("index"))["last"] or -1) + 1
+        last = ToolCall.objects.filter(step=step_row).aggregate(last=Max("index"))["last"]
+        self.index = 0 if last is None else last + 1
         self.pending: dict[str, ToolCall] = {}
         self.stop: tuple[str, str] | None = None  # (kind, reason): approval / block / pause / user / deadline
         self.result: dict | None = None
@@ -916,6 +917,8 @@ class ClaudeCodeStep(_Step):
     # -- model calls ------------------------------------------------------------------------------
     def _model_begin(self) -> dict:
         """Before each model call: the budget (steps of a Claude Code session are its model calls)."""
+        if self.stop is not None:
+            return {"ok": False, "reason": f"the session is stopping: {self.stop[1]}"}
         grant = self.grant or _grant(self.read_facts())
         if grant is None:
             self.stop = ("block", "no active grant: issue one to continue")

@@ -16,7 +16,7 @@ import git
 import pytest
 
 from agents import services
-from agents.models import AgentSession, Status, ToolCall, TranscriptEntry
+from agents.models import AgentSession, Escalation, Status, ToolCall, TranscriptEntry
 from agents.runtime import claude_code
 from agents.runtime.runners import run_step
 from audit.models import AuditEvent
@@ -218,3 +218,68 @@ def test_a_denied_touch_never_takes_effect_and_each_refusal_names_the_rule(fleet
     assert len(results) == len(attempts)
     assert all(result.get("is_error") and "Bash(touch *)" in json.dumps(result) for result in results)
     assert not ToolCall.objects.filter(session=session, state=ToolCall.State.DONE).exists()
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_an_ask_parks_the_session_and_allow_once_resumes_the_agent_which_runs_the_command_once(
+    fleet, worktrees_dir, anthropic
+):
+    spec = services.GrantSpec(mode="edits")  # commands ask
+    server = anthropic([[bash("touch y")], [bash("touch y")], [text("Created y after the approval.")]])
+    session = drive(launch(fleet, server, spec=spec, goal="Create a file named y"))
+    assert session.status == Status.NEEDS_APPROVAL, (session.status, session.status_reason)
+    assert not (Path(session.worktree_path) / "y").exists()
+    escalation = Escalation.objects.get(session=session, state=Escalation.State.OPEN)
+    assert "touch y" in escalation.action
+    assert escalation.tool_call.name == "Bash"
+    first_ref = session.agent_ref
+    assert first_ref
+    services.escalation_decide(escalation=escalation, by=fleet.sto, decision="allow-once")
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert (Path(session.worktree_path) / "y").exists()
+    ran = ToolCall.objects.filter(session=session, name="Bash", state=ToolCall.State.DONE)
+    assert ran.count() == 1 and ran.get().reason_type == "human"
+    escalation.refresh_from_db()
+    assert escalation.consumed_at is not None
+    assert session.agent_ref == first_ref  # the CLI's own session was resumed, not started afresh
+    prompts = [json.dumps(r["body"].get("messages", [])) for r in server.requests if r["body"].get("tools")]
+    assert "approved" in prompts[-2] and "Create a file named y" in prompts[-2]  # it saw the history and the decision
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_budget_of_two_model_calls_blocks_the_session_at_the_limit(fleet, worktrees_dir, anthropic):
+    spec = services.GrantSpec(mode="edits", allow=("Bash(git status *)",), max_steps=2)
+    server = anthropic([[bash("git status --short")] for _ in range(5)])
+    session = drive(launch(fleet, server, spec=spec))
+    assert session.status == Status.BLOCKED, (session.status, session.status_reason)
+    assert "max model calls (2)" in session.status_reason
+    assert session.model_calls == 2 and server.agent_turns == 2
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="model.call").count() == 2
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="budget.exhausted").exists()
+
+
+@needs_cli
+@pytestmark_db
+def test_the_broker_refuses_a_hook_or_model_call_without_the_sessions_secret():
+    import queue
+
+    broker = claude_code.Broker(token="right", upstream="http://127.0.0.1:9", upstream_key="", inbox=queue.Queue())
+    try:
+        answer = _run_hook({"CR_HOOK_URL": broker.url + "/hook", "CR_HOOK_TOKEN": "wrong"}, PAYLOAD)
+        assert answer["permissionDecision"] == "deny"
+        assert "HTTP 403" in answer["permissionDecisionReason"]
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(broker.url + "/v1/messages", data=b"{}", headers={"x-api-key": "wrong"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        assert broker.inbox.empty()  # nothing reached the session's thread
+    finally:
+        broker.close()
