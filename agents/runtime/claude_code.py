@@ -27,9 +27,10 @@ grant, sandbox, budget and audit, one run of the CLI per Celery step.
   the approval then lets that exact action through once.
 - **Sandbox**: the CLI runs in bubblewrap with the worktree writable, its own home (its session files,
   for ``--resume``) writable, the git objects and the agents' branch refs writable (so it can
-  commit), its settings pinned read-only (the agent cannot switch the hook off). Known limit: the
-  sandbox shares the host's network namespace (as a ``Net(...)`` rule does for the built-in loop),
-  since the CLI must reach the broker on loopback; the hook still checks every ``Net``/command.
+  commit), its settings pinned read-only (the agent cannot switch the hook off), and no network:
+  the sandbox has its own network namespace, whose loopback agents/relay.py relays to the broker's
+  Unix socket (bound in), so the model endpoint and the hook are all it reaches. Known limit:
+  ``Net(...)`` rules do not give a Claude Code session network (WebFetch and ``curl`` fail there).
 - **Commits** carry the trailers through a ``prepare-commit-msg`` hook the CLI's git uses
   (``core.hooksPath`` given in the environment, the hook read-only in the sandbox).
 """
@@ -47,8 +48,10 @@ import secrets
 import shlex
 import shutil
 import signal
+import socketserver
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -323,9 +326,14 @@ def _usage_of_event(data: bytes, usage: dict) -> None:
             usage["tokens_in"] = _input_tokens(counts)
 
 
+class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
 class Broker:
-    """The run's loopback endpoints (hook decisions, metered model calls). Requests go to ``inbox``,
-    which the step's thread serves; nothing here touches the database."""
+    """The run's endpoints (hook decisions, metered model calls), on 127.0.0.1 and on a Unix socket
+    (``socket_path``: what the sandboxed agent reaches through agents/relay.py). Requests go to
+    ``inbox``, which the step's thread serves; nothing here touches the database."""
 
     def __init__(self, *, token: str, upstream: str, upstream_key: str, inbox: queue.Queue) -> None:
         self.token, self.upstream, self.upstream_key, self.inbox = token, upstream.rstrip("/"), upstream_key, inbox
@@ -333,8 +341,21 @@ class Broker:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.broker = self
-        self.thread = threading.Thread(target=self.server.serve_forever, name="claude-code-broker", daemon=True)
-        self.thread.start()
+        # a short private directory: a Unix socket's path has at most 107 bytes
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="cr-broker-"))
+        self.socket_path = self.socket_dir / "broker.sock"
+        self.unix_server = _UnixHTTPServer(str(self.socket_path), _Handler)
+        self.unix_server.broker = self
+        self.threads = [
+            threading.Thread(target=server.serve_forever, name="claude-code-broker", daemon=True)
+            for server in (self.server, self.unix_server)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
 
     @property
     def url(self) -> str:
@@ -356,8 +377,10 @@ class Broker:
 
     def close(self) -> None:
         self.closed = True
-        self.server.shutdown()
-        self.server.server_close()
+        for server in (self.server, self.unix_server):
+            server.shutdown()
+            server.server_close()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 # -- the files a run needs ---------------------------------------------------------------------------
@@ -387,7 +410,8 @@ def prepare_files(*, session: AgentSession, grant: Grant, hook_command: list[str
     (home / ".claude").mkdir(parents=True, exist_ok=True)
     hooks = control / "git-hooks"
     hooks.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(__file__).resolve().parent.parent / "hook.py", control / "hook.py")
+    for script in ("hook.py", "relay.py"):
+        shutil.copyfile(Path(__file__).resolve().parent.parent / script, control / script)
     config = {
         "hooks": {
             "PreToolUse": [
@@ -599,21 +623,31 @@ class ClaudeCodeStep(_Step):
         pinned_claude = worktree / ".claude"
         with contextlib.suppress(OSError):
             pinned_claude.mkdir(exist_ok=True)  # empty and untracked: git does not see it
+        # no network: the sandbox's own loopback, relayed to the broker's Unix socket, is the only way out
+        relayed = [
+            sys.executable,
+            "-I",
+            str(files.control / "relay.py"),
+            str(broker.socket_path),
+            str(broker.port),
+            "--",
+            *argv,
+        ]
         wrapped = sandbox.bwrap_argv(
             bwrap=sandbox.bwrap_path() or "bwrap",
             command="",
             cwd=worktree,
-            allow_network=True,  # the broker is on the host's loopback (see the module docstring)
+            allow_network=False,
             env=env,
             hide_paths=[settings.DATA_DIR],
-            writable=[files.home, *_git_writable(worktree)],
+            writable=[files.home, broker.socket_dir, *_git_writable(worktree)],
             read_only=[
                 files.control,
                 files.home / ".claude" / "settings.json",
                 Path(binary).parent,
                 *([pinned_claude] if pinned_claude.is_dir() else []),
             ],
-            exec_argv=argv,
+            exec_argv=relayed,
         )
         return wrapped, {"PATH": "/usr/bin:/bin"}
 

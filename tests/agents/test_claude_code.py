@@ -283,3 +283,24 @@ def test_the_broker_refuses_a_hook_or_model_call_without_the_sessions_secret():
         assert broker.inbox.empty()  # nothing reached the session's thread
     finally:
         broker.close()
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_the_sandboxed_agent_reaches_the_broker_and_nothing_else(fleet, worktrees_dir, anthropic):
+    """Even a command the grant allows (curl, Net(*)) cannot reach the model server directly: the
+    sandbox has no network, only its loopback relayed to the broker."""
+    from agents.runtime.sandbox import sandbox_available
+
+    if not sandbox_available("auto"):
+        pytest.skip("bubblewrap does not work here")
+    server = anthropic([])
+    spec = services.GrantSpec(mode="edits", allow=("Bash(curl *)", "Net(*)"))
+    session = launch(fleet, server, spec=spec, goal="Fetch the model server's page")
+    server.script = [[bash(f"curl -sS -m 5 {server.url}/v1/models")], [text("It failed.")]]
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    call = ToolCall.objects.get(session=session, name="Bash")
+    assert call.decision == "allow" and call.state == ToolCall.State.ERROR, (call.state, call.result)
+    assert not [r for r in server.requests if "/v1/models" in r["path"]]
