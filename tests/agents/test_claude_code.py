@@ -304,3 +304,58 @@ def test_the_sandboxed_agent_reaches_the_broker_and_nothing_else(fleet, worktree
     call = ToolCall.objects.get(session=session, name="Bash")
     assert call.decision == "allow" and call.state == ToolCall.State.ERROR, (call.state, call.result)
     assert not [r for r in server.requests if "/v1/models" in r["path"]]
+
+
+@pytest.mark.slow
+@needs_cli
+@pytest.mark.django_db(transaction=True)
+def test_a_claude_code_session_runs_on_a_celery_worker_and_survives_its_sigkill_without_running_a_tool_twice(
+    fleet, celery_workers, settings, anthropic
+):
+    import time
+
+    from django.db import transaction
+
+    from agents.dispatch import enqueue_step_on_commit
+    from agents.tasks import tick
+    from tests.conftest import wait_until
+
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "STALE_AFTER_S": 5}
+    server = anthropic([])
+    spec = services.GrantSpec(mode="edits", allow=("Bash(echo *)", "Bash(sleep *)"))
+    with transaction.atomic():
+        session = launch(fleet, server, spec=spec, goal="Log a run, then write after.txt")
+        enqueue_step_on_commit(session_id=session.pk, step=1, priority=session.priority)
+    worktree = Path(session.worktree_path)
+    server.script = [
+        [bash("echo started >> runs.log; sleep 8; echo finished >> runs.log")],
+        [write(str(worktree / "after.txt"), "carried on\n")],
+        [text("Recovered and wrote after.txt.")],
+    ]
+    pool = celery_workers(processes=1, concurrency=1, STEP_LEASE_S=3)
+    wait_until(
+        lambda: (worktree / "runs.log").exists(),
+        timeout=120,
+        message=lambda: (
+            f"the slow command to start: {AgentSession.objects.get(pk=session.pk).status_reason}\n{pool.log_tail()}"
+        ),
+    )
+    time.sleep(1.0)
+    pool.kill(pool.procs[0])  # SIGKILL the worker: the sandbox (and the command in it) dies with it
+    time.sleep(1.0)
+    assert (worktree / "runs.log").read_text() == "started\n"
+    pool.start_one(1)
+
+    def recovered():
+        tick()
+        return AgentSession.objects.get(pk=session.pk).is_terminal
+
+    wait_until(recovered, timeout=180, interval=1.0, message=f"recovery\n{pool.log_tail()}")
+    session.refresh_from_db()
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason, pool.log_tail())
+    assert (worktree / "runs.log").read_text() == "started\n"  # the command ran once, never again
+    command = ToolCall.objects.get(session=session, name="Bash")
+    assert command.state == ToolCall.State.INTERRUPTED
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="tool.interrupted").count() == 1
+    assert (worktree / "after.txt").read_text() == "carried on\n"
+    assert ToolCall.objects.filter(session=session, name="Write", state=ToolCall.State.DONE).count() == 1
