@@ -138,6 +138,14 @@ class Priority(models.IntegerChoices):
     P3 = 3, "P3"
 
 
+class AgentKind(models.TextChoices):
+    """Which agent works the session: the control room's own loop or a third-party CLI it supervises."""
+
+    BUILTIN = "builtin", "Built-in loop"
+    CLAUDE_CODE = "claude-code", "Claude Code"
+    CODEX = "codex", "Codex"
+
+
 class ReviewState(models.TextChoices):
     NONE = "none", "Not reviewed"
     CHANGES_REQUESTED = "changes_requested", "Changes requested"
@@ -185,6 +193,10 @@ class AgentSession(models.Model):
         help_text="The git_commit call that made pushed_commit: later edits live only in the worktree.",
     )
 
+    agent_kind = models.CharField(max_length=16, choices=AgentKind.choices, default=AgentKind.BUILTIN)
+    agent_ref = models.CharField(
+        max_length=120, blank=True, help_text="The external agent's own session id (resumed after a human's decision)."
+    )
     model = models.CharField(max_length=200)
     api_base = models.URLField(blank=True)
     api_key_env = models.CharField(max_length=100, blank=True, help_text="Name of the env var holding the key.")
@@ -199,6 +211,9 @@ class AgentSession(models.Model):
     iteration = models.PositiveIntegerField(default=1)
     iteration_started_step = models.PositiveIntegerField(default=0)
     tool_calls = models.PositiveIntegerField(default=0)
+    model_calls = models.PositiveIntegerField(
+        default=0, help_text="Model calls of a supervised agent (its budget of steps counts these)."
+    )
     tokens_in = models.PositiveBigIntegerField(default=0)
     tokens_out = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))

@@ -31,6 +31,7 @@ from agents.errors import validation_text
 from agents.events import send_on_commit
 from agents.models import (
     TERMINAL_STATUSES,
+    AgentKind,
     AgentSession,
     Escalation,
     FleetControl,
@@ -270,8 +271,10 @@ def session_launch(
     grant: GrantSpec | None = None,
     delegator: User | None = None,
     start: bool = True,
+    agent_kind: str = AgentKind.BUILTIN,
 ) -> AgentSession:
-    """Create a session, its first grant, and (after commit) enqueue its first step."""
+    """Create a session, its first grant, and (after commit) enqueue its first step. ``agent_kind``:
+    the control room's own loop (``builtin``) or a supervised third-party CLI (``claude-code``)."""
     authority.require(authority.refuse_launch(user=by, pod_id=pod.pk, sto=sto))
     goal = (goal or "").strip()
     errors: dict[str, str] = {}
@@ -286,6 +289,10 @@ def session_launch(
             "Name an environment variable holding a model key (e.g. OPENAI_API_KEY); the control room's own "
             "secrets cannot be sent to a model endpoint."
         )
+    if agent_kind not in AgentKind.values:
+        errors["agent_kind"] = f"Unknown agent {agent_kind!r}: choose one of {', '.join(AgentKind.values)}."
+    elif agent_kind == AgentKind.CODEX:
+        errors["agent_kind"] = "Codex sessions are not available yet: choose the built-in loop or Claude Code."
     if base_branch and not BRANCH_NAME.fullmatch(base_branch):
         errors["base_branch"] = f"{base_branch!r} is not a usable branch name."
     spec = grant or GrantSpec()
@@ -310,6 +317,7 @@ def session_launch(
         fallback_models=list(fallback_models or []),
         seed=seed,
         tags=list(tags or []),
+        agent_kind=agent_kind,
         status=Status.QUEUED,
         status_reason="waiting for a worker",
         created_at=now,
@@ -332,6 +340,7 @@ def session_launch(
             "pod": pod.slug,
             "sto": sto.username,
             "model": session.model,
+            "agent_kind": session.agent_kind,
             "api_base": api_base,
             "repository": repository.name,
             "base_branch": session.base_branch,

@@ -19,7 +19,7 @@ from django.utils import timezone
 from agents import hosts, links, services
 from agents.dispatch import enqueue_step_now
 from agents.models import AgentSession, Escalation, Status
-from agents.runtime.loop import run_step
+from agents.runtime.runners import run_step
 from agents.selectors import active_grants, awaiting_review_count, never_taken_q, stale_after, stale_q
 
 logger = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from agents import params, selectors
 from agents.models import (
+    AgentKind,
     Grant,
     Pod,
     PodMembership,
@@ -128,6 +129,13 @@ class _SharedLaunchFields(forms.Form):
     pod = forms.ModelChoiceField(queryset=Pod.objects.none(), empty_label=None)
     repository = forms.ModelChoiceField(queryset=Repository.objects.all(), empty_label=None)
     base_branch = forms.CharField(required=False, max_length=200, help_text="Empty: the repository's default branch.")
+    agent_kind = forms.ChoiceField(
+        label="Agent",
+        choices=[(AgentKind.BUILTIN, AgentKind.BUILTIN.label), (AgentKind.CLAUDE_CODE, AgentKind.CLAUDE_CODE.label)],
+        initial=AgentKind.BUILTIN,
+        required=False,  # empty: the built-in loop
+        help_text="Who does the work: the built-in loop, or Claude Code under the same grant, sandbox and audit.",
+    )
     model = forms.CharField(max_length=200, help_text="Any LiteLLM model string; sim/… runs offline.")
     api_base = forms.URLField(
         required=False,
@@ -194,6 +202,7 @@ class _SharedLaunchFields(forms.Form):
             "repository": data["repository"],
             "base_branch": data.get("base_branch", "").strip(),
             "model": data["model"].strip(),
+            "agent_kind": data.get("agent_kind") or AgentKind.BUILTIN,
             "api_base": data.get("api_base") or "",
             "task_type": data["task_type"],
             "by": self.user,
@@ -229,6 +238,7 @@ class LaunchForm(_SharedLaunchFields):
         "success_criteria",
         "repository",
         "base_branch",
+        "agent_kind",
         "model",
         "api_base",
         "task_type",
@@ -308,6 +318,7 @@ class BatchLaunchForm(_SharedLaunchFields):
         "tasks",
         "repository",
         "base_branch",
+        "agent_kind",
         "model",
         "api_base",
         "task_type",

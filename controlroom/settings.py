@@ -259,6 +259,10 @@ CONTROLROOM = {
     "COMMAND_TIMEOUT_S": env_int("COMMAND_TIMEOUT_S", 120, minimum=1),
     "OUTPUT_CAP_BYTES": env_int("OUTPUT_CAP_BYTES", 64_000, minimum=1024),
     "SANDBOX": env_str("SANDBOX", "auto"),  # auto | bwrap | none
+    # Claude Code sessions (the [agents] extra): the CLI (empty: the one the claude-agent-sdk wheel ships)
+    # and the Anthropic Messages endpoint a session without its own API base uses
+    "CLAUDE_CODE_BIN": env_str("CLAUDE_CODE_BIN", ""),
+    "ANTHROPIC_API_BASE": env_str("ANTHROPIC_API_BASE", "https://api.anthropic.com"),
     "HEALTHZ_TOKEN": env_str("HEALTHZ_TOKEN"),
     "PUBLIC_URL": (env_str("PUBLIC_URL", "") or "").rstrip("/"),
     # how long a signed decision link (the "needs you" webhook, the queue) stays good

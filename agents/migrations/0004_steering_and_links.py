@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("agents", "0002_fleet_hosts"),
+        ("agents", "0003_agent_kind"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

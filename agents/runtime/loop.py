@@ -195,7 +195,9 @@ def _wake(waiter: str) -> None:
         logger.warning("could not wake step %s of session %s", step, session_id, exc_info=True)
 
 
-def run_step(session_id: int, step: int, *, owner: str | None = None) -> StepOutcome:
+def run_step(session_id: int, step: int, *, owner: str | None = None, runner_class: type | None = None) -> StepOutcome:
+    """Claim step ``step`` of the session and run it with ``runner_class`` (default: the built-in
+    loop's ``_Step``; agents/runtime/runners.py picks the class for the session's agent kind)."""
     owner = owner or worker_id()
     started = time.monotonic()
     refusal = _claim(session_id, step, owner)
@@ -203,7 +205,7 @@ def run_step(session_id: int, step: int, *, owner: str | None = None) -> StepOut
         return refusal
     leases.keeper.hold(session_id, owner)  # renewed by the process's one lease thread while the step runs
     try:
-        runner = _Step(session_id, step, owner)
+        runner = (runner_class or _Step)(session_id, step, owner)
         runner.timings["lock"] = time.monotonic() - started
         return runner.run()
     finally:
@@ -364,6 +366,11 @@ class _Step:
             )
             session.base_commit, session.worker_host, session.worktree_path = base_commit, here, worktree_path
         self.timings["worktree"] = time.monotonic() - t_worktree
+        return self.work()
+
+    def work(self) -> StepOutcome:
+        """The step's own work, once the checks passed and the worktree is ready: here one model
+        call and its tool calls (agents/runtime/runners.py: other agents override this)."""
         self._maybe_new_iteration()
         record_row, reply_message = self._model_turn()
         if record_row is None:

@@ -257,8 +257,15 @@ def bwrap_argv(
     hide_paths: Sequence[Path] = (),
     masks: Masks | None = None,
     denial_log: str | None = None,
+    writable: Sequence[Path] = (),
+    read_only: Sequence[Path] = (),
+    exec_argv: Sequence[str] | None = None,
 ) -> list[str]:
-    """The bwrap command line (exposed for tests and for the audit trail)."""
+    """The bwrap command line (exposed for tests and for the audit trail).
+
+    ``writable``/``read_only``: more existing paths bound writable / read-only over what is already
+    there (a supervised agent's home, the git objects it commits to; its pinned settings), applied
+    last, in that order. ``exec_argv``: run this program instead of ``/bin/bash -c command``."""
     cwd = Path(cwd).resolve()
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     if not allow_network and Path("/run").is_dir():
@@ -293,6 +300,10 @@ def bwrap_argv(
         argv += ["--ro-bind", str(dot_git), str(dot_git)]
     if in_tree_git is not None:
         argv += ["--ro-bind", str(in_tree_git), str(in_tree_git)]
+    for path in writable:
+        argv += ["--bind", str(path), str(path)]
+    for path in read_only:
+        argv += ["--ro-bind", str(path), str(path)]
     if masks:
         argv += mask_argv(masks, denial_log=denial_log)
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox"]
@@ -301,7 +312,7 @@ def bwrap_argv(
     argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(cwd), "--clearenv"]
     for key, value in env.items():
         argv += ["--setenv", key, value]
-    argv += ["--", "/bin/bash", "-c", command]
+    argv += ["--", *exec_argv] if exec_argv else ["--", "/bin/bash", "-c", command]
     return argv
 
 

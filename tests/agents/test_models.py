@@ -14,12 +14,12 @@ def _insert_session(*, pod_id, sto_id, repository_id):
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (pod_id, sto_id, repository_id, name, goal, success_criteria, task_type, priority,"
-            " base_branch, branch, base_commit, worktree_path, worker_host, pushed_commit, pushed_call_id, model, api_base, api_key_env, fallback_models, seed,"
-            " status, status_reason, current_activity, steps, iteration, iteration_started_step, tool_calls, tokens_in,"
+            " base_branch, branch, base_commit, worktree_path, worker_host, pushed_commit, pushed_call_id, agent_kind, agent_ref, model, api_base, api_key_env, fallback_models, seed,"
+            " status, status_reason, current_activity, steps, iteration, iteration_started_step, tool_calls, model_calls, tokens_in,"
             " tokens_out, cost_usd, cost_unknown_calls, lease_owner, enqueued_at, version, hold, idle_steps, tags, handoff, summary,"
             " review_state, attestation, attestation_reason, created_at, updated_at)"
-            " VALUES (%s, %s, %s, 'x', 'g', '', 'fix', 2, 'main', '', '', '', '', '', NULL, 'sim/engineer', '', '', '[]', 0,"
-            " 'queued', '', '', 0, 1, 0, 0, 0, 0, 0, 0, '', NULL, 1, '', 0, '[]', '{}', '', 'none', '', '', %s, %s)",
+            " VALUES (%s, %s, %s, 'x', 'g', '', 'fix', 2, 'main', '', '', '', '', '', NULL, 'builtin', '', 'sim/engineer', '', '', '[]', 0,"
+            " 'queued', '', '', 0, 1, 0, 0, 0, 0, 0, 0, 0, '', NULL, 1, '', 0, '[]', '{}', '', 'none', '', '', %s, %s)",
             [pod_id, sto_id, repository_id, "2026-01-01 00:00:00+00:00", "2026-01-01 00:00:00+00:00"],
         )
 

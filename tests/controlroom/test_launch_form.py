@@ -228,3 +228,43 @@ def test_an_empty_batch_is_refused(client, fleet):
     response = client.post("/launch/batch", _batch(fleet, "\n# only a comment\n"))
     assert response.status_code == 400
     assert "Write at least one task." in response.content.decode()
+
+
+def test_the_agent_is_chosen_at_launch_and_shown_on_the_tile_and_the_drawer(client, fleet):
+    client.force_login(fleet.lead)
+    assert '<option value="claude-code"' in client.get("/launch").content.decode()
+    response = client.post("/launch", _form(fleet, agent_kind="claude-code", model="claude-sonnet-4-5"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    session = AgentSession.objects.get()
+    assert session.agent_kind == "claude-code"
+    assert AuditEvent.objects.get(kind="session.launched").payload["agent_kind"] == "claude-code"
+    assert 'class="agent-kind"' in client.get("/").content.decode()
+    assert "Claude Code" in client.get(f"/sessions/{session.pk}/").content.decode()
+    response = client.post("/launch", _form(fleet, agent_kind="nonsense"))
+    assert response.status_code == 400 and AgentSession.objects.count() == 1  # a form error, nothing lost
+    assert "nonsense" in response.content.decode()
+
+
+def test_launch_agent_takes_the_agent_and_refuses_one_that_is_not_available(fleet):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    call_command(
+        "launch_agent",
+        "--pod",
+        "alpha",
+        "--sto",
+        "sam",
+        "--goal",
+        "Add notes",
+        "--agent",
+        "claude-code",
+        "--no-start",
+        stdout=out,
+    )
+    assert AgentSession.objects.get(pk=int(out.getvalue().split()[-1])).agent_kind == "claude-code"
+    with pytest.raises(CommandError, match="Codex"):
+        call_command("launch_agent", "--pod", "alpha", "--sto", "sam", "--goal", "x", "--agent", "codex", "--no-start")
+    assert AgentSession.objects.count() == 1

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from agents import services
 from agents.management.commands._common import get_pod, get_user, run_service
-from agents.models import Grant, Repository, TaskType
+from agents.models import AgentKind, Grant, Repository, TaskType
 
 
 def _repository(path: str | None) -> Repository:
@@ -43,6 +43,12 @@ class Command(BaseCommand):
         parser.add_argument("--priority", type=int, default=2, choices=[0, 1, 2, 3])
         parser.add_argument(
             "--model", default=None, help=f"any LiteLLM model string (default {settings.CONTROLROOM['DEFAULT_MODEL']})"
+        )
+        parser.add_argument(
+            "--agent",
+            default=AgentKind.BUILTIN,
+            choices=AgentKind.values,
+            help="who works the session: the built-in loop or a supervised CLI (claude-code needs the [agents] extra)",
         )
         parser.add_argument("--api-base", default="", help="OpenAI-compatible endpoint (Ollama, vLLM, …)")
         parser.add_argument("--api-key-env", default="", help="name of the env var holding the API key")
@@ -123,6 +129,9 @@ class Command(BaseCommand):
             grant=spec,
             delegator=get_user(o["delegator"]) if o["delegator"] else None,
             start=not o["no_start"],
+            agent_kind=o["agent"],
         )
-        self.stdout.write(f"launched {session.name!r} on {session.branch} (model {session.model})")
+        self.stdout.write(
+            f"launched {session.name!r} on {session.branch} (model {session.model}, agent {session.agent_kind})"
+        )
         self.stdout.write(str(session.pk))

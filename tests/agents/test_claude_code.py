@@ -1,0 +1,361 @@
+"""Claude Code sessions: the real CLI (the ``[agents]`` extra), driven by a scripted loopback Anthropic
+server, every tool call through the session's grant (the PreToolUse hook), in-process steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import git
+import pytest
+
+from agents import services
+from agents.models import AgentSession, Escalation, Status, ToolCall, TranscriptEntry
+from agents.runtime import claude_code
+from agents.runtime.runners import run_step
+from audit.models import AuditEvent
+from tests.anthropic_server import INPUT_TOKENS, OUTPUT_TOKENS, AnthropicServer, bash, text, write
+
+HOOK = Path(claude_code.__file__).resolve().parent.parent / "hook.py"
+
+needs_cli = pytest.mark.skipif(
+    claude_code.claude_binary() is None and not os.environ.get("CI"),
+    reason="the Claude Code CLI is not installed (pip install -e '.[agents]'; bin/test installs it)",
+)
+
+
+def drive(session: AgentSession, *, max_steps: int = 10) -> AgentSession:
+    for _ in range(max_steps):
+        session.refresh_from_db()
+        if session.status not in (Status.QUEUED, Status.RUNNING):
+            return session
+        outcome = run_step(session.pk, session.steps + 1, owner="test")
+        if outcome.result in ("parked", "stale", "gone"):
+            break
+    session.refresh_from_db()
+    return session
+
+
+def launch(fleet, server: AnthropicServer, *, spec: services.GrantSpec, goal="Add a notes file") -> AgentSession:
+    return services.session_launch(
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal=goal,
+        by=fleet.lead,
+        repository=fleet.repo,
+        model="claude-sonnet-4-5",
+        api_base=server.url,
+        grant=spec,
+        start=False,
+        agent_kind="claude-code",
+    )
+
+
+@pytest.fixture
+def anthropic():
+    servers = []
+
+    def make(script):
+        server = AnthropicServer(script)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def _run_hook(env: dict, payload: dict, timeout: float = 60) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-I", str(HOOK)],
+        input=json.dumps(payload).encode(),
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["hookSpecificOutput"]
+
+
+PAYLOAD = {"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "ls"}, "tool_use_id": "t1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_hook_denies_when_the_control_room_is_unreachable():
+    port = _free_port()  # nothing listens there any more
+    answer = _run_hook({"CR_HOOK_URL": f"http://127.0.0.1:{port}/hook", "CR_HOOK_TOKEN": "x"}, PAYLOAD)
+    assert answer["permissionDecision"] == "deny"
+    assert "unreachable" in answer["permissionDecisionReason"]
+
+
+def test_the_hook_denies_when_unconfigured_or_the_control_room_errs_or_is_slow():
+    assert _run_hook({}, PAYLOAD)["permissionDecision"] == "deny"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/slow":
+                threading.Event().wait(3)
+            status, body = (500, b"oops") if self.path == "/error" else (200, b'{"decision": "allow"}')
+            if self.path == "/garbage":
+                body = b"not json"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        env = {"CR_HOOK_TOKEN": "x", "CR_HOOK_TIMEOUT_S": "1"}
+        assert _run_hook({**env, "CR_HOOK_URL": base + "/ok"}, PAYLOAD)["permissionDecision"] == "allow"
+        for path in ("/error", "/slow", "/garbage"):
+            answer = _run_hook({**env, "CR_HOOK_URL": base + path}, PAYLOAD)
+            assert answer["permissionDecision"] == "deny", path
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_claude_code_tools_map_onto_the_evaluators_resources():
+    wt = "/w/s1"
+    assert claude_code.map_tool("Bash", {"command": "ls"}, wt) == ("run_command", {"command": "ls"})
+    assert claude_code.map_tool("Write", {"file_path": "/w/s1/a.py", "content": "x"}, wt) == (
+        "write_file",
+        {"path": "a.py", "content": "x"},
+    )
+    assert claude_code.map_tool("Edit", {"file_path": "/w/s1/a.py", "old_string": "a", "new_string": "b"}, wt)[0] == (
+        "edit_file"
+    )
+    assert claude_code.map_tool("Read", {"file_path": "/etc/passwd"}, wt) == ("read_file", {"path": "/etc/passwd"})
+    assert claude_code.map_tool("Grep", {"pattern": "x"}, wt) == ("search", {"pattern": "x", "path": "."})
+    tool, args = claude_code.map_tool("WebFetch", {"url": "https://pypi.org/x"}, wt)
+    assert tool == "run_command" and "pypi.org" in args["command"]
+    assert claude_code.map_tool("mcp__github__create_issue", {"title": "x"}, wt) is None  # unknown: a human decides
+
+
+pytestmark_db = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_claude_code_session_edits_runs_commits_with_the_trailers_and_finishes(fleet, worktrees_dir, anthropic):
+    spec = services.GrantSpec(
+        mode="edits", allow=("Bash(git status *)", "Bash(git add *)", "Bash(git commit *)", "Git(commit)")
+    )
+    server = anthropic([])
+    session = launch(fleet, server, spec=spec)
+    worktree = Path(session.worktree_path)
+    server.script = [
+        [write(str(worktree / "NOTES.md"), "Notes from Claude Code\n")],
+        [bash("git status --short")],
+        [bash("git add NOTES.md && git commit -q -m 'Add notes'")],
+        [text("Added NOTES.md and committed it.")],
+    ]
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert "NOTES.md" in session.summary
+    repo = git.Repo(fleet.repo.path)
+    commits = list(repo.iter_commits(f"main..{session.branch}"))
+    assert len(commits) == 1, "the agent's commit is on its branch"
+    message = commits[0].message
+    grant = session.grants.get()
+    assert f"Agent-Session: {session.pk}" in message
+    assert "Delegated-By: sam" in message
+    assert f"Grant: {grant.pk}" in message
+    assert "Notes from Claude Code" in repo.git.show(f"{session.branch}:NOTES.md")
+    # every tool call went through the grant and ran once
+    calls = list(ToolCall.objects.filter(session=session).order_by("index"))
+    assert [c.name for c in calls] == ["Write", "Bash", "Bash"]
+    assert all(c.state == ToolCall.State.DONE and c.decision == "allow" for c in calls), [
+        (c.name, c.state, c.reason) for c in calls
+    ]
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="tool.call").count() == 3
+    # model calls metered: counters and one audit event each
+    assert session.model_calls == server.agent_turns == 4
+    assert session.tokens_in >= INPUT_TOKENS * 4 and session.tokens_out >= OUTPUT_TOKENS * 4
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="model.call").count() == session.model_calls
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="git.commit", payload__sha=commits[0].hexsha).exists()
+    # the transcript: the agent's turns and what each tool returned
+    roles = list(TranscriptEntry.objects.filter(session=session).values_list("role", flat=True))
+    assert roles.count("assistant") >= 4 and roles.count("tool") == 3
+    # the model endpoint never saw the control room's secret as its key, nor the agent the real endpoint
+    assert all(r["headers"].get("x-api-key", "") != session.agent_ref for r in server.requests)
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_denied_touch_never_takes_effect_and_each_refusal_names_the_rule(fleet, worktrees_dir, anthropic):
+    spec = services.GrantSpec(mode="edits", allow=("Bash(*)",), deny=("Bash(touch *)",))
+    attempts = ["touch x", "bash -c 'touch x'", "env touch x"]
+    server = anthropic([[bash(command)] for command in attempts] + [[text("I could not create x.")]])
+    session = drive(launch(fleet, server, spec=spec, goal="Create a file named x"))
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert not (Path(session.worktree_path) / "x").exists()
+    refusals = AuditEvent.objects.filter(session_id=session.pk, kind="tool.call", payload__decision="deny")
+    assert refusals.count() == len(attempts)
+    assert all(event.payload["rule"] == "Bash(touch *)" for event in refusals)
+    results = server.tool_results()
+    assert len(results) == len(attempts)
+    assert all(result.get("is_error") and "Bash(touch *)" in json.dumps(result) for result in results)
+    assert not ToolCall.objects.filter(session=session, state=ToolCall.State.DONE).exists()
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_an_ask_parks_the_session_and_allow_once_resumes_the_agent_which_runs_the_command_once(
+    fleet, worktrees_dir, anthropic
+):
+    spec = services.GrantSpec(mode="edits")  # commands ask
+    server = anthropic([[bash("touch y")], [bash("touch y")], [text("Created y after the approval.")]])
+    session = drive(launch(fleet, server, spec=spec, goal="Create a file named y"))
+    assert session.status == Status.NEEDS_APPROVAL, (session.status, session.status_reason)
+    assert not (Path(session.worktree_path) / "y").exists()
+    escalation = Escalation.objects.get(session=session, state=Escalation.State.OPEN)
+    assert "touch y" in escalation.action
+    assert escalation.tool_call.name == "Bash"
+    first_ref = session.agent_ref
+    assert first_ref
+    services.escalation_decide(escalation=escalation, by=fleet.sto, decision="allow-once")
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert (Path(session.worktree_path) / "y").exists()
+    ran = ToolCall.objects.filter(session=session, name="Bash", state=ToolCall.State.DONE)
+    assert ran.count() == 1 and ran.get().reason_type == "human"
+    escalation.refresh_from_db()
+    assert escalation.consumed_at is not None
+    assert session.agent_ref == first_ref  # the CLI's own session was resumed, not started afresh
+    prompts = [json.dumps(r["body"].get("messages", [])) for r in server.requests if r["body"].get("tools")]
+    assert "approved" in prompts[-2] and "Create a file named y" in prompts[-2]  # it saw the history and the decision
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_budget_of_two_model_calls_blocks_the_session_at_the_limit(fleet, worktrees_dir, anthropic):
+    spec = services.GrantSpec(mode="edits", allow=("Bash(git status *)",), max_steps=2)
+    server = anthropic([[bash("git status --short")] for _ in range(5)])
+    session = drive(launch(fleet, server, spec=spec))
+    assert session.status == Status.BLOCKED, (session.status, session.status_reason)
+    assert "max model calls (2)" in session.status_reason
+    assert session.model_calls == 2 and server.agent_turns == 2
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="model.call").count() == 2
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="budget.exhausted").exists()
+
+
+@needs_cli
+@pytestmark_db
+def test_the_broker_refuses_a_hook_or_model_call_without_the_sessions_secret():
+    import queue
+
+    broker = claude_code.Broker(token="right", upstream="http://127.0.0.1:9", upstream_key="", inbox=queue.Queue())
+    try:
+        answer = _run_hook({"CR_HOOK_URL": broker.url + "/hook", "CR_HOOK_TOKEN": "wrong"}, PAYLOAD)
+        assert answer["permissionDecision"] == "deny"
+        assert "HTTP 403" in answer["permissionDecisionReason"]
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(broker.url + "/v1/messages", data=b"{}", headers={"x-api-key": "wrong"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        assert broker.inbox.empty()  # nothing reached the session's thread
+    finally:
+        broker.close()
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_the_sandboxed_agent_reaches_the_broker_and_nothing_else(fleet, worktrees_dir, anthropic):
+    """Even a command the grant allows (curl, Net(*)) cannot reach the model server directly: the
+    sandbox has no network, only its loopback relayed to the broker."""
+    from agents.runtime.sandbox import sandbox_available
+
+    if not sandbox_available("auto"):
+        pytest.skip("bubblewrap does not work here")
+    server = anthropic([])
+    spec = services.GrantSpec(mode="edits", allow=("Bash(curl *)", "Net(*)"))
+    session = launch(fleet, server, spec=spec, goal="Fetch the model server's page")
+    server.script = [[bash(f"curl -sS -m 5 {server.url}/v1/models")], [text("It failed.")]]
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    call = ToolCall.objects.get(session=session, name="Bash")
+    assert call.decision == "allow" and call.state == ToolCall.State.ERROR, (call.state, call.result)
+    assert not [r for r in server.requests if "/v1/models" in r["path"]]
+
+
+@pytest.mark.slow
+@needs_cli
+@pytest.mark.django_db(transaction=True)
+def test_a_claude_code_session_runs_on_a_celery_worker_and_survives_its_sigkill_without_running_a_tool_twice(
+    fleet, celery_workers, settings, anthropic
+):
+    import time
+
+    from django.db import transaction
+
+    from agents.dispatch import enqueue_step_on_commit
+    from agents.tasks import tick
+    from tests.conftest import wait_until
+
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "STALE_AFTER_S": 5}
+    server = anthropic([])
+    spec = services.GrantSpec(mode="edits", allow=("Bash(echo *)", "Bash(sleep *)"))
+    with transaction.atomic():
+        session = launch(fleet, server, spec=spec, goal="Log a run, then write after.txt")
+        enqueue_step_on_commit(session_id=session.pk, step=1, priority=session.priority)
+    worktree = Path(session.worktree_path)
+    server.script = [
+        [bash("echo started >> runs.log; sleep 8; echo finished >> runs.log")],
+        [write(str(worktree / "after.txt"), "carried on\n")],
+        [text("Recovered and wrote after.txt.")],
+    ]
+    pool = celery_workers(processes=1, concurrency=1, STEP_LEASE_S=3)
+    wait_until(
+        lambda: (worktree / "runs.log").exists(),
+        timeout=120,
+        message=lambda: (
+            f"the slow command to start: {AgentSession.objects.get(pk=session.pk).status_reason}\n{pool.log_tail()}"
+        ),
+    )
+    time.sleep(1.0)
+    pool.kill(pool.procs[0])  # SIGKILL the worker: the sandbox (and the command in it) dies with it
+    time.sleep(1.0)
+    assert (worktree / "runs.log").read_text() == "started\n"
+    pool.start_one(1)
+
+    def recovered():
+        tick()
+        return AgentSession.objects.get(pk=session.pk).is_terminal
+
+    wait_until(recovered, timeout=180, interval=1.0, message=f"recovery\n{pool.log_tail()}")
+    session.refresh_from_db()
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason, pool.log_tail())
+    assert (worktree / "runs.log").read_text() == "started\n"  # the command ran once, never again
+    command = ToolCall.objects.get(session=session, name="Bash")
+    assert command.state == ToolCall.State.INTERRUPTED
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="tool.interrupted").count() == 1
+    assert (worktree / "after.txt").read_text() == "carried on\n"
+    assert ToolCall.objects.filter(session=session, name="Write", state=ToolCall.State.DONE).count() == 1
