@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -59,6 +60,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "channels",
+    "axes",
     "django_htmx",
     "template_partials",
     "audit",
@@ -78,7 +80,28 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # last, as django-axes asks: turns a locked-out login attempt into the lockout page (429)
+    "axes.middleware.AxesMiddleware",
 ]
+
+# --- login throttling (django-axes) -------------------------------------------------------
+# LOGIN_FAILURE_LIMIT wrong passwords in a row for one username lock that username out of /login/
+# and /admin/login/ (even with the right password) for LOGIN_LOCKOUT_MINUTES; each further try
+# during the lockout starts it again. `manage.py axes_reset` (or axes_reset_username NAME) lifts it.
+# By username, not by address: behind a same-host proxy every visitor has the proxy's address.
+AUTHENTICATION_BACKENDS = [
+    "controlroom.auth.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_RESET_ON_SUCCESS = True  # "in a row": a successful login forgets the earlier failures
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+# axes.W006 asks for the address among the lockout parameters; by username alone is the choice above
+# (a guesser gets LOGIN_FAILURE_LIMIT tries per username whatever address, user agent or cookie it uses).
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
 
 ROOT_URLCONF = "controlroom.urls"
 ASGI_APPLICATION = "controlroom.asgi.application"
