@@ -4,6 +4,7 @@ agent sessions (default 100) with Single Task Owners and grants. Idempotent."""
 from __future__ import annotations
 
 import os
+import secrets
 from datetime import datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
@@ -140,8 +141,17 @@ PERSONA_CYCLE = [
 DEMO_TAG = "demo"
 
 
+DEFAULT_DEMO_PASSWORD = "controlroom"
+
+
 def demo_password() -> str:
-    return os.environ.get("DEMO_PASSWORD") or "controlroom"
+    """The `manager` login's password in the demo (documented: $DEMO_PASSWORD or 'controlroom')."""
+    return os.environ.get("DEMO_PASSWORD") or DEFAULT_DEMO_PASSWORD
+
+
+def generated_password() -> str:
+    """A distinct password for one demo user (printed once, when the user is created)."""
+    return secrets.token_urlsafe(12)
 
 
 class Command(BaseCommand):
@@ -150,17 +160,33 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--agents", type=int, default=100)
         parser.add_argument(
-            "--password", default=None, help="password for every demo user (default $DEMO_PASSWORD or 'controlroom')"
+            "--password",
+            default=None,
+            help="the manager's password (default $DEMO_PASSWORD or 'controlroom'); every other demo user"
+            " gets a distinct generated password, printed once when the user is created",
+        )
+        parser.add_argument(
+            "--same-password",
+            action="store_true",
+            help="give every demo user the --password (tests and benchmarks that log in as several people)",
         )
         parser.add_argument("--reset", action="store_true", help="delete the demo sessions and their worktrees first")
         parser.add_argument(
             "--no-start", action="store_true", help="create the sessions without enqueuing their first step"
         )
 
-    def handle(self, *args, agents, password, reset, no_start, **options):
+    def handle(self, *args, agents, password, reset, no_start, same_password=False, **options):
         if agents < 0:
             raise CommandError("--agents must be zero or more")
         password = password or demo_password()
+        if settings.PRODUCTION and password == DEFAULT_DEMO_PASSWORD:
+            raise CommandError(
+                f"PRODUCTION=true: the demo's manager password {DEFAULT_DEMO_PASSWORD!r} is refused;"
+                " set DEMO_PASSWORD (or --password) to a strong one"
+            )
+        self.same_password = same_password
+        self.manager_password = password
+        self.new_logins: list[tuple[str, str, str]] = []  # (pod or role, username, password) created now
         repo_path = create_demo_repo(settings.CONTROLROOM["REPOS_DIR"] / "demo-shop")
         repository, _ = Repository.objects.get_or_create(
             name="demo-shop", defaults={"path": str(repo_path), "default_branch": "main"}
@@ -204,9 +230,18 @@ class Command(BaseCommand):
         self.stdout.write(
             f"demo: {len(pods)} pods, {User.objects.count()} users, {total} demo sessions ({created} new)"
         )
-        self.stdout.write(
-            f"login: manager / {password}   (leader: leader / {password}; pod members: e.g. {pods[0][1][0].username} / {password})"
-        )
+        self.stdout.write(f"login: manager / {password}")
+        if same_password:
+            self.stdout.write(f"every other demo user: the same password ({password})")
+        elif self.new_logins:
+            self.stdout.write("other demo users (distinct passwords, shown only now):")
+            by_group: dict[str, list[str]] = {}
+            for group, username, secret in self.new_logins:
+                by_group.setdefault(group, []).append(f"{username} / {secret}")
+            for group, logins in by_group.items():
+                self.stdout.write(f"  {group}: {', '.join(logins)}")
+        else:
+            self.stdout.write("other demo users: passwords as printed when they were created")
 
     @staticmethod
     def _demo_count() -> int:
@@ -247,7 +282,7 @@ class Command(BaseCommand):
         manager = self._user(
             "manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True
         )
-        self._user("leader", "Lee", "Leader", User.Role.LEADER, password)
+        self._user("leader", "Lee", "Leader", User.Role.LEADER, self._password_for("leader", "leader"))
         pods = []
         name_index = 0
         for pod_index, pod_name in enumerate(POD_NAMES):
@@ -258,20 +293,38 @@ class Command(BaseCommand):
                 first = FIRST_NAMES[name_index % len(FIRST_NAMES)]
                 username = f"{first}" if name_index < len(FIRST_NAMES) else f"{first}{name_index}"
                 name_index += 1
-                user = self._user(username, first.capitalize(), pod_name, User.Role.MEMBER, password)
+                user = self._user(
+                    username,
+                    first.capitalize(),
+                    pod_name,
+                    User.Role.MEMBER,
+                    self._password_for(pod_name, username),
+                )
                 role = PodMembership.Role.LEAD if member_index == 0 else PodMembership.Role.MEMBER
                 PodMembership.objects.get_or_create(user=user, pod=pod, defaults={"role": role})
                 members.append(user)
             pods.append((pod, members))
         return manager, pods
 
-    @staticmethod
-    def _user(username, first, last, role, password, **flags) -> User:
+    def _password_for(self, group: str, username: str):
+        """The password a new demo user gets: the shared one with --same-password, else a generated one
+        (recorded to be printed once). A callable, so only users created now draw one."""
+
+        def draw() -> str:
+            if self.same_password:
+                return self.manager_password
+            secret = generated_password()
+            self.new_logins.append((group, username, secret))
+            return secret
+
+        return draw
+
+    def _user(self, username, first, last, role, password, **flags) -> User:
         user, created = User.objects.get_or_create(
             username=username, defaults={"first_name": first, "last_name": last, "role": role, **flags}
         )
         if created or not user.has_usable_password():
-            user.set_password(password)
+            user.set_password(password() if callable(password) else password)
             user.save(update_fields=["password"])
         return user
 
