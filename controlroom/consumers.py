@@ -22,6 +22,15 @@ Coalescing: per tile, the first update goes out at once; later ones within
 ``CONTROLROOM["LIVE_COALESCE_MS"]`` wait and only the newest is sent when the window ends, so a
 chatty session costs the browser a few swaps and always ends on its latest version.
 
+Login session: the socket lives only as long as the login that opened it. On each subscribe frame
+and every ``SESSION_CHECK_EVERY_S`` the consumer re-reads the session (it still exists, has not
+expired, names the same user, whose password has not changed since and who is still active); when
+it does not, an error frame and close code 4401 follow. Logging out therefore ends the socket within
+a few seconds.
+
+Bad frames (not JSON, too large, too deep, out-of-range numbers) get an error frame; the socket
+stays open.
+
 Consumers are thin: no git or model work; every ORM call goes through ``database_sync_to_async``.
 """
 
@@ -37,6 +46,8 @@ from datetime import UTC
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.utils.crypto import constant_time_compare
 from django.utils.html import format_html
 
 from agents import selectors
@@ -56,10 +67,33 @@ CATCHUP_MARGIN_S = 30.0
 CATCHUP_MAX_SESSIONS = 5_000
 CATCHUP_TILES_PER_FRAME = 100
 REAUTHORIZE_EVERY_S = 30.0
+SESSION_CHECK_EVERY_S = 5.0
+# Pod ids are database keys (signed 64-bit); a server timestamp is a number of seconds since 1970
+# no later than a day ahead of this server's clock.
+MAX_POD_ID = 2**63 - 1
+SINCE_AHEAD_S = 86_400.0
 
 
 def live_ts_html(ts: float) -> str:
     return format_html('<i id="live-ts" hidden data-ts="{}" hx-swap-oob="true"></i>', f"{ts:.6f}")
+
+
+@database_sync_to_async
+def _still_logged_in(session_key: str | None, user_id) -> bool:
+    """The login session behind this socket still stands: it exists (not logged out, not expired),
+    names this user, and its password hash is the user's current one; the user is still active."""
+    if not session_key:
+        return False
+    from importlib import import_module
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    data = store.load()
+    if str(data.get(SESSION_KEY)) != str(user_id):
+        return False
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or not user.is_active:
+        return False
+    return constant_time_compare(str(data.get(HASH_SESSION_KEY, "")), user.get_session_auth_hash())
 
 
 @database_sync_to_async
@@ -113,11 +147,17 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.frame_s = settings.CONTROLROOM["LIVE_FRAME_MS"] / 1000.0
         self.last_frame = -math.inf
         self.wakeup = asyncio.Event()  # a tile joined the pending ones: the flusher re-plans
+        session = self.scope.get("session")
+        self.session_key = getattr(session, "session_key", None)
+        self.closing = False
         await self.accept()
+        self.session_watch = asyncio.create_task(self._watch_session())
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "flusher", None) is not None:
-            self.flusher.cancel()
+        self.closing = True
+        for task in (getattr(self, "flusher", None), getattr(self, "session_watch", None)):
+            if task is not None:
+                task.cancel()
         for pod_id in getattr(self, "pods", set()):
             await self.channel_layer.group_discard(pod_group(pod_id), self.channel_name)
         self.pods = set()
@@ -137,6 +177,8 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     # --- from the browser ------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if getattr(self, "closing", False):
+            return
         try:
             await self._receive(text_data, bytes_data)
         except Exception:  # a bad frame must never take the socket down; the error is logged with its trace
@@ -152,7 +194,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             return
         try:
             message = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             await self._error("frame is not valid JSON")
             return
         if not isinstance(message, dict):
@@ -167,6 +209,8 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             await self._error(f"unknown frame type {str(kind)[:40]!r}: use subscribe or ping")
 
     async def _subscribe(self, message: dict) -> None:
+        if not await self._session_ok():
+            return
         pods, since = message.get("pods"), message.get("since")
         if not isinstance(pods, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in pods):
             await self._error('subscribe: "pods" must be a list of pod ids (integers)')
@@ -174,10 +218,18 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         if len(pods) > MAX_PODS_PER_SUBSCRIPTION:
             await self._error(f"subscribe: at most {MAX_PODS_PER_SUBSCRIPTION} pods")
             return
+        if not all(1 <= p <= MAX_POD_ID for p in pods):
+            await self._error(f"subscribe: pod ids are integers from 1 to {MAX_POD_ID}")
+            return
         if since is not None and (
-            isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since)
+            isinstance(since, bool)
+            or not isinstance(since, (int, float))
+            or not math.isfinite(since)
+            or not 0 <= since <= time.time() + SINCE_AHEAD_S
         ):
-            await self._error('subscribe: "since" must be a server timestamp (number) or null')
+            await self._error(
+                'subscribe: "since" must be a server timestamp (seconds since 1970, not in the future) or null'
+            )
             return
         requested = set(pods)
         allowed = await _authorize_pods(self.user, requested)
@@ -209,10 +261,38 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     async def _error(self, error: str, **extra) -> None:
         await self.send(text_data=json.dumps({"type": "error", "error": error, **extra}))
 
+    # --- the login session -----------------------------------------------------------------------
+
+    async def _session_ok(self) -> bool:
+        """Whether the login still stands; when it does not, say so and close (4401)."""
+        if self.closing:
+            return False
+        if await _still_logged_in(self.session_key, self.user.pk):
+            return True
+        if not self.closing:
+            self.closing = True
+            await self._error("logged out: the login session of this socket has ended")
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+        return False
+
+    async def _watch_session(self) -> None:
+        """Every SESSION_CHECK_EVERY_S: close the socket once its login session is gone."""
+        while not self.closing:
+            await asyncio.sleep(SESSION_CHECK_EVERY_S)
+            try:
+                if not await self._session_ok():
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup: try again next round, never kill the loop
+                logger.exception("canvas consumer: login session check failed")
+
     # --- from the channel layer ------------------------------------------------------------------
 
     async def session_update(self, event: dict) -> None:
         """A session changed (agents.events). Forward its tile, coalesced per tile."""
+        if self.closing:
+            return
         try:
             session_id, version, pod_id = int(event["session_id"]), int(event["version"]), int(event["pod_id"])
         except (KeyError, TypeError, ValueError):
@@ -266,6 +346,8 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                     pass
 
     async def _send_events(self, events: list[dict]) -> None:
+        if self.closing:
+            return
         events = [
             e
             for e in events

@@ -130,6 +130,7 @@ class HistoryResult:
     first_night: date | None = None
     last_night: date | None = None
     skipped: str = ""
+    new_logins: list[tuple[str, str, str]] = field(default_factory=list)  # demo users created now
 
     def summary(self) -> str:
         if self.skipped:
@@ -640,7 +641,9 @@ class _Simulation:
             self.result.checkpoints += 1
 
 
-def seed_history(*, nights: int = 30, seed: int = 2026, password: str, now: datetime | None = None) -> HistoryResult:
+def seed_history(
+    *, nights: int = 30, seed: int = 2026, password: str, same_password: bool = False, now: datetime | None = None
+) -> HistoryResult:
     """Write ``nights`` past nights of the demo fleet (see the module's docstring), in one
     transaction. Does nothing (``skipped`` says why) when the database already has sessions."""
     if nights < 1:
@@ -657,13 +660,15 @@ def seed_history(*, nights: int = 30, seed: int = 2026, password: str, now: date
     events_before = AuditEvent.objects.count()
     with simulated_time(clock), offline(), transaction.atomic():
         repository = demo_repository()
-        manager, pods = demo_people(password)
+        new_logins: list[tuple[str, str, str]] = []
+        manager, pods = demo_people(password, same_password=same_password, new_logins=new_logins)
         simulation = _Simulation(
             now=now, nights=night_days, seed=seed, manager=manager, pods=pods, repository=repository
         )
         simulation.plan()
         simulation.run(clock)
     result = simulation.result
+    result.new_logins = new_logins
     result.events = AuditEvent.objects.count() - events_before
     result.seconds = time.perf_counter() - started
     return result

@@ -531,7 +531,7 @@ def watch_until_ready(*, manager: Any, options: Options, password: str) -> None:
         lines = [
             "",
             f"Control Room is running: http://{shown}:{options.port}/",
-            f"  log in as: manager / {password}   (also: leader / {password})",
+            f"  log in as: manager / {password}   (other demo users: the passwords seed_demo printed)",
             f"  health:    http://{shown}:{options.port}/healthz",
             "  stop:      Ctrl-C",
             "",
@@ -561,6 +561,22 @@ class Resources:
             self.redis.stop()
 
 
+def refuse_demo_password_in_production() -> None:
+    """PRODUCTION=true: a `manager` account that still has the demo's password is refused."""
+    from django.conf import settings
+
+    if not settings.PRODUCTION:
+        return
+    from django.contrib.auth import get_user_model
+
+    manager = get_user_model().objects.filter(username="manager").first()
+    if manager is not None and manager.check_password(DEFAULT_DEMO_PASSWORD):
+        raise ConfigError(
+            f"PRODUCTION=true refuses weak defaults: the user 'manager' has the demo's password"
+            f" ({DEFAULT_DEMO_PASSWORD!r}): change it (manage.py changepassword manager)"
+        )
+
+
 def prepare_database(*, options: Options, password: str) -> None:
     from django.core.management import call_command, get_commands
     from django.db import DatabaseError, connections
@@ -570,6 +586,7 @@ def prepare_database(*, options: Options, password: str) -> None:
         call_command("migrate", interactive=False, verbosity=1)
     except DatabaseError as exc:
         raise ConfigError(f"{label}: migrate failed: {one_line(exc)}") from None
+    refuse_demo_password_in_production()
     if options.seed:
         from agents.models import AgentSession
 
@@ -619,6 +636,11 @@ def run(*, options: Options) -> int:
     logs_dir = data_dir / "logs"
     os.environ["DATA_DIR"] = str(data_dir)  # children resolve the same directory whatever their cwd
     password = os.environ.get("DEMO_PASSWORD") or DEFAULT_DEMO_PASSWORD
+    if settings.PRODUCTION and options.seed and not options.worker_only and password == DEFAULT_DEMO_PASSWORD:
+        raise ConfigError(
+            f"PRODUCTION=true refuses weak defaults: the demo would be seeded with manager / {DEFAULT_DEMO_PASSWORD}:"
+            " start with --no-seed, or set DEMO_PASSWORD to a strong password"
+        )
 
     if options.host not in {"127.0.0.1", "localhost", "::1"} and not os.environ.get("ALLOWED_HOSTS"):
         print(

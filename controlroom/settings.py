@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -30,14 +31,23 @@ for _sub in ("", "run", "logs", "worktrees", "repos", "audit", "static"):
 
 DEBUG = env_bool("DEBUG", False)
 PRODUCTION = env_bool("PRODUCTION", False)
+# PRODUCTION=true refuses to start on a weak default; every problem found is collected here and
+# reported together, as one line, at the end of this module.
+_WEAK_DEFAULTS: list[str] = []
+# the demo's documented password (seed_demo, bin/start): never acceptable in production
+DEMO_DEFAULT_PASSWORD = "controlroom"
+MIN_SECRET_CHARS = 32
 
 
 def _secret_key() -> str:
     key = env_str("SECRET_KEY")
     if key:
+        if PRODUCTION and (len(key) < MIN_SECRET_CHARS or key.startswith("django-insecure")):
+            _WEAK_DEFAULTS.append(f"SECRET_KEY is weak (at least {MIN_SECRET_CHARS} random characters)")
         return key
     if PRODUCTION:
-        raise ImproperlyConfigured("SECRET_KEY: must be set when PRODUCTION=true")
+        _WEAK_DEFAULTS.append("SECRET_KEY is not set (a generated dev key is not for production)")
+        return "unset"
     key_file = DATA_DIR / "secret_key"
     if not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(50))
@@ -59,6 +69,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "channels",
+    "axes",
     "django_htmx",
     "template_partials",
     "audit",
@@ -78,7 +89,28 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # last, as django-axes asks: turns a locked-out login attempt into the lockout page (429)
+    "axes.middleware.AxesMiddleware",
 ]
+
+# --- login throttling (django-axes) -------------------------------------------------------
+# LOGIN_FAILURE_LIMIT wrong passwords in a row for one username lock that username out of /login/
+# and /admin/login/ (even with the right password) for LOGIN_LOCKOUT_MINUTES; each further try
+# during the lockout starts it again. `manage.py axes_reset` (or axes_reset_username NAME) lifts it.
+# By username, not by address: behind a same-host proxy every visitor has the proxy's address.
+AUTHENTICATION_BACKENDS = [
+    "controlroom.auth.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_RESET_ON_SUCCESS = True  # "in a row": a successful login forgets the earlier failures
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+# axes.W006 asks for the address among the lockout parameters; by username alone is the choice above
+# (a guesser gets LOGIN_FAILURE_LIMIT tries per username whatever address, user agent or cookie it uses).
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
 
 ROOT_URLCONF = "controlroom.urls"
 ASGI_APPLICATION = "controlroom.asgi.application"
@@ -281,9 +313,12 @@ def _audit_key() -> bytes:
     """The checkpoint signing key. Never stored in the database."""
     key = env_str("AUDIT_SIGNING_KEY")
     if key:
+        if PRODUCTION and len(key) < MIN_SECRET_CHARS:
+            _WEAK_DEFAULTS.append(f"AUDIT_SIGNING_KEY is weak (at least {MIN_SECRET_CHARS} random characters)")
         return key.encode()
     if PRODUCTION:
-        raise ImproperlyConfigured("AUDIT_SIGNING_KEY: must be set when PRODUCTION=true")
+        _WEAK_DEFAULTS.append("AUDIT_SIGNING_KEY is not set (the audit checkpoints' key)")
+        return b"unset"
     key_file = DATA_DIR / "audit" / "signing.key"
     if not key_file.exists():
         key_file.write_text(secrets.token_hex(32))
@@ -317,6 +352,13 @@ LOGGING = {
     "loggers": {"LiteLLM": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }
 
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
 CELERY_IMPORTS = ["reviews.review_tasks"]
 CELERY_BEAT_SCHEDULE = {
     "cleanup-worktrees": {"task": "reviews.tasks.cleanup_worktrees", "schedule": 3600.0},
@@ -326,3 +368,21 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(CONTROLROOM["AUDIT_CHECKPOINT_EVERY_S"]),
     },
 }
+
+
+def _production_refusals() -> None:
+    """PRODUCTION=true: refuse the development defaults, all named in one line."""
+    if not PRODUCTION:
+        return
+    if DEBUG:
+        _WEAK_DEFAULTS.append("DEBUG is on")
+    if "*" in ALLOWED_HOSTS:
+        _WEAK_DEFAULTS.append("ALLOWED_HOSTS contains '*' (name the hosts clients use)")
+    demo_password = env_str("DEMO_PASSWORD")
+    if demo_password is not None and (demo_password == DEMO_DEFAULT_PASSWORD or len(demo_password) < 12):
+        _WEAK_DEFAULTS.append("DEMO_PASSWORD is the demo's or shorter than 12 characters")
+    if _WEAK_DEFAULTS:
+        raise ImproperlyConfigured("PRODUCTION=true refuses weak defaults: " + "; ".join(_WEAK_DEFAULTS))
+
+
+_production_refusals()

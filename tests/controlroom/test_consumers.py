@@ -118,6 +118,139 @@ def test_a_page_from_another_origin_is_refused_even_when_logged_in(client, fleet
     run(scenario)
 
 
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"http://testserver:8001",  # another port of the same host
+        b"https://testserver",  # another scheme
+        b"http://testserver.evil.example",
+        b"null",
+        b"ftp://testserver",
+    ],
+)
+def test_a_page_on_another_port_or_scheme_of_the_same_host_is_refused(client, fleet, origin):
+    headers = _headers(client, fleet.manager, origin=origin)
+
+    async def scenario():
+        communicator = _socket(headers)
+        connected, _ = await communicator.connect(timeout=5)
+        assert not connected
+
+    run(scenario)
+
+
+def test_a_loopback_page_on_another_port_is_refused_and_the_sites_own_port_is_not(client, fleet):
+    client.force_login(fleet.manager)
+    cookie = (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+    async def scenario():
+        own = [(b"origin", b"http://127.0.0.1:8000"), (b"host", b"127.0.0.1:8000"), cookie]
+        communicator = _socket(own)
+        assert (await communicator.connect(timeout=5))[0]
+        await communicator.disconnect()
+        other = [(b"origin", b"http://127.0.0.1:8001"), (b"host", b"127.0.0.1:8000"), cookie]
+        assert not (await _socket(other).connect(timeout=5))[0]
+        no_origin = [(b"host", b"127.0.0.1:8000"), cookie]
+        assert not (await _socket(no_origin).connect(timeout=5))[0]
+
+    run(scenario)
+
+
+def test_a_trusted_origin_of_a_tls_proxy_is_accepted(client, fleet, settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://cr.example.org"]
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "cr.example.org"]
+    client.force_login(fleet.manager)
+    cookie = (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+    async def scenario():
+        ok = _socket([(b"origin", b"https://cr.example.org"), (b"host", b"cr.example.org"), cookie])
+        assert (await ok.connect(timeout=5))[0]
+        await ok.disconnect()
+        other_port = _socket([(b"origin", b"https://cr.example.org:8443"), (b"host", b"cr.example.org"), cookie])
+        assert not (await other_port.connect(timeout=5))[0]
+
+    run(scenario)
+
+
+# --- the login session ----------------------------------------------------------------------------
+
+
+async def _closed(communicator, *, timeout: float) -> tuple[list[dict], int]:
+    """Frames received until the server closes the socket, and the close code."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        output = await communicator.receive_output(timeout=max(0.1, deadline - time.monotonic()))
+        if output["type"] == "websocket.close":
+            return frames, output.get("code")
+        frames.append(json.loads(output["text"]) if output.get("text", "").startswith("{") else output)
+    raise AssertionError(f"still open after {timeout}s: {frames}")
+
+
+def test_the_socket_closes_within_seconds_of_logout(client, fleet, sessions, monkeypatch):
+    monkeypatch.setattr(consumers, "SESSION_CHECK_EVERY_S", 0.5)
+    headers = _headers(client, fleet.member)
+
+    async def scenario():
+        communicator = await _connected(headers)
+        await _subscribe(communicator, [fleet.alpha.pk])
+        await database_sync_to_async(client.logout)()
+        frames, code = await _closed(communicator, timeout=5)
+        assert code == consumers.CLOSE_UNAUTHENTICATED
+        assert frames and frames[-1]["type"] == "error" and "logged out" in frames[-1]["error"]
+
+    run(scenario)
+
+
+def test_after_logout_no_tile_is_streamed(client, fleet, sessions, monkeypatch):
+    monkeypatch.setattr(consumers, "SESSION_CHECK_EVERY_S", 3600.0)  # only the subscribe check runs
+    headers = _headers(client, fleet.member)
+
+    async def scenario():
+        communicator = await _connected(headers)
+        await _subscribe(communicator, [fleet.alpha.pk])
+        await database_sync_to_async(client.logout)()
+        await communicator.send_to(text_data=json.dumps({"type": "subscribe", "pods": [fleet.alpha.pk]}))
+        frames, code = await _closed(communicator, timeout=5)
+        assert code == consumers.CLOSE_UNAUTHENTICATED
+        assert all(f.get("type") == "error" for f in frames), frames
+
+    run(scenario)
+
+
+def test_a_password_change_elsewhere_or_deactivation_ends_the_socket(client, fleet, sessions, monkeypatch):
+    monkeypatch.setattr(consumers, "SESSION_CHECK_EVERY_S", 0.5)
+    headers = _headers(client, fleet.member)
+
+    def change_password():
+        fleet.member.set_password("a-new-long-passphrase-1")
+        fleet.member.save()
+
+    async def scenario():
+        communicator = await _connected(headers)
+        await _subscribe(communicator, [fleet.alpha.pk])
+        await database_sync_to_async(change_password)()
+        _, code = await _closed(communicator, timeout=5)
+        assert code == consumers.CLOSE_UNAUTHENTICATED
+
+    run(scenario)
+
+
+def test_a_logged_in_socket_stays_open_across_session_checks(client, fleet, sessions, monkeypatch):
+    monkeypatch.setattr(consumers, "SESSION_CHECK_EVERY_S", 0.2)
+    headers = _headers(client, fleet.member)
+
+    async def scenario():
+        communicator = await _connected(headers)
+        await _subscribe(communicator, [fleet.alpha.pk])
+        assert await communicator.receive_nothing(timeout=1.0)  # several checks passed
+        await pause(session=sessions["a1"], by=fleet.sto)
+        assert sessions["a1"].pk in _versions(await communicator.receive_from(timeout=5))
+        await communicator.disconnect()
+
+    run(scenario)
+
+
 def test_a_logged_in_user_connects_and_gets_an_answer_to_ping(client, fleet):
     headers = _headers(client, fleet.member)
 
@@ -349,6 +482,18 @@ BAD_FRAMES = {
     "since not a number": '{"type": "subscribe", "pods": [], "since": NaN}',
     "too many pods": json.dumps({"type": "subscribe", "pods": list(range(600))}),
     "huge": json.dumps({"type": "subscribe", "pods": [], "pad": "x" * 40_000}),
+    "very huge": "x" * 2_000_000,
+    "since far in the future": '{"type": "subscribe", "pods": [], "since": 1e20}',
+    "since huge integer": '{"type": "subscribe", "pods": [1], "since": 100000000000000000000000000000}',
+    "since infinite": '{"type": "subscribe", "pods": [], "since": 1e400}',
+    "since negative": '{"type": "subscribe", "pods": [], "since": -1e20}',
+    "pod id beyond the database": '{"type": "subscribe", "pods": [100000000000000000000000000000]}',
+    "pod id negative": '{"type": "subscribe", "pods": [-1]}',
+    "pod id zero": '{"type": "subscribe", "pods": [0]}',
+    "pods of floats": '{"type": "subscribe", "pods": [1.5]}',
+    "deeply nested": "[" * 10_000 + "]" * 10_000,
+    "nul and unicode digits": '{"type": "subscribe\u0000", "pods": ["\u00b2"]}',
+    "type not a string": '{"type": {"a": 1}}',
 }
 
 
@@ -361,6 +506,7 @@ def test_malformed_frames_get_an_error_frame_and_the_socket_keeps_working(client
             await communicator.send_to(text_data=text)
             frame = json.loads(await communicator.receive_from(timeout=5))
             assert frame["type"] == "error", (name, frame)
+            assert "internal" not in frame["error"], (name, frame)
         await communicator.send_to(bytes_data=b"\x00\x01")
         assert json.loads(await communicator.receive_from(timeout=5))["type"] == "error"
         # still alive and still useful

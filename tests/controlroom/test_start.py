@@ -187,3 +187,50 @@ def test_a_worker_host_refuses_to_start_without_the_control_rooms_redis_database
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(f"error: {missing}:") and "--worker-only" in result.stderr
+
+
+STRONG = {"SECRET_KEY": "k" * 10 + "s3cr3t-enough-for-the-check-" * 2, "AUDIT_SIGNING_KEY": "a" * 64}
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ({}, ["SECRET_KEY is not set", "AUDIT_SIGNING_KEY is not set"]),
+        ({**STRONG, "DEBUG": "true"}, ["DEBUG is on"]),
+        ({**STRONG, "ALLOWED_HOSTS": "*"}, ["ALLOWED_HOSTS contains '*'"]),
+        ({**STRONG, "SECRET_KEY": "django-insecure-short"}, ["SECRET_KEY is weak"]),
+        ({**STRONG, "AUDIT_SIGNING_KEY": "key"}, ["AUDIT_SIGNING_KEY is weak"]),
+        ({**STRONG, "DEMO_PASSWORD": "controlroom"}, ["DEMO_PASSWORD is the demo's"]),
+        ({**STRONG, "DEBUG": "1", "ALLOWED_HOSTS": "*"}, ["DEBUG is on", "ALLOWED_HOSTS contains '*'"]),
+    ],
+)
+def test_production_refuses_weak_defaults_in_one_line(tmp_path: Path, given: dict, named: list[str]):
+    result = subprocess.run(
+        [sys.executable, "-m", "controlroom.launcher", "--port", str(free_port()), "--no-seed"],
+        cwd=REPO_ROOT,
+        env=_launcher_env(tmp_path / "data", PRODUCTION="true", **given),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: PRODUCTION=true refuses weak defaults: ")
+    for problem in named:
+        assert problem in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_production_refuses_to_seed_the_demo_with_its_documented_password(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "controlroom.launcher", "--port", str(free_port())],
+        cwd=REPO_ROOT,
+        env=_launcher_env(tmp_path / "data", PRODUCTION="true", **STRONG),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "manager / controlroom" in lines[0] and "--no-seed" in lines[0], result.stderr

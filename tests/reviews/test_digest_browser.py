@@ -194,7 +194,7 @@ def demo_night(monkeypatch, worktrees_dir):
     clock = NightClock(dusk)
     monkeypatch.setattr(timezone, "now", clock)
     monkeypatch.setattr(Escalation._meta.get_field("created_at"), "default", clock)
-    call_command("seed_demo", agents=100, no_start=True, password="pw-demo")
+    call_command("seed_demo", agents=100, no_start=True, password="pw-demo", same_password=True)
     sessions = list(AgentSession.objects.select_related("sto", "pod").order_by("pk"))
     assert len(sessions) == 100
     driven = [s for s in sessions if s.model == "sim/engineer" and Grant.objects.get(session=s).not_before <= clock.t][

@@ -4,13 +4,14 @@ agent sessions (default 100) with Single Task Owners and grants. Idempotent."""
 from __future__ import annotations
 
 import os
+import secrets
 from datetime import datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth.hashers import make_password
+from django.contrib.auth.hashers import PBKDF2PasswordHasher, make_password
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
@@ -141,8 +142,17 @@ PERSONA_CYCLE = [
 DEMO_TAG = "demo"
 
 
+DEFAULT_DEMO_PASSWORD = "controlroom"
+
+
 def demo_password() -> str:
-    return os.environ.get("DEMO_PASSWORD") or "controlroom"
+    """The `manager` login's password in the demo (documented: $DEMO_PASSWORD or 'controlroom')."""
+    return os.environ.get("DEMO_PASSWORD") or DEFAULT_DEMO_PASSWORD
+
+
+def generated_password() -> str:
+    """A distinct password for one demo user (printed once, when the user is created)."""
+    return secrets.token_urlsafe(12)
 
 
 def demo_repository() -> Repository:
@@ -154,14 +164,24 @@ def demo_repository() -> Repository:
     return repository
 
 
-def demo_people(password: str) -> tuple[User, list[tuple[Pod, list[User]]]]:
+def demo_people(
+    password: str, *, same_password: bool = False, new_logins: list[tuple[str, str, str]] | None = None
+) -> tuple[User, list[tuple[Pod, list[User]]]]:
     """The manager, the leader and the ~20 pods of 3–5 people (a lead each); created when missing.
 
-    Every demo user has the same password, so it is hashed once (a hash costs ~0.3 s by design)
-    and that one hash is stored for each of them."""
-    password = _Hashed(password)
-    manager = _user("manager", "Morgan", "Manager", User.Role.MANAGER, password, is_staff=True, is_superuser=True)
-    _user("leader", "Lee", "Leader", User.Role.LEADER, password)
+    The manager gets ``password``. Every other user created now gets a distinct generated password,
+    appended to ``new_logins`` as (pod or role, username, password) to be printed once; with
+    ``same_password`` they all get ``password`` instead (tests and benchmarks that log in as several
+    people). The shared password is hashed once (a hash costs ~0.3–0.8 s by design); a generated
+    one, 96 random bits, needs no key stretching and is hashed with few iterations (Django raises
+    them to the default at its first login, see ``PBKDF2PasswordHasher.must_update``)."""
+    shared = _Hashed(password)
+
+    def password_for(group: str, username: str) -> _Hashed | _Generated:
+        return shared if same_password else _Generated(group, username, new_logins)
+
+    manager = _user("manager", "Morgan", "Manager", User.Role.MANAGER, shared, is_staff=True, is_superuser=True)
+    _user("leader", "Lee", "Leader", User.Role.LEADER, password_for("leader", "leader"))
     pods = []
     name_index = 0
     for pod_index, pod_name in enumerate(POD_NAMES):
@@ -172,12 +192,28 @@ def demo_people(password: str) -> tuple[User, list[tuple[Pod, list[User]]]]:
             first = FIRST_NAMES[name_index % len(FIRST_NAMES)]
             username = f"{first}" if name_index < len(FIRST_NAMES) else f"{first}{name_index}"
             name_index += 1
-            user = _user(username, first.capitalize(), pod_name, User.Role.MEMBER, password)
+            user = _user(username, first.capitalize(), pod_name, User.Role.MEMBER, password_for(pod_name, username))
             role = PodMembership.Role.LEAD if member_index == 0 else PodMembership.Role.MEMBER
             PodMembership.objects.get_or_create(user=user, pod=pod, defaults={"role": role})
             members.append(user)
         pods.append((pod, members))
     return manager, pods
+
+
+def login_lines(password: str, *, same_password: bool, new_logins: list[tuple[str, str, str]]) -> list[str]:
+    """What seeding prints about logins: the manager's, and the generated ones created now (once)."""
+    lines = [f"login: manager / {password}"]
+    if same_password:
+        lines.append(f"every other demo user: the same password ({password})")
+    elif new_logins:
+        lines.append("other demo users (distinct passwords, shown only now):")
+        by_group: dict[str, list[str]] = {}
+        for group, username, secret in new_logins:
+            by_group.setdefault(group, []).append(f"{username} / {secret}")
+        lines += [f"  {group}: {', '.join(logins)}" for group, logins in by_group.items()]
+    else:
+        lines.append("other demo users: passwords as printed when they were created")
+    return lines
 
 
 class _Hashed:
@@ -193,7 +229,25 @@ class _Hashed:
         return self._encoded
 
 
-def _user(username, first, last, role, password: _Hashed, **flags) -> User:
+GENERATED_PASSWORD_ITERATIONS = 1_000
+
+
+class _Generated:
+    """A fresh generated password for one user, drawn (and recorded to be printed) only when used."""
+
+    def __init__(self, group: str, username: str, new_logins: list[tuple[str, str, str]] | None) -> None:
+        self.group, self.username, self.new_logins = group, username, new_logins
+
+    @property
+    def encoded(self) -> str:
+        secret = generated_password()
+        if self.new_logins is not None:
+            self.new_logins.append((self.group, self.username, secret))
+        hasher = PBKDF2PasswordHasher()
+        return hasher.encode(secret, hasher.salt(), iterations=GENERATED_PASSWORD_ITERATIONS)
+
+
+def _user(username, first, last, role, password: _Hashed | _Generated, **flags) -> User:
     user, created = User.objects.get_or_create(
         username=username, defaults={"first_name": first, "last_name": last, "role": role, **flags}
     )
@@ -209,21 +263,37 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--agents", type=int, default=100)
         parser.add_argument(
-            "--password", default=None, help="password for every demo user (default $DEMO_PASSWORD or 'controlroom')"
+            "--password",
+            default=None,
+            help="the manager's password (default $DEMO_PASSWORD or 'controlroom'); every other demo user"
+            " gets a distinct generated password, printed once when the user is created",
+        )
+        parser.add_argument(
+            "--same-password",
+            action="store_true",
+            help="give every demo user the --password (tests and benchmarks that log in as several people)",
         )
         parser.add_argument("--reset", action="store_true", help="delete the demo sessions and their worktrees first")
         parser.add_argument(
             "--no-start", action="store_true", help="create the sessions without enqueuing their first step"
         )
 
-    def handle(self, *args, agents, password, reset, no_start, **options):
+    def handle(self, *args, agents, password, reset, no_start, same_password=False, **options):
         if agents < 0:
             raise CommandError("--agents must be zero or more")
         password = password or demo_password()
+        if settings.PRODUCTION and password == DEFAULT_DEMO_PASSWORD:
+            raise CommandError(
+                f"PRODUCTION=true: the demo's manager password {DEFAULT_DEMO_PASSWORD!r} is refused;"
+                " set DEMO_PASSWORD (or --password) to a strong one"
+            )
+        self.same_password = same_password
+        self.manager_password = password
+        self.new_logins: list[tuple[str, str, str]] = []  # (pod or role, username, password) created now
         repository = demo_repository()
         if reset:
             self._reset()
-        manager, pods = demo_people(password)
+        manager, pods = demo_people(password, same_password=same_password, new_logins=self.new_logins)
         existing = self._demo_count()
         created = 0
         now = timezone.now()
@@ -260,9 +330,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"demo: {len(pods)} pods, {User.objects.count()} users, {total} demo sessions ({created} new)"
         )
-        self.stdout.write(
-            f"login: manager / {password}   (leader: leader / {password}; pod members: e.g. {pods[0][1][0].username} / {password})"
-        )
+        for line in login_lines(password, same_password=same_password, new_logins=self.new_logins):
+            self.stdout.write(line)
 
     @staticmethod
     def _demo_count() -> int:
