@@ -531,7 +531,7 @@ def watch_until_ready(*, manager: Any, options: Options, password: str) -> None:
         lines = [
             "",
             f"Control Room is running: http://{shown}:{options.port}/",
-            f"  log in as: manager / {password}   (other demo users: the passwords seed_demo printed)",
+            f"  log in as: manager / {password}   (other demo users: the passwords printed above, once)",
             f"  health:    http://{shown}:{options.port}/healthz",
             "  stop:      Ctrl-C",
             "",
