@@ -184,6 +184,7 @@ def known_kinds() -> list[str]:
         "session.paused",
         "session.resumed",
         "session.cancelled",
+        "session.recovered",
         "session.sto_reassigned",
         "session.attested",
         "session.action_refused",

@@ -200,7 +200,7 @@
     box.hidden = false;
   }
   function onCell(evt) {
-    var cell = evt.target.closest && evt.target.closest("#canvas .cell");
+    var cell = evt.target.closest && evt.target.closest("#canvas .cells .cell");
     if (cell) showDetails(cell);
   }
   document.addEventListener("mouseover", onCell);
@@ -260,7 +260,7 @@
     var target = evt.target;
     if (!target.closest) return;
     if (target.closest(".drawer-close")) { closeDrawer(); return; }
-    var tile = target.closest("#canvas .tile, #canvas .cell");
+    var tile = target.closest("#canvas .tile, #canvas .cells .cell");
     if (tile) lastOpened = tile.id;
     // a map cell opens its drawer like a tile link (one delegated handler, not a thousand hx-get)
     if (tile && tile.classList.contains("cell") && !evt.ctrlKey && !evt.metaKey && !evt.shiftKey && evt.button === 0) {
