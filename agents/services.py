@@ -222,6 +222,18 @@ def membership_remove(*, pod: Pod, user: User, by: User) -> None:
         record("pod.membership_removed", user=by, pod_id=pod.pk, payload={"pod": pod.slug, "member": user.username})
 
 
+@transaction.atomic
+def user_set_active(*, user: User, active: bool, by: User) -> User:
+    """Let a person log in, or stop them (the admin's "active" box). Managers only; audited."""
+    if by.role != User.Role.MANAGER and not by.is_superuser:
+        raise authority.NotAllowed("Only a manager may let people log in or stop them.")
+    if user.is_active != active:
+        User.objects.filter(pk=user.pk).update(is_active=active)
+        user.is_active = active
+        record("user.active_set", user=by, payload={"member": user.username, "active": active})
+    return user
+
+
 # --- sessions -------------------------------------------------------------------------
 
 API_KEY_ENV = re.compile(r"[A-Z][A-Z0-9_]{0,99}")
