@@ -470,3 +470,11 @@ def test_a_refusal_to_someone_of_another_pod_names_nobody_of_the_pod(client, nig
     for response in responses:
         assert response.status_code == 403
         assert not re.search(r"\bsam\b", response.content.decode()), "the STO of pod alpha is not named"
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "https://evil.example/", "/\\/evil"])
+def test_next_never_leads_to_another_site(client, night, target):
+    client.force_login(night.fleet.manager)
+    url = reverse("session_assign_sto", args=[night.s["a"].pk])
+    response = client.post(url, {"sto": night.fleet.member.username, "next": target})
+    assert response.status_code == 302 and response["Location"] == "/pods/alpha/"
