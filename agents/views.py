@@ -12,6 +12,7 @@ from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import Truncator
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -99,7 +100,8 @@ def session_assign_sto(request: HttpRequest, session_id: int) -> HttpResponse:
 
 def redirect_back(request: HttpRequest, slug: str, status: int = 302) -> HttpResponse:
     target = request.POST.get("next") or f"/pods/{slug}/"
-    if not target.startswith("/") or target.startswith("//"):
+    # a path of this site only: "//host" and "/\\host" (browsers read both as another site) are refused
+    if not target.startswith("/") or not url_has_allowed_host_and_scheme(target, allowed_hosts=None):
         target = f"/pods/{slug}/"
     if status == 403:
         response = render(request, "agents/refused.html", {"back": target}, status=403)
