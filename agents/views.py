@@ -594,6 +594,7 @@ def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 @require_POST
+@params.bad_parameter_400
 def session_steer(request: HttpRequest, session_id: int) -> HttpResponse:
     """Send the running agent a message (its STO, the pod lead or a manager): in its context at its
     next step."""
@@ -619,6 +620,7 @@ def _link_refused(request: HttpRequest, title: str, text: str, *, status: int) -
 
 
 @require_http_methods(["GET", "POST"])
+@params.bad_parameter_400
 def decision_link(request: HttpRequest, token: str) -> HttpResponse:
     """The page a signed decision link opens: one escalation, three buttons, sized for a phone.
     Refused with a clear page when the link was tampered with, has expired, was made for someone

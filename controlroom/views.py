@@ -359,6 +359,7 @@ GROUP_DECIDED = {"allow-once": "allowed once", "allow-always": "allowed always",
 
 
 @require_GET
+@params.bad_parameter_400
 def decisions(request: HttpRequest) -> HttpResponse:
     """The open escalations the user may see, grouped by the canonical action they ask for: one
     decision per group, applied to each session of its preview."""
@@ -375,9 +376,12 @@ def decisions(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@params.bad_parameter_400
 def decisions_group(request: HttpRequest) -> HttpResponse:
     """Decide a group: the escalations of its preview (ids posted with the action hash they were
-    shown with), each through the per-escalation service."""
+    shown with), each through the per-escalation service. Leaders read; they decide nothing."""
+    if request.user.role == User.Role.LEADER:
+        return HttpResponseForbidden("Leaders read the fleet; deciding asks is for its people and managers.")
     decision = request.POST.get("decision", "")
     action_hash = request.POST.get("action_hash", "")
     reason = request.POST.get("reason", "").strip()[:480]

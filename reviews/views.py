@@ -193,9 +193,12 @@ def review_queue(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@params.bad_parameter_400
 def review_approve_safe(request: HttpRequest) -> HttpResponse:
     """Approve the diffs of the queue's "safe" preview the reviewer kept ticked, each merged
     separately through the approve service."""
+    if request.user.role == User.Role.LEADER:
+        return HttpResponseForbidden("Leaders read the fleet; approving work is for its people and managers.")
     try:
         ids = [int(value) for value in request.POST.getlist("session")]
     except ValueError:

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents import services
-from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, Status
+from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, Status, User
 from agents.selectors import active_grant
 from audit.models import AuditEvent
 from controlroom.dashboard_views import CSV_TABLES
@@ -359,6 +359,12 @@ def test_a_leader_posting_to_any_agent_control_or_decision_is_refused_and_nothin
     values = {
         "session_id": [str(session.pk)],
         "escalation_id": [str(escalation.pk)],
+        # the leader's own decision link for that escalation: a leader decides nothing, even by link
+        "token": [
+            services.escalation_link(escalation=escalation, user=User.objects.get(username="leo"))
+            .rstrip("/")
+            .split("/")[-1]
+        ],
         "slug": ["alpha"],
         "action": ["pause", "resume", "cancel"],
         "decision": ["approve", "request-changes", "reject", "revert"],

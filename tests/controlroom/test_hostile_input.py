@@ -62,6 +62,7 @@ QUERY = {
     "session_drawer": ["transcript_before", "audit_before"],
     "session_transcript": ["before"],
     "session_audit": ["before"],
+    "decisions": [],
 }
 
 #: The fields each POST-only URL reads (forms with many fields have their own tests below).
@@ -79,10 +80,14 @@ POST = {
     "escalation_decide": ["decision", "reason"],
     "session_control": [],
     "review_decide": ["comment"],
+    "decisions_group": ["action_hash", "decision", "reason", "escalation"],
+    "session_steer": ["text"],
+    "review_approve_safe": ["comment", "session"],
 }
 
-#: Not walked here: Django's own views (login, logout, admin) and /healthz have their own tests.
-NOT_WALKED = {"login", "logout", "healthz"}
+#: Not walked here: Django's own views (login, logout, admin), /healthz and the signed decision link
+#: (a token, not parameters) have their own tests.
+NOT_WALKED = {"login", "logout", "healthz", "decision_link"}  # tests/agents/test_decision_links.py: hostile tokens
 
 
 def _patterns(resolvers=None, prefix: str = "") -> list[tuple[str, URLPattern]]:
