@@ -256,7 +256,12 @@ class Overlap:
     paths: tuple[str, ...]
 
 
-def _overlaps_among(edited: dict[int, set[str]], facts: dict[int, tuple]) -> dict[int, list[Overlap]]:
+def _overlaps_among(
+    edited: dict[int, set[str]], facts: dict[int, tuple], *, wanted: set[int]
+) -> dict[int, list[Overlap]]:
+    """The overlaps of the ``wanted`` sessions only: a tile asks for one session, and when a hundred
+    sessions of a batch all edited the same file, pairing every one with every other (10,000
+    pairs per file) on each step's tile was most of the fleet's CPU."""
     by_repo_path: dict[tuple[int, str], list[int]] = {}
     for session_id, paths in edited.items():
         repo = facts[session_id][0]
@@ -267,6 +272,8 @@ def _overlaps_among(edited: dict[int, set[str]], facts: dict[int, tuple]) -> dic
         if len(ids) < 2:
             continue
         for a in ids:
+            if a not in wanted:
+                continue
             for b in ids:
                 if a != b:
                     shared.setdefault(a, {}).setdefault(b, set()).add(path)
@@ -328,7 +335,7 @@ def overlaps_for(
             "pk", "repository_id", "name", "pod_id", "pod__name"
         )
     }
-    return {a: found for a, found in _overlaps_among(edited, facts).items() if a in ids}
+    return _overlaps_among(edited, facts, wanted=ids)
 
 
 # -- worktrees on disk -----------------------------------------------------------------------------

@@ -56,22 +56,25 @@ def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 240.0) -> 
     raise RuntimeError("the control room did not become healthy in time")
 
 
-def _worker_rss_mib(launcher_pid: int) -> float:
+def _worker_rss_and_cpu(launcher_pid: int) -> tuple[float, float]:
+    """The worker processes' resident memory (MiB, summed) and CPU seconds so far (user + system)."""
     import psutil
 
-    total = 0
+    rss = cpu = 0.0
     try:
         children = psutil.Process(launcher_pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0.0
+        return 0.0, 0.0
     for child in children:
         try:
             cmdline = " ".join(child.cmdline())
             if "celery" in cmdline and " worker" in cmdline:
-                total += child.memory_info().rss
+                rss += child.memory_info().rss
+                times = child.cpu_times()
+                cpu += times.user + times.system
         except psutil.Error:
             pass
-    return total / 2**20
+    return rss / 2**20, cpu
 
 
 def _launch(count: int, *, api_base: str) -> list[int]:
@@ -144,10 +147,13 @@ def run(*, sessions: int, latency: float, steps: int, database_url: str, label: 
             launched = time.time()  # committed: from here on the fleet has every session
             log(f"fleet [{label}]: {sessions} sessions launched in {launched - started_launch:.1f} s")
             rss_peak = 0.0
+            cpu_before = _worker_rss_and_cpu(launcher.pid)[1]
+            cpu_used = 0.0
             deadline = time.monotonic() + max(600.0, 20 * steps * latency * max(1, sessions / 4))
             terminal = [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.BLOCKED]
             while time.monotonic() < deadline:
-                rss_peak = max(rss_peak, _worker_rss_mib(launcher.pid))
+                rss, cpu = _worker_rss_and_cpu(launcher.pid)
+                rss_peak, cpu_used = max(rss_peak, rss), max(cpu_used, cpu - cpu_before)
                 if not AgentSession.objects.filter(pk__in=ids).exclude(status__in=terminal).exists():
                     break
                 time.sleep(1.0)
@@ -230,6 +236,17 @@ def run(*, sessions: int, latency: float, steps: int, database_url: str, label: 
             "MiB",
             target="≤ 2048 MiB",
             verdict="met" if rss_peak <= 2048 else "MISSED",
+        ).emit()
+        steps_run = sessions * steps
+        Row(
+            # what a step costs the worker hosts' CPUs, whatever else loads the machine: with the
+            # wall time, the figure that says whether a host's cores or its waiting is the limit
+            "fleet",
+            f"{case}: worker CPU per step (user + system, all worker processes)",
+            steps_run,
+            1000 * cpu_used / steps_run,
+            1000 * cpu_used / steps_run,
+            "ms",
         ).emit()
         Row(
             "fleet",

@@ -11,6 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from agents import selectors
 from agents.events import render_tile
 from agents.models import AgentSession, AgentStep, Status, ToolCall
 from audit.models import AuditEvent
@@ -273,3 +274,24 @@ def test_the_overlap_costs_the_canvas_no_query_per_tile(client, fleet):
     for session in AgentSession.objects.filter(tool_call_records__isnull=True):
         _edit(session, "shop/pricing.py")
     assert _queries(client, "/?view=tiles") == few
+
+
+def test_a_tile_names_at_most_three_overlapping_sessions_and_counts_the_rest(fleet):
+    # a batch of sessions that all edited the same file: each tile names three others, then "+N"
+    sessions = [
+        _session(fleet, pod=fleet.alpha, sto=fleet.sto, status=Status.RUNNING, name=f"batch {i}") for i in range(8)
+    ]
+    for session in sessions:
+        _edit(session, "CHANGELOG.md")
+    found = selectors.overlaps_for([sessions[0].pk])
+    assert list(found) == [sessions[0].pk]  # only the session asked for
+    assert [o.session_id for o in found[sessions[0].pk]] == [s.pk for s in sessions[1:]]
+    tile = render_tile(AgentSession.objects.get(pk=sessions[0].pk))
+    note = tile.split('class="overlap-note"', 1)[1].split("</p>", 1)[0]
+    shown = ", ".join(f"#{s.pk}" for s in sessions[1:4])
+    assert f"⚠ same files as {shown} +4: CHANGELOG.md" in note
+    assert f"#{sessions[4].pk}" not in note.split(">", 1)[1]
+    assert "and 4 more" in note
+    # every overlapping session of the same pod stays in data-overlaps (canvas.js marks the others live)
+    head = tile.split(">", 1)[0]
+    assert all(f"{s.pk} " in head.split('data-overlaps="', 1)[1] for s in sessions[1:])
