@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import Http404, HttpResponse, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -28,12 +28,13 @@ from agents.forms import (
     rule_lines,
     rule_list_errors,
 )
+from agents.http import AuthenticatedHttpRequest
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, Priority, TranscriptEntry, User
 from agents.runtime.sandbox import sandbox_available
 from audit.models import AuditEvent
 
 
-def _visible_session_or_404(request: HttpRequest, session_id: int) -> AgentSession:
+def _visible_session_or_404(request: AuthenticatedHttpRequest, session_id: int) -> AgentSession:
     session = selectors.session_visible_to(user=request.user, session_id=session_id)
     if session is None:
         if AgentSession.objects.filter(pk=session_id).exists():
@@ -44,14 +45,14 @@ def _visible_session_or_404(request: HttpRequest, session_id: int) -> AgentSessi
 
 @require_GET
 @params.bad_parameter_400
-def pods(request: HttpRequest) -> HttpResponse:
+def pods(request: AuthenticatedHttpRequest) -> HttpResponse:
     visible = selectors.pods_visible_to(user=request.user).prefetch_related("memberships__user")
     return render(request, "agents/pods.html", {"pods": visible})
 
 
 @require_GET
 @params.bad_parameter_400
-def pod_detail(request: HttpRequest, slug: str) -> HttpResponse:
+def pod_detail(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     pod = get_object_or_404(Pod, slug=slug)
     if not selectors.pods_visible_to(user=request.user).filter(pk=pod.pk).exists():
         return HttpResponseForbidden("You are not a member of this pod.")
@@ -77,7 +78,7 @@ def pod_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def session_assign_sto(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_assign_sto(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     try:
         session = _visible_session_or_404(request, session_id)
     except PermissionError:
@@ -98,7 +99,7 @@ def session_assign_sto(request: HttpRequest, session_id: int) -> HttpResponse:
     return redirect_back(request, session.pod.slug)
 
 
-def redirect_back(request: HttpRequest, slug: str, status: int = 302) -> HttpResponse:
+def redirect_back(request: AuthenticatedHttpRequest, slug: str, status: int = 302) -> HttpResponse:
     target = request.POST.get("next") or f"/pods/{slug}/"
     # a path of this site only: "//host" and "/\\host" (browsers read both as another site) are refused
     if not target.startswith("/") or not url_has_allowed_host_and_scheme(target, allowed_hosts=None):
@@ -111,7 +112,7 @@ def redirect_back(request: HttpRequest, slug: str, status: int = 302) -> HttpRes
 
 @require_POST
 @params.bad_parameter_400
-def pod_control(request: HttpRequest, slug: str, action: str) -> HttpResponse:
+def pod_control(request: AuthenticatedHttpRequest, slug: str, action: str) -> HttpResponse:
     """Pause or resume a whole pod (its lead or a manager). Pausing parks every queued or running
     session of the pod before its next tool call; resuming lets the ones it parked carry on. htmx
     gets the pod's controls re-rendered with the outcome, a plain form post a redirect to the page."""
@@ -136,7 +137,7 @@ def pod_control(request: HttpRequest, slug: str, action: str) -> HttpResponse:
     return redirect("pod_detail", slug=pod.slug)
 
 
-def _pod_controls(request: HttpRequest, pod: Pod, *, flash: list, status: int = 200) -> HttpResponse:
+def _pod_controls(request: AuthenticatedHttpRequest, pod: Pod, *, flash: list, status: int = 200) -> HttpResponse:
     pod.refresh_from_db(fields=["paused"])
     can_admin = authority.refuse_pod_admin(user=request.user, pod_id=pod.pk) is None
     return render(
@@ -146,7 +147,7 @@ def _pod_controls(request: HttpRequest, pod: Pod, *, flash: list, status: int = 
 
 @require_POST
 @params.bad_parameter_400
-def pod_membership(request: HttpRequest, slug: str) -> HttpResponse:
+def pod_membership(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     pod = get_object_or_404(Pod, slug=slug)
     user = User.objects.filter(username=request.POST.get("username", "")).first()
     action = request.POST.get("action", "set")
@@ -183,7 +184,7 @@ DIFF_TIMEOUT_S = 5
 OUTSIDER_REFUSAL = "You cannot see this session: it belongs to another pod."
 
 
-def _before(request: HttpRequest, name: str = "before") -> int | None:
+def _before(request: AuthenticatedHttpRequest, name: str = "before") -> int | None:
     """A keyset cursor from the query string (a positive integer), or None for the newest page.
     BadParameter (a 400) for anything else."""
     return params.query_int(request.GET, name, minimum=1)
@@ -412,7 +413,7 @@ def _escalation_rows(*, session: AgentSession) -> tuple[list[dict], list[dict]]:
     return open_rows, decided
 
 
-def _drawer_context(request: HttpRequest, session: AgentSession, **extra) -> dict:
+def _drawer_context(request: AuthenticatedHttpRequest, session: AgentSession, **extra) -> dict:
     grant = selectors.active_grant(session=session)
     can_act = authority.refuse_session_control(user=request.user, session=session) is None
     open_rows, decided = _escalation_rows(session=session)
@@ -456,7 +457,7 @@ def _drawer_context(request: HttpRequest, session: AgentSession, **extra) -> dic
     return context
 
 
-def _render_drawer(request: HttpRequest, session_id: int, *, status: int = 200, **extra) -> HttpResponse:
+def _render_drawer(request: AuthenticatedHttpRequest, session_id: int, *, status: int = 200, **extra) -> HttpResponse:
     """The drawer of a session (re-read from the database), as partial or page."""
     session = selectors.session_visible_to(user=request.user, session_id=session_id)
     if session is None:
@@ -465,7 +466,7 @@ def _render_drawer(request: HttpRequest, session_id: int, *, status: int = 200, 
     return render(request, template, _drawer_context(request, session, **extra), status=status)
 
 
-def _after_action(request: HttpRequest, session_id: int, *, success: str) -> HttpResponse:
+def _after_action(request: AuthenticatedHttpRequest, session_id: int, *, success: str) -> HttpResponse:
     """A successful action: the re-rendered drawer for htmx, else Post/Redirect/Get to the drawer page."""
     if request.htmx:
         return _render_drawer(request, session_id, flash=[("success", success)])
@@ -473,14 +474,16 @@ def _after_action(request: HttpRequest, session_id: int, *, success: str) -> Htt
     return redirect("session_drawer", session_id=session_id)
 
 
-def _refused(request: HttpRequest, session_id: int, message: str, *, status: int = 403, **extra) -> HttpResponse:
+def _refused(
+    request: AuthenticatedHttpRequest, session_id: int, message: str, *, status: int = 403, **extra
+) -> HttpResponse:
     """An action that was refused or failed: the drawer with the message, under a 4xx status."""
     return _render_drawer(request, session_id, status=status, flash=[("error", message)], **extra)
 
 
 @require_GET
 @params.bad_parameter_400
-def session_drawer(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_drawer(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     try:
         _visible_session_or_404(request, session_id)
     except PermissionError:
@@ -494,7 +497,7 @@ def session_drawer(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 def _older_page(
-    request: HttpRequest, session_id: int, *, drawer_arg: str, partial: str, key: str, page
+    request: AuthenticatedHttpRequest, session_id: int, *, drawer_arg: str, partial: str, key: str, page
 ) -> HttpResponse:
     """One page of older rows for htmx; the drawer page opened at that page otherwise."""
     try:
@@ -509,7 +512,7 @@ def _older_page(
 
 @require_GET
 @params.bad_parameter_400
-def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_transcript(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """One page of the transcript (older entries)."""
     return _older_page(
         request,
@@ -523,7 +526,7 @@ def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
 
 @require_GET
 @params.bad_parameter_400
-def session_audit(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_audit(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """One page of the session's audit trail (older events)."""
     return _older_page(
         request,
@@ -551,7 +554,7 @@ CONTROL_DONE = {
 
 @require_POST
 @params.bad_parameter_400
-def session_control(request: HttpRequest, session_id: int, action: str) -> HttpResponse:
+def session_control(request: AuthenticatedHttpRequest, session_id: int, action: str) -> HttpResponse:
     try:
         session = _visible_session_or_404(request, session_id)
     except PermissionError:
@@ -571,7 +574,7 @@ def session_control(request: HttpRequest, session_id: int, action: str) -> HttpR
 
 @require_POST
 @params.bad_parameter_400
-def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_priority(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Set the session's priority (P0 first): its STO, the pod lead or a manager. Its next steps
     are enqueued with it."""
     try:
@@ -595,7 +598,7 @@ def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def session_steer(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_steer(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Send the running agent a message (its STO, the pod lead or a manager): in its context at its
     next step."""
     try:
@@ -615,13 +618,13 @@ def session_steer(request: HttpRequest, session_id: int) -> HttpResponse:
 # --- decision links (phone-sized) -------------------------------------------------------------
 
 
-def _link_refused(request: HttpRequest, title: str, text: str, *, status: int) -> HttpResponse:
+def _link_refused(request: AuthenticatedHttpRequest, title: str, text: str, *, status: int) -> HttpResponse:
     return render(request, "agents/decision_link_refused.html", {"title": title, "text": text}, status=status)
 
 
 @require_http_methods(["GET", "POST"])
 @params.bad_parameter_400
-def decision_link(request: HttpRequest, token: str) -> HttpResponse:
+def decision_link(request: AuthenticatedHttpRequest, token: str) -> HttpResponse:
     """The page a signed decision link opens: one escalation, three buttons, sized for a phone.
     Refused with a clear page when the link was tampered with, has expired, was made for someone
     else, was used already, or the person may not decide."""
@@ -718,7 +721,7 @@ DECIDED_TEXT = {"allow-once": "allowed once", "allow-always": "allowed always", 
 
 @require_POST
 @params.bad_parameter_400
-def escalation_decide(request: HttpRequest, escalation_id: int) -> HttpResponse:
+def escalation_decide(request: AuthenticatedHttpRequest, escalation_id: int) -> HttpResponse:
     """Allow once, allow always or deny an escalation. Refusals are recorded by the service and
     answered 403; a question someone already answered is answered 409 with who and how."""
     escalation = get_object_or_404(
@@ -768,7 +771,7 @@ def _formvalidation_text(form) -> str:
 # --- the grant editor -------------------------------------------------------------------------
 
 
-def _acting_session(request: HttpRequest, session_id: int) -> AgentSession | HttpResponse:
+def _acting_session(request: AuthenticatedHttpRequest, session_id: int) -> AgentSession | HttpResponse:
     """The session when the user may see it (else a 403 response)."""
     try:
         return _visible_session_or_404(request, session_id)
@@ -778,7 +781,7 @@ def _acting_session(request: HttpRequest, session_id: int) -> AgentSession | Htt
 
 @require_POST
 @params.bad_parameter_400
-def session_grant_validate(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_grant_validate(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Inline validation of one rule list (or all): the errors naming each bad rule, or a count of good ones."""
     session = _acting_session(request, session_id)
     if isinstance(session, HttpResponse):
@@ -797,7 +800,7 @@ def session_grant_validate(request: HttpRequest, session_id: int) -> HttpRespons
 
 @require_POST
 @params.bad_parameter_400
-def session_grant_issue(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_grant_issue(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Save the editor: revoke the current grant and issue the next version, delegated by the user."""
     session = _acting_session(request, session_id)
     if isinstance(session, HttpResponse):
@@ -855,7 +858,7 @@ def session_grant_issue(request: HttpRequest, session_id: int) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def session_grant_revoke(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_grant_revoke(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Revoke the active grant with a reason: the agent stops at its next step (no active grant)."""
     session = _acting_session(request, session_id)
     if isinstance(session, HttpResponse):
