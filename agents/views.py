@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -195,7 +197,7 @@ def _pretty_arguments(arguments: object) -> str:
         try:
             arguments = json.loads(arguments)
         except ValueError:
-            return arguments
+            return cast(str, arguments)  # not JSON: still the str
     return json.dumps(arguments, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
 
@@ -206,7 +208,7 @@ def _tool_calls_of(entry: TranscriptEntry) -> list[dict]:
         if not isinstance(call, dict):
             shown.append({"name": "?", "arguments": str(call)})
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        function = cast(dict, call.get("function")) if isinstance(call.get("function"), dict) else call
         shown.append(
             {"name": str(function.get("name") or "?"), "arguments": _pretty_arguments(function.get("arguments"))}
         )
@@ -284,6 +286,7 @@ def _diff_stat(*, session: AgentSession) -> dict:
         return {"state": "error", "text": f"git diff failed: {Truncator(out).chars(200)}"}
     result = {"state": "ok", "text": out or "no committed changes yet", "uncommitted": ""}
     if has_worktree:
+        assert worktree is not None  # has_worktree: there is one
         status, out = _git_quiet(worktree, "diff", "--shortstat", "HEAD", "--")
         if status == 0 and out:
             result["uncommitted"] = out
@@ -299,7 +302,7 @@ def _budget_rows(*, session: AgentSession, grant: Grant | None) -> list[dict]:
     if session.started_at is not None:
         end = session.finished_at or timezone.now()
         wall = int((end - session.started_at).total_seconds())
-    rows = [
+    rows: list[tuple[str, Any, Any, str, str]] = [
         ("Steps", session.steps, grant.max_steps, str(session.steps), str(grant.max_steps or "")),
         (
             "Tokens",
@@ -361,13 +364,13 @@ def _grant_history(*, session: AgentSession) -> list[dict]:
     for grant in grants:
         rules = []
         for name in ("allow", "ask", "deny"):
-            old = list(getattr(previous, name)) if previous else []
+            old: list = list(getattr(previous, name)) if previous else []
             new = list(getattr(grant, name))
             added = [rule for rule in new if rule not in old]
             removed = [rule for rule in old if rule not in new]
             if added or removed:
                 rules.append({"list": name, "added": added, "removed": removed})
-        changes = []
+        changes: list = []
         if previous is not None:
             if previous.mode != grant.mode:
                 changes.append(f"mode {previous.mode} → {grant.mode}")
@@ -418,8 +421,8 @@ def _drawer_context(request: AuthenticatedHttpRequest, session: AgentSession, **
     can_act = authority.refuse_session_control(user=request.user, session=session) is None
     open_rows, decided = _escalation_rows(session=session)
     if session.pushed_call_id:
-        session.last_commit_arguments = session.pushed_call.arguments
-    context = {
+        session.last_commit_arguments = session.pushed_call.arguments  # type: ignore[attr-defined,union-attr]  # for the template; pushed_call_id is set
+    context: dict[str, Any] = {
         "s": session,
         "grant": grant,
         "now": timezone.now(),
@@ -506,7 +509,7 @@ def _older_page(
         return HttpResponseForbidden(OUTSIDER_REFUSAL)
     before = _before(request)
     if not request.htmx:
-        return _render_drawer(request, session_id, **{drawer_arg: before})
+        return _render_drawer(request, session_id, **{drawer_arg: before})  # type: ignore[arg-type]  # an **extra key, not status
     return render(request, partial, {"s": session, key: page(session=session, before=before)})
 
 
@@ -538,7 +541,7 @@ def session_audit(request: AuthenticatedHttpRequest, session_id: int) -> HttpRes
     )
 
 
-CONTROLS = {
+CONTROLS: dict[str, Callable[..., Any]] = {
     "pause": services.session_pause,
     "resume": services.session_resume,
     "cancel": services.session_cancel,
@@ -649,6 +652,7 @@ def decision_link(request: AuthenticatedHttpRequest, token: str) -> HttpResponse
     if escalation is None:
         return _link_refused(request, "No such escalation", "The escalation of this link does not exist.", status=404)
     session = escalation.session
+    refusal: str | None
     if claim.user_id != request.user.pk:
         refusal = "this decision link was made for another person; open the escalation from the queue instead."
         services.record_refused_action(session=session, by=request.user, action="decision link", refusal=refusal)
@@ -746,6 +750,7 @@ def escalation_decide(request: AuthenticatedHttpRequest, escalation_id: int) -> 
         status = 409 if escalation.state != Escalation.State.OPEN else 400
         message = validation_text(exc)
         if status == 409 and escalation.decided_by_id:
+            assert escalation.decided_by is not None  # decided_by_id is set
             message = (
                 f"Escalation #{escalation.pk} was already decided: {escalation.get_state_display().lower()} by "
                 f"{escalation.decided_by.username} {timezone.localtime(escalation.decided_at):%H:%M}. Nothing changed."
