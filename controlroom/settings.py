@@ -13,7 +13,7 @@ import secrets
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -296,6 +296,7 @@ class ControlRoomSettings(TypedDict):
     LIVE_COALESCE_MS: int
     LIVE_FRAME_MS: int
     AUDIT_CHECKPOINT_EVERY_S: int
+    WORKTREE_RETENTION_HOURS: NotRequired[float]  # not set here: cleanup_worktrees' default (24)
 
 
 CONTROLROOM: ControlRoomSettings = {

@@ -86,7 +86,7 @@ def render_patch(patch: git_ops.FilePatch) -> list[dict]:
         old = [line.text for line in hunk.lines if line.kind in " -"]
         new = [line.text for line in hunk.lines if line.kind in " +"]
         old_html, new_html = iter(highlight_lines(old, lexer)), iter(highlight_lines(new, lexer))
-        rows = []
+        rows: list[dict[str, object]] = []
         for line in hunk.lines:
             if line.kind == "\\":
                 rows.append({"kind": "meta", "marker": "", "html": escape(line.text), "old": "", "new": ""})
