@@ -8,6 +8,8 @@ through the pod controls (``services.membership_set``/``membership_remove``, ``p
 ``services.user_set_active`` (audited). Sessions, grants and escalations are read-only.
 """
 
+from typing import cast
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
@@ -20,7 +22,7 @@ AUTHORITY_FIELDS = ("role", "is_staff", "is_superuser", "groups", "user_permissi
 
 @admin.register(User)
 class ControlRoomUserAdmin(UserAdmin):
-    fieldsets = UserAdmin.fieldsets + (("Control room", {"fields": ("role",)}),)
+    fieldsets = cast(tuple, UserAdmin.fieldsets) + (("Control room", {"fields": ("role",)}),)
     list_display = ("username", "first_name", "last_name", "role", "is_active")
     list_filter = ("role", "is_active")
     readonly_fields = AUTHORITY_FIELDS

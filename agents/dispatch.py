@@ -11,6 +11,8 @@ queue, which every host consumes. See ``host_queue`` and agents/hosts.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import current_app
 from django.db import transaction
 
@@ -47,5 +49,5 @@ def enqueue_step_on_commit(*, session_id: int, step: int, priority: int = 2, hos
 
     if is_offline():  # writing the past (agents.events.offline): no step of it may run
         return
-    where = {} if host is None else {"host": host}  # None: looked up when the step is sent
+    where: dict[str, Any] = {} if host is None else {"host": host}  # None: looked up when the step is sent
     transaction.on_commit(lambda: enqueue_step_now(session_id=session_id, step=step, priority=priority, **where))

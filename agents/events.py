@@ -89,7 +89,7 @@ class _Publisher:
 
     def _loop_for_this_process(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or self._pid != os.getpid() or not self._thread.is_alive():
+            if self._loop is None or self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="live-publisher", daemon=True)
                 thread.start()

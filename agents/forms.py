@@ -13,7 +13,7 @@ from agents.models import Grant
 from agents.services import GrantSpec
 
 #: One line per mode, shown beside the preset (what the agent may do without asking).
-MODE_HELP = {
+MODE_HELP: dict[str, str] = {
     Grant.Mode.PLAN: "Read only: the agent reads and plans; every edit, command and commit is denied.",
     Grant.Mode.ASK: "Reads are allowed; every edit, command, commit and network call asks a human first.",
     Grant.Mode.EDITS: "Reads and edits in the worktree are allowed; commands, commits and network ask unless a rule allows them.",
@@ -199,6 +199,7 @@ class GrantForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
+        assert data is not None  # Form.clean returns cleaned_data
         not_before, expires_at = data.get("not_before"), data.get("expires_at")
         if expires_at is not None:
             start = not_before or timezone.now()

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet
@@ -414,5 +415,5 @@ def escalation_groups(*, user: User) -> list[EscalationGroup]:
         if refusals[key] is None:
             group.members.append(escalation)
         else:
-            group.excluded.append((escalation, refusals[key]))
+            group.excluded.append((escalation, cast(str, refusals[key])))  # not None: the branch above
     return sorted(groups.values(), key=lambda g: (-len(g.members), g.since, g.action_hash))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import Http404, HttpResponse, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -28,12 +30,13 @@ from agents.forms import (
     rule_lines,
     rule_list_errors,
 )
+from agents.http import AuthenticatedHttpRequest
 from agents.models import AgentSession, Escalation, Grant, Pod, PodMembership, Priority, TranscriptEntry, User
 from agents.runtime.sandbox import sandbox_available
 from audit.models import AuditEvent
 
 
-def _visible_session_or_404(request: HttpRequest, session_id: int) -> AgentSession:
+def _visible_session_or_404(request: AuthenticatedHttpRequest, session_id: int) -> AgentSession:
     session = selectors.session_visible_to(user=request.user, session_id=session_id)
     if session is None:
         if AgentSession.objects.filter(pk=session_id).exists():
@@ -44,14 +47,14 @@ def _visible_session_or_404(request: HttpRequest, session_id: int) -> AgentSessi
 
 @require_GET
 @params.bad_parameter_400
-def pods(request: HttpRequest) -> HttpResponse:
+def pods(request: AuthenticatedHttpRequest) -> HttpResponse:
     visible = selectors.pods_visible_to(user=request.user).prefetch_related("memberships__user")
     return render(request, "agents/pods.html", {"pods": visible})
 
 
 @require_GET
 @params.bad_parameter_400
-def pod_detail(request: HttpRequest, slug: str) -> HttpResponse:
+def pod_detail(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     pod = get_object_or_404(Pod, slug=slug)
     if not selectors.pods_visible_to(user=request.user).filter(pk=pod.pk).exists():
         return HttpResponseForbidden("You are not a member of this pod.")
@@ -77,7 +80,7 @@ def pod_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def session_assign_sto(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_assign_sto(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     try:
         session = _visible_session_or_404(request, session_id)
     except PermissionError:
@@ -98,7 +101,7 @@ def session_assign_sto(request: HttpRequest, session_id: int) -> HttpResponse:
     return redirect_back(request, session.pod.slug)
 
 
-def redirect_back(request: HttpRequest, slug: str, status: int = 302) -> HttpResponse:
+def redirect_back(request: AuthenticatedHttpRequest, slug: str, status: int = 302) -> HttpResponse:
     target = request.POST.get("next") or f"/pods/{slug}/"
     # a path of this site only: "//host" and "/\\host" (browsers read both as another site) are refused
     if not target.startswith("/") or not url_has_allowed_host_and_scheme(target, allowed_hosts=None):
@@ -111,7 +114,7 @@ def redirect_back(request: HttpRequest, slug: str, status: int = 302) -> HttpRes
 
 @require_POST
 @params.bad_parameter_400
-def pod_control(request: HttpRequest, slug: str, action: str) -> HttpResponse:
+def pod_control(request: AuthenticatedHttpRequest, slug: str, action: str) -> HttpResponse:
     """Pause or resume a whole pod (its lead or a manager). Pausing parks every queued or running
     session of the pod before its next tool call; resuming lets the ones it parked carry on. htmx
     gets the pod's controls re-rendered with the outcome, a plain form post a redirect to the page."""
@@ -136,7 +139,7 @@ def pod_control(request: HttpRequest, slug: str, action: str) -> HttpResponse:
     return redirect("pod_detail", slug=pod.slug)
 
 
-def _pod_controls(request: HttpRequest, pod: Pod, *, flash: list, status: int = 200) -> HttpResponse:
+def _pod_controls(request: AuthenticatedHttpRequest, pod: Pod, *, flash: list, status: int = 200) -> HttpResponse:
     pod.refresh_from_db(fields=["paused"])
     can_admin = authority.refuse_pod_admin(user=request.user, pod_id=pod.pk) is None
     return render(
@@ -146,7 +149,7 @@ def _pod_controls(request: HttpRequest, pod: Pod, *, flash: list, status: int = 
 
 @require_POST
 @params.bad_parameter_400
-def pod_membership(request: HttpRequest, slug: str) -> HttpResponse:
+def pod_membership(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     pod = get_object_or_404(Pod, slug=slug)
     user = User.objects.filter(username=request.POST.get("username", "")).first()
     action = request.POST.get("action", "set")
@@ -183,7 +186,7 @@ DIFF_TIMEOUT_S = 5
 OUTSIDER_REFUSAL = "You cannot see this session: it belongs to another pod."
 
 
-def _before(request: HttpRequest, name: str = "before") -> int | None:
+def _before(request: AuthenticatedHttpRequest, name: str = "before") -> int | None:
     """A keyset cursor from the query string (a positive integer), or None for the newest page.
     BadParameter (a 400) for anything else."""
     return params.query_int(request.GET, name, minimum=1)
@@ -194,7 +197,7 @@ def _pretty_arguments(arguments: object) -> str:
         try:
             arguments = json.loads(arguments)
         except ValueError:
-            return arguments
+            return cast(str, arguments)  # not JSON: still the str
     return json.dumps(arguments, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
 
@@ -205,7 +208,7 @@ def _tool_calls_of(entry: TranscriptEntry) -> list[dict]:
         if not isinstance(call, dict):
             shown.append({"name": "?", "arguments": str(call)})
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        function = cast(dict, call.get("function")) if isinstance(call.get("function"), dict) else call
         shown.append(
             {"name": str(function.get("name") or "?"), "arguments": _pretty_arguments(function.get("arguments"))}
         )
@@ -283,6 +286,7 @@ def _diff_stat(*, session: AgentSession) -> dict:
         return {"state": "error", "text": f"git diff failed: {Truncator(out).chars(200)}"}
     result = {"state": "ok", "text": out or "no committed changes yet", "uncommitted": ""}
     if has_worktree:
+        assert worktree is not None  # has_worktree: there is one
         status, out = _git_quiet(worktree, "diff", "--shortstat", "HEAD", "--")
         if status == 0 and out:
             result["uncommitted"] = out
@@ -298,7 +302,7 @@ def _budget_rows(*, session: AgentSession, grant: Grant | None) -> list[dict]:
     if session.started_at is not None:
         end = session.finished_at or timezone.now()
         wall = int((end - session.started_at).total_seconds())
-    rows = [
+    rows: list[tuple[str, Any, Any, str, str]] = [
         ("Steps", session.steps, grant.max_steps, str(session.steps), str(grant.max_steps or "")),
         (
             "Tokens",
@@ -360,13 +364,13 @@ def _grant_history(*, session: AgentSession) -> list[dict]:
     for grant in grants:
         rules = []
         for name in ("allow", "ask", "deny"):
-            old = list(getattr(previous, name)) if previous else []
+            old: list = list(getattr(previous, name)) if previous else []
             new = list(getattr(grant, name))
             added = [rule for rule in new if rule not in old]
             removed = [rule for rule in old if rule not in new]
             if added or removed:
                 rules.append({"list": name, "added": added, "removed": removed})
-        changes = []
+        changes: list = []
         if previous is not None:
             if previous.mode != grant.mode:
                 changes.append(f"mode {previous.mode} → {grant.mode}")
@@ -412,13 +416,13 @@ def _escalation_rows(*, session: AgentSession) -> tuple[list[dict], list[dict]]:
     return open_rows, decided
 
 
-def _drawer_context(request: HttpRequest, session: AgentSession, **extra) -> dict:
+def _drawer_context(request: AuthenticatedHttpRequest, session: AgentSession, **extra) -> dict:
     grant = selectors.active_grant(session=session)
     can_act = authority.refuse_session_control(user=request.user, session=session) is None
     open_rows, decided = _escalation_rows(session=session)
     if session.pushed_call_id:
-        session.last_commit_arguments = session.pushed_call.arguments
-    context = {
+        session.last_commit_arguments = session.pushed_call.arguments  # type: ignore[attr-defined,union-attr]  # for the template; pushed_call_id is set
+    context: dict[str, Any] = {
         "s": session,
         "grant": grant,
         "now": timezone.now(),
@@ -456,7 +460,7 @@ def _drawer_context(request: HttpRequest, session: AgentSession, **extra) -> dic
     return context
 
 
-def _render_drawer(request: HttpRequest, session_id: int, *, status: int = 200, **extra) -> HttpResponse:
+def _render_drawer(request: AuthenticatedHttpRequest, session_id: int, *, status: int = 200, **extra) -> HttpResponse:
     """The drawer of a session (re-read from the database), as partial or page."""
     session = selectors.session_visible_to(user=request.user, session_id=session_id)
     if session is None:
@@ -465,7 +469,7 @@ def _render_drawer(request: HttpRequest, session_id: int, *, status: int = 200, 
     return render(request, template, _drawer_context(request, session, **extra), status=status)
 
 
-def _after_action(request: HttpRequest, session_id: int, *, success: str) -> HttpResponse:
+def _after_action(request: AuthenticatedHttpRequest, session_id: int, *, success: str) -> HttpResponse:
     """A successful action: the re-rendered drawer for htmx, else Post/Redirect/Get to the drawer page."""
     if request.htmx:
         return _render_drawer(request, session_id, flash=[("success", success)])
@@ -473,14 +477,16 @@ def _after_action(request: HttpRequest, session_id: int, *, success: str) -> Htt
     return redirect("session_drawer", session_id=session_id)
 
 
-def _refused(request: HttpRequest, session_id: int, message: str, *, status: int = 403, **extra) -> HttpResponse:
+def _refused(
+    request: AuthenticatedHttpRequest, session_id: int, message: str, *, status: int = 403, **extra
+) -> HttpResponse:
     """An action that was refused or failed: the drawer with the message, under a 4xx status."""
     return _render_drawer(request, session_id, status=status, flash=[("error", message)], **extra)
 
 
 @require_GET
 @params.bad_parameter_400
-def session_drawer(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_drawer(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     try:
         _visible_session_or_404(request, session_id)
     except PermissionError:
@@ -494,7 +500,7 @@ def session_drawer(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 def _older_page(
-    request: HttpRequest, session_id: int, *, drawer_arg: str, partial: str, key: str, page
+    request: AuthenticatedHttpRequest, session_id: int, *, drawer_arg: str, partial: str, key: str, page
 ) -> HttpResponse:
     """One page of older rows for htmx; the drawer page opened at that page otherwise."""
     try:
@@ -503,13 +509,13 @@ def _older_page(
         return HttpResponseForbidden(OUTSIDER_REFUSAL)
     before = _before(request)
     if not request.htmx:
-        return _render_drawer(request, session_id, **{drawer_arg: before})
+        return _render_drawer(request, session_id, **{drawer_arg: before})  # type: ignore[arg-type]  # an **extra key, not status
     return render(request, partial, {"s": session, key: page(session=session, before=before)})
 
 
 @require_GET
 @params.bad_parameter_400
-def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_transcript(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """One page of the transcript (older entries)."""
     return _older_page(
         request,
@@ -523,7 +529,7 @@ def session_transcript(request: HttpRequest, session_id: int) -> HttpResponse:
 
 @require_GET
 @params.bad_parameter_400
-def session_audit(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_audit(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """One page of the session's audit trail (older events)."""
     return _older_page(
         request,
@@ -535,7 +541,7 @@ def session_audit(request: HttpRequest, session_id: int) -> HttpResponse:
     )
 
 
-CONTROLS = {
+CONTROLS: dict[str, Callable[..., Any]] = {
     "pause": services.session_pause,
     "resume": services.session_resume,
     "cancel": services.session_cancel,
@@ -551,7 +557,7 @@ CONTROL_DONE = {
 
 @require_POST
 @params.bad_parameter_400
-def session_control(request: HttpRequest, session_id: int, action: str) -> HttpResponse:
+def session_control(request: AuthenticatedHttpRequest, session_id: int, action: str) -> HttpResponse:
     try:
         session = _visible_session_or_404(request, session_id)
     except PermissionError:
@@ -571,7 +577,7 @@ def session_control(request: HttpRequest, session_id: int, action: str) -> HttpR
 
 @require_POST
 @params.bad_parameter_400
-def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_priority(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Set the session's priority (P0 first): its STO, the pod lead or a manager. Its next steps
     are enqueued with it."""
     try:
@@ -595,7 +601,7 @@ def session_priority(request: HttpRequest, session_id: int) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def session_steer(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_steer(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Send the running agent a message (its STO, the pod lead or a manager): in its context at its
     next step."""
     try:
@@ -615,13 +621,13 @@ def session_steer(request: HttpRequest, session_id: int) -> HttpResponse:
 # --- decision links (phone-sized) -------------------------------------------------------------
 
 
-def _link_refused(request: HttpRequest, title: str, text: str, *, status: int) -> HttpResponse:
+def _link_refused(request: AuthenticatedHttpRequest, title: str, text: str, *, status: int) -> HttpResponse:
     return render(request, "agents/decision_link_refused.html", {"title": title, "text": text}, status=status)
 
 
 @require_http_methods(["GET", "POST"])
 @params.bad_parameter_400
-def decision_link(request: HttpRequest, token: str) -> HttpResponse:
+def decision_link(request: AuthenticatedHttpRequest, token: str) -> HttpResponse:
     """The page a signed decision link opens: one escalation, three buttons, sized for a phone.
     Refused with a clear page when the link was tampered with, has expired, was made for someone
     else, was used already, or the person may not decide."""
@@ -646,6 +652,7 @@ def decision_link(request: HttpRequest, token: str) -> HttpResponse:
     if escalation is None:
         return _link_refused(request, "No such escalation", "The escalation of this link does not exist.", status=404)
     session = escalation.session
+    refusal: str | None
     if claim.user_id != request.user.pk:
         refusal = "this decision link was made for another person; open the escalation from the queue instead."
         services.record_refused_action(session=session, by=request.user, action="decision link", refusal=refusal)
@@ -718,7 +725,7 @@ DECIDED_TEXT = {"allow-once": "allowed once", "allow-always": "allowed always", 
 
 @require_POST
 @params.bad_parameter_400
-def escalation_decide(request: HttpRequest, escalation_id: int) -> HttpResponse:
+def escalation_decide(request: AuthenticatedHttpRequest, escalation_id: int) -> HttpResponse:
     """Allow once, allow always or deny an escalation. Refusals are recorded by the service and
     answered 403; a question someone already answered is answered 409 with who and how."""
     escalation = get_object_or_404(
@@ -743,6 +750,7 @@ def escalation_decide(request: HttpRequest, escalation_id: int) -> HttpResponse:
         status = 409 if escalation.state != Escalation.State.OPEN else 400
         message = validation_text(exc)
         if status == 409 and escalation.decided_by_id:
+            assert escalation.decided_by is not None  # decided_by_id is set
             message = (
                 f"Escalation #{escalation.pk} was already decided: {escalation.get_state_display().lower()} by "
                 f"{escalation.decided_by.username} {timezone.localtime(escalation.decided_at):%H:%M}. Nothing changed."
@@ -768,7 +776,7 @@ def _formvalidation_text(form) -> str:
 # --- the grant editor -------------------------------------------------------------------------
 
 
-def _acting_session(request: HttpRequest, session_id: int) -> AgentSession | HttpResponse:
+def _acting_session(request: AuthenticatedHttpRequest, session_id: int) -> AgentSession | HttpResponse:
     """The session when the user may see it (else a 403 response)."""
     try:
         return _visible_session_or_404(request, session_id)
@@ -778,7 +786,7 @@ def _acting_session(request: HttpRequest, session_id: int) -> AgentSession | Htt
 
 @require_POST
 @params.bad_parameter_400
-def session_grant_validate(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_grant_validate(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Inline validation of one rule list (or all): the errors naming each bad rule, or a count of good ones."""
     session = _acting_session(request, session_id)
     if isinstance(session, HttpResponse):
@@ -797,7 +805,7 @@ def session_grant_validate(request: HttpRequest, session_id: int) -> HttpRespons
 
 @require_POST
 @params.bad_parameter_400
-def session_grant_issue(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_grant_issue(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Save the editor: revoke the current grant and issue the next version, delegated by the user."""
     session = _acting_session(request, session_id)
     if isinstance(session, HttpResponse):
@@ -855,7 +863,7 @@ def session_grant_issue(request: HttpRequest, session_id: int) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def session_grant_revoke(request: HttpRequest, session_id: int) -> HttpResponse:
+def session_grant_revoke(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """Revoke the active grant with a reason: the agent stops at its next step (no active grant)."""
     session = _acting_session(request, session_id)
     if isinstance(session, HttpResponse):

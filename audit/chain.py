@@ -28,14 +28,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from io import TextIOBase
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection as default_connection
 from django.db import connections, transaction
-from django.db.models import Min
+from django.db.models import Field, Min
 from django.utils import timezone
 
 from audit.log import (
@@ -209,7 +210,7 @@ class _Reader:
         qn = conn.ops.quote_name
         self.conn = conn
         self.sqlite = conn.vendor == "sqlite"
-        cols = [qn(AuditEvent._meta.get_field(name).column) for name in _COLUMNS]
+        cols = [qn(cast(Field, AuditEvent._meta.get_field(name)).column) for name in _COLUMNS]
         # created_at as text, not through the drivers' datetime parsing (the hot spot otherwise).
         if self.sqlite:  # the stored text itself: "YYYY-MM-DD HH:MM:SS[.ffffff]" in UTC
             cols[_TIME] = f"CAST({cols[_TIME]} AS TEXT)"
@@ -235,6 +236,8 @@ class _Reader:
         c, s = self.chain_col, self.seq_col
         after: tuple | None = None
         while True:
+            conditions: list[str]
+            params: list[object]
             conditions, params = [], []
             if after is not None:
                 conditions.append(f"({c}, {s}) > (%s, %s)")
@@ -631,6 +634,7 @@ def _verify_rows(reader: _Reader, rows: Iterable[tuple], expect: dict) -> tuple[
         if exp and mismatch is None and seq in exp:
             for source, cp_id, signed in exp[seq]:
                 if signed != digest:
+                    assert chain is not None  # set from the first row on
                     mismatch = _rewritten(chain, row, source, cp_id, signed, exp)
                     break
         prev_seq, prev_hash, prev_id = seq, digest, row[_ID]
@@ -890,7 +894,7 @@ def checkpoint_export(path: Path | str | None = None) -> int:
                 last_id = max(last_id, int(json.loads(line)["id"]))
             except (ValueError, KeyError, TypeError):
                 raise ValueError(f"{path}:{number}: not a checkpoint line; refusing to append") from None
-        fresh = [cp for cp in _db_checkpoints() if cp.id > last_id]
+        fresh = [cp for cp in _db_checkpoints() if cast(int, cp.id) > last_id]  # from the database: an id
         fh.seek(0, os.SEEK_END)
         for cp in fresh:
             fh.write(_dumps(_checkpoint_line(cp)) + "\n")
@@ -917,7 +921,9 @@ def _event_line(row: tuple) -> dict:
     return item
 
 
-def export_log(*, out: TextIO, since: datetime | None = None, session_id: int | None = None) -> ExportStats:
+def export_log(
+    *, out: TextIO | TextIOBase, since: datetime | None = None, session_id: int | None = None
+) -> ExportStats:
     """Write the log (or one session's chain, or what happened since ``since``) as JSON Lines:
     a header, one line per event ordered by (chain, seq), then the checkpoints that sign them.
 

@@ -27,9 +27,10 @@ import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from json.encoder import encode_basestring as json_string  # what json.dumps(ensure_ascii=False) uses
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection as default_connection
+from django.db.models import Field
 from django.utils import timezone
 
 from audit.models import AuditEvent, ChainHead
@@ -59,8 +60,8 @@ HASHED_FIELDS = (
 # The canonical JSON of docs/AUDIT.md: keys sorted, no whitespace, UTF-8 (not \\u escapes).
 CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
-_KIND_MAX = AuditEvent._meta.get_field("kind").max_length
-_PROVENANCE_MAX = AuditEvent._meta.get_field("provenance").max_length
+_KIND_MAX = cast(int, AuditEvent._meta.get_field("kind").max_length)
+_PROVENANCE_MAX = cast(int, AuditEvent._meta.get_field("provenance").max_length)
 _LABEL_MAX = AuditEvent._meta.get_field("actor_label").max_length
 
 
@@ -249,7 +250,9 @@ class _Sql:
         self.raw = conn.vendor == "sqlite"
         event_table = qn(AuditEvent._meta.db_table)
         head_table = qn(ChainHead._meta.db_table)
-        columns = [AuditEvent._meta.get_field(name).column for name in (*HASHED_FIELDS, "prev_hash", "hash")]
+        columns = [
+            cast(Field, AuditEvent._meta.get_field(name)).column for name in (*HASHED_FIELDS, "prev_hash", "hash")
+        ]
         placeholders = ["%s"] * len(columns)
         if conn.vendor == "postgresql":
             placeholders[columns.index(AuditEvent._meta.get_field("payload").column)] = "%s::jsonb"
@@ -397,7 +400,7 @@ def record(
     event_id, values = _append(conn, sql, chain, build)
     values[2], values[14] = now, payload_value
     if sql.positional:
-        event = AuditEvent(event_id, *values)
+        event = AuditEvent(event_id, *values)  # type: ignore[misc]  # a whole row positionally: the plugin cannot match *values to fields
     else:
         event = AuditEvent(id=event_id, **dict(zip(_EVENT_ATTNAMES[1:], values)))
     event._state.adding = False

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from datetime import date
 
 from django import forms
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from agents import params
 from agents.formatting import format_duration
+from agents.http import AuthenticatedHttpRequest
 from agents.models import Pod, TaskType, User
 from agents.windows import Window
 from controlroom.charts import build_charts
@@ -231,7 +232,7 @@ def lead_split(m: Metrics) -> list[tuple[str, str, float | None, str]]:
 
 @require_GET
 @params.bad_parameter_400
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
     if not may_view_dashboard(request.user):
         return render(request, "controlroom/dashboard_forbidden.html", {"reason": FORBIDDEN}, status=403)
     form = DashboardFilterForm(request.GET or None)

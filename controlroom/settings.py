@@ -13,6 +13,7 @@ import secrets
 import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -273,7 +274,39 @@ def _model_concurrency() -> dict[str, int]:
         raise ImproperlyConfigured(f"MODEL_CONCURRENCY: {exc}") from None
 
 
-CONTROLROOM = {
+class ControlRoomSettings(TypedDict):
+    """The keys of CONTROLROOM and their types (what ``settings.CONTROLROOM[...]`` gives to mypy)."""
+
+    WORKTREES_DIR: Path
+    REPOS_DIR: Path
+    DEFAULT_MODEL: str
+    SIM_PACING_S: float
+    STEP_TIME_LIMIT_S: int
+    MODEL_TIMEOUT_S: float
+    MODEL_ATTEMPTS: int
+    MODEL_CONCURRENCY: dict[str, int]
+    MODEL_RATE_LIMIT_WAITS: int
+    WORKER_HOST: str
+    HOST_LOST_AFTER_S: int
+    WORKTREE_SOURCE: str
+    STALE_AFTER_S: int
+    CONTEXT_TOKEN_LIMIT: int
+    STEPS_PER_ITERATION: int
+    COMMAND_TIMEOUT_S: int
+    OUTPUT_CAP_BYTES: int
+    SANDBOX: str
+    CLAUDE_CODE_BIN: str
+    ANTHROPIC_API_BASE: str
+    HEALTHZ_TOKEN: str | None
+    PUBLIC_URL: str
+    DECISION_LINK_MAX_AGE_S: int
+    LIVE_COALESCE_MS: int
+    LIVE_FRAME_MS: int
+    AUDIT_CHECKPOINT_EVERY_S: int
+    WORKTREE_RETENTION_HOURS: NotRequired[float]  # not set here: cleanup_worktrees' default (24)
+
+
+CONTROLROOM: ControlRoomSettings = {
     "WORKTREES_DIR": Path(env_str("WORKTREES_DIR", str(DATA_DIR / "worktrees"))),
     "REPOS_DIR": DATA_DIR / "repos",
     "DEFAULT_MODEL": env_str("DEFAULT_MODEL", "sim/engineer"),

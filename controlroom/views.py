@@ -14,7 +14,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet, Sum
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -24,6 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from agents import authority, params, selectors, services
 from agents.errors import validation_text
 from agents.events import prepare_tiles
+from agents.http import AuthenticatedHttpRequest
 from agents.models import (
     NEEDS_HUMAN_STATUSES,
     AgentSession,
@@ -284,7 +285,7 @@ def map_cells(rows: list, *, drawer_prefix: str, now: datetime) -> SafeString:
     return mark_safe("".join(cells))  # every value above is escaped
 
 
-def _canvas_view(request: HttpRequest, filters: CanvasFilterForm) -> tuple[str | None, bool]:
+def _canvas_view(request: AuthenticatedHttpRequest, filters: CanvasFilterForm) -> tuple[str | None, bool]:
     """(the view asked for or remembered — None when neither —, whether the query string chose it)."""
     chosen = filters.value_of("view")
     if chosen:
@@ -295,7 +296,7 @@ def _canvas_view(request: HttpRequest, filters: CanvasFilterForm) -> tuple[str |
 
 @require_GET
 @params.bad_parameter_400
-def canvas(request: HttpRequest) -> HttpResponse:
+def canvas(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Every session the user may see, grouped by pod, with the "needs you" queue and the fleet
     summary: as tiles, compact tiles (100 fit one 1920×1080 screen) or the fleet map (one cell per
     session). Filters (pod, sto=mine|username, status, repeatable) and ``view`` live in the query
@@ -348,7 +349,7 @@ def canvas(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @params.bad_parameter_400
-def canvas_side(request: HttpRequest) -> HttpResponse:
+def canvas_side(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The summary bar and the "needs you" queue as out-of-band fragments (polled by the canvas)."""
     return render(request, "controlroom/canvas.html#side", {**_side_context(request.user), "oob": True})
 
@@ -360,7 +361,7 @@ GROUP_DECIDED = {"allow-once": "allowed once", "allow-always": "allowed always",
 
 @require_GET
 @params.bad_parameter_400
-def decisions(request: HttpRequest) -> HttpResponse:
+def decisions(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The open escalations the user may see, grouped by the canonical action they ask for: one
     decision per group, applied to each session of its preview."""
     groups = selectors.escalation_groups(user=request.user)
@@ -377,7 +378,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def decisions_group(request: HttpRequest) -> HttpResponse:
+def decisions_group(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Decide a group: the escalations of its preview (ids posted with the action hash they were
     shown with), each through the per-escalation service. Leaders read; they decide nothing."""
     if request.user.role == User.Role.LEADER:
@@ -423,7 +424,9 @@ def _add_service_errors(form, exc: ValidationError) -> None:
             form.add_error(None, error)
 
 
-def _launch_page(request: HttpRequest, *, form: LaunchForm, batch: BatchLaunchForm, status: int = 200) -> HttpResponse:
+def _launch_page(
+    request: AuthenticatedHttpRequest, *, form: LaunchForm, batch: BatchLaunchForm, status: int = 200
+) -> HttpResponse:
     return render(
         request,
         "controlroom/launch.html",
@@ -436,7 +439,7 @@ def _launch_page(request: HttpRequest, *, form: LaunchForm, batch: BatchLaunchFo
     )
 
 
-def _initial(request: HttpRequest) -> dict:
+def _initial(request: AuthenticatedHttpRequest) -> dict:
     initial: dict = {}
     slug = request.GET.get("pod", "")
     if slug:
@@ -446,7 +449,7 @@ def _initial(request: HttpRequest) -> dict:
 
 @require_http_methods(["GET", "POST"])
 @params.bad_parameter_400
-def launch(request: HttpRequest) -> HttpResponse:
+def launch(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Launch one session: ``agents.services.session_launch`` with a ``GrantSpec`` from the preset."""
     user = request.user
     batch = BatchLaunchForm(user=user, prefix="batch", initial=_initial(request))
@@ -484,7 +487,7 @@ class _BatchLineError(Exception):
 
 @require_POST
 @params.bad_parameter_400
-def launch_batch(request: HttpRequest) -> HttpResponse:
+def launch_batch(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Plan the night: every line becomes a session, all in ONE transaction (one bad line: none)."""
     user = request.user
     if user.role == User.Role.LEADER:

@@ -12,6 +12,8 @@ Audit event ``session.attested``: actor the STO (user), provenance ``human``, pa
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
@@ -24,7 +26,7 @@ from agents.models import AgentSession, User
 from audit.log import record
 
 VERDICTS = ("accepted", "disowned")
-REASON_MAX = AgentSession._meta.get_field("attestation_reason").max_length
+REASON_MAX = cast(int, AgentSession._meta.get_field("attestation_reason").max_length)
 
 
 def refuse_attest(*, user: User, session: AgentSession) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -19,13 +19,14 @@ from agents import params
 from agents import services as agent_services
 from agents.authority import NotAllowed
 from agents.errors import validation_text
+from agents.http import AuthenticatedHttpRequest
 from agents.models import AgentSession
 from agents.selectors import pods_visible_to, session_visible_to
 from reviews import digest as overnight
 from reviews.attest import session_attest
 
 
-def _window(request: HttpRequest, *, default: str) -> overnight.Window:
+def _window(request: AuthenticatedHttpRequest, *, default: str) -> overnight.Window:
     q = request.GET if request.method == "GET" else request.POST
     return overnight.window_from(
         since=q.get("since", ""), until=q.get("until", ""), preset=q.get("preset", ""), default=default
@@ -50,7 +51,7 @@ def _window_context(window: overnight.Window, *, default: str) -> dict:
 @require_GET
 @params.bad_parameter_400
 @vary_on_headers("HX-Request")
-def digest_page(request: HttpRequest) -> HttpResponse:
+def digest_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     window = _window(request, default="overnight")
     scope = "all" if request.GET.get("scope") == "all" else "mine"
     result = overnight.digest(user=request.user, window=window, scope=scope)
@@ -70,7 +71,7 @@ def digest_page(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def digest_attest(request: HttpRequest, session_id: int) -> HttpResponse:
+def digest_attest(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """The STO accepts or disowns a session's work (htmx: the session's row comes back)."""
     session = session_visible_to(user=request.user, session_id=session_id)
     if session is None:
@@ -95,7 +96,7 @@ def digest_attest(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 def _attest_answer(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     session_id: int,
     window: overnight.Window,
     *,
@@ -134,7 +135,7 @@ def _attest_answer(
 
 @require_GET
 @params.bad_parameter_400
-def audit_mine(request: HttpRequest) -> HttpResponse:
+def audit_mine(request: AuthenticatedHttpRequest) -> HttpResponse:
     window = _window(request, default="overnight")
     include_model = request.GET.get("model_calls") == "1"
     mine = overnight.actions_on_behalf_of(user=request.user, window=window, include_model_calls=include_model)
@@ -154,7 +155,7 @@ def audit_mine(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @params.bad_parameter_400
-def timeline_page(request: HttpRequest) -> HttpResponse:
+def timeline_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     window = _window(request, default="night")
     pod = params.query_text(request.GET, "pod", max_length=100)
     result = overnight.timeline(
@@ -183,7 +184,7 @@ def timeline_page(request: HttpRequest) -> HttpResponse:
 @require_GET
 @params.bad_parameter_400
 @vary_on_headers("HX-Request")
-def audit_explorer(request: HttpRequest) -> HttpResponse:
+def audit_explorer(request: AuthenticatedHttpRequest) -> HttpResponse:
     filters = overnight.ExplorerFilters.from_query(request.GET)
     page = overnight.explore(user=request.user, filters=filters)
     context = {
@@ -202,7 +203,7 @@ def audit_explorer(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @params.bad_parameter_400
-def audit_event(request: HttpRequest, event_id: int) -> HttpResponse:
+def audit_event(request: AuthenticatedHttpRequest, event_id: int) -> HttpResponse:
     from audit.models import AuditEvent
 
     event = overnight.event_visible_to(user=request.user, event_id=event_id)
@@ -236,7 +237,7 @@ def audit_event(request: HttpRequest, event_id: int) -> HttpResponse:
 
 @require_GET
 @params.bad_parameter_400
-def audit_commit(request: HttpRequest, sha: str) -> HttpResponse:
+def audit_commit(request: AuthenticatedHttpRequest, sha: str) -> HttpResponse:
     """Who is behind a commit. Another pod's commit and one that does not exist get the same 404."""
     try:
         x = overnight.commit_explain(sha=sha, user=request.user)

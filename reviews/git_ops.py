@@ -199,14 +199,14 @@ def parse_raw_numstat(data: bytes) -> DiffStat:
         parts = token.split(b"\t", 2)
         if len(parts) != 3:
             raise GitOpsError(f"unexpected git diff output near {token[:80]!r}")
-        added, deleted, path = parts
-        if path == b"":  # a rename: old and new paths follow
-            path = tokens[i + 2]
+        raw_added, raw_deleted, raw_path = parts
+        if raw_path == b"":  # a rename: old and new paths follow
+            raw_path = tokens[i + 2]
             i += 3
         else:
             i += 1
-        binary = added == b"-" and deleted == b"-"
-        counts[_text(path)] = (0 if binary else int(added), 0 if binary else int(deleted), binary)
+        binary = raw_added == b"-" and raw_deleted == b"-"
+        counts[_text(raw_path)] = (0 if binary else int(raw_added), 0 if binary else int(raw_deleted), binary)
     files = []
     for path in order or list(counts):
         letter, old = statuses.get(path, ("M", ""))

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 from django.conf import settings
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
@@ -266,7 +267,7 @@ def diff_stats(sessions: list[AgentSession]) -> dict[int, tuple[git_ops.DiffStat
 # -- the review queue ----------------------------------------------------------------------------
 
 
-def _counted(model, **filters) -> Subquery:
+def _counted(model, **filters) -> Coalesce:
     rows = model.objects.filter(session_id=OuterRef("pk"), **filters).order_by().values("session_id")
     return Coalesce(Subquery(rows.annotate(n=Count("pk")).values("n")[:1], output_field=IntegerField()), Value(0))
 
@@ -280,7 +281,7 @@ def latest_test_runs(session_ids: list[int]) -> dict[int, dict]:
         .values("session_id", "payload", "created_at")
     )
     for event in events:
-        latest[event["session_id"]] = {**event["payload"], "at": event["created_at"]}
+        latest[cast(int, event["session_id"])] = {**event["payload"], "at": event["created_at"]}  # session_id__in
     return latest
 
 
@@ -299,7 +300,7 @@ def review_queue(*, user: User, pod: str = "", sto: str = "", now: datetime | No
     """Sessions awaiting review that ``user`` may see, ranked: the viewer's own sessions (as STO)
     first, then by risk × size × age, highest first."""
     now = now or timezone.now()
-    sessions = sessions_awaiting_review(user=user)
+    sessions: Any = sessions_awaiting_review(user=user)  # a QuerySet, then the list of its annotated rows
     if pod:
         sessions = sessions.filter(pod__slug=pod)
     if sto:

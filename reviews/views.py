@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import Http404, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.safestring import mark_safe
@@ -23,6 +23,7 @@ from pygments.util import ClassNotFound
 from agents import authority, params
 from agents import selectors as agent_selectors
 from agents.errors import validation_text
+from agents.http import AuthenticatedHttpRequest
 from agents.models import AgentSession, User
 from agents.selectors import pods_visible_to, session_visible_to
 from reviews import git_ops, selectors, services
@@ -85,7 +86,7 @@ def render_patch(patch: git_ops.FilePatch) -> list[dict]:
         old = [line.text for line in hunk.lines if line.kind in " -"]
         new = [line.text for line in hunk.lines if line.kind in " +"]
         old_html, new_html = iter(highlight_lines(old, lexer)), iter(highlight_lines(new, lexer))
-        rows = []
+        rows: list[dict[str, object]] = []
         for line in hunk.lines:
             if line.kind == "\\":
                 rows.append({"kind": "meta", "marker": "", "html": escape(line.text), "old": "", "new": ""})
@@ -113,7 +114,7 @@ def render_patch(patch: git_ops.FilePatch) -> list[dict]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _visible(request: HttpRequest, session_id: int) -> AgentSession:
+def _visible(request: AuthenticatedHttpRequest, session_id: int) -> AgentSession:
     session = session_visible_to(user=request.user, session_id=session_id)
     if session is None:
         if AgentSession.objects.filter(pk=session_id).exists():
@@ -169,7 +170,7 @@ def _handoff_rows(handoff) -> list[tuple[str, str]]:
 
 @require_GET
 @params.bad_parameter_400
-def review_queue(request: HttpRequest) -> HttpResponse:
+def review_queue(request: AuthenticatedHttpRequest) -> HttpResponse:
     pod = params.query_text(request.GET, "pod", max_length=100)
     sto = params.query_text(request.GET, "sto", max_length=150)
     rows = selectors.review_queue(user=request.user, pod=pod, sto=sto)
@@ -194,7 +195,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def review_approve_safe(request: HttpRequest) -> HttpResponse:
+def review_approve_safe(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Approve the diffs of the queue's "safe" preview the reviewer kept ticked, each merged
     separately through the approve service."""
     if request.user.role == User.Role.LEADER:
@@ -226,7 +227,7 @@ def review_approve_safe(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @params.bad_parameter_400
-def review_diff(request: HttpRequest, session_id: int) -> HttpResponse:
+def review_diff(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     try:
         session = _visible(request, session_id)
     except PermissionError as exc:
@@ -235,7 +236,7 @@ def review_diff(request: HttpRequest, session_id: int) -> HttpResponse:
 
 
 def _render_diff(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     session: AgentSession,
     *,
     status: int = 200,
@@ -300,7 +301,7 @@ def _render_diff(
 
 @require_GET
 @params.bad_parameter_400
-def review_file(request: HttpRequest, session_id: int) -> HttpResponse:
+def review_file(request: AuthenticatedHttpRequest, session_id: int) -> HttpResponse:
     """One file's hunks (the htmx partial the diff page loads when the file is scrolled into view)."""
     try:
         session = _visible(request, session_id)
@@ -328,7 +329,7 @@ def review_file(request: HttpRequest, session_id: int) -> HttpResponse:
 
 @require_POST
 @params.bad_parameter_400
-def review_decide(request: HttpRequest, session_id: int, decision: str) -> HttpResponse:
+def review_decide(request: AuthenticatedHttpRequest, session_id: int, decision: str) -> HttpResponse:
     service = services.DECISIONS.get(decision)
     if service is None:
         raise Http404("Unknown decision: use approve, request-changes, reject or revert.")

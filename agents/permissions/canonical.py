@@ -195,8 +195,8 @@ def _analyse_command(command: str, paths: _Paths) -> tuple[list[list[str]], _Col
         for chdir in cmd.chdirs:
             moved = []
             for cwd in command_cwds:
-                target = _HomePath(chdir.text) if chdir.home else chdir.text
-                moved.extend(collector.path("Read", target, cwd)[:1])
+                chdir_target = _HomePath(chdir.text) if chdir.home else chdir.text
+                moved.extend(collector.path("Read", chdir_target, cwd)[:1])
             command_cwds = moved
         literal = [w.text for w in cmd.words]
         new_cwds: list[str] = []

@@ -80,6 +80,7 @@ def _getopt(
     long_values = frozenset(long)
     options: list[tuple[str, str | None]] = []
     positionals: list[str] = []
+    value: str | None
     i = 0
     while i < len(args):
         a = args[i]
@@ -100,7 +101,7 @@ def _getopt(
             while j < len(a):
                 c = a[j]
                 if c in short:
-                    value: str | None = a[j + 1 :]
+                    value = a[j + 1 :]
                     if not value:
                         value = args[i + 1] if i + 1 < len(args) else None
                         i += 1

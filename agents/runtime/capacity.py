@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -124,7 +125,7 @@ def limit_for(provider: str, limits: dict[str, int] | None = None) -> int | None
 
 _client_lock = threading.Lock()
 _client = None
-_scripts: dict[str, object] = {}
+_scripts: dict[str, Any] = {}  # redis Script objects (callable)
 
 
 def _redis():

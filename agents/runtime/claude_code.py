@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import cast
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -136,7 +137,7 @@ def map_tool(name: str, tool_input: dict, worktree: str) -> tuple[str, dict] | N
             "new": str(get("new_string") or ""),
         }
     if name == "MultiEdit":
-        edits = get("edits") if isinstance(get("edits"), list) else []
+        edits: list = get("edits") if isinstance(get("edits"), list) else []  # type: ignore[assignment]  # a list: just checked
         return "edit_file", {
             "path": _relative(get("file_path"), worktree),
             "old": json.dumps([e.get("old_string") for e in edits if isinstance(e, dict)]),
@@ -328,6 +329,7 @@ def _usage_of_event(data: bytes, usage: dict) -> None:
 
 class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    broker: Broker
 
 
 class Broker:
@@ -340,7 +342,7 @@ class Broker:
         self.closed = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
-        self.server.broker = self
+        self.server.broker = self  # type: ignore[attr-defined]  # read by _Handler as self.server.broker
         # a short private directory: a Unix socket's path has at most 107 bytes
         self.socket_dir = Path(tempfile.mkdtemp(prefix="cr-broker-"))
         self.socket_path = self.socket_dir / "broker.sock"
@@ -360,7 +362,7 @@ class Broker:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host}:{port}"  # type: ignore[str-bytes-safe]  # an AF_INET server: host is a str
 
     def authentic(self, presented: str) -> bool:
         return bool(presented) and hmac.compare_digest(presented.encode(), self.token.encode())
@@ -612,6 +614,7 @@ class ClaudeCodeStep(_Step):
     def _command(self, binary: str, broker: Broker, token: str) -> tuple[list[str], dict[str, str]]:
         worktree = Path(self.session.worktree_path)
         hook_command = [sys.executable, "-I", str(agent_dirs(self.session_id)[1] / "hook.py")]
+        assert self.grant is not None  # a step without a grant is parked before it runs
         files = prepare_files(session=self.session, grant=self.grant, hook_command=hook_command)
         argv = self._argv(binary, files)
         env = self._env(broker, token, files)
@@ -671,6 +674,7 @@ class ClaudeCodeStep(_Step):
         )
 
         def read() -> None:
+            assert proc.stdout is not None  # stdout=PIPE
             try:
                 for line in proc.stdout:
                     inbox.put(("line", line))
@@ -747,7 +751,7 @@ class ClaudeCodeStep(_Step):
         if self.stop is not None:
             return {"decision": "deny", "reason": f"the session is stopping: {self.stop[1]}"}
         name = str(payload.get("tool_name") or "")[:80]
-        tool_input = payload.get("tool_input") if isinstance(payload.get("tool_input"), dict) else {}
+        tool_input = cast(dict, payload.get("tool_input")) if isinstance(payload.get("tool_input"), dict) else {}
         call_id = str(payload.get("tool_use_id") or "")[:120] or f"hook-{self.number}-{self.index}"
         if ToolCall.objects.filter(session_id=self.session_id, call_id=call_id).exists():
             return {"decision": "deny", "reason": "this tool call was already authorized once; it is never run twice"}
@@ -832,6 +836,7 @@ class ClaudeCodeStep(_Step):
 
     def _allow(self, index: int, call: dict, tool_input: dict, raw_hash: str, decision: Decision) -> dict:
         grant = self.grant
+        assert grant is not None  # the hook returned before authorizing without one
         activity = _summarize(f"{call['name']}: {_shown(call['name'], tool_input)}", 200)
         with transaction.atomic():
             if not services.tool_call_reserve(
@@ -843,7 +848,8 @@ class ClaudeCodeStep(_Step):
                 return {"decision": "deny", "reason": reason}
             self.session.tool_calls += 1
             if decision.reason_type == "human" and not services.approval_consume(
-                session_id=self.session_id, action_hash=decision.action.hash
+                session_id=self.session_id,
+                action_hash=cast(CanonicalAction, decision.action).hash,  # approved: an action
             ):
                 raise RuntimeError("approval vanished")  # the caller denies
             row = self._tool_row(self.step_row, index, call, tool_input, raw_hash, decision, ToolCall.State.INTENDED)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -74,7 +75,7 @@ class LeaseKeeper:
         owners = list(self.held())
         if not owners and not self.serves_host:
             return
-        until = now + timezone.timedelta(seconds=lease_seconds())
+        until = now + timedelta(seconds=lease_seconds())
         for start in range(0, len(owners), 500):
             AgentSession.objects.filter(lease_owner__in=owners[start : start + 500]).update(
                 lease_until=until, heartbeat_at=now

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -777,6 +778,7 @@ class _Step:
                             session, Status.NEEDS_APPROVAL, reason=f"asks: {escalation.action}"[:480], agent=True
                         )
                 return StepOutcome("parked", detail="still waiting for a human")
+            assert self.grant is not None  # a decision was made: under a grant
             if self.grant.on_unanswered == Grant.OnUnanswered.DENY:
                 return self._escalate(step_row, index, call, args, raw_hash, decision, existing, deny_now=True)
             return self._escalate(step_row, index, call, args, raw_hash, decision, existing)
@@ -1120,9 +1122,10 @@ class _Step:
             )
             # the lease is released in the same transaction, so the next step (enqueued after commit)
             # finds the session free, whichever worker takes it
-            changes = dict(
+            changes: dict[str, Any] = dict(
                 steps=self.number, idle_steps=idle, heartbeat_at=timezone.now(), lease_owner="", lease_until=None
             )
+            next_status: str
             next_status, reason = Status.RUNNING, ""
             if finished_summary is not None:
                 next_status, reason = Status.SUCCEEDED, "finished"

@@ -406,6 +406,7 @@ def run_argv(
         close_fds=True,
     )
     pgid = proc.pid  # start_new_session: the child leads its own group
+    assert proc.stdout is not None  # stdout=PIPE
     fd = proc.stdout.fileno()
     timed_out = False
     exited_at: float | None = None

@@ -194,7 +194,7 @@ def _file_text(result: str) -> str:
     lines = result.split("\n")
     numbered = [_NUMBERED.match(line) for line in lines if line.strip()]
     if numbered and all(numbered):
-        numbers = [int(match.group(1)) for match in numbered]
+        numbers = [int(match.group(1)) for match in numbered if match]  # all of them match
         if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
             return "\n".join(match.group(2) if match else "" for match in (_NUMBERED.match(line) for line in lines))
     return result
@@ -370,7 +370,9 @@ def _choose_task(goal: str) -> tuple[dict, bool]:
     return candidates[int.from_bytes(digest[:4], "big") % len(candidates)], False
 
 
-def _notes_entry(ctx: _Context, *, heading: str, lines: list[str], numbered_heading: str = "") -> Plan:
+def _notes_entry(
+    ctx: _Context, *, heading: str, lines: list[str], numbered_heading: str = ""
+) -> Generator[_Call, str | None, bool]:
     """Append an entry to NOTES.md (read, then write). Returns True when the write went through."""
     result = yield _Call(
         "read_file", {"path": NOTES_PATH}, ctx.say(f"Reading {NOTES_PATH} before adding a note to it.")
@@ -389,7 +391,7 @@ def _notes_entry(ctx: _Context, *, heading: str, lines: list[str], numbered_head
     return not _failed(result)
 
 
-def _do_task(ctx: _Context) -> Plan:
+def _do_task(ctx: _Context) -> Generator[_Call, str | None, tuple[list[str], list[str]]]:
     """The real change. Returns (files changed, reasons the recipe could not be applied)."""
     changed: list[str] = []
     reasons: list[str] = []
@@ -465,7 +467,7 @@ def _handoff(ctx: _Context, *, done: bool, next_action: str) -> _Call:
     return _Call("write_handoff", args, ctx.say("Writing the handoff note for whoever picks this up next."))
 
 
-def _attempt(ctx: _Context, command: str, why: str) -> Plan:
+def _attempt(ctx: _Context, command: str, why: str) -> Generator[_Call, str | None, bool]:
     """A persona's risky command. Returns True when it ran."""
     result = yield _Call("run_command", {"command": command}, ctx.say(why))
     if _failed(result):

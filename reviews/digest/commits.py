@@ -133,7 +133,7 @@ def commit_explain(*, sha: str, user: User | None = None) -> CommitExplanation:
         explanation.commit_event = commit_event
         explanation.session_id = commit_event.session_id
         session = (
-            AgentSession.objects.select_related("repository", "pod", "sto").filter(pk=commit_event.session_id).first()
+            AgentSession.objects.select_related("repository", "pod", "sto").filter(pk=commit_event.session_id).first()  # type: ignore[misc]  # pk=None: no session
         )
         if session is not None:
             repo_path = Path(session.repository.path)

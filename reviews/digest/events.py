@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 
-from django.db.models import BigIntegerField, BooleanField, CharField, F, Func, Q, QuerySet
+from django.db.models import BigIntegerField, BooleanField, CharField, F, Field, Func, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.db.models.lookups import Exact
@@ -156,5 +156,7 @@ class PayloadValue(Func):
 
 def payload_is(key: str, value) -> Q:
     """A condition on the payload's value at ``key`` (a string, an int or a bool)."""
-    output = BooleanField() if isinstance(value, bool) else BigIntegerField() if isinstance(value, int) else CharField()
+    output: Field = (
+        BooleanField() if isinstance(value, bool) else BigIntegerField() if isinstance(value, int) else CharField()
+    )
     return Q(Exact(PayloadValue(key, output), value))

@@ -159,7 +159,7 @@ def explore(*, user: User, filters: ExplorerFilters, page_size: int = PAGE_SIZE)
     next_before = page[page_size - 1].id if len(page) > page_size else None
     page = page[:page_size]
     for event in page:
-        event.summary = describe(event.kind, event.payload)
+        event.summary = describe(event.kind, event.payload)  # type: ignore[attr-defined]  # for the template
     session_ids = {e.session_id for e in page if e.session_id}
     sessions = AgentSession.objects.select_related("pod", "sto").in_bulk(session_ids) if session_ids else {}
     return ExplorerPage(events=page, next_before=next_before, filters=filters, errors=errors, sessions=sessions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import cast
 
 from django.db.models import BigIntegerField, Count, Sum
 from django.db.models.fields.json import KT
@@ -59,7 +60,7 @@ def human_decisions(session_ids: list[int]) -> dict[tuple[int, str], list[tuple[
     )
     for event_id, session_id, who, payload in rows:
         payload = payload or {}
-        decisions[(session_id, str(payload.get("action_hash", "")))].append(
+        decisions[(cast(int, session_id), str(payload.get("action_hash", "")))].append(  # session_id__in
             (event_id, who, str(payload.get("decision", "")))
         )
     return decisions

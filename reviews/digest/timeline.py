@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db.models import Max, Q
 from django.utils import timezone
@@ -173,7 +174,7 @@ def _ticks(window: Window, x) -> list[Tick]:
         first += timedelta(hours=1)
     while first.hour % step:
         first += timedelta(hours=1)
-    ticks = []
+    ticks: list = []
     t = first
     while t <= timezone.localtime(window.end):
         major = t.hour == 0 or not ticks
@@ -191,7 +192,7 @@ def timeline(*, user: User, window: Window, pod: str = "", event_url=None, sessi
     event_url = event_url or (lambda event_id: f"/audit/event/{event_id}")
     session_url = session_url or (lambda session_id: f"/sessions/{session_id}/")
     now = timezone.now()
-    sessions = (
+    sessions: Any = (  # a QuerySet, then the list of its first rows
         sessions_visible_to(user=user)
         .filter(created_at__lt=window.end)
         .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=window.start))

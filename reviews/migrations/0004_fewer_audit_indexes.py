@@ -8,6 +8,8 @@ Only the indexes are dropped (``SeparateDatabaseAndState``): an AlterField would
 rebuild the table, which drops the append-only triggers with the old table.
 """
 
+from typing import Any
+
 from django.db import migrations, models
 
 COLUMNS = {  # column -> Django's name for its db_index index (the same on SQLite and PostgreSQL)
@@ -18,10 +20,10 @@ COLUMNS = {  # column -> Django's name for its db_index index (the same on SQLit
     "actor_user_id": "reviews_auditevent_actor_user_id_0419ab1a",
 }
 
-DROP = [f'DROP INDEX IF EXISTS "{name}"' for name in COLUMNS.values()] + [
+DROP: list[Any] = [f'DROP INDEX IF EXISTS "{name}"' for name in COLUMNS.values()] + [
     'DROP INDEX IF EXISTS "reviews_auditevent_kind_1ffadc67_like"',  # PostgreSQL's varchar_pattern_ops twin
 ]
-CREATE = [
+CREATE: list[Any] = [
     f'CREATE INDEX IF NOT EXISTS "{name}" ON "reviews_auditevent" ("{column}")' for column, name in COLUMNS.items()
 ]
 

@@ -1,12 +1,15 @@
 """Bases for pause_agent / resume_agent / cancel_agent and pause_pod / resume_pod."""
 
+from collections.abc import Callable
+from typing import Any
+
 from django.core.management.base import BaseCommand
 
 from agents.management.commands._common import get_pod, get_session, get_user, run_service
 
 
 class ControlCommand(BaseCommand):
-    service = None
+    service: Callable[..., Any] | None = None
     verb = ""
 
     def add_arguments(self, parser):
@@ -23,7 +26,7 @@ class ControlCommand(BaseCommand):
 class PodControlCommand(BaseCommand):
     """``<command> SLUG --as USER``: a pod control (its lead or a manager); ``reason`` adds ``--reason``."""
 
-    service = None
+    service: Callable[..., Any] | None = None
     verb = ""
     counted = ""  # what the service's count counts
     reason = False

@@ -22,11 +22,11 @@ def _repository(path: str | None) -> Repository:
     import git
 
     try:
-        repo = git.Repo(path)
+        git_repo = git.Repo(path)
     except (git.NoSuchPathError, git.InvalidGitRepositoryError):
         raise CommandError(f"--repo: {path} is not a git repository") from None
-    default = repo.active_branch.name if not repo.head.is_detached else "main"
-    return Repository.objects.create(name=path, path=str(repo.working_tree_dir), default_branch=default)
+    default = git_repo.active_branch.name if not git_repo.head.is_detached else "main"
+    return Repository.objects.create(name=path, path=str(git_repo.working_tree_dir), default_branch=default)
 
 
 class Command(BaseCommand):
