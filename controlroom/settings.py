@@ -266,6 +266,15 @@ def _model_concurrency() -> dict[str, int]:
         raise ImproperlyConfigured(f"MODEL_CONCURRENCY: {exc}") from None
 
 
+def _model_api_bases() -> list:
+    from agents.endpoints import parse_allow_list
+
+    try:
+        return parse_allow_list(env_list("MODEL_API_BASES", []))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"MODEL_API_BASES: {exc}") from None
+
+
 CONTROLROOM = {
     "WORKTREES_DIR": Path(env_str("WORKTREES_DIR", str(DATA_DIR / "worktrees"))),
     "REPOS_DIR": DATA_DIR / "repos",
@@ -277,6 +286,8 @@ CONTROLROOM = {
     # before the session fails; between attempts the step waits on the queue (2, 4, 8 … s)
     "MODEL_ATTEMPTS": env_int("MODEL_ATTEMPTS", 4, minimum=1),
     "MODEL_CONCURRENCY": _model_concurrency(),
+    # the model endpoints a session's api_base may name (empty: any http(s) URL with a host)
+    "MODEL_API_BASES": _model_api_bases(),
     # a step the provider keeps answering HTTP 429 gives up (the session fails) after this many waits
     "MODEL_RATE_LIMIT_WAITS": env_int("MODEL_RATE_LIMIT_WAITS", 100, minimum=1),
     # where this process runs agent steps: its worktrees live on this host's disk (WORKTREES_DIR)
