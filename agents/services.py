@@ -27,6 +27,7 @@ from django.utils.text import Truncator
 
 from agents import authority, links, params, permissions, selectors
 from agents.dispatch import enqueue_step_on_commit, host_queue
+from agents.endpoints import api_base_problem
 from agents.errors import validation_text
 from agents.events import send_on_commit
 from agents.models import (
@@ -307,6 +308,10 @@ def session_launch(
         errors["agent_kind"] = "Codex sessions are not available yet: choose the built-in loop or Claude Code."
     if base_branch and not BRANCH_NAME.fullmatch(base_branch):
         errors["base_branch"] = f"{base_branch!r} is not a usable branch name."
+    api_base = (api_base or "").strip()
+    api_base_refused = api_base_problem(api_base)
+    if api_base_refused:
+        errors["api_base"] = api_base_refused
     spec = grant or GrantSpec()
     errors.update(grant_spec_errors(spec))
     if errors:

@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from agents import params, selectors
+from agents.endpoints import MAX_API_BASE_CHARS, validate_api_base
 from agents.models import (
     AgentKind,
     Grant,
@@ -141,7 +142,9 @@ class _SharedLaunchFields(forms.Form):
         required=False,
         assume_scheme="https",
         label="API base",
-        help_text="Optional endpoint for local or hosted OpenAI-compatible servers.",
+        max_length=MAX_API_BASE_CHARS,
+        validators=[validate_api_base],
+        help_text="Optional http(s) endpoint for local or hosted OpenAI-compatible servers.",
     )
     task_type = forms.ChoiceField(choices=TaskType.choices, initial=TaskType.FEATURE)
     priority = forms.TypedChoiceField(choices=Priority.choices, coerce=int, initial=Priority.P2)

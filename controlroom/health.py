@@ -5,10 +5,15 @@ Answers JSON ``{"status": "ok"|"fail", "database": {...}, "redis": {...}, "celer
 worker answer, 503 otherwise. Every probe has a short timeout so the page answers within about
 1.5 s even when Redis is down (the Celery probe is skipped then: it would only wait on Redis).
 
-Who may ask: a logged-in user, anyone on the loopback interface (the start command, a local
-monitor), or a caller passing ``?token=`` equal to ``CONTROLROOM["HEALTHZ_TOKEN"]`` when that is
-set. Everyone else gets 403. The view is exempt from the site-wide login redirect so that a
-monitor gets a JSON answer instead of a login page.
+Who sees what: a logged-in user, or a caller presenting ``CONTROLROOM["HEALTHZ_TOKEN"]`` (when it
+is set) as ``Authorization: Bearer <token>`` or ``?token=<token>``, gets the full report. Everyone
+else, loopback callers included, gets the bare status, ``{"status": "ok"|"fail"}`` with the same
+200/503, which is all a readiness check needs. The decision never looks at the caller's address
+(``REMOTE_ADDR``, ``X-Forwarded-For``): behind a same-host reverse proxy every visitor has the
+proxy's address, and forwarded headers are whatever the client wrote, so the answer is the same
+behind any proxy. Prefer the header: a query string ends up in proxy and access logs. The view is
+exempt from the site-wide login redirect so that a monitor gets a JSON answer instead of a login
+page.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from kombu.exceptions import KombuError
 
-LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 REDIS_TIMEOUT_S = 0.5
 CELERY_PING_TIMEOUT_S = 1.0
 WORKTREE_WALK_BUDGET_S = 0.2
@@ -39,15 +43,24 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def may_see_health(*, request: HttpRequest) -> bool:
-    """True for a logged-in user, a loopback caller, or the right ``?token=``."""
+def _presented_token(request: HttpRequest) -> str:
+    """The token from ``Authorization: Bearer <token>``, else from ``?token=``; "" when neither."""
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.GET.get("token", "")
+
+
+def may_see_health_details(*, request: HttpRequest) -> bool:
+    """True for a logged-in user or a caller presenting ``HEALTHZ_TOKEN``; never by address."""
     if request.user.is_authenticated:
         return True
-    if request.META.get("REMOTE_ADDR", "") in LOOPBACK_ADDRESSES:
-        return True
     expected = settings.CONTROLROOM.get("HEALTHZ_TOKEN")
-    given = request.GET.get("token", "")
-    return bool(expected) and hmac.compare_digest(given.encode(), str(expected).encode())
+    if not expected:
+        return False
+    given = _presented_token(request)
+    # compare_digest on bytes: constant time in the length of the secret, any characters allowed
+    return hmac.compare_digest(given.encode("utf-8", "replace"), str(expected).encode("utf-8", "replace"))
 
 
 def check_database() -> dict[str, Any]:
@@ -125,7 +138,7 @@ def worktrees_size(*, root: Path, budget_s: float = WORKTREE_WALK_BUDGET_S) -> i
     return total
 
 
-def health_report() -> dict[str, Any]:
+def health_report(*, measure_worktrees: bool = True) -> dict[str, Any]:
     database = check_database()
     redis_state = check_redis(url=settings.REDIS_URL)
     if redis_state["ok"]:
@@ -138,7 +151,9 @@ def health_report() -> dict[str, Any]:
         "database": database,
         "redis": redis_state,
         "celery": celery_state,
-        "worktrees_bytes": worktrees_size(root=Path(settings.CONTROLROOM["WORKTREES_DIR"])),
+        "worktrees_bytes": worktrees_size(root=Path(settings.CONTROLROOM["WORKTREES_DIR"]))
+        if measure_worktrees
+        else None,
     }
 
 
@@ -146,10 +161,9 @@ def health_report() -> dict[str, Any]:
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    if not may_see_health(request=request):
-        return JsonResponse(
-            {"error": "forbidden: log in, ask from the server itself, or pass ?token=HEALTHZ_TOKEN"},
-            status=403,
-        )
-    report = health_report()
-    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)
+    details = may_see_health_details(request=request)
+    report = health_report(measure_worktrees=details)  # the disk walk only for who sees its result
+    status = 200 if report["status"] == "ok" else 503
+    if not details:
+        return JsonResponse({"status": report["status"]}, status=status)
+    return JsonResponse(report, status=status)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NotRequired, TypedDict
 
 import dj_database_url
+from csp import constants as csp_constants
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
@@ -81,6 +82,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response (django-csp; the policy: CONTENT_SECURITY_POLICY below)
+    "controlroom.csp.SitePolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -93,6 +96,23 @@ MIDDLEWARE = [
     # last, as django-axes asks: turns a locked-out login attempt into the lockout page (429)
     "axes.middleware.AxesMiddleware",
 ]
+
+# --- Content-Security-Policy (django-csp 4; controlroom/csp.py says why each page fits it) ----------
+# Everything from this site only: no inline script, no eval, no inline style. connect-src gets
+# ws:// and wss:// of the request's own host added per request (the canvas websocket).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [csp_constants.SELF],
+        "script-src": [csp_constants.SELF],
+        "style-src": [csp_constants.SELF],
+        "img-src": [csp_constants.SELF, "data:"],
+        "connect-src": [csp_constants.SELF],
+        "object-src": [csp_constants.NONE],
+        "frame-ancestors": [csp_constants.NONE],
+        "form-action": [csp_constants.SELF],
+        "base-uri": [csp_constants.SELF],
+    },
+}
 
 # --- login throttling (django-axes) -------------------------------------------------------
 # LOGIN_FAILURE_LIMIT wrong passwords in a row for one username lock that username out of /login/
@@ -286,6 +306,7 @@ class ControlRoomSettings(TypedDict):
     MODEL_ATTEMPTS: int
     MODEL_CONCURRENCY: dict[str, int]
     MODEL_RATE_LIMIT_WAITS: int
+    MODEL_API_BASES: list
     WORKER_HOST: str
     HOST_LOST_AFTER_S: int
     WORKTREE_SOURCE: str
@@ -306,6 +327,15 @@ class ControlRoomSettings(TypedDict):
     WORKTREE_RETENTION_HOURS: NotRequired[float]  # not set here: cleanup_worktrees' default (24)
 
 
+def _model_api_bases() -> list:
+    from agents.endpoints import parse_allow_list
+
+    try:
+        return parse_allow_list(env_list("MODEL_API_BASES", []))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"MODEL_API_BASES: {exc}") from None
+
+
 CONTROLROOM: ControlRoomSettings = {
     "WORKTREES_DIR": Path(env_str("WORKTREES_DIR", str(DATA_DIR / "worktrees"))),
     "REPOS_DIR": DATA_DIR / "repos",
@@ -317,6 +347,8 @@ CONTROLROOM: ControlRoomSettings = {
     # before the session fails; between attempts the step waits on the queue (2, 4, 8 … s)
     "MODEL_ATTEMPTS": env_int("MODEL_ATTEMPTS", 4, minimum=1),
     "MODEL_CONCURRENCY": _model_concurrency(),
+    # the model endpoints a session's api_base may name (empty: any http(s) URL with a host)
+    "MODEL_API_BASES": _model_api_bases(),
     # a step the provider keeps answering HTTP 429 gives up (the session fails) after this many waits
     "MODEL_RATE_LIMIT_WAITS": env_int("MODEL_RATE_LIMIT_WAITS", 100, minimum=1),
     # where this process runs agent steps: its worktrees live on this host's disk (WORKTREES_DIR)

@@ -19,11 +19,25 @@ from controlroom.localredis import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTSIDER_ADDR = "10.1.2.3"
+TOKEN = "s3cret-token-for-monitors"
+DETAILS = {"status", "database", "redis", "celery", "worktrees_bytes"}
 
 
 def _redis_db_url(url: str, *, db: int) -> str:
     base = url.rsplit("/", 1)[0] if url.count("/") >= 3 else url
     return f"{base}/{db}"
+
+
+@pytest.fixture
+def token_set():
+    with override_settings(CONTROLROOM={**settings.CONTROLROOM, "HEALTHZ_TOKEN": TOKEN}):
+        yield TOKEN
+
+
+def _dead_redis():
+    """Settings under which the probes fail fast: the tests below are about who sees what."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    return override_settings(REDIS_URL=dead, CELERY_BROKER_URL=dead)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -87,8 +101,8 @@ def celery_worker(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.django_db
-def test_it_reports_ok_when_database_redis_and_a_worker_answer(client, celery_worker):
-    response = client.get("/healthz")
+def test_it_reports_ok_when_database_redis_and_a_worker_answer(client, celery_worker, token_set):
+    response = client.get("/healthz", headers={"Authorization": f"Bearer {token_set}"})
 
     body = response.json()
     assert response.status_code == 200, body
@@ -101,11 +115,19 @@ def test_it_reports_ok_when_database_redis_and_a_worker_answer(client, celery_wo
 
 
 @pytest.mark.django_db
-def test_it_fails_naming_celery_when_no_worker_listens(client):
+def test_an_anonymous_readiness_check_gets_a_bare_ok_when_everything_answers(client, celery_worker):
+    response = client.get("/healthz")  # the test client asks from 127.0.0.1: loopback gets no more
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_it_fails_naming_celery_when_no_worker_listens(client, token_set):
     # A Redis database no worker of this test session listens on (broadcasts are per-database).
     lonely_broker = _redis_db_url(settings.REDIS_URL, db=13)
     with override_settings(CELERY_BROKER_URL=lonely_broker):
-        response = client.get("/healthz")
+        response = client.get("/healthz", {"token": token_set})
 
     body = response.json()
     assert response.status_code == 503
@@ -118,13 +140,13 @@ def test_it_fails_naming_celery_when_no_worker_listens(client):
 
 
 @pytest.mark.django_db
-def test_it_answers_503_quickly_when_redis_is_down(client):
+def test_it_answers_503_quickly_when_redis_is_down(client, token_set):
     dead = f"redis://127.0.0.1:{free_port()}/0"
     caches = {"default": {**settings.CACHES["default"], "LOCATION": dead}}
     client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR)  # loads the URLconf, so only the probes are timed
     with override_settings(REDIS_URL=dead, CELERY_BROKER_URL=dead, CACHES=caches):
         started = time.monotonic()
-        response = client.get("/healthz")
+        response = client.get("/healthz", headers={"Authorization": f"Bearer {token_set}"})
         elapsed = time.monotonic() - started
 
     body = response.json()
@@ -136,42 +158,93 @@ def test_it_answers_503_quickly_when_redis_is_down(client):
 
 
 @pytest.mark.django_db
-def test_it_refuses_an_anonymous_caller_from_another_machine(client):
-    response = client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR)
+@pytest.mark.parametrize("addr", ["127.0.0.1", "::1", OUTSIDER_ADDR])
+def test_an_anonymous_caller_gets_only_the_bare_status_loopback_included(client, addr):
+    with _dead_redis():
+        response = client.get("/healthz", REMOTE_ADDR=addr)
 
-    assert response.status_code == 403
-    assert "error" in response.json()
+    assert response.status_code == 503
+    assert response.json() == {"status": "fail"}
+
+
+@pytest.mark.django_db
+def test_a_forwarded_for_header_claiming_loopback_changes_nothing(client):
+    # what a same-host reverse proxy forwards: REMOTE_ADDR is the proxy's, X-Forwarded-For the client's word
+    with _dead_redis():
+        response = client.get(
+            "/healthz",
+            REMOTE_ADDR="127.0.0.1",
+            headers={"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1", "X-Forwarded-Proto": "https"},
+        )
+
+    assert response.json() == {"status": "fail"}
 
 
 @pytest.mark.django_db
 def test_it_answers_a_logged_in_user_from_another_machine(client, django_user_model):
     user = django_user_model.objects.create_user(username="manager-h", password="pw-123456789")
     client.force_login(user)
-    dead = f"redis://127.0.0.1:{free_port()}/0"  # keeps the probe fast; access is what is tested
-    with override_settings(REDIS_URL=dead, CELERY_BROKER_URL=dead):
+    with _dead_redis():
         response = client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR)
 
     assert response.status_code == 503
-    assert set(response.json()) >= {"status", "database", "redis", "celery", "worktrees_bytes"}
+    assert set(response.json()) >= DETAILS
 
 
 @pytest.mark.django_db
-def test_it_answers_a_monitor_with_the_right_token_and_refuses_a_wrong_one(client):
-    controlroom = {**settings.CONTROLROOM, "HEALTHZ_TOKEN": "s3cret-token"}
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    with override_settings(CONTROLROOM=controlroom, REDIS_URL=dead, CELERY_BROKER_URL=dead):
-        right = client.get("/healthz", {"token": "s3cret-token"}, REMOTE_ADDR=OUTSIDER_ADDR)
-        wrong = client.get("/healthz", {"token": "guess"}, REMOTE_ADDR=OUTSIDER_ADDR)
+@pytest.mark.parametrize("how", ["header", "lowercase-scheme", "query"])
+def test_it_answers_a_monitor_presenting_the_token(client, token_set, how):
+    request = {
+        "header": {"headers": {"Authorization": f"Bearer {token_set}"}},
+        "lowercase-scheme": {"headers": {"Authorization": f"bearer  {token_set} "}},
+        "query": {"data": {"token": token_set}},
+    }[how]
+    with _dead_redis():
+        response = client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR, **request)
 
-    assert right.status_code == 503
-    assert right.json()["redis"]["ok"] is False
-    assert wrong.status_code == 403
+    assert response.status_code == 503
+    assert set(response.json()) >= DETAILS
+    assert response.json()["redis"]["ok"] is False
 
 
 @pytest.mark.django_db
-def test_an_empty_token_setting_lets_no_token_through(client):
-    controlroom = {**settings.CONTROLROOM, "HEALTHZ_TOKEN": None}
-    with override_settings(CONTROLROOM=controlroom):
-        response = client.get("/healthz", {"token": ""}, REMOTE_ADDR=OUTSIDER_ADDR)
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"data": {"token": "guess"}},
+        {"data": {"token": TOKEN[:-1]}},
+        {"data": {"token": TOKEN + "x"}},
+        {"data": {"token": "é\x00" * 1000}},
+        {"headers": {"Authorization": "Bearer guess"}},
+        {"headers": {"Authorization": f"Basic {TOKEN}"}},
+        {"headers": {"Authorization": TOKEN}},
+        {"headers": {"Authorization": "Bearer"}},
+    ],
+    ids=["wrong", "prefix", "longer", "hostile", "wrong-bearer", "basic-scheme", "no-scheme", "empty-bearer"],
+)
+def test_a_wrong_token_gets_only_the_bare_status(client, token_set, request_kwargs):
+    with _dead_redis():
+        response = client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR, **request_kwargs)
 
-    assert response.status_code == 403
+    assert response.status_code == 503
+    assert response.json() == {"status": "fail"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("unset", [None, ""])
+def test_an_unset_token_setting_lets_no_token_through(client, unset):
+    controlroom = {**settings.CONTROLROOM, "HEALTHZ_TOKEN": unset}
+    with override_settings(CONTROLROOM=controlroom), _dead_redis():
+        query = client.get("/healthz", {"token": ""}, REMOTE_ADDR=OUTSIDER_ADDR)
+        header = client.get("/healthz", REMOTE_ADDR=OUTSIDER_ADDR, headers={"Authorization": "Bearer "})
+
+    assert query.json() == {"status": "fail"}
+    assert header.json() == {"status": "fail"}
+
+
+@pytest.mark.django_db
+def test_it_is_never_cached(client):
+    with _dead_redis():
+        response = client.get("/healthz")
+
+    assert "no-cache" in response.headers["Cache-Control"]

@@ -268,3 +268,108 @@ def test_launch_agent_takes_the_agent_and_refuses_one_that_is_not_available(flee
     with pytest.raises(CommandError, match="Codex"):
         call_command("launch_agent", "--pod", "alpha", "--sto", "sam", "--goal", "x", "--agent", "codex", "--no-start")
     assert AgentSession.objects.count() == 1
+
+
+# --- the model endpoint (api_base) ------------------------------------------------------------------
+
+REFUSED_API_BASES = {
+    "ftp": ("ftp://files.example.com/v1", "is not an http:// or https:// URL"),
+    "file": ("file:///etc/passwd", "is not an http:// or https:// URL"),
+    "javascript": ("javascript:alert(1)", "is not an http:// or https:// URL"),
+    "no-host": ("http://:8080/v1", "names no host"),
+    "credentials": ("http://user:secret@127.0.0.1:11434/v1", "may not carry a user name or password"),
+}
+
+
+def _allow_only(settings, *bases: str) -> None:
+    from agents.endpoints import parse_allow_list
+
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "MODEL_API_BASES": parse_allow_list(list(bases))}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_API_BASES))
+def test_the_launch_form_refuses_an_api_base_that_is_not_an_http_url_with_a_host(client, fleet, case):
+    value, message = REFUSED_API_BASES[case]
+    client.force_login(fleet.lead)
+    response = client.post("/launch", _form(fleet, api_base=value))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'id="id_api_base_errors"' in html and message in html
+    _nothing_created()
+
+
+def test_the_launch_form_refuses_an_api_base_outside_model_api_bases(client, fleet, settings):
+    _allow_only(settings, "http://127.0.0.1:11434", "https://llm.example.com/v1")
+    client.force_login(fleet.lead)
+    for outside in ("http://10.0.0.5/v1", "http://127.0.0.1:11435/v1", "https://llm.example.com/v12"):
+        response = client.post("/launch", _form(fleet, api_base=outside))
+        assert response.status_code == 400, outside
+        html = response.content.decode()
+        assert 'id="id_api_base_errors"' in html
+        assert "is not one of the model endpoints this control room allows (MODEL_API_BASES)" in html
+    _nothing_created()
+    response = client.post("/launch", _form(fleet, api_base="http://127.0.0.1:11434/v1"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert AgentSession.objects.get().api_base == "http://127.0.0.1:11434/v1"
+
+
+@pytest.mark.parametrize("case", ["ftp", "javascript", "no-host"])
+def test_a_batch_with_a_refused_api_base_creates_nothing(client, fleet, enqueued, case):
+    value, message = REFUSED_API_BASES[case]
+    client.force_login(fleet.lead)
+    response = client.post("/launch/batch", _batch(fleet, "@sam Task one\n@mia Task two", api_base=value))
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    _nothing_created()
+    assert enqueued == []
+
+
+def test_a_batch_outside_model_api_bases_creates_nothing(client, fleet, settings, enqueued):
+    _allow_only(settings, "http://127.0.0.1:11434/v1")
+    client.force_login(fleet.lead)
+    response = client.post("/launch/batch", _batch(fleet, "@sam Task one", api_base="http://169.254.169.254/v1"))
+    assert response.status_code == 400
+    assert "MODEL_API_BASES" in response.content.decode()
+    _nothing_created()
+    assert enqueued == []
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_API_BASES))
+def test_launch_agent_refuses_a_bad_api_base_and_registers_nothing(fleet, tmp_path, case):
+    import git
+    from django.core.management import CommandError, call_command
+
+    from agents.models import Repository
+
+    value, message = REFUSED_API_BASES[case]
+    other = git.Repo.init(tmp_path / "other")  # a new --repo would be registered by a launch that goes ahead
+    repositories = Repository.objects.count()
+    with pytest.raises(CommandError, match=f"--api-base: .*{message}"):
+        call_command(
+            "launch_agent",
+            "--pod",
+            "alpha",
+            "--sto",
+            "sam",
+            "--goal",
+            "x",
+            "--api-base",
+            value,
+            "--repo",
+            other.working_tree_dir,
+            "--no-start",
+        )
+    _nothing_created()
+    assert Repository.objects.count() == repositories
+
+
+def test_launch_agent_refuses_an_api_base_outside_model_api_bases(fleet, settings):
+    from django.core.management import CommandError, call_command
+
+    _allow_only(settings, "http://127.0.0.1:11434")
+    args = ["launch_agent", "--pod", "alpha", "--sto", "sam", "--goal", "x", "--no-start", "--api-base"]
+    with pytest.raises(CommandError, match="MODEL_API_BASES"):
+        call_command(*args, "http://127.0.0.1.evil.example:11434/v1")
+    _nothing_created()
+    call_command(*args, "http://127.0.0.1:11434/v1", stdout=__import__("io").StringIO())
+    assert AgentSession.objects.get().api_base == "http://127.0.0.1:11434/v1"

@@ -6,7 +6,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 pytestmark = pytest.mark.django_db
 
 PUBLIC = {"login"}  # the login page itself
-LOGIN_EXEMPT = {"healthz"}  # answers only loopback, a token or a logged-in user (403 otherwise)
+LOGIN_EXEMPT = {"healthz"}  # a bare status to everyone; details only to a token or a logged-in user
 
 
 def _patterns(resolver=None, prefix=""):
@@ -41,9 +41,13 @@ def test_every_url_refuses_or_redirects_an_anonymous_visitor(client, method):
             continue
         url = _example(pattern)
         response = getattr(client, method)(url, REMOTE_ADDR="203.0.113.9")
+        loopback = getattr(client, method)(url, REMOTE_ADDR="127.0.0.1")
+        assert loopback.status_code == response.status_code, (url, "loopback is not special")
         location = response.headers.get("Location", "")
-        allowed = (302, 401, 403, 405) if name in LOGIN_EXEMPT else (302, 401, 403)
+        allowed = (200, 405, 503) if name in LOGIN_EXEMPT else (302, 401, 403)
         assert response.status_code in allowed, (url, response.status_code)
+        if name in LOGIN_EXEMPT and response.status_code != 405:
+            assert set(response.json()) == {"status"}, (url, response.content[:200])
         if response.status_code == 302:
             assert "login" in location, (url, location)
         checked += 1

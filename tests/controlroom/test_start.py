@@ -30,9 +30,14 @@ def _launcher_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _health(port: int) -> dict | None:
+HEALTHZ_TOKEN = "start-test-health-token"
+
+
+def _health(port: int, *, token: str | None = HEALTHZ_TOKEN) -> dict | None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz", headers=headers)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:  # 503 still carries the report
         return json.load(exc)
@@ -66,7 +71,7 @@ def test_it_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path):
                 "1",
             ],
             cwd=REPO_ROOT,
-            env=_launcher_env(tmp_path / "data"),
+            env=_launcher_env(tmp_path / "data", HEALTHZ_TOKEN=HEALTHZ_TOKEN),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -84,6 +89,7 @@ def test_it_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path):
             pytest.fail(f"/healthz never reported ok (last: {report}):\n{output.read_text()}")
 
         assert sorted(name.split("@")[0] for name in report["celery"]["workers"]) == ["worker1", "worker2"]
+        assert _health(port, token=None) == {"status": "ok"}  # loopback without the token: the bare status
         redis_url_file = tmp_path / "data" / "run" / "redis.url"
         assert redis_url_file.read_text().startswith("redis://127.0.0.1:")
         children = psutil.Process(launcher.pid).children(recursive=True)

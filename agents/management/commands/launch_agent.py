@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from agents import services
+from agents.endpoints import api_base_problem
 from agents.management.commands._common import get_pod, get_user, run_service
 from agents.models import AgentKind, Grant, Repository, TaskType
 
@@ -87,6 +88,9 @@ class Command(BaseCommand):
         return parsed if parsed.tzinfo else timezone.make_aware(parsed)
 
     def handle(self, *args, **o):
+        problem = api_base_problem(o["api_base"].strip())
+        if problem:  # before --repo can register a repository: a refused launch creates nothing
+            raise CommandError(f"--api-base: {problem}")
         pod = get_pod(o["pod"])
         sto = get_user(o["sto"], what="Single Task Owner")
         by = get_user(o["actor"]) if o["actor"] else sto
