@@ -484,8 +484,14 @@ def test_catch_up_sends_tonights_work_unless_the_page_shows_older_sessions(clien
         await communicator.disconnect()
         return caught
 
-    assert set(run(lambda: caught_up())) == {sessions["a1"].pk, sessions["a2"].pk}
-    assert set(run(lambda: caught_up(older=True))) == {sessions["a1"].pk, sessions["a2"].pk, sessions["a3"].pk}
+    async def tonight_only():
+        return await caught_up()
+
+    async def with_older():
+        return await caught_up(older=True)
+
+    assert set(run(tonight_only)) == {sessions["a1"].pk, sessions["a2"].pk}
+    assert set(run(with_older)) == {sessions["a1"].pk, sessions["a2"].pk, sessions["a3"].pk}
 
 
 # --- bad input ------------------------------------------------------------------------------------
