@@ -1,4 +1,4 @@
-"""Refresh the README's canvas screenshots (docs/canvas-compact.png, docs/fleet-map.png) from a demo
+"""Refresh the README's canvas screenshots (docs/canvas.png, docs/canvas-compact.png, docs/fleet-map.png) from a demo
 fleet with mixed statuses, at 1920×1080, through the real stack (a private Redis, Daphne, Chromium).
 As ``bin/start`` does, the past month (``seed_history``) is written first: the pictures show the
 canvas's default, tonight's work, with the month behind "show older".
@@ -130,12 +130,13 @@ def main() -> None:
 
         call_command("seed_history", password="bench", verbosity=0)
         _mix(100)
+        _shoot("/?view=tiles", ROOT / "docs" / "canvas.png")
         _shoot("/?view=compact", ROOT / "docs" / "canvas-compact.png")
         _mix(1000)
         _shoot("/?view=map", ROOT / "docs" / "fleet-map.png", hover="#canvas .cell.stranded")
     finally:
         redis.stop()
-    print("docs/canvas-compact.png, docs/fleet-map.png")
+    print("docs/canvas.png, docs/canvas-compact.png, docs/fleet-map.png")
 
 
 if __name__ == "__main__":
