@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from agents import authority
 from agents.models import (
+    TERMINAL_STATUSES,
     AgentSession,
     Escalation,
     FleetControl,
@@ -145,6 +146,28 @@ def awaiting_review_count(*, pod_id: int) -> int:
     """How many of a pod's sessions await review: what the runtime compares with
     ``pod.review_wip_limit`` before starting the pod's next session."""
     return AgentSession.objects.filter(awaiting_review_q(), pod_id=pod_id).count()
+
+
+# -- "tonight's work": ONE definition of what the canvas shows by default -------------------------
+
+EVENING_HOUR = 18  # tonight starts at 18:00 local time
+
+
+def tonight_start(now: datetime | None = None) -> datetime:
+    """18:00 local time today, or yesterday's when it is not yet 18:00: where "tonight" starts
+    (the canvas's "Tonight" cost and what it shows by default)."""
+    now = timezone.localtime(now or timezone.now())
+    start = now.replace(hour=EVENING_HOUR, minute=0, second=0, microsecond=0)
+    return start if now >= start else start - timedelta(days=1)
+
+
+def current_q(*, now: datetime | None = None) -> Q:
+    """The sessions of tonight's work, what the canvas (tiles, compact, map, live catch-up) shows
+    unless asked for older ones: every session that has not ended (queued, running, paused, needing
+    a human), finished work that awaits its review (never hidden: someone has to review it), and
+    any session that changed since tonight started (ended, reviewed or cancelled tonight). What is
+    left out is closed earlier: reviewed, or ended with nothing to review, before ``tonight_start``."""
+    return ~Q(status__in=TERMINAL_STATUSES) | awaiting_review_q() | Q(updated_at__gte=tonight_start(now))
 
 
 # -- "stale": ONE definition, for the canvas (its tiles and summary count) and the tick ------------

@@ -1,13 +1,15 @@
 """The canvas websocket (``ws/canvas/``): live tiles for the pods a browser shows.
 
 Protocol (client → server, JSON text frames of at most ``MAX_FRAME_CHARS`` characters):
-    {"type": "subscribe", "pods": [1, 2, ...], "since": 1718000000.5 | null}
+    {"type": "subscribe", "pods": [1, 2, ...], "since": 1718000000.5 | null, "older": false}
         Watch exactly these pods (replaces the previous subscription). Each pod is authorized
         with ``agents.selectors.pod_ids_visible_to``; only then is the per-pod group ``pod.<id>``
         joined. Pods the user may not see get an error frame and no group join. With ``since``
         (a server timestamp the browser saw last), the tiles of every session of the subscribed
         pods updated since then (minus a safety margin) are sent at once: the catch-up after a
-        reconnect.
+        reconnect. Like the canvas, the catch-up sends tonight's work only
+        (``agents.selectors.current_q``) unless ``older`` is true (the page shows older sessions).
+        Live updates need no such filter: a session that changes is changed tonight.
     {"type": "ping"}  →  {"type": "pong"}
 
 Server → client:
@@ -108,14 +110,17 @@ def _authorize_pods(user, requested: set[int]) -> set[int]:
 
 
 @database_sync_to_async
-def _catchup_tiles(user, pod_ids: set[int], since: float) -> list[tuple[int, int, str]]:
-    """(session id, version, tile html) of the visible sessions of these pods updated since ``since``."""
+def _catchup_tiles(user, pod_ids: set[int], since: float, *, older: bool = False) -> list[tuple[int, int, str]]:
+    """(session id, version, tile html) of the visible sessions of these pods updated since ``since``
+    (of tonight's work only, unless ``older``)."""
     from datetime import datetime
 
     after = datetime.fromtimestamp(max(0.0, since - CATCHUP_MARGIN_S), tz=UTC)
+    sessions = selectors.sessions_visible_to(user=user)
+    if not older:
+        sessions = sessions.filter(selectors.current_q())
     sessions = (
-        selectors.sessions_visible_to(user=user)
-        .filter(pod_id__in=pod_ids, updated_at__gte=after)
+        sessions.filter(pod_id__in=pod_ids, updated_at__gte=after)
         .prefetch_related(selectors.tile_grants())
         .annotate(**selectors.last_commit_q())
         .order_by("updated_at")[:CATCHUP_MAX_SESSIONS]
@@ -211,7 +216,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     async def _subscribe(self, message: dict) -> None:
         if not await self._session_ok():
             return
-        pods, since = message.get("pods"), message.get("since")
+        pods, since, older = message.get("pods"), message.get("since"), message.get("older", False)
         if not isinstance(pods, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in pods):
             await self._error('subscribe: "pods" must be a list of pod ids (integers)')
             return
@@ -231,6 +236,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 'subscribe: "since" must be a server timestamp (seconds since 1970, not in the future) or null'
             )
             return
+        if not isinstance(older, bool):
+            await self._error('subscribe: "older" must be true or false')
+            return
         requested = set(pods)
         allowed = await _authorize_pods(self.user, requested)
         refused = requested - allowed
@@ -244,11 +252,11 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.authorized_at = time.monotonic()
         await self.send(text_data=json.dumps({"type": "subscribed", "pods": sorted(allowed)}))
         if since is not None and allowed:
-            await self._catch_up(float(since))
+            await self._catch_up(float(since), older=older)
 
-    async def _catch_up(self, since: float) -> None:
+    async def _catch_up(self, since: float, *, older: bool = False) -> None:
         now = time.time()  # taken before the query: anything committed after it comes again next time
-        tiles = await _catchup_tiles(self.user, set(self.pods), since)
+        tiles = await _catchup_tiles(self.user, set(self.pods), since, older=older)
         fresh = [(sid, version, html) for sid, version, html in tiles if version > self.sent_version.get(sid, 0)]
         for start in range(0, len(fresh), CATCHUP_TILES_PER_FRAME):
             chunk = fresh[start : start + CATCHUP_TILES_PER_FRAME]

@@ -48,6 +48,11 @@ class CanvasFilterForm(forms.Form):
         required=False,
         help_text="How the sessions are drawn: tiles, compact tiles (100 on one screen) or the fleet map.",
     )
+    older = forms.ChoiceField(
+        choices=[("1", "also sessions closed before tonight")],
+        required=False,
+        help_text="1: also the sessions closed before tonight (agents.selectors.current_q).",
+    )
 
     def __init__(self, data, *, user: User):
         super().__init__(data)

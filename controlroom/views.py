@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from html import escape as _esc
 
@@ -72,11 +72,8 @@ MAP_COLUMNS = (
 # --- reads for the canvas ------------------------------------------------------------------------
 
 
-def local_evening_start(now: datetime | None = None) -> datetime:
-    """18:00 local time today, or yesterday's when it is not yet 18:00: where "tonight" starts."""
-    now = timezone.localtime(now or timezone.now())
-    start = now.replace(hour=18, minute=0, second=0, microsecond=0)
-    return start if now >= start else start - timedelta(days=1)
+# where "tonight" starts (18:00 local): agents.selectors.tonight_start, also what the canvas shows by default
+local_evening_start = selectors.tonight_start
 
 
 @dataclass
@@ -98,6 +95,7 @@ class FleetSummary:
     cost_tonight: Decimal
     evening: datetime
     fleet: FleetControl | None
+    older: bool = False  # the counts include the sessions closed before tonight
     paused_pods: list[Pod] = field(default_factory=list)
     wip: list[PodWip] = field(default_factory=list)
 
@@ -106,11 +104,15 @@ class FleetSummary:
         return bool(self.fleet and self.fleet.stopped)
 
 
-def fleet_summary(*, user: User) -> FleetSummary:
-    """Counts per status, stale sessions, cost tonight, stop switches and review WIP: a handful of queries."""
+def fleet_summary(*, user: User, older: bool = False) -> FleetSummary:
+    """Counts per status, stale sessions, cost tonight, stop switches and review WIP: a handful of queries.
+    The counts are of what the canvas shows: tonight's work (``selectors.current_q``), or with
+    ``older`` every session."""
     visible = selectors.sessions_visible_to(user=user).order_by()
-    by_status = dict(visible.values_list("status").annotate(n=Count("id")))
     now = timezone.now()
+    if not older:
+        visible = visible.filter(selectors.current_q(now=now))
+    by_status = dict(visible.values_list("status").annotate(n=Count("id")))
     evening = local_evening_start(now)
     aggregates = visible.aggregate(
         cost=Sum("cost_usd", filter=Q(updated_at__gte=evening)),
@@ -138,6 +140,7 @@ def fleet_summary(*, user: User) -> FleetSummary:
         fleet=FleetControl.objects.filter(pk=1).select_related("changed_by").first(),
         paused_pods=[p for p in pods if p.paused],
         wip=[PodWip(pod=p, awaiting=awaiting.get(p.pk, 0)) for p in wip_pods],
+        older=older,
     )
 
 
@@ -229,10 +232,10 @@ def shared_asks(waiting: list[Waiting]) -> SharedAsks:
     return SharedAsks(asks=sum(counts), actions=len(counts))
 
 
-def _side_context(user: User) -> dict:
+def _side_context(user: User, *, older: bool = False) -> dict:
     waiting = needs_you(user=user)
     return {
-        "summary": fleet_summary(user=user),
+        "summary": fleet_summary(user=user, older=older),
         "waiting": waiting,
         "shared": shared_asks(waiting),
         "icons": STATUS_ICONS,
@@ -306,9 +309,15 @@ def canvas(request: AuthenticatedHttpRequest) -> HttpResponse:
     filters = CanvasFilterForm(request.GET or None, user=user)
     view, chosen = _canvas_view(request, filters)
     sessions_qs = _filtered_sessions(user=user, filters=filters)
+    now = timezone.now()
+    # tonight's work by default; the sessions closed before tonight only when asked (?older=1)
+    older = bool(filters.value_of("older"))
+    current = selectors.current_q(now=now)
+    older_count = 0 if older else sessions_qs.exclude(current).count()
+    if not older:
+        sessions_qs = sessions_qs.filter(current)
     if view is None:
         view = "map" if sessions_qs.count() > MAP_ABOVE else "tiles"
-    now = timezone.now()
     if view == "map":
         sessions = list(sessions_qs.select_related(None).values_list(*MAP_COLUMNS, named=True))
     else:
@@ -339,7 +348,9 @@ def canvas(request: AuthenticatedHttpRequest) -> HttpResponse:
         "statuses": [(value, label, STATUS_ICONS[value]) for value, label in Status.choices],
         "live_ts": f"{live_ts:.6f}",
         "can_launch": user.role != User.Role.LEADER,
-        **_side_context(user),
+        "older": older,
+        "older_count": older_count,
+        **_side_context(user, older=older),
     }
     response = render(request, "controlroom/canvas.html", context)
     if chosen:
@@ -350,8 +361,14 @@ def canvas(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_GET
 @params.bad_parameter_400
 def canvas_side(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """The summary bar and the "needs you" queue as out-of-band fragments (polled by the canvas)."""
-    return render(request, "controlroom/canvas.html#side", {**_side_context(request.user), "oob": True})
+    """The summary bar and the "needs you" queue as out-of-band fragments (polled by the canvas);
+    ``older=1`` counts the sessions closed before tonight too, as the canvas that polls shows them."""
+    older = request.GET.get("older") == "1"
+    return render(
+        request,
+        "controlroom/canvas.html#side",
+        {**_side_context(request.user, older=older), "older": older, "oob": True},
+    )
 
 
 # --- grouped decisions ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Refresh the README's canvas screenshots (docs/canvas-compact.png, docs/fleet-map.png) from a demo
+"""Refresh the README's canvas screenshots (docs/canvas.png, docs/canvas-compact.png, docs/fleet-map.png) from a demo
 fleet with mixed statuses, at 1920×1080, through the real stack (a private Redis, Daphne, Chromium).
+As ``bin/start`` does, the past month (``seed_history``) is written first: the pictures show the
+canvas's default, tonight's work, with the month behind "show older".
 
     .venv/bin/python tools/docs_screenshots.py
 
@@ -45,12 +47,14 @@ def _mix(count: int) -> None:
     from django.core.management import call_command
     from django.utils import timezone
 
+    from agents.management.commands.seed_demo import DEMO_TAG
     from agents.models import AgentSession
 
     call_command("seed_demo", agents=count, password="bench", no_start=True, verbosity=0)
     rng, now = random.Random(3), timezone.now()
     population = [status for status, weight in WEIGHTS.items() for _ in range(weight)]
-    for pk in AgentSession.objects.values_list("pk", flat=True):
+    tonight = [pk for pk, tags in AgentSession.objects.values_list("pk", "tags") if DEMO_TAG in (tags or [])]
+    for pk in tonight:  # tonight's fleet only: the past month stays as seed_history wrote it
         status = rng.choice(population)
         beat = now - timedelta(seconds=rng.randint(2, 90))
         if status == "running" and rng.random() < 0.06:
@@ -122,13 +126,17 @@ def main() -> None:
 
         setup_django()
         migrate()
+        from django.core.management import call_command
+
+        call_command("seed_history", password="bench", verbosity=0)
         _mix(100)
+        _shoot("/?view=tiles", ROOT / "docs" / "canvas.png")
         _shoot("/?view=compact", ROOT / "docs" / "canvas-compact.png")
         _mix(1000)
         _shoot("/?view=map", ROOT / "docs" / "fleet-map.png", hover="#canvas .cell.stranded")
     finally:
         redis.stop()
-    print("docs/canvas-compact.png, docs/fleet-map.png")
+    print("docs/canvas.png, docs/canvas-compact.png, docs/fleet-map.png")
 
 
 if __name__ == "__main__":

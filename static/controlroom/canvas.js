@@ -38,7 +38,9 @@
 
   // --- the socket ---------------------------------------------------------------------------
   document.addEventListener("htmx:wsOpen", function (evt) {
-    evt.detail.socketWrapper.send(JSON.stringify({ type: "subscribe", pods: podIds(), since: liveTs() }));
+    var canvas = byId("canvas");
+    var older = !!(canvas && canvas.dataset.older === "1");
+    evt.detail.socketWrapper.send(JSON.stringify({ type: "subscribe", pods: podIds(), since: liveTs(), older: older }));
     setLive("live", "open");
   });
   document.addEventListener("htmx:wsClose", function (evt) {

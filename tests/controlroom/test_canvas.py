@@ -13,8 +13,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from agents import services
-from agents.models import AgentSession, Escalation, FleetControl, Grant, Status
+from agents import selectors, services
+from agents.models import AgentSession, AgentStep, Escalation, FleetControl, Grant, ReviewState, Status, ToolCall
 from controlroom.views import local_evening_start
 
 pytestmark = pytest.mark.django_db
@@ -261,6 +261,94 @@ def test_the_side_fragments_refresh_the_summary_and_the_queue_out_of_band(client
     assert html.count('hx-swap-oob="true"') == 2
     assert _needs_you(html) == [board["b1"].pk, board["a2"].pk, board["a3"].pk]
     assert "<html" not in html
+
+
+# --- tonight's work: what the canvas shows by default ----------------------------------------------
+
+FOUR_DAYS = 4 * 24 * 60  # minutes: before tonight started, whatever the time of day
+
+
+@pytest.fixture
+def older(fleet, board):
+    """Beside the board, sessions last changed four days ago: reviewed and merged, cancelled with
+    nothing to review, finished and never reviewed, cancelled after a commit, still running."""
+    old = dict(pod=fleet.alpha, sto=fleet.sto, minutes_ago=FOUR_DAYS)
+    made = {
+        "merged": _session(fleet, status=Status.SUCCEEDED, name="old merged", review_state=ReviewState.APPROVED, **old),
+        "cancelled": _session(fleet, status=Status.CANCELLED, name="old cancelled", **old),
+        "unreviewed": _session(fleet, status=Status.SUCCEEDED, name="old unreviewed", **old),
+        "committed": _session(fleet, status=Status.CANCELLED, name="old committed", **old),
+        "running": _session(fleet, status=Status.RUNNING, name="old running", **old),
+    }
+    step = AgentStep.objects.create(session=made["committed"], number=1)
+    ToolCall.objects.create(
+        session=made["committed"], step=step, index=0, call_id="c1", name="git_commit", state=ToolCall.State.DONE
+    )
+    return made
+
+
+def test_tonights_work_is_what_has_not_ended_awaits_review_or_changed_since_six_pm(fleet, board, older):
+    current = set(AgentSession.objects.filter(selectors.current_q()).values_list("pk", flat=True))
+    assert current == {s.pk for s in board.values()} | ids(older, "unreviewed", "committed", "running")
+    # the line is tonight's start, 18:00 local time: a session closed at 17:59 is older, at 18:01 tonight's
+    tz = timezone.get_current_timezone()
+    morning = datetime(2025, 3, 5, 9, 0, tzinfo=tz)
+    closed = older["cancelled"]
+    for when, shown in (
+        (datetime(2025, 3, 4, 17, 59, tzinfo=tz), False),
+        (datetime(2025, 3, 4, 18, 1, tzinfo=tz), True),
+    ):
+        AgentSession.objects.filter(pk=closed.pk).update(updated_at=when)
+        assert AgentSession.objects.filter(selectors.current_q(now=morning), pk=closed.pk).exists() is shown
+
+
+@pytest.mark.parametrize("view", ["tiles", "compact"])
+def test_the_canvas_shows_tonights_work_and_links_to_the_older_sessions(client, fleet, board, older, view):
+    tonight = {s.pk for s in board.values()} | ids(older, "unreviewed", "committed", "running")
+    html = _get(client, fleet.manager, f"/?view={view}")
+    assert set(_tiles(html)) == tonight
+    assert re.search(
+        r'<a id="older-toggle"[^>]*href="\?view=' + view + r'&amp;older=1"[^>]*>show older \(2\)</a>', html
+    )
+    # the header counts what the canvas shows
+    assert '<strong data-count="total">9</strong> sessions tonight' in html
+    assert '<strong data-count="succeeded">2</strong>' in html  # a4 and the unreviewed one, not the merged one
+
+    html = _get(client, fleet.manager, f"/?view={view}&older=1")
+    assert set(_tiles(html)) == tonight | ids(older, "merged", "cancelled")
+    assert re.search(r'<a id="older-toggle"[^>]*>hide older</a>', html)
+    assert '<strong data-count="total">11</strong> sessions</a>' in html
+    assert '<strong data-count="succeeded">3</strong>' in html
+    assert 'hx-get="/canvas/side?older=1"' in html and 'data-older="1"' in html
+    assert '<input type="hidden" name="older" value="1">' in html  # filtering keeps the older ones
+
+
+def test_the_fleet_map_shows_tonights_work_too(client, fleet, board, older):
+    cells = re.compile(r'<a id="cell-(\d+)"')
+    html = _get(client, fleet.manager, "/?view=map")
+    assert {int(x) for x in cells.findall(html)} == {s.pk for s in board.values()} | ids(
+        older, "unreviewed", "committed", "running"
+    )
+    assert "show older (2)" in html
+    html = _get(client, fleet.manager, "/?view=map&older=1")
+    assert ids(older, "merged", "cancelled") <= {int(x) for x in cells.findall(html)}
+
+
+def test_filters_and_the_older_toggle_combine_and_the_polled_summary_counts_the_same(client, fleet, board, older):
+    html = _get(client, fleet.manager, "/?status=succeeded")
+    assert set(_tiles(html)) == ids(board, "a4") | ids(older, "unreviewed")
+    assert "show older (1)" in html  # only the merged one matches the filter
+    html = _get(client, fleet.manager, "/?status=succeeded&older=1")
+    assert set(_tiles(html)) == ids(board, "a4") | ids(older, "unreviewed", "merged")
+    assert '<strong data-count="total">9</strong>' in _get(client, fleet.manager, "/canvas/side")
+    assert '<strong data-count="total">11</strong>' in _get(client, fleet.manager, "/canvas/side?older=1")
+
+
+def test_nothing_older_no_toggle_and_a_bad_value_is_reported(client, fleet, board):
+    html = _get(client, fleet.manager)
+    assert 'id="older-toggle"' not in html
+    html = _get(client, fleet.manager, "/?older=yes")
+    assert "Filter older:" in html and set(_tiles(html)) == {s.pk for s in board.values()}
 
 
 # --- tiles ----------------------------------------------------------------------------------------

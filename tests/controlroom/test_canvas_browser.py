@@ -250,7 +250,7 @@ def test_the_live_canvas_of_a_hundred_agents(daphne, browser, celery_workers, wo
     )
     time.sleep(3)
     page.screenshot(path=str(ARTIFACTS / "canvas.png"))
-    # docs/canvas.png (the README's screenshot) is refreshed by hand from this artifact: a test run
+    # docs/canvas.png (the README's screenshot) is made by tools/docs_screenshots.py: a test run
     # must not change tracked files
 
     # a status change made by a Celery worker shows within a second, without reload

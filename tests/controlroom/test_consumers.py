@@ -51,9 +51,9 @@ async def _connected(headers) -> WebsocketCommunicator:
     return communicator
 
 
-async def _subscribe(communicator, pods, since=None) -> list[dict]:
+async def _subscribe(communicator, pods, since=None, **extra) -> list[dict]:
     """Subscribe and return the control frames up to and including "subscribed"."""
-    await communicator.send_to(text_data=json.dumps({"type": "subscribe", "pods": pods, "since": since}))
+    await communicator.send_to(text_data=json.dumps({"type": "subscribe", "pods": pods, "since": since, **extra}))
     frames = []
     while True:
         frame = json.loads(await communicator.receive_from(timeout=5))
@@ -468,6 +468,32 @@ def test_catch_up_only_covers_pods_the_user_may_see(client, fleet, sessions):
     assert set(caught) == {sessions["a1"].pk, sessions["a2"].pk, sessions["a3"].pk}
 
 
+def test_catch_up_sends_tonights_work_unless_the_page_shows_older_sessions(client, fleet, sessions):
+    headers = _headers(client, fleet.manager)
+    four_days_ago = timezone.now() - timedelta(days=4)
+    AgentSession.objects.filter(pk=sessions["a3"].pk).update(
+        status="cancelled", updated_at=four_days_ago, finished_at=four_days_ago
+    )
+
+    async def caught_up(**extra):
+        communicator = await _connected(headers)
+        await _subscribe(communicator, [fleet.alpha.pk], since=time.time() - 5 * 86400, **extra)
+        caught = {}
+        for frame in await _frames(communicator):
+            caught.update(_versions(frame))
+        await communicator.disconnect()
+        return caught
+
+    async def tonight_only():
+        return await caught_up()
+
+    async def with_older():
+        return await caught_up(older=True)
+
+    assert set(run(tonight_only)) == {sessions["a1"].pk, sessions["a2"].pk}
+    assert set(run(with_older)) == {sessions["a1"].pk, sessions["a2"].pk, sessions["a3"].pk}
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 BAD_FRAMES = {
@@ -494,6 +520,7 @@ BAD_FRAMES = {
     "deeply nested": "[" * 10_000 + "]" * 10_000,
     "nul and unicode digits": '{"type": "subscribe\u0000", "pods": ["\u00b2"]}',
     "type not a string": '{"type": {"a": 1}}',
+    "older not a boolean": '{"type": "subscribe", "pods": [], "older": "yes"}',
 }
 
 
