@@ -33,6 +33,8 @@ grant, sandbox, budget and audit, one run of the CLI per Celery step.
   ``Net(...)`` rules do not give a Claude Code session network (WebFetch and ``curl`` fail there).
 - **Commits** carry the trailers through a ``prepare-commit-msg`` hook the CLI's git uses
   (``core.hooksPath`` given in the environment, the hook read-only in the sandbox).
+- **Offline**: a ``sim/…`` session's model calls are answered by the broker itself, the offline
+  model speaking the Messages API with tool_use (agents/runtime/sim_anthropic.py), metered alike.
 """
 
 from __future__ import annotations
@@ -238,6 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
                 }
                 if not verdict.get("ok"):
                     return self._anthropic_error(400, "invalid_request_error", verdict.get("reason", "refused"))
+            if broker.offline is not None:  # the offline model answers here (agents/runtime/sim_anthropic.py)
+                return broker.offline.serve(self, body, count_tokens=not metered, tell=broker.tell)
             return self._forward(broker, body, metered=metered)
         return self._json(404, {"error": "not found"})
 
@@ -335,8 +339,9 @@ class Broker:
     (``socket_path``: what the sandboxed agent reaches through agents/relay.py). Requests go to
     ``inbox``, which the step's thread serves; nothing here touches the database."""
 
-    def __init__(self, *, token: str, upstream: str, upstream_key: str, inbox: queue.Queue) -> None:
+    def __init__(self, *, token: str, upstream: str, upstream_key: str, inbox: queue.Queue, offline=None) -> None:
         self.token, self.upstream, self.upstream_key, self.inbox = token, upstream.rstrip("/"), upstream_key, inbox
+        self.offline = offline  # a sim_anthropic.Offline: the offline model answers instead of an upstream
         self.closed = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
@@ -459,6 +464,15 @@ def _git_writable(worktree: Path) -> list[Path]:
     return paths
 
 
+def _offline_model(session: AgentSession):
+    """The offline model behind the broker for a ``sim/…`` session (no upstream at all), else None."""
+    if not (session.model or "").startswith("sim/"):
+        return None
+    from agents.runtime.sim_anthropic import Offline
+
+    return Offline(worktree=session.worktree_path, model=session.model, pacing_s=settings.CONTROLROOM["SIM_PACING_S"])
+
+
 # -- the runner ---------------------------------------------------------------------------------------
 class ClaudeCodeStep(_Step):
     """One run of the Claude Code CLI as one step of the session (see the module docstring)."""
@@ -484,6 +498,7 @@ class ClaudeCodeStep(_Step):
             upstream=self.session.api_base or settings.CONTROLROOM.get("ANTHROPIC_API_BASE") or UPSTREAM_DEFAULT,
             upstream_key=upstream_key,
             inbox=inbox,
+            offline=_offline_model(self.session),
         )
         try:
             return self._run(binary, broker, token, inbox)

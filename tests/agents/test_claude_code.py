@@ -417,3 +417,49 @@ def test_pause_ends_the_claude_code_process_before_its_next_tool_call_and_resume
     assert ToolCall.objects.get(session=session, arguments__command__startswith="echo started").state == (
         ToolCall.State.INTERRUPTED
     )
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_the_offline_model_drives_claude_code_through_a_demo_task(fleet, worktrees_dir):
+    """No model server at all: the broker answers a ``sim/…`` session itself (agents/runtime/sim_anthropic.py)."""
+    from agents.demo_repo import TASKS_BY_ID
+
+    task = TASKS_BY_ID["fix-discount"]
+    spec = services.GrantSpec(
+        mode="edits",
+        allow=(
+            "Bash(ls *)",
+            "Bash(grep *)",
+            "Bash(python -m pytest *)",
+            "Bash(git add *)",
+            "Bash(git commit *)",
+            "Git(commit)",
+        ),
+    )
+    session = services.session_launch(
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal=task["title"],
+        by=fleet.lead,
+        repository=fleet.repo,
+        model="sim/engineer",
+        grant=spec,
+        start=False,
+        agent_kind="claude-code",
+    )
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    calls = list(ToolCall.objects.filter(session=session).order_by("index").values_list("name", "state", "decision"))
+    assert [name for name, _, _ in calls][:4] == ["Bash", "Bash", "Read", "Edit"], calls  # ls, grep, the change
+    assert all(state == ToolCall.State.DONE and decision == "allow" for _, state, decision in calls), calls
+    tests = AuditEvent.objects.get(session_id=session.pk, kind="tests.run")
+    assert tests.payload["passed"], tests.payload
+    repo = git.Repo(fleet.repo.path)
+    (commit,) = list(repo.iter_commits(f"main..{session.branch}"))
+    assert commit.message.startswith(task["commit"]) and f"Agent-Session: {session.pk}" in commit.message
+    assert "(1 - percent / 100)" in repo.git.show(f"{session.branch}:shopcart/pricing.py")
+    assert "the tests pass" in session.summary
+    assert session.model_calls >= 7 and session.tokens_in > 0
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="model.call").count() == session.model_calls
