@@ -482,6 +482,9 @@ class ClaudeCodeStep(_Step):
         if binary is None:
             reason = "Claude Code is not installed on this worker: pip install 'controlroom[agents]'"
             return self.park(Status.FAILED, reason, event="session.error", payload={"error": reason})
+        from agents.runtime.model import warm_up
+
+        warm_up()  # LiteLLM (its price map costs each call) imported now, not while a hook call waits
         step_row = self._step_row()
         self.step_row = step_row
         last = ToolCall.objects.filter(step=step_row).aggregate(last=Max("index"))["last"]
@@ -740,7 +743,29 @@ class ClaudeCodeStep(_Step):
                 self._metered(item)
             elif kind == "ask":
                 item.reply({"decision": "deny", "reason": "the run has ended"})
+        self._interrupt_pending()
         return self._finish(proc.returncode)
+
+    def _interrupt_pending(self) -> None:
+        """Tool calls the CLI started whose result never came (the run was ended under them: a pause,
+        cancel, fleet stop, the time limit, a crash): interrupted, never run again (the hook refuses
+        their tool_use_id), as a later step would find them."""
+        why = self.stop[1] if self.stop else "the CLI ended"
+        for row in list(self.pending.values()):
+            with transaction.atomic():
+                changed = ToolCall.objects.filter(pk=row.pk, state=ToolCall.State.INTENDED).update(
+                    state=ToolCall.State.INTERRUPTED,
+                    finished_at=timezone.now(),
+                    result=f"interrupted: the run was ended while this ran ({why}); it was not run again",
+                )
+                if changed:
+                    services.agent_event_record(
+                        kind="tool.interrupted",
+                        session=self.session,
+                        grant=self.grant,
+                        payload={"step": self.number, "index": row.index, "tool": row.name, "action": row.action},
+                    )
+        self.pending.clear()
 
     def _answer(self, request: _Ask) -> dict:
         if request.kind == "hook":
