@@ -135,12 +135,18 @@ def test_without_the_cli_the_demo_has_no_claude_code_sessions_and_says_so(worktr
     assert "not installed" in line and "[agents]" in line
 
 
-def test_bin_start_asks_for_the_claude_code_sessions():
-    import inspect
+def test_bin_start_seeds_the_demo_with_its_claude_code_sessions(db, monkeypatch):
+    from django.core import management
 
+    from agents.management.commands.seed_demo import CLAUDE_CODE_SESSIONS
     from controlroom import launcher
 
-    assert '"--claude-code"' in inspect.getsource(launcher.prepare_database)
+    calls = []
+    monkeypatch.setattr(management, "call_command", lambda *args, **kwargs: calls.append(args))
+    options = launcher.Options(host="127.0.0.1", port=8000, workers=1, concurrency=1, pool="threads", seed=True)
+    launcher.prepare_database(options=options, password="pw")
+    assert ("seed_demo", "--password", "pw", "--claude-code", str(CLAUDE_CODE_SESSIONS)) in calls
+    assert CLAUDE_CODE_SESSIONS >= 1
 
 
 @pytest.mark.slow
