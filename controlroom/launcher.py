@@ -596,9 +596,13 @@ def prepare_database(*, options: Options, password: str) -> None:
             print("warning: the seed_demo command is not available: starting with an empty database", flush=True)
         else:
             # the past month first (the audit log is appended in time order), then tonight's fleet
+            from agents.management.commands.seed_demo import CLAUDE_CODE_SESSIONS
+
+            # tonight's fleet includes a few Claude Code sessions when the [agents] extra is installed
+            extra = {"seed_history": (), "seed_demo": ("--claude-code", str(CLAUDE_CODE_SESSIONS))}
             for command in ("seed_history", "seed_demo"):
                 try:
-                    call_command(command, "--password", password)
+                    call_command(command, "--password", password, *extra[command])
                 except Exception as exc:  # a bug in seeding: show it, then say how to start without it
                     traceback.print_exc()
                     raise SeedFailed(f"{command} failed ({one_line(exc)}); start with --no-seed to skip it") from exc

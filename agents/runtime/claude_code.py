@@ -33,6 +33,8 @@ grant, sandbox, budget and audit, one run of the CLI per Celery step.
   ``Net(...)`` rules do not give a Claude Code session network (WebFetch and ``curl`` fail there).
 - **Commits** carry the trailers through a ``prepare-commit-msg`` hook the CLI's git uses
   (``core.hooksPath`` given in the environment, the hook read-only in the sandbox).
+- **Offline**: a ``sim/…`` session's model calls are answered by the broker itself, the offline
+  model speaking the Messages API with tool_use (agents/runtime/sim_anthropic.py), metered alike.
 """
 
 from __future__ import annotations
@@ -239,6 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
                 }
                 if not verdict.get("ok"):
                     return self._anthropic_error(400, "invalid_request_error", verdict.get("reason", "refused"))
+            if broker.offline is not None:  # the offline model answers here (agents/runtime/sim_anthropic.py)
+                return broker.offline.serve(self, body, count_tokens=not metered, tell=broker.tell)
             return self._forward(broker, body, metered=metered)
         return self._json(404, {"error": "not found"})
 
@@ -337,8 +341,9 @@ class Broker:
     (``socket_path``: what the sandboxed agent reaches through agents/relay.py). Requests go to
     ``inbox``, which the step's thread serves; nothing here touches the database."""
 
-    def __init__(self, *, token: str, upstream: str, upstream_key: str, inbox: queue.Queue) -> None:
+    def __init__(self, *, token: str, upstream: str, upstream_key: str, inbox: queue.Queue, offline=None) -> None:
         self.token, self.upstream, self.upstream_key, self.inbox = token, upstream.rstrip("/"), upstream_key, inbox
+        self.offline = offline  # a sim_anthropic.Offline: the offline model answers instead of an upstream
         self.closed = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
@@ -461,6 +466,15 @@ def _git_writable(worktree: Path) -> list[Path]:
     return paths
 
 
+def _offline_model(session: AgentSession):
+    """The offline model behind the broker for a ``sim/…`` session (no upstream at all), else None."""
+    if not (session.model or "").startswith("sim/"):
+        return None
+    from agents.runtime.sim_anthropic import Offline
+
+    return Offline(worktree=session.worktree_path, model=session.model, pacing_s=settings.CONTROLROOM["SIM_PACING_S"])
+
+
 # -- the runner ---------------------------------------------------------------------------------------
 class ClaudeCodeStep(_Step):
     """One run of the Claude Code CLI as one step of the session (see the module docstring)."""
@@ -470,6 +484,9 @@ class ClaudeCodeStep(_Step):
         if binary is None:
             reason = "Claude Code is not installed on this worker: pip install 'controlroom[agents]'"
             return self.park(Status.FAILED, reason, event="session.error", payload={"error": reason})
+        from agents.runtime.model import warm_up
+
+        warm_up()  # LiteLLM (its price map costs each call) imported now, not while a hook call waits
         step_row = self._step_row()
         self.step_row = step_row
         last = ToolCall.objects.filter(step=step_row).aggregate(last=Max("index"))["last"]
@@ -486,6 +503,7 @@ class ClaudeCodeStep(_Step):
             upstream=self.session.api_base or settings.CONTROLROOM.get("ANTHROPIC_API_BASE") or UPSTREAM_DEFAULT,
             upstream_key=upstream_key,
             inbox=inbox,
+            offline=_offline_model(self.session),
         )
         try:
             return self._run(binary, broker, token, inbox)
@@ -729,7 +747,29 @@ class ClaudeCodeStep(_Step):
                 self._metered(item)
             elif kind == "ask":
                 item.reply({"decision": "deny", "reason": "the run has ended"})
+        self._interrupt_pending()
         return self._finish(proc.returncode)
+
+    def _interrupt_pending(self) -> None:
+        """Tool calls the CLI started whose result never came (the run was ended under them: a pause,
+        cancel, fleet stop, the time limit, a crash): interrupted, never run again (the hook refuses
+        their tool_use_id), as a later step would find them."""
+        why = self.stop[1] if self.stop else "the CLI ended"
+        for row in list(self.pending.values()):
+            with transaction.atomic():
+                changed = ToolCall.objects.filter(pk=row.pk, state=ToolCall.State.INTENDED).update(
+                    state=ToolCall.State.INTERRUPTED,
+                    finished_at=timezone.now(),
+                    result=f"interrupted: the run was ended while this ran ({why}); it was not run again",
+                )
+                if changed:
+                    services.agent_event_record(
+                        kind="tool.interrupted",
+                        session=self.session,
+                        grant=self.grant,
+                        payload={"step": self.number, "index": row.index, "tool": row.name, "action": row.action},
+                    )
+        self.pending.clear()
 
     def _answer(self, request: _Ask) -> dict:
         if request.kind == "hook":

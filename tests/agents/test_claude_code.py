@@ -417,3 +417,112 @@ def test_pause_ends_the_claude_code_process_before_its_next_tool_call_and_resume
     assert ToolCall.objects.get(session=session, arguments__command__startswith="echo started").state == (
         ToolCall.State.INTERRUPTED
     )
+
+
+@pytest.mark.slow
+@needs_cli
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("control", ["cancel", "fleet stop"])
+def test_cancel_and_fleet_stop_end_the_claude_code_process_within_5_s_before_its_next_tool_call(
+    fleet, celery_workers, anthropic, control
+):
+    import psutil
+    from django.db import transaction
+    from django.utils import timezone
+
+    from agents.dispatch import enqueue_step_on_commit
+    from tests.conftest import wait_until
+
+    server = anthropic([])
+    spec = services.GrantSpec(mode="edits", allow=("Bash(echo *)", "Bash(sleep *)"))
+    with transaction.atomic():
+        session = launch(fleet, server, spec=spec, goal="Log two runs")
+        enqueue_step_on_commit(session_id=session.pk, step=1, priority=session.priority)
+    worktree = Path(session.worktree_path)
+    server.script = [
+        [bash("echo started >> runs.log; sleep 9; echo finished >> runs.log")],
+        [bash("echo second >> runs.log")],
+        [text("Logged.")],
+    ]
+    pool = celery_workers(processes=1, concurrency=1)
+    wait_until(lambda: (worktree / "runs.log").exists(), timeout=120, message=lambda: pool.log_tail())
+
+    def agent_processes() -> list:
+        found = []
+        for proc in psutil.process_iter(["cwd"]):
+            if proc.info.get("cwd") and Path(proc.info["cwd"]) == worktree:
+                found.append(proc)
+        return found
+
+    assert agent_processes(), "the CLI runs in the worktree"
+    turns_before = server.agent_turns
+    took_effect = timezone.now()
+    if control == "cancel":
+        services.session_cancel(session=session, by=fleet.sto, reason="not needed after all")
+    else:
+        services.fleet_stop(by=fleet.manager, reason="incident")
+    wait_until(lambda: not agent_processes(), timeout=5, message=f"the CLI to end within 5 s of the {control}")
+    wait_until(
+        lambda: AgentSession.objects.get(pk=session.pk).lease_owner == "",
+        timeout=10,
+        message=lambda: pool.log_tail(),
+    )
+    session.refresh_from_db()
+    if control == "cancel":
+        assert session.status == Status.CANCELLED, (session.status, session.status_reason)
+    else:
+        assert (session.status, session.hold) == (Status.PAUSED, "fleet"), (session.status, session.status_reason)
+    calls = list(ToolCall.objects.filter(session=session).values_list("arguments__command", "state", "created_at"))
+    # no tool call after the control took effect: the one in flight was ended, never finished, nothing after it
+    assert (worktree / "runs.log").read_text() == "started\n", calls
+    assert len(calls) == 1 and calls[0][0].startswith("echo started") and calls[0][2] < took_effect, calls
+    assert calls[0][1] == ToolCall.State.INTERRUPTED, calls
+    assert not AuditEvent.objects.filter(session_id=session.pk, kind="tool.call", created_at__gte=took_effect).exists()
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="tool.interrupted").count() == 1
+    assert server.agent_turns == turns_before  # and no model call either
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_the_offline_model_drives_claude_code_through_a_demo_task(fleet, worktrees_dir):
+    """No model server at all: the broker answers a ``sim/…`` session itself (agents/runtime/sim_anthropic.py)."""
+    from agents.demo_repo import TASKS_BY_ID
+
+    task = TASKS_BY_ID["fix-discount"]
+    spec = services.GrantSpec(
+        mode="edits",
+        allow=(
+            "Bash(ls *)",
+            "Bash(grep *)",
+            "Bash(python -m pytest *)",
+            "Bash(git add *)",
+            "Bash(git commit *)",
+            "Git(commit)",
+        ),
+    )
+    session = services.session_launch(
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal=task["title"],
+        by=fleet.lead,
+        repository=fleet.repo,
+        model="sim/engineer",
+        grant=spec,
+        start=False,
+        agent_kind="claude-code",
+    )
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    calls = list(ToolCall.objects.filter(session=session).order_by("index").values_list("name", "state", "decision"))
+    assert [name for name, _, _ in calls][:4] == ["Bash", "Bash", "Read", "Edit"], calls  # ls, grep, the change
+    assert all(state == ToolCall.State.DONE and decision == "allow" for _, state, decision in calls), calls
+    tests = AuditEvent.objects.get(session_id=session.pk, kind="tests.run")
+    assert tests.payload["passed"], tests.payload
+    repo = git.Repo(fleet.repo.path)
+    (commit,) = list(repo.iter_commits(f"main..{session.branch}"))
+    assert commit.message.startswith(task["commit"]) and f"Agent-Session: {session.pk}" in commit.message
+    assert "(1 - percent / 100)" in repo.git.show(f"{session.branch}:shopcart/pricing.py")
+    assert "the tests pass" in session.summary
+    assert session.model_calls >= 7 and session.tokens_in > 0
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="model.call").count() == session.model_calls

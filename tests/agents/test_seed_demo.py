@@ -99,3 +99,75 @@ def test_password_validators_refuse_weak_passwords(db):
         with pytest.raises(ValidationError):
             validate_password(weak, user=User(username="morgan-manager", first_name="Morgan"))
     validate_password("correct horse battery staple 42")
+
+
+needs_claude_cli = pytest.mark.skipif(
+    __import__("agents.runtime.claude_code", fromlist=["claude_binary"]).claude_binary() is None
+    and not __import__("os").environ.get("CI"),
+    reason="the Claude Code CLI is not installed (pip install -e '.[agents]'; bin/test installs it)",
+)
+
+
+@needs_claude_cli
+def test_the_demo_has_claude_code_sessions_driven_offline_when_the_cli_is_installed(worktrees_dir, client, capsys):
+    call_command("seed_demo", agents=4, claude_code=3, no_start=True, password="pw")
+    assert "3 Claude Code sessions" in capsys.readouterr().out
+    claude = list(AgentSession.objects.filter(agent_kind="claude-code").select_related("pod"))
+    assert len(claude) == 3 and AgentSession.objects.filter(agent_kind="builtin").count() == 4
+    assert {s.model for s in claude} == {"sim/engineer"}  # the offline model, through the broker
+    assert all("demo" in s.tags and s.grants.get().allow for s in claude)
+    assert all("Bash(git commit *)" in s.grants.get().allow for s in claude), "they may commit their work"
+    call_command("seed_demo", agents=4, claude_code=3, no_start=True, password="pw")  # idempotent
+    assert AgentSession.objects.filter(agent_kind="claude-code").count() == 3
+    client.force_login(User.objects.get(username="manager"))
+    page = client.get(f"/?pod={claude[0].pod.slug}").content.decode()
+    assert 'class="agent-kind"' in page and "Claude Code" in page  # the tile says who works it
+
+
+def test_without_the_cli_the_demo_has_no_claude_code_sessions_and_says_so(worktrees_dir, capsys, monkeypatch):
+    from agents.runtime import claude_code
+
+    monkeypatch.setattr(claude_code, "claude_binary", lambda: None)
+    call_command("seed_demo", agents=2, claude_code=3, no_start=True, password="pw")
+    out = capsys.readouterr().out
+    assert not AgentSession.objects.filter(agent_kind="claude-code").exists()
+    (line,) = [line for line in out.splitlines() if "Claude Code" in line]
+    assert "not installed" in line and "[agents]" in line
+
+
+def test_bin_start_seeds_the_demo_with_its_claude_code_sessions(db, monkeypatch):
+    from django.core import management
+
+    from agents.management.commands.seed_demo import CLAUDE_CODE_SESSIONS
+    from controlroom import launcher
+
+    calls = []
+    monkeypatch.setattr(management, "call_command", lambda *args, **kwargs: calls.append(args))
+    options = launcher.Options(host="127.0.0.1", port=8000, workers=1, concurrency=1, pool="threads", seed=True)
+    launcher.prepare_database(options=options, password="pw")
+    assert ("seed_demo", "--password", "pw", "--claude-code", str(CLAUDE_CODE_SESSIONS)) in calls
+    assert CLAUDE_CODE_SESSIONS >= 1
+
+
+@pytest.mark.slow
+@needs_claude_cli
+@pytest.mark.django_db(transaction=True)
+def test_a_demo_claude_code_session_runs_to_done_on_a_real_worker(celery_workers, capsys):
+    from agents.models import Status
+    from tests.conftest import wait_until
+
+    pool = celery_workers(processes=1, concurrency=2)
+    call_command("seed_demo", agents=0, claude_code=1, password="pw")
+    session = AgentSession.objects.get(agent_kind="claude-code")
+    wait_until(
+        lambda: AgentSession.objects.get(pk=session.pk).is_terminal,
+        timeout=240,
+        interval=1.0,
+        message=lambda: f"{AgentSession.objects.get(pk=session.pk).status_reason}\n{pool.log_tail()}",
+    )
+    session.refresh_from_db()
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason, pool.log_tail())
+    repo = git.Repo(session.repository.path)
+    (commit,) = list(repo.iter_commits(f"main..{session.branch}"))
+    assert f"Agent-Session: {session.pk}" in commit.message
+    assert "the tests pass" in session.summary

@@ -245,6 +245,32 @@ def test_the_agent_is_chosen_at_launch_and_shown_on_the_tile_and_the_drawer(clie
     assert "nonsense" in response.content.decode()
 
 
+def test_a_batch_plan_launches_claude_code_sessions_and_refuses_an_unknown_agent(
+    client, fleet, enqueued, django_capture_on_commit_callbacks
+):
+    from agents.runtime.claude_code import ClaudeCodeStep
+    from agents.runtime.runners import runner_class
+
+    client.force_login(fleet.lead)
+    assert 'name="batch-agent_kind"' in client.get("/launch").content.decode()
+    for agent in ("nonsense", "codex"):  # codex: not a choice (yet), a form error beside the field
+        response = client.post("/launch/batch", _batch(fleet, "Task one\nTask two", agent_kind=agent))
+        assert response.status_code == 400 and agent in response.content.decode()
+        _nothing_created()
+    tasks = "@mia Fix the flaky checkout test\nAdd docstrings to cart.py"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/launch/batch", _batch(fleet, tasks, agent_kind="claude-code", model="claude-sonnet-4-5")
+        )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    sessions = list(AgentSession.objects.order_by("pk"))
+    assert [s.agent_kind for s in sessions] == ["claude-code", "claude-code"]
+    assert all(runner_class(s.agent_kind) is ClaudeCodeStep for s in sessions)  # the Claude Code runner works them
+    launched = AuditEvent.objects.filter(kind="session.launched")
+    assert [e.payload["agent_kind"] for e in launched] == ["claude-code", "claude-code"]
+    assert sorted(call["session_id"] for call in enqueued) == [s.pk for s in sessions]
+
+
 def test_launch_agent_takes_the_agent_and_refuses_one_that_is_not_available(fleet):
     from io import StringIO
 

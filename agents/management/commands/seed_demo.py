@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from agents import services
 from agents.demo_repo import DEMO_TASKS, create_demo_repo
-from agents.models import AgentSession, Pod, PodMembership, Repository, User
+from agents.models import AgentKind, AgentSession, Pod, PodMembership, Repository, User
 
 POD_NAMES = [
     "Payments",
@@ -140,6 +140,8 @@ PERSONA_CYCLE = [
     "deleter",
 ]
 DEMO_TAG = "demo"
+CLAUDE_CODE_SESSIONS = 3  # bin/start's demo: Claude Code sessions when the [agents] extra is installed
+CLAUDE_CODE_TASKS = ("fix-discount", "fix-format-money", "report-total")
 
 
 DEFAULT_DEMO_PASSWORD = "controlroom"
@@ -279,10 +281,20 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-start", action="store_true", help="create the sessions without enqueuing their first step"
         )
+        parser.add_argument(
+            "--claude-code",
+            type=int,
+            default=0,
+            help=f"also this many Claude Code sessions, the real CLI driven by the offline model (bin/start:"
+            f" {CLAUDE_CODE_SESSIONS}); none, with a line saying why, when the CLI is not installed"
+            " (pip install -e '.[agents]')",
+        )
 
-    def handle(self, *args, agents, password, reset, no_start, same_password=False, **options):
+    def handle(self, *args, agents, password, reset, no_start, same_password=False, claude_code=0, **options):
         if agents < 0:
             raise CommandError("--agents must be zero or more")
+        if claude_code < 0:
+            raise CommandError("--claude-code must be zero or more")
         password = password or demo_password()
         if settings.PRODUCTION and password == DEFAULT_DEMO_PASSWORD:
             raise CommandError(
@@ -296,7 +308,7 @@ class Command(BaseCommand):
         if reset:
             self._reset()
         manager, pods = demo_people(password, same_password=same_password, new_logins=self.new_logins)
-        existing = self._demo_count()
+        existing = self._demo_count(AgentKind.BUILTIN)
         created = 0
         now = timezone.now()
         tonight = timezone.make_aware(datetime.combine(timezone.localdate(), dtime(22, 0)))
@@ -328,6 +340,7 @@ class Command(BaseCommand):
                     start=not no_start,
                 )
             created += 1
+        created += self._claude_code_sessions(claude_code, pods, manager, repository, now, no_start)
         total = self._demo_count()
         self.stdout.write(
             f"demo: {len(pods)} pods, {User.objects.count()} users, {total} demo sessions ({created} new)"
@@ -336,9 +349,73 @@ class Command(BaseCommand):
             self.stdout.write(line)
 
     @staticmethod
-    def _demo_count() -> int:
+    def _demo_count(agent_kind: str | None = None) -> int:
         # JSON containment lookups are not portable to SQLite; the fleet is small enough to count here.
-        return sum(1 for tags in AgentSession.objects.values_list("tags", flat=True) if DEMO_TAG in (tags or []))
+        sessions = (
+            AgentSession.objects.all() if agent_kind is None else AgentSession.objects.filter(agent_kind=agent_kind)
+        )
+        return sum(1 for tags in sessions.values_list("tags", flat=True) if DEMO_TAG in (tags or []))
+
+    def _claude_code_sessions(self, count, pods, manager, repository, now, no_start) -> int:
+        """A few sessions of the real Claude Code CLI, driven by the offline model through the broker
+        (agents/runtime/sim_anthropic.py): each fixes a bug, runs its tests and commits. None, with a
+        line saying why, when the CLI is not installed."""
+        from agents.runtime.claude_code import claude_binary
+
+        existing = self._demo_count(AgentKind.CLAUDE_CODE)
+        if count <= existing:
+            return 0
+        if claude_binary() is None:
+            self.stdout.write(
+                "demo: no Claude Code sessions (the Claude Code CLI is not installed: pip install -e '.[agents]')"
+            )
+            return 0
+        tasks = [task for task in DEMO_TASKS if task["id"] in CLAUDE_CODE_TASKS] or DEMO_TASKS
+        for index in range(existing, count):
+            pod, members = pods[index % len(pods)]
+            sto = members[-1]
+            task = tasks[index % len(tasks)]
+            spec = services.GrantSpec(
+                mode="edits",
+                allow=(
+                    "Bash(python -m pytest *)",
+                    "Bash(pytest *)",
+                    "Bash(git status *)",
+                    "Bash(git diff *)",
+                    "Bash(git add *)",
+                    "Bash(git commit *)",
+                    "Bash(ls *)",
+                    "Bash(grep *)",
+                    "Git(commit)",
+                ),
+                deny=("Bash(git push *)", "Read(**/.env*)", "Edit(**/.env*)"),
+                max_steps=60,
+                max_cost_usd=Decimal("5.00"),
+                max_tokens=400_000,
+                justification="overnight demo fleet: Claude Code under the same grant",
+                not_before=now,
+                hours=8.0,
+            )
+            with transaction.atomic():
+                services.session_launch(
+                    pod=pod,
+                    sto=sto,
+                    goal=task["title"],
+                    by=manager,
+                    repository=repository,
+                    name=f"{task['title']} (Claude Code)",
+                    success_criteria=task.get("criteria", "the tests pass"),
+                    task_type=task.get("task_type", "feature"),
+                    priority=1,
+                    model="sim/engineer",
+                    agent_kind=AgentKind.CLAUDE_CODE,
+                    tags=[DEMO_TAG, "agent:claude-code"],
+                    grant=spec,
+                    delegator=sto,
+                    start=not no_start,
+                )
+        self.stdout.write(f"demo: {count - existing} Claude Code sessions (offline model, real CLI)")
+        return count - existing
 
     def _grant(self, index: int, persona: str, now, tonight) -> services.GrantSpec:
         allow = (
