@@ -1,0 +1,292 @@
+"""Codex sessions: the real Codex CLI (bin/codex-install), driven by a scripted loopback server
+speaking the OpenAI Responses API, every tool call through the session's grant (Codex's PreToolUse
+hook), in-process steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import git
+import pytest
+
+from agents import services
+from agents.models import AgentSession, Status, ToolCall, TranscriptEntry
+from agents.runtime import codex
+from agents.runtime.runners import run_step, runner_class
+from audit.models import AuditEvent
+from tests.openai_server import INPUT_TOKENS, OUTPUT_TOKENS, ResponsesServer, add_file, call, shell, text
+
+HOOK = Path(codex.__file__).resolve().parent.parent / "hook.py"
+MODEL = "gpt-5.5"  # a model Codex 0.171 knows: it then offers apply_patch
+
+needs_cli = pytest.mark.skipif(
+    codex.codex_binary() is None and not os.environ.get("CI"),
+    reason="the Codex CLI is not installed (bin/codex-install; bin/test installs it)",
+)
+
+
+def drive(session: AgentSession, *, max_steps: int = 10) -> AgentSession:
+    for _ in range(max_steps):
+        session.refresh_from_db()
+        if session.status not in (Status.QUEUED, Status.RUNNING):
+            return session
+        outcome = run_step(session.pk, session.steps + 1, owner="test")
+        if outcome.result in ("parked", "stale", "gone"):
+            break
+    session.refresh_from_db()
+    return session
+
+
+def launch(fleet, server: ResponsesServer, *, spec: services.GrantSpec, goal="Add a notes file") -> AgentSession:
+    return services.session_launch(
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal=goal,
+        by=fleet.lead,
+        repository=fleet.repo,
+        model=MODEL,
+        api_base=server.url + "/v1",
+        grant=spec,
+        start=False,
+        agent_kind="codex",
+    )
+
+
+@pytest.fixture
+def responses():
+    servers = []
+
+    def make(script):
+        server = ResponsesServer(script)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def _run_hook(env: dict, payload: dict, timeout: float = 60) -> str:
+    done = subprocess.run(
+        [sys.executable, "-I", str(HOOK)],
+        input=json.dumps(payload).encode(),
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "CR_HOOK_FORMAT": "codex", **env},
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode()
+
+
+PAYLOAD = {
+    "hook_event_name": "PreToolUse",
+    "tool_name": "Bash",
+    "tool_input": {"command": "ls"},
+    "tool_use_id": "call_1",
+    "permission_mode": "bypassPermissions",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_codex_kind_has_its_runner():
+    assert runner_class("codex") is codex.CodexStep
+
+
+def test_the_hook_denies_in_codexs_dialect_when_the_control_room_is_unreachable():
+    port = _free_port()  # nothing listens there any more
+    out = _run_hook({"CR_HOOK_URL": f"http://127.0.0.1:{port}/hook", "CR_HOOK_TOKEN": "x"}, PAYLOAD)
+    answer = json.loads(out)["hookSpecificOutput"]
+    assert answer["permissionDecision"] == "deny"
+    assert "unreachable" in answer["permissionDecisionReason"]
+    assert _run_hook({}, PAYLOAD) and json.loads(_run_hook({}, PAYLOAD))["hookSpecificOutput"][
+        "permissionDecision"
+    ] == ("deny")
+
+
+def test_the_hook_allows_in_codexs_dialect_with_an_empty_answer():
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"decision": "allow"}' if self.path == "/ok" else b'{"decision": "ask"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert _run_hook({"CR_HOOK_TOKEN": "x", "CR_HOOK_URL": base + "/ok"}, PAYLOAD) == ""
+        # Codex has no "ask": anything but allow is a deny
+        out = _run_hook({"CR_HOOK_TOKEN": "x", "CR_HOOK_URL": base + "/ask"}, PAYLOAD)
+        assert json.loads(out)["hookSpecificOutput"]["permissionDecision"] == "deny"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_codex_tools_map_onto_the_evaluators_resources():
+    wt = "/w/s1"
+    assert codex.map_tool("Bash", {"command": "ls -la"}, wt) == [("run_command", {"command": "ls -la"})]
+    patch = (
+        "*** Begin Patch\n*** Add File: NOTES.md\n+hello\n"
+        "*** Update File: /w/s1/src/a.py\n@@\n-old\n+new\n*** Move to: src/b.py\n"
+        "*** Delete File: gone.txt\n*** End Patch\n"
+    )
+    assert codex.map_tool("apply_patch", {"command": patch}, wt) == [
+        ("write_file", {"path": "NOTES.md", "content": "hello\n"}),
+        ("edit_file", {"path": "src/b.py", "old": "", "new": ""}),
+        ("edit_file", {"path": "src/a.py", "old": "old", "new": "new"}),
+        ("edit_file", {"path": "gone.txt", "old": "", "new": ""}),
+    ]
+    assert codex.map_tool("apply_patch", {"command": "not a patch"}, wt) is None  # a human decides
+    assert codex.map_tool("mcp__github__create_issue", {"title": "x"}, wt) is None
+
+
+def test_the_broker_keeps_the_unhooked_write_stdin_from_the_model_and_from_codex():
+    inbox: queue.Queue = queue.Queue()
+    broker = codex.CodexBroker(token="t", upstream="http://127.0.0.1:9", upstream_key="", inbox=inbox, api="openai")
+    try:
+        body = json.dumps({"tools": [{"type": "function", "name": "exec_command"}, {"name": "write_stdin"}]}).encode()
+        assert [t["name"] for t in json.loads(broker.filter_request(body))["tools"]] == ["exec_command"]
+        item = {"type": "function_call", "name": "write_stdin", "arguments": '{"chars": "touch x\\n"}'}
+        added = json.dumps({"type": "response.output_item.done", "item": item}).encode()
+        assert broker.filter_event(added) == b""  # dropped
+        assert inbox.get_nowait()[0] == "unhooked_tool"
+        other = {"type": "function_call", "name": "exec_command", "arguments": "{}"}
+        done = {"type": "response.completed", "response": {"output": [other, item]}}
+        filtered = json.loads(broker.filter_event(json.dumps(done).encode()))
+        assert filtered["response"]["output"] == [other]
+        plain = json.dumps({"type": "response.output_item.done", "item": other}).encode()
+        assert broker.filter_event(plain) is None  # relayed as it came
+    finally:
+        broker.close()
+
+
+pytestmark_db = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_codex_session_edits_runs_commits_with_the_trailers_and_finishes(fleet, worktrees_dir, responses):
+    spec = services.GrantSpec(
+        mode="edits", allow=("Bash(git status *)", "Bash(git add *)", "Bash(git commit *)", "Git(commit)")
+    )
+    server = responses(
+        [
+            [add_file("NOTES.md", "Notes from Codex")],
+            [shell("git status --short")],
+            [shell("git add NOTES.md && git commit -q -m 'Add notes'")],
+            [text("Added NOTES.md and committed it.")],
+        ]
+    )
+    session = drive(launch(fleet, server, spec=spec))
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert "NOTES.md" in session.summary
+    repo = git.Repo(fleet.repo.path)
+    commits = list(repo.iter_commits(f"main..{session.branch}"))
+    assert len(commits) == 1, (
+        list(ToolCall.objects.filter(session=session).values_list("name", "state", "decision", "reason", "result")),
+        server.tool_outputs(),
+    )
+    message = commits[0].message
+    grant = session.grants.get()
+    assert f"Agent-Session: {session.pk}" in message
+    assert "Delegated-By: sam" in message
+    assert f"Grant: {grant.pk}" in message
+    assert "Notes from Codex" in repo.git.show(f"{session.branch}:NOTES.md")
+    # every tool call went through the grant and ran once
+    calls = list(ToolCall.objects.filter(session=session).order_by("index"))
+    assert [c.name for c in calls] == ["apply_patch", "Bash", "Bash"]
+    assert all(c.state == ToolCall.State.DONE and c.decision == "allow" for c in calls), [
+        (c.name, c.state, c.reason) for c in calls
+    ]
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="tool.call").count() == 3
+    # model calls metered: counters and one audit event each
+    assert session.model_calls == server.agent_turns == 4
+    assert session.tokens_in == INPUT_TOKENS * 4 and session.tokens_out == OUTPUT_TOKENS * 4
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="model.call").count() == 4
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="git.commit", payload__sha=commits[0].hexsha).exists()
+    # the transcript: the agent's turns and what each tool returned
+    roles = list(TranscriptEntry.objects.filter(session=session).values_list("role", flat=True))
+    assert roles.count("tool") == 3 and roles.count("assistant") >= 4, roles
+    assert session.agent_ref, "Codex's thread id is kept (for codex exec resume)"
+    # the model endpoint never saw the run's secret, nor the unhooked write_stdin tool offered
+    assert all(r["headers"].get("Authorization", "") == "" for r in server.requests)
+    offered = {t.get("name") for r in server.requests for t in r["body"].get("tools") or []}
+    assert "write_stdin" not in offered and "apply_patch" in offered
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_denied_touch_never_takes_effect_and_each_refusal_names_the_rule(fleet, worktrees_dir, responses):
+    spec = services.GrantSpec(mode="edits", allow=("Bash(*)",), deny=("Bash(touch *)",))
+    attempts = ["touch x", "bash -c 'touch x'", "env touch x"]
+    server = responses([[shell(command)] for command in attempts] + [[text("I could not create x.")]])
+    session = drive(launch(fleet, server, spec=spec, goal="Create a file named x"))
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert not (Path(session.worktree_path) / "x").exists()
+    refusals = AuditEvent.objects.filter(session_id=session.pk, kind="tool.call", payload__decision="deny")
+    assert refusals.count() == len(attempts)
+    assert all(event.payload["rule"] == "Bash(touch *)" for event in refusals)
+    outputs = server.tool_outputs()
+    assert len(outputs) == len(attempts)
+    assert all("blocked by PreToolUse hook" in o["output"] and "Bash(touch *)" in o["output"] for o in outputs), outputs
+    assert not ToolCall.objects.filter(session=session, state=ToolCall.State.DONE).exists()
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_budget_of_two_model_calls_blocks_the_codex_session_at_the_limit(fleet, worktrees_dir, responses):
+    spec = services.GrantSpec(mode="edits", allow=("Bash(git status *)",), max_steps=2)
+    server = responses([[shell("git status --short")] for _ in range(5)])
+    session = drive(launch(fleet, server, spec=spec))
+    assert session.status == Status.BLOCKED, (session.status, session.status_reason)
+    assert "max model calls (2)" in session.status_reason
+    assert session.model_calls == 2 and server.agent_turns == 2
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="model.call").count() == 2
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="budget.exhausted").exists()
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_write_stdin_never_reaches_codex_so_a_denied_command_cannot_be_typed_into_a_shell(
+    fleet, worktrees_dir, responses
+):
+    spec = services.GrantSpec(mode="edits", allow=("Bash(*)",), deny=("Bash(touch *)",))
+    server = responses(
+        [
+            [call("exec_command", {"cmd": "bash", "tty": True, "yield_time_ms": 500})],
+            [call("write_stdin", {"session_id": 1, "chars": "touch x\n", "yield_time_ms": 500})],
+            [text("Done.")],
+        ]
+    )
+    session = drive(launch(fleet, server, spec=spec, goal="Create a file named x"))
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert not (Path(session.worktree_path) / "x").exists()
+    refused = AuditEvent.objects.get(session_id=session.pk, kind="tool.refused")
+    assert refused.payload["tool"] == "write_stdin"
+    assert not [o for o in server.tool_outputs() if "touch" in o["output"]]
