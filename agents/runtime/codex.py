@@ -153,6 +153,10 @@ def map_tool(name: str, tool_input: dict, worktree: str) -> list[tuple[str, dict
 class CodexBroker(Broker):
     """The broker relaying the Responses API; it keeps the tools the hooks cannot see out of reach."""
 
+    def __init__(self, **kwargs) -> None:
+        self.refused: set[str] = set()
+        super().__init__(**kwargs)
+
     def filter_request(self, body: bytes) -> bytes:
         try:
             request = json.loads(body)
@@ -178,7 +182,10 @@ class CodexBroker(Broker):
             return None
         item = event.get("item")
         if isinstance(item, dict) and item.get("name") in UNHOOKED_TOOLS:
-            self.tell("unhooked_tool", {"name": item.get("name"), "arguments": str(item.get("arguments") or "")})
+            key = str(item.get("call_id") or item.get("id") or "")
+            if key not in self.refused:  # said once per call (it is streamed as added, then done)
+                self.refused.add(key)
+                self.tell("unhooked_tool", {"name": item.get("name"), "arguments": str(item.get("arguments") or "")})
             return b""
         response = event.get("response")
         if isinstance(response, dict) and isinstance(response.get("output"), list):
