@@ -293,3 +293,31 @@ def test_write_stdin_never_reaches_codex_so_a_denied_command_cannot_be_typed_int
     refused = AuditEvent.objects.get(session_id=session.pk, kind="tool.refused")
     assert refused.payload["tool"] == "write_stdin" and "touch x" in refused.payload["arguments"]
     assert typed["call_id"] not in {o["call_id"] for o in server.tool_outputs()}  # Codex never ran it
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_an_ask_parks_the_codex_session_and_allow_once_resumes_its_thread_which_runs_the_command_once(
+    fleet, worktrees_dir, responses
+):
+    from agents.models import Escalation
+
+    spec = services.GrantSpec(mode="edits")  # commands ask
+    server = responses([[shell("touch y")], [shell("touch y")], [text("Created y after the approval.")]])
+    session = drive(launch(fleet, server, spec=spec, goal="Create a file named y"))
+    assert session.status == Status.NEEDS_APPROVAL, (session.status, session.status_reason)
+    assert not (Path(session.worktree_path) / "y").exists()
+    escalation = Escalation.objects.get(session=session, state=Escalation.State.OPEN)
+    assert "touch y" in escalation.action and escalation.tool_call.name == "Bash"
+    first_ref = session.agent_ref
+    assert first_ref
+    services.escalation_decide(escalation=escalation, by=fleet.sto, decision="allow-once")
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert (Path(session.worktree_path) / "y").exists()
+    ran = ToolCall.objects.filter(session=session, name="Bash", state=ToolCall.State.DONE)
+    assert ran.count() == 1 and ran.get().reason_type == "human"
+    assert session.agent_ref == first_ref  # Codex's own thread was resumed, not started afresh
+    last = json.dumps(server.requests[-2]["body"].get("input", []))
+    assert "approved" in last and "Create a file named y" in last  # it saw the history and the decision
