@@ -201,6 +201,15 @@ def _toml(value) -> str:
     return json.dumps(value)  # a JSON string or list is a TOML basic string or array
 
 
+def hook_shell(hook_command: list[str]) -> str:
+    """The hook as Codex runs it. Codex 0.171 fails open: a hook that exits with an error (other
+    than 2), prints something unreadable or is killed at its timeout lets the call run. agents/hook.py
+    always answers (exit 0), so anything else (no interpreter, no hook file, a crash) is turned into
+    the one failure Codex treats as a refusal: exit status 2 with the reason on stderr."""
+    failed = "echo 'the control room hook failed, so this tool call is denied' >&2; exit 2"
+    return f"{shlex.join(hook_command)} || {{ {failed}; }}"
+
+
 def config_toml(*, model: str, base_url: str, hook_command: list[str]) -> str:
     lines = [
         "# written by the control room for this run; read-only to the agent",
@@ -234,8 +243,9 @@ def config_toml(*, model: str, base_url: str, hook_command: list[str]) -> str:
         'matcher = "*"',
         "[[hooks.PreToolUse.hooks]]",
         'type = "command"',
-        f"command = {_toml(shlex.join(hook_command))}",
-        f"timeout = {HOOK_TIMEOUT_S + 5}",
+        f"command = {_toml(hook_shell(hook_command))}",
+        # well past the hook's own deadline: Codex runs the call when it has to kill the hook
+        f"timeout = {HOOK_TIMEOUT_S + 30}",
         "",
     ]
     return "\n".join(lines)

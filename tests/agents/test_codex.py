@@ -144,6 +144,39 @@ def test_the_hook_allows_in_codexs_dialect_with_an_empty_answer():
         httpd.server_close()
 
 
+def test_the_hook_as_codex_runs_it_refuses_with_status_2_when_it_cannot_run_at_all(tmp_path):
+    """Codex runs a tool call whose hook failed in any other way (exit 1, garbage, killed): the
+    configured command turns every failure to answer into exit 2 + a reason, which Codex blocks on."""
+    import tomllib
+
+    broken = codex.config_toml(
+        model="m", base_url="http://127.0.0.1:9/v1", hook_command=[sys.executable, "-I", str(tmp_path / "gone.py")]
+    )
+    config = tomllib.loads(broken)
+    command = config["hooks"]["PreToolUse"][0]["hooks"][0]["command"]
+    assert config["hooks"]["PreToolUse"][0]["hooks"][0]["timeout"] > 30  # past the hook's own deadline
+    done = subprocess.run(["/bin/sh", "-c", command], input=json.dumps(PAYLOAD).encode(), capture_output=True)
+    assert done.returncode == 2 and b"denied" in done.stderr
+    working = tomllib.loads(
+        codex.config_toml(model="m", base_url="http://127.0.0.1:9/v1", hook_command=[sys.executable, "-I", str(HOOK)])
+    )["hooks"]["PreToolUse"][0]["hooks"][0]["command"]
+    port = _free_port()
+    done = subprocess.run(
+        ["/bin/sh", "-c", working],
+        input=json.dumps(PAYLOAD).encode(),
+        capture_output=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CR_HOOK_FORMAT": "codex",
+            "CR_HOOK_TOKEN": "x",
+            "CR_HOOK_URL": f"http://127.0.0.1:{port}/hook",
+        },
+    )
+    assert done.returncode == 0  # the hook answered: a deny in Codex's dialect
+    assert json.loads(done.stdout)["hookSpecificOutput"]["permissionDecision"] == "deny"
+    assert config["features"]["hooks"] is True and config["approval_policy"] == "never"
+
+
 def test_codex_tools_map_onto_the_evaluators_resources():
     wt = "/w/s1"
     assert codex.map_tool("Bash", {"command": "ls -la"}, wt) == [("run_command", {"command": "ls -la"})]
