@@ -238,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             key = self.headers.get("Authorization", "").removeprefix("Bearer ")
             if not broker.authentic(key):
                 return self._openai_error(401, "invalid_api_key", "wrong session secret")
-            verdict = broker.ask("model", {"path": path}, timeout=HOOK_ANSWER_S) or {
+            verdict = broker.ask("model", {"path": path, "ran": broker.ran_calls(body)}, timeout=HOOK_ANSWER_S) or {
                 "ok": False,
                 "reason": "the control room did not answer",
             }
@@ -420,6 +420,10 @@ class Broker:
 
     def tell(self, kind: str, payload) -> None:
         self.inbox.put((kind, payload))
+
+    def ran_calls(self, body: bytes) -> list[dict]:
+        """The tool calls whose results a model request carries (a subclass reads its API's format)."""
+        return []
 
     def filter_request(self, body: bytes) -> bytes:
         """A model request as relayed upstream (a subclass may take tools out of it)."""
@@ -828,6 +832,9 @@ class ClaudeCodeStep(_Step):
                 item.reply({"decision": "deny", "reason": "the run has ended"})
         return self._finish(proc.returncode)
 
+    def _unchecked_calls(self, ran: list[dict]) -> str:  # per CLI: tool calls run without the hook
+        return ""
+
     def _unhooked_tool(self, info: dict) -> None:  # per CLI: a tool call the broker kept from the CLI
         pass
 
@@ -839,6 +846,9 @@ class ClaudeCodeStep(_Step):
                 logger.exception("session %s: hook decision failed", self.session_id)
                 return {"decision": "deny", "reason": "the control room could not decide (an error), so this is denied"}
         if request.kind == "model":
+            unchecked = self._unchecked_calls(request.payload.get("ran") or [])
+            if unchecked:
+                return {"ok": False, "reason": unchecked}
             return self._model_begin()
         return {"decision": "deny", "reason": "unknown request"}
 

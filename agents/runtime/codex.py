@@ -45,7 +45,7 @@ from django.conf import settings
 from django.db import transaction
 
 from agents import services
-from agents.models import AgentSession
+from agents.models import AgentSession, ToolCall
 from agents.permissions import Decision
 from agents.runtime import claude_code
 from agents.runtime.claude_code import HOOK_TIMEOUT_S, Broker, ClaudeCodeStep, RunFiles, control_files
@@ -59,6 +59,8 @@ UPSTREAM_DEFAULT = "https://api.openai.com/v1"
 KEY_ENV = "CR_CODEX_KEY"  # the run's secret, which Codex sends the broker as its API key
 # tools Codex runs without a PreToolUse hook: never offered, never let through
 UNHOOKED_TOOLS = frozenset({"write_stdin"})
+# Codex's tools that run something (their results must come from calls the hook decided)
+EXECUTING_TOOLS = frozenset({"exec_command", "shell", "shell_command", "local_shell_call", "apply_patch"})
 # Codex features whose tools bypass the hooks or reach out of the worktree: off
 FEATURES_OFF = (
     "multi_agent",
@@ -156,6 +158,35 @@ class CodexBroker(Broker):
     def __init__(self, **kwargs) -> None:
         self.refused: set[str] = set()
         super().__init__(**kwargs)
+
+    def ran_calls(self, body: bytes) -> list[dict]:
+        """The executing tool calls (shell, apply_patch, MCP) whose output the request carries."""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return []
+        items = request.get("input") if isinstance(request, dict) else None
+        if not isinstance(items, list):
+            return []
+        names = {
+            str(i.get("call_id")): str(i.get("name") or i.get("type"))
+            for i in items
+            if isinstance(i, dict) and i.get("type") in ("function_call", "custom_tool_call", "local_shell_call")
+        }
+        ran = []
+        for item in items:
+            if not isinstance(item, dict) or item.get("type") not in (
+                "function_call_output",
+                "custom_tool_call_output",
+            ):
+                continue
+            call_id = str(item.get("call_id") or "")
+            name = names.get(call_id, "")
+            output = item.get("output")
+            text = output if isinstance(output, str) else json.dumps(output, default=str)
+            if (name in EXECUTING_TOOLS or name.startswith("mcp__")) and "blocked by PreToolUse hook" not in text[:200]:
+                ran.append({"call_id": call_id, "name": name})
+        return ran
 
     def filter_request(self, body: bytes) -> bytes:
         try:
@@ -337,6 +368,34 @@ class CodexStep(ClaudeCodeStep):
                 if decision.decision == verdict:
                     return decision
         return decisions[0]
+
+    def _unchecked_calls(self, ran: list[dict]) -> str:
+        """Defence in depth (Codex runs a call whose hook failed to answer): a model request carrying
+        the result of a command, patch or MCP call the hook never decided stops the session."""
+        if not ran:
+            return ""
+        known = set(
+            ToolCall.objects.filter(session_id=self.session_id, call_id__in=[r["call_id"] for r in ran]).values_list(
+                "call_id", flat=True
+            )
+        )
+        unchecked = [r for r in ran if r["call_id"] not in known]
+        if not unchecked:
+            return ""
+        reason = (
+            f"Codex ran {unchecked[0]['name']} ({unchecked[0]['call_id']}) without the control room's decision: "
+            "the session is stopped"
+        )
+        with transaction.atomic():
+            services.agent_event_record(
+                kind="tool.unchecked",
+                session=self.session,
+                grant=self.grant,
+                provenance="guard",
+                payload={"step": self.number, "agent": self.AGENT, "calls": unchecked[:20], "reason": reason},
+            )
+        self.stop = ("block", reason)
+        return reason
 
     def _unhooked_tool(self, info: dict) -> None:
         with transaction.atomic():

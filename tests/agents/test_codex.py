@@ -354,3 +354,56 @@ def test_an_ask_parks_the_codex_session_and_allow_once_resumes_its_thread_which_
     assert session.agent_ref == first_ref  # Codex's own thread was resumed, not started afresh
     last = json.dumps(server.requests[-2]["body"].get("input", []))
     assert "approved" in last and "Create a file named y" in last  # it saw the history and the decision
+
+
+def test_the_broker_reads_which_executing_calls_a_model_request_reports_as_run():
+    broker = codex.CodexBroker(
+        token="t", upstream="http://127.0.0.1:9", upstream_key="", inbox=queue.Queue(), api="openai"
+    )
+    try:
+        body = {
+            "input": [
+                {"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "Process exited with code 0"},
+                {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin Patch"},
+                {
+                    "type": "custom_tool_call_output",
+                    "call_id": "c2",
+                    "output": "Command blocked by PreToolUse hook: no",
+                },
+                {"type": "function_call", "call_id": "c3", "name": "request_user_input", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c3", "output": "not available"},
+                {"type": "function_call", "call_id": "c4", "name": "mcp__fs__write", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c4", "output": "ok"},
+            ]
+        }
+        ran = broker.ran_calls(json.dumps(body).encode())
+        assert ran == [{"call_id": "c1", "name": "exec_command"}, {"call_id": "c4", "name": "mcp__fs__write"}]
+        assert broker.ran_calls(b"not json") == []
+    finally:
+        broker.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_of_a_call_the_hook_never_decided_stops_the_codex_session(fleet, worktrees_dir):
+    """Codex runs a call whose hook failed to answer: if that ever happens, the next model call
+    carries its result, and the session stops there (and says which call)."""
+    session = services.session_launch(
+        pod=fleet.alpha,
+        sto=fleet.sto,
+        goal="x",
+        by=fleet.lead,
+        repository=fleet.repo,
+        model=MODEL,
+        api_base="http://127.0.0.1:9/v1",
+        grant=services.GrantSpec(mode="edits"),
+        start=False,
+        agent_kind="codex",
+    )
+    step = codex.CodexStep(session.pk, 1, "test")
+    step.grant, step.stop = session.grants.get(), None
+    assert step._unchecked_calls([]) == ""
+    reason = step._unchecked_calls([{"call_id": "call_never_seen", "name": "exec_command"}])
+    assert "without the control room's decision" in reason and step.stop == ("block", reason)
+    event = AuditEvent.objects.get(session_id=session.pk, kind="tool.unchecked")
+    assert event.payload["calls"] == [{"call_id": "call_never_seen", "name": "exec_command"}]
