@@ -407,3 +407,57 @@ def test_a_result_of_a_call_the_hook_never_decided_stops_the_codex_session(fleet
     assert "without the control room's decision" in reason and step.stop == ("block", reason)
     event = AuditEvent.objects.get(session_id=session.pk, kind="tool.unchecked")
     assert event.payload["calls"] == [{"call_id": "call_never_seen", "name": "exec_command"}]
+
+
+@pytest.mark.slow
+@needs_cli
+@pytest.mark.django_db(transaction=True)
+def test_pause_ends_the_codex_process_before_its_next_tool_call_and_resume_carries_on(fleet, celery_workers, responses):
+    import psutil
+    from django.db import transaction
+
+    from agents.dispatch import enqueue_step_on_commit
+    from tests.conftest import wait_until
+
+    server = responses([])
+    spec = services.GrantSpec(mode="edits", allow=("Bash(echo *)", "Bash(sleep *)"))
+    with transaction.atomic():
+        session = launch(fleet, server, spec=spec, goal="Log two runs")
+        enqueue_step_on_commit(session_id=session.pk, step=1, priority=session.priority)
+    worktree = Path(session.worktree_path)
+    server.script = [
+        [shell("echo started >> runs.log; sleep 9; echo finished >> runs.log")],
+        [shell("echo second >> runs.log")],
+        [text("Logged.")],
+    ]
+    pool = celery_workers(processes=1, concurrency=1)
+    wait_until(lambda: (worktree / "runs.log").exists(), timeout=120, message=lambda: pool.log_tail())
+
+    def agent_processes() -> list:
+        found = []
+        for proc in psutil.process_iter(["cwd"]):
+            if proc.info.get("cwd") and Path(proc.info["cwd"]) == worktree:
+                found.append(proc)
+        return found
+
+    assert agent_processes(), "the CLI runs in the worktree"
+    services.session_pause(session=session, by=fleet.sto, reason="checking")
+    wait_until(lambda: not agent_processes(), timeout=5, message="the CLI to end within 5 s of the pause")
+    wait_until(
+        lambda: AgentSession.objects.get(pk=session.pk).lease_owner == "",
+        timeout=10,
+        message=lambda: pool.log_tail(),
+    )
+    session.refresh_from_db()
+    assert session.status == Status.PAUSED
+    assert (worktree / "runs.log").read_text() == "started\n"  # the command was ended, no next tool call
+    services.session_resume(session=AgentSession.objects.get(pk=session.pk), by=fleet.sto)
+    wait_until(
+        lambda: AgentSession.objects.get(pk=session.pk).is_terminal, timeout=120, message=lambda: pool.log_tail()
+    )
+    session.refresh_from_db()
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert (worktree / "runs.log").read_text() == "started\nsecond\n"
+    assert ToolCall.objects.get(session=session, arguments__command__startswith="echo started").state == (
+        ToolCall.State.INTERRUPTED
+    )
