@@ -461,3 +461,50 @@ def test_pause_ends_the_codex_process_before_its_next_tool_call_and_resume_carri
     assert ToolCall.objects.get(session=session, arguments__command__startswith="echo started").state == (
         ToolCall.State.INTERRUPTED
     )
+
+
+@pytest.mark.slow
+@needs_cli
+@pytest.mark.django_db(transaction=True)
+def test_a_codex_session_survives_the_sigkill_of_its_worker_without_running_a_tool_twice(
+    fleet, celery_workers, settings, responses
+):
+    import time
+
+    from django.db import transaction
+
+    from agents.dispatch import enqueue_step_on_commit
+    from agents.tasks import tick
+    from tests.conftest import wait_until
+
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "STALE_AFTER_S": 5}
+    server = responses([])
+    spec = services.GrantSpec(mode="edits", allow=("Bash(echo *)", "Bash(sleep *)"))
+    with transaction.atomic():
+        session = launch(fleet, server, spec=spec, goal="Log a run, then write after.txt")
+        enqueue_step_on_commit(session_id=session.pk, step=1, priority=session.priority)
+    worktree = Path(session.worktree_path)
+    server.script = [
+        [shell("echo started >> runs.log; sleep 8; echo finished >> runs.log")],
+        [add_file("after.txt", "carried on")],
+        [text("Recovered and wrote after.txt.")],
+    ]
+    pool = celery_workers(processes=1, concurrency=1, STEP_LEASE_S=3)
+    wait_until(lambda: (worktree / "runs.log").exists(), timeout=120, message=lambda: pool.log_tail())
+    time.sleep(1.0)
+    pool.kill(pool.procs[0])  # SIGKILL the worker: the sandbox (and the command in it) dies with it
+    time.sleep(1.0)
+    assert (worktree / "runs.log").read_text() == "started\n"
+    pool.start_one(1)
+
+    def recovered():
+        tick()
+        return AgentSession.objects.get(pk=session.pk).is_terminal
+
+    wait_until(recovered, timeout=180, interval=1.0, message=lambda: f"recovery\n{pool.log_tail()}")
+    session.refresh_from_db()
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason, pool.log_tail())
+    assert (worktree / "runs.log").read_text() == "started\n"  # the command ran once, never again
+    assert ToolCall.objects.get(session=session, name="Bash").state == ToolCall.State.INTERRUPTED
+    assert AuditEvent.objects.filter(session_id=session.pk, kind="tool.interrupted").count() == 1
+    assert (worktree / "after.txt").read_text() == "carried on\n"
