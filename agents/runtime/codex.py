@@ -18,6 +18,12 @@ hook, stop switches, resume and records), with what differs for Codex:
   parks the session, as for Claude Code). Shell → ``run_command`` (``Bash(...)``), apply_patch →
   ``write_file``/``edit_file`` on each file it adds, updates, deletes or moves (``Edit(path)``; every
   one must be allowed), anything else → a human decides.
+- **Codex fails open** (0.171, checked): a hook that exits with an error other than 2, prints
+  something unreadable, is missing or is killed at its timeout lets the call run. So the hook
+  command turns any failure to answer into exit 2 with a reason (the one failure Codex blocks on),
+  Codex's hook timeout is well past the hook's own, and, in depth, a model request that carries the
+  result of a command, patch or MCP call the hook never decided stops the session (``tool.unchecked``).
+  The commands the agent runs do not see the run's secret (``shell_environment_policy``).
 - **What the hooks do not see** (Codex 0.171): ``write_stdin`` (typing into a command started with
   a terminal) runs without a PreToolUse hook, so it could run what the grant denies. The broker
   takes it out of the tools offered to the model and drops any call of it from the model's answer

@@ -508,3 +508,15 @@ def test_a_codex_session_survives_the_sigkill_of_its_worker_without_running_a_to
     assert ToolCall.objects.get(session=session, name="Bash").state == ToolCall.State.INTERRUPTED
     assert AuditEvent.objects.filter(session_id=session.pk, kind="tool.interrupted").count() == 1
     assert (worktree / "after.txt").read_text() == "carried on\n"
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_the_commands_codex_runs_do_not_see_the_runs_secret(fleet, worktrees_dir, responses):
+    server = responses([[shell("env")], [text("Listed.")]])
+    session = drive(launch(fleet, server, spec=services.GrantSpec(mode="edits", allow=("Bash(env)",))))
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    (output,) = server.tool_outputs()
+    assert "GIT_CONFIG_VALUE_0" in output["output"]  # the command ran, with the trailers' hook
+    assert "CR_HOOK_TOKEN" not in output["output"] and codex.KEY_ENV not in output["output"]
