@@ -1,6 +1,7 @@
-"""The PreToolUse hook a supervised Claude Code session calls before every tool call.
+"""The PreToolUse hook a supervised Claude Code or Codex session calls before every tool call.
 
-Run by Claude Code (``.claude`` settings written by agents/runtime/claude_code.py) as
+Run by Claude Code (``.claude`` settings written by agents/runtime/claude_code.py) or Codex (the
+``[hooks]`` of its ``config.toml``, written by agents/runtime/codex.py) as
 ``python -I hook.py`` (a copy of this file; -I: the stdlib, never a neighbour module), inside the session's sandbox, with the tool call as JSON on stdin. It asks
 the control room (the session's runner, on loopback, authenticated with the session's own secret in
 ``CR_HOOK_TOKEN``) and prints Claude Code's decision JSON on stdout::
@@ -8,6 +9,12 @@ the control room (the session's runner, on loopback, authenticated with the sess
     {"hookSpecificOutput": {"hookEventName": "PreToolUse",
                             "permissionDecision": "allow" | "deny",
                             "permissionDecisionReason": "..."}}
+
+Both CLIs send the same input (``hook_event_name``, ``tool_name``, ``tool_input``, ``tool_use_id``).
+With ``CR_HOOK_FORMAT=codex`` the answer is in Codex's dialect instead: Codex 0.171 does not
+support ``"ask"`` (it logs it as unsupported and runs the call), so an allow is an empty answer
+(exit 0, nothing on stdout: the call runs) and anything else is the ``deny`` JSON above (Codex then
+blocks the call and shows the model the reason).
 
 It fails closed: the control room unreachable, slow (``CR_HOOK_TIMEOUT_S``), answering an error or
 anything unreadable → ``deny``. Plain standard library on purpose: no Django, no database, nothing of
@@ -64,6 +71,12 @@ def decide(payload: bytes, *, url: str, token: str, timeout_s: float) -> tuple[s
     return "allow", reason or "allowed by the session's grant"
 
 
+def _render(decision: str, reason: str, dialect: str) -> str:
+    if dialect == "codex" and decision == "allow":
+        return ""
+    return _output(decision, reason) + "\n"
+
+
 def main() -> int:
     try:
         payload = sys.stdin.buffer.read()
@@ -79,7 +92,7 @@ def main() -> int:
         )
     except Exception as exc:  # whatever happens here, the tool call does not run
         decision, reason = "deny", f"the control room's hook failed ({type(exc).__name__}), so this tool call is denied"
-    sys.stdout.write(_output(decision, reason) + "\n")
+    sys.stdout.write(_render(decision, reason, os.environ.get("CR_HOOK_FORMAT", "")))
     sys.stdout.flush()
     return 0
 

@@ -287,7 +287,7 @@ def session_launch(
     agent_kind: str = AgentKind.BUILTIN,
 ) -> AgentSession:
     """Create a session, its first grant, and (after commit) enqueue its first step. ``agent_kind``:
-    the control room's own loop (``builtin``) or a supervised third-party CLI (``claude-code``)."""
+    the control room's own loop (``builtin``) or a supervised third-party CLI (``claude-code``, ``codex``)."""
     authority.require(authority.refuse_launch(user=by, pod_id=pod.pk, sto=sto))
     goal = (goal or "").strip()
     errors: dict[str, str] = {}
@@ -304,8 +304,6 @@ def session_launch(
         )
     if agent_kind not in AgentKind.values:
         errors["agent_kind"] = f"Unknown agent {agent_kind!r}: choose one of {', '.join(AgentKind.values)}."
-    elif agent_kind == AgentKind.CODEX:
-        errors["agent_kind"] = "Codex sessions are not available yet: choose the built-in loop or Claude Code."
     if base_branch and not BRANCH_NAME.fullmatch(base_branch):
         errors["base_branch"] = f"{base_branch!r} is not a usable branch name."
     api_base = (api_base or "").strip()

@@ -137,10 +137,10 @@ class _SharedLaunchFields(forms.Form):
     base_branch = forms.CharField(required=False, max_length=200, help_text="Empty: the repository's default branch.")
     agent_kind = forms.ChoiceField(
         label="Agent",
-        choices=[(AgentKind.BUILTIN, AgentKind.BUILTIN.label), (AgentKind.CLAUDE_CODE, AgentKind.CLAUDE_CODE.label)],
+        choices=AgentKind.choices,
         initial=AgentKind.BUILTIN,
         required=False,  # empty: the built-in loop
-        help_text="Who does the work: the built-in loop, or Claude Code under the same grant, sandbox and audit.",
+        help_text="Who does the work: the built-in loop, or Claude Code or Codex under the same grant, sandbox and audit.",
     )
     model = forms.CharField(max_length=200, help_text="Any LiteLLM model string; sim/… runs offline.")
     api_base = forms.URLField(

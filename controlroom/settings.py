@@ -367,6 +367,10 @@ CONTROLROOM: ControlRoomSettings = {
     # and the Anthropic Messages endpoint a session without its own API base uses
     "CLAUDE_CODE_BIN": env_str("CLAUDE_CODE_BIN", ""),
     "ANTHROPIC_API_BASE": env_str("ANTHROPIC_API_BASE", "https://api.anthropic.com"),
+    # Codex sessions: the CLI (empty: the one bin/codex-install put under .venv/codex) and the
+    # OpenAI Responses endpoint a session without its own API base uses
+    "CODEX_BIN": env_str("CODEX_BIN", ""),
+    "OPENAI_API_BASE": env_str("OPENAI_API_BASE", "https://api.openai.com/v1"),
     "HEALTHZ_TOKEN": env_str("HEALTHZ_TOKEN"),
     "PUBLIC_URL": (env_str("PUBLIC_URL", "") or "").rstrip("/"),
     # how long a signed decision link (the "needs you" webhook, the queue) stays good

@@ -207,6 +207,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _anthropic_error(self, status: int, kind: str, message: str) -> None:
         self._json(status, {"type": "error", "error": {"type": kind, "message": message}})
 
+    def _openai_error(self, status: int, code: str, message: str) -> None:
+        self._json(status, {"error": {"message": message, "type": code, "code": code}})
+
+    def _api_error(self, status: int, message: str) -> None:
+        if self.server.broker.api == "openai":
+            return self._openai_error(status, "api_error", message)
+        return self._anthropic_error(status, "api_error", message)
+
     def do_POST(self):
         broker: Broker = self.server.broker
         try:
@@ -229,7 +237,18 @@ class _Handler(BaseHTTPRequestHandler):
             if answer is None:
                 answer = {"decision": "deny", "reason": "the control room did not decide in time, so this is denied"}
             return self._json(200, answer)
-        if path.startswith("/v1/messages"):
+        if broker.api == "openai" and path.rstrip("/").endswith("/responses"):
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not broker.authentic(key):
+                return self._openai_error(401, "invalid_api_key", "wrong session secret")
+            verdict = broker.ask("model", {"path": path, "ran": broker.ran_calls(body)}, timeout=HOOK_ANSWER_S) or {
+                "ok": False,
+                "reason": "the control room did not answer",
+            }
+            if not verdict.get("ok"):
+                return self._openai_error(400, "invalid_request_error", verdict.get("reason", "refused"))
+            return self._forward(broker, broker.filter_request(body), metered=True)
+        if broker.api == "anthropic" and path.startswith("/v1/messages"):
             key = self.headers.get("x-api-key") or self.headers.get("Authorization", "").removeprefix("Bearer ")
             if not broker.authentic(key):
                 return self._anthropic_error(401, "authentication_error", "wrong session secret")
@@ -249,12 +268,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, broker: Broker, body: bytes, *, metered: bool) -> None:
         headers = {
             key: self.headers[key]
-            for key in ("Content-Type", "anthropic-version", "anthropic-beta", "Accept")
+            for key in ("Content-Type", "anthropic-version", "anthropic-beta", "Accept", "OpenAI-Beta")
             if self.headers.get(key)
         }
         if broker.upstream_key:
-            headers["x-api-key"] = broker.upstream_key
-        request = urllib.request.Request(broker.upstream + self.path, data=body, headers=headers, method="POST")
+            if broker.api == "openai":
+                headers["Authorization"] = f"Bearer {broker.upstream_key}"
+            else:
+                headers["x-api-key"] = broker.upstream_key
+        # the agent's path below the broker's root (an OpenAI base URL carries its own /v1)
+        target = broker.upstream + (self.path.removeprefix("/v1") if broker.api == "openai" else self.path)
+        request = urllib.request.Request(target, data=body, headers=headers, method="POST")
         started = time.monotonic()
         usage = {"tokens_in": 0, "tokens_out": 0, "model": "", "status": 0}
         try:
@@ -270,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
                 broker.tell("model_error", {"error": f"HTTP {exc.code}", "status": exc.code})
             return
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-            self._anthropic_error(502, "api_error", f"the model endpoint is unreachable: {exc}")
+            self._api_error(502, f"the model endpoint is unreachable: {exc}")
             if metered:
                 broker.tell("model_error", {"error": str(exc), "status": 502})
             return
@@ -282,12 +306,24 @@ class _Handler(BaseHTTPRequestHandler):
             if "event-stream" in content_type:
                 self.send_header("Cache-Control", "no-cache")
                 self.end_headers()
+                event: list[bytes] = []  # one SSE event (up to its blank line): relayed whole, or dropped
                 for line in response:
-                    self.wfile.write(line)
-                    if line.startswith(b"data:"):
-                        _usage_of_event(line[5:], usage)
-                    if line.strip() == b"":
-                        self.wfile.flush()
+                    event.append(line)
+                    if line.strip() != b"":
+                        continue
+                    data = b"".join(part[5:] for part in event if part.startswith(b"data:"))
+                    if data:
+                        _usage_of_event(data, usage)
+                    forwarded = broker.filter_event(data) if data else None
+                    if forwarded is None:
+                        self.wfile.write(b"".join(event))
+                    elif forwarded:
+                        kind = [part for part in event if part.startswith(b"event:")]
+                        self.wfile.write(b"".join(kind) + b"data: " + forwarded + b"\n\n")
+                    event = []
+                    self.wfile.flush()
+                if event:
+                    self.wfile.write(b"".join(event))
                 self.wfile.flush()
             else:
                 data = response.read()
@@ -318,7 +354,14 @@ def _usage_of_event(data: bytes, usage: dict) -> None:
         return
     if not isinstance(event, dict):
         return
-    if event.get("type") == "message_start":
+    if event.get("type") in ("response.completed", "response.incomplete", "response.failed"):
+        # the OpenAI Responses API: the usage comes with the finished response
+        response = event.get("response") or {}
+        counts = response.get("usage") or {}
+        usage["model"] = str(response.get("model") or usage["model"])
+        usage["tokens_in"] = int(counts.get("input_tokens") or 0)
+        usage["tokens_out"] = int(counts.get("output_tokens") or 0)
+    elif event.get("type") == "message_start":
         message = event.get("message") or {}
         usage["model"] = str(message.get("model") or usage["model"])
         usage["tokens_in"] = _input_tokens(message.get("usage") or {})
@@ -341,8 +384,18 @@ class Broker:
     (``socket_path``: what the sandboxed agent reaches through agents/relay.py). Requests go to
     ``inbox``, which the step's thread serves; nothing here touches the database."""
 
-    def __init__(self, *, token: str, upstream: str, upstream_key: str, inbox: queue.Queue, offline=None) -> None:
+    def __init__(
+        self,
+        *,
+        token: str,
+        upstream: str,
+        upstream_key: str,
+        inbox: queue.Queue,
+        api: str = "anthropic",
+        offline=None,
+    ) -> None:
         self.token, self.upstream, self.upstream_key, self.inbox = token, upstream.rstrip("/"), upstream_key, inbox
+        self.api = api  # the model API relayed: "anthropic" (Messages) or "openai" (Responses)
         self.offline = offline  # a sim_anthropic.Offline: the offline model answers instead of an upstream
         self.closed = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -382,6 +435,18 @@ class Broker:
     def tell(self, kind: str, payload) -> None:
         self.inbox.put((kind, payload))
 
+    def ran_calls(self, body: bytes) -> list[dict]:
+        """The tool calls whose results a model request carries (a subclass reads its API's format)."""
+        return []
+
+    def filter_request(self, body: bytes) -> bytes:
+        """A model request as relayed upstream (a subclass may take tools out of it)."""
+        return body
+
+    def filter_event(self, data: bytes) -> bytes | None:
+        """One streamed event's data as relayed to the agent: None unchanged, b"" dropped, else replaced."""
+        return None
+
     def close(self) -> None:
         self.closed = True
         for server in (self.server, self.unix_server):
@@ -400,7 +465,7 @@ class RunFiles:
 
 
 HOOK_TEMPLATE = """#!/bin/sh
-# prepare-commit-msg, installed by the control room for Claude Code session {session}: every commit
+# prepare-commit-msg, installed by the control room for {label} session {session}: every commit
 # made in this worktree carries whose work it is and under which authority (replacing any forged value).
 exec git interpret-trailers --in-place --if-exists replace \\
     --trailer {agent} --trailer {delegator} --trailer {grant} "$1"
@@ -412,13 +477,33 @@ def agent_dirs(session_id: int) -> tuple[Path, Path]:
     return base / "home", base / "control"
 
 
-def prepare_files(*, session: AgentSession, grant: Grant, hook_command: list[str]) -> RunFiles:
+def control_files(*, session: AgentSession, grant: Grant, label: str) -> tuple[Path, Path, Path]:
+    """(home, control, git hooks) of a supervised CLI's run: the hook and the relay copied into the
+    control directory, and the trailers' ``prepare-commit-msg`` hook (shared by the CLIs' runners)."""
     home, control = agent_dirs(session.pk)
-    (home / ".claude").mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     hooks = control / "git-hooks"
     hooks.mkdir(parents=True, exist_ok=True)
     for script in ("hook.py", "relay.py"):
         shutil.copyfile(Path(__file__).resolve().parent.parent / script, control / script)
+    git_hook = hooks / "prepare-commit-msg"
+    git_hook.write_text(
+        HOOK_TEMPLATE.format(
+            label=label,
+            session=session.pk,
+            agent=shlex.quote(f"Agent-Session: {session.pk}"),
+            delegator=shlex.quote(f"Delegated-By: {grant.delegator.username}"),
+            grant=shlex.quote(f"Grant: {grant.pk}"),
+        ),
+        encoding="utf-8",
+    )
+    git_hook.chmod(0o755)
+    return home, control, hooks
+
+
+def prepare_files(*, session: AgentSession, grant: Grant, hook_command: list[str]) -> RunFiles:
+    home, control, hooks = control_files(session=session, grant=grant, label="Claude Code")
+    (home / ".claude").mkdir(parents=True, exist_ok=True)
     config = {
         "hooks": {
             "PreToolUse": [
@@ -435,17 +520,6 @@ def prepare_files(*, session: AgentSession, grant: Grant, hook_command: list[str
     settings_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     # the CLI's user settings are the same file, pinned read-only over this one in the sandbox
     (home / ".claude" / "settings.json").write_text(settings_file.read_text(encoding="utf-8"), encoding="utf-8")
-    git_hook = hooks / "prepare-commit-msg"
-    git_hook.write_text(
-        HOOK_TEMPLATE.format(
-            session=session.pk,
-            agent=shlex.quote(f"Agent-Session: {session.pk}"),
-            delegator=shlex.quote(f"Delegated-By: {grant.delegator.username}"),
-            grant=shlex.quote(f"Grant: {grant.pk}"),
-        ),
-        encoding="utf-8",
-    )
-    git_hook.chmod(0o755)
     return RunFiles(home=home, control=control, settings=settings_file, hooks=hooks)
 
 
@@ -477,12 +551,27 @@ def _offline_model(session: AgentSession):
 
 # -- the runner ---------------------------------------------------------------------------------------
 class ClaudeCodeStep(_Step):
-    """One run of the Claude Code CLI as one step of the session (see the module docstring)."""
+    """One run of the Claude Code CLI as one step of the session (see the module docstring).
+
+    The Codex runner (agents/runtime/codex.py) is a subclass: what differs between the two CLIs is
+    in the class attributes and the methods marked "per CLI"."""
+
+    AGENT = "claude-code"
+    LABEL = "Claude Code"
+    API = "anthropic"
+    NOT_INSTALLED = "Claude Code is not installed on this worker: pip install 'controlroom[agents]'"
+    broker_class = None  # Broker
+
+    def binary(self) -> str | None:  # per CLI
+        return claude_binary()
+
+    def upstream(self) -> str:  # per CLI
+        return self.session.api_base or settings.CONTROLROOM.get("ANTHROPIC_API_BASE") or UPSTREAM_DEFAULT
 
     def work(self) -> StepOutcome:
-        binary = claude_binary()
+        binary = self.binary()
         if binary is None:
-            reason = "Claude Code is not installed on this worker: pip install 'controlroom[agents]'"
+            reason = self.NOT_INSTALLED
             return self.park(Status.FAILED, reason, event="session.error", payload={"error": reason})
         from agents.runtime.model import warm_up
 
@@ -495,15 +584,20 @@ class ClaudeCodeStep(_Step):
         self.stop: tuple[str, str] | None = None  # (kind, reason): approval / block / pause / user / deadline
         self.result: dict | None = None
         self.stderr_tail = ""
+        # the price map (LiteLLM's first import takes seconds) is loaded before the CLI starts, so
+        # metering the first model call never holds up the hook decisions queued behind it
+        _cost(self.session.model, 0, 0)
         token = secrets.token_urlsafe(32)
         inbox: queue.Queue = queue.Queue()
         upstream_key = os.environ.get(self.session.api_key_env, "") if self.session.api_key_env else ""
-        broker = Broker(
+        broker = (self.broker_class or Broker)(
             token=token,
-            upstream=self.session.api_base or settings.CONTROLROOM.get("ANTHROPIC_API_BASE") or UPSTREAM_DEFAULT,
+            upstream=self.upstream(),
             upstream_key=upstream_key,
             inbox=inbox,
-            offline=_offline_model(self.session),
+            api=self.API,
+            # the offline model speaks the Anthropic Messages API only (agents/runtime/sim_anthropic.py)
+            offline=_offline_model(self.session) if self.API == "anthropic" else None,
         )
         try:
             return self._run(binary, broker, token, inbox)
@@ -636,12 +730,36 @@ class ClaudeCodeStep(_Step):
         files = prepare_files(session=self.session, grant=self.grant, hook_command=hook_command)
         argv = self._argv(binary, files)
         env = self._env(broker, token, files)
+        return self._sandboxed(
+            argv,
+            env,
+            broker=broker,
+            files=files,
+            pinned=[files.home / ".claude" / "settings.json", Path(binary).parent],
+            pinned_dir=worktree / ".claude",
+        )
+
+    def _sandboxed(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        broker: Broker,
+        files: RunFiles,
+        pinned: list[Path],
+        pinned_dir: Path,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The CLI's command line inside bubblewrap (shared by the CLIs' runners): the worktree, the
+        CLI's home and the git objects writable; the control files, ``pinned`` and ``pinned_dir`` (the
+        CLI's project settings directory in the worktree, created empty) read-only; no network but the
+        broker, through agents/relay.py."""
+        worktree = Path(self.session.worktree_path)
         mode = settings.CONTROLROOM["SANDBOX"]
         if not sandbox.sandbox_available(mode):
             if mode == "bwrap":
                 raise sandbox.SandboxError("sandbox mode is 'bwrap' but bubblewrap does not work here")
             return argv, env
-        pinned_claude = worktree / ".claude"
+        pinned_claude = pinned_dir
         with contextlib.suppress(OSError):
             pinned_claude.mkdir(exist_ok=True)  # empty and untracked: git does not see it
         # no network: the sandbox's own loopback, relayed to the broker's Unix socket, is the only way out
@@ -662,12 +780,7 @@ class ClaudeCodeStep(_Step):
             env=env,
             hide_paths=[settings.DATA_DIR],
             writable=[files.home, broker.socket_dir, *_git_writable(worktree)],
-            read_only=[
-                files.control,
-                files.home / ".claude" / "settings.json",
-                Path(binary).parent,
-                *([pinned_claude] if pinned_claude.is_dir() else []),
-            ],
+            read_only=[files.control, *pinned, *([pinned_claude] if pinned_claude.is_dir() else [])],
             exec_argv=relayed,
         )
         return wrapped, {"PATH": "/usr/bin:/bin"}
@@ -677,8 +790,8 @@ class ClaudeCodeStep(_Step):
         try:
             argv, env = self._command(binary, broker, token)
         except (OSError, sandbox.SandboxError) as exc:
-            return self.park(Status.FAILED, f"Claude Code: {exc}", event="session.error", payload={"error": str(exc)})
-        self._say_activity("Claude Code: starting", force=True)
+            return self.park(Status.FAILED, f"{self.LABEL}: {exc}", event="session.error", payload={"error": str(exc)})
+        self._say_activity(f"{self.LABEL}: starting", force=True)
         stderr = (agent_dirs(self.session_id)[0].parent / f"stderr-{self.number}.log").open("wb")
         proc = subprocess.Popen(
             argv,
@@ -719,6 +832,8 @@ class ClaudeCodeStep(_Step):
                     self._metered(item)
                 elif kind == "model_error":
                     self._model_error(item)
+                elif kind == "unhooked_tool":
+                    self._unhooked_tool(item)
                 now = time.monotonic()
                 if self.stop is None and now - last_look >= POLL_S:
                     last_look = now
@@ -745,6 +860,8 @@ class ClaudeCodeStep(_Step):
                 break
             if kind == "model_done":
                 self._metered(item)
+            elif kind == "unhooked_tool":
+                self._unhooked_tool(item)
             elif kind == "ask":
                 item.reply({"decision": "deny", "reason": "the run has ended"})
         self._interrupt_pending()
@@ -771,6 +888,12 @@ class ClaudeCodeStep(_Step):
                     )
         self.pending.clear()
 
+    def _unchecked_calls(self, ran: list[dict]) -> str:  # per CLI: tool calls run without the hook
+        return ""
+
+    def _unhooked_tool(self, info: dict) -> None:  # per CLI: a tool call the broker kept from the CLI
+        pass
+
     def _answer(self, request: _Ask) -> dict:
         if request.kind == "hook":
             try:
@@ -779,6 +902,9 @@ class ClaudeCodeStep(_Step):
                 logger.exception("session %s: hook decision failed", self.session_id)
                 return {"decision": "deny", "reason": "the control room could not decide (an error), so this is denied"}
         if request.kind == "model":
+            unchecked = self._unchecked_calls(request.payload.get("ran") or [])
+            if unchecked:
+                return {"ok": False, "reason": unchecked}
             return self._model_begin()
         return {"decision": "deny", "reason": "unknown request"}
 
@@ -810,32 +936,7 @@ class ClaudeCodeStep(_Step):
             self._deny(self.step_row, index, call, tool_input, raw_hash, None, "no active grant")
             self.stop = ("block", "no active grant: issue one to continue")
             return {"decision": "deny", "reason": "there is no active grant for this session"}
-        mapped = map_tool(name, tool_input, self.session.worktree_path)
-        if mapped is None:
-            action = _unknown_tool_action(name, tool_input)
-            approved = Escalation.objects.filter(
-                standing_approvals_q(), session_id=self.session_id, action_hash=action.hash
-            ).exists()
-            if approved:
-                decision = Decision("allow", "human", "A human allowed this exact action.", action=action)
-            else:
-                decision = Decision(
-                    "ask",
-                    "guard",
-                    f"Claude Code's tool {name!r} is not one the control room can check: a human decides.",
-                    action=action,
-                )
-            if switch:
-                decision = Decision("deny", "guard", f"The session is stopped ({switch[1]}).", action=action)
-        else:
-            tool, args = mapped
-            decision = authorize(
-                self.session,
-                ToolCallRequest(name=tool, args=args),
-                grant=self.grant,
-                switches=self.switches(),
-                read_approvals=self.facts.has_approvals,
-            )
+        decision = self._decide(name, tool_input, switch)
         if decision.decision == "ask":
             refused = (
                 Escalation.objects.filter(session_id=self.session_id, action_hash=decision.action.hash)
@@ -873,6 +974,40 @@ class ClaudeCodeStep(_Step):
                 self.stop = ("block", decision.reason)
             return {"decision": "deny", "reason": f"{decision.reason}{rule}"}
         return self._allow(index, call, tool_input, raw_hash, decision)
+
+    def _decide(self, name: str, tool_input: dict, switch) -> Decision:  # per CLI (the tools' mapping)
+        """The evaluator's decision on one of the CLI's tool calls."""
+        mapped = map_tool(name, tool_input, self.session.worktree_path)
+        if mapped is None:
+            return self._unknown_tool(name, tool_input, switch)
+        tool, args = mapped
+        return self._authorize(tool, args)
+
+    def _authorize(self, tool: str, args: dict) -> Decision:
+        return authorize(
+            self.session,
+            ToolCallRequest(name=tool, args=args),
+            grant=self.grant,
+            switches=self.switches(),
+            read_approvals=self.facts.has_approvals,
+        )
+
+    def _unknown_tool(self, name: str, tool_input, switch) -> Decision:
+        """A tool the control room cannot see into: a human decides (or approved this exact call)."""
+        action = _unknown_tool_action(name, tool_input)
+        if switch:
+            return Decision("deny", "guard", f"The session is stopped ({switch[1]}).", action=action)
+        approved = Escalation.objects.filter(
+            standing_approvals_q(), session_id=self.session_id, action_hash=action.hash
+        ).exists()
+        if approved:
+            return Decision("allow", "human", "A human allowed this exact action.", action=action)
+        return Decision(
+            "ask",
+            "guard",
+            f"{self.LABEL}'s tool {name!r} is not one the control room can check: a human decides.",
+            action=action,
+        )
 
     def _allow(self, index: int, call: dict, tool_input: dict, raw_hash: str, decision: Decision) -> dict:
         grant = self.grant
@@ -1042,7 +1177,7 @@ class ClaudeCodeStep(_Step):
                 grant=self.grant,
                 payload={
                     "step": self.number,
-                    "agent": "claude-code",
+                    "agent": self.AGENT,
                     "call": self.session.model_calls,
                     "model": model,
                     "tokens_in": tokens_in,
@@ -1063,7 +1198,7 @@ class ClaudeCodeStep(_Step):
                 kind="model.error",
                 session=self.session,
                 grant=self.grant,
-                payload={"step": self.number, "agent": "claude-code", "error": str(info.get("error", ""))[:500]},
+                payload={"step": self.number, "agent": self.AGENT, "error": str(info.get("error", ""))[:500]},
             )
 
     # -- the end of a run -------------------------------------------------------------------------
@@ -1103,7 +1238,7 @@ class ClaudeCodeStep(_Step):
                         "branch": self.session.branch,
                         "host": settings.CONTROLROOM["WORKER_HOST"],
                         "in_central_repository": direct or pushed is not None,
-                        "agent": "claude-code",
+                        "agent": self.AGENT,
                         "trailers": f"Agent-Session: {self.session_id}" in message,
                     },
                 )
@@ -1145,7 +1280,7 @@ class ClaudeCodeStep(_Step):
             )
         return self.park(
             Status.FAILED,
-            _summarize(f"Claude Code: {why}", 480),
+            _summarize(f"{self.LABEL}: {why}", 480),
             event="session.error",
             payload={"error": why[:2000], "exit_code": returncode},
         )

@@ -8,7 +8,7 @@ Every kind runs as Celery steps (``agents.tasks.agent_step``) with the same clai
 - ``claude-code``: the Claude Code CLI (agents/runtime/claude_code.py): one run of the CLI per step,
   every tool call through the session's grant (a PreToolUse hook), model traffic through the
   control room's metering proxy, inside the sandbox.
-- ``codex``: not available yet; such a session fails with the reason.
+- ``codex``: the Codex CLI (agents/runtime/codex.py): ``codex exec --json`` per step, the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ def runner_class(agent_kind: str) -> type[loop._Step]:
         from agents.runtime.claude_code import ClaudeCodeStep
 
         return ClaudeCodeStep
+    if agent_kind == AgentKind.CODEX:
+        from agents.runtime.codex import CodexStep
+
+        return CodexStep
     return _Unavailable
 
 

@@ -49,7 +49,7 @@ class Command(BaseCommand):
             "--agent",
             default=AgentKind.BUILTIN,
             choices=AgentKind.values,
-            help="who works the session: the built-in loop or a supervised CLI (claude-code needs the [agents] extra)",
+            help="who works the session: the built-in loop or a supervised CLI (claude-code needs the [agents] extra, codex bin/codex-install)",
         )
         parser.add_argument("--api-base", default="", help="OpenAI-compatible endpoint (Ollama, vLLM, …)")
         parser.add_argument("--api-key-env", default="", help="name of the env var holding the API key")
