@@ -42,6 +42,7 @@ import logging
 import math
 import time
 from datetime import UTC
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -113,7 +114,7 @@ def _catchup_tiles(user, pod_ids: set[int], since: float) -> list[tuple[int, int
     from datetime import datetime
 
     after = datetime.fromtimestamp(max(0.0, since - CATCHUP_MARGIN_S), tz=UTC)
-    sessions = (
+    sessions: Any = (  # a QuerySet, then the list of its rows
         selectors.sessions_visible_to(user=user)
         .filter(pod_id__in=pod_ids, updated_at__gte=after)
         .prefetch_related(selectors.tile_grants())
