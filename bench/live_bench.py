@@ -90,6 +90,7 @@ def _start_viewers(*, port: int, cookie: str, count: int, stop: Path) -> subproc
         text=True,
         start_new_session=True,
     )
+    assert viewers.stdout is not None  # stdout=PIPE
     line = viewers.stdout.readline()
     if line.strip() != "READY":
         viewers.kill()
@@ -179,6 +180,7 @@ def run_case(
         if ws_viewers is not None:
             import json
 
+            assert stop is not None  # set with ws_viewers
             stop.touch()
             out, _ = ws_viewers.communicate(timeout=120)
             for arrivals in json.loads(out)["arrivals"]:

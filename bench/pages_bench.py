@@ -172,6 +172,7 @@ def main() -> None:
     client = Client()
     client.login(username="manager", password="bench")
     first = AgentSession.objects.order_by("pk").first()
+    assert first is not None  # seeded above
     pages = [
         ("canvas", "/", f"{args.sessions} sessions", "≤ 100 ms", 100),
         ("canvas compact", "/?view=compact", f"{args.sessions} sessions", "≤ 100 ms", 100),

@@ -44,6 +44,7 @@ import logging
 import math
 import time
 from datetime import UTC
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -116,7 +117,7 @@ def _catchup_tiles(user, pod_ids: set[int], since: float, *, older: bool = False
     from datetime import datetime
 
     after = datetime.fromtimestamp(max(0.0, since - CATCHUP_MARGIN_S), tz=UTC)
-    sessions = selectors.sessions_visible_to(user=user)
+    sessions: Any = selectors.sessions_visible_to(user=user)  # a QuerySet, then the list of its rows
     if not older:
         sessions = sessions.filter(selectors.current_q())
     sessions = (

@@ -41,6 +41,7 @@ def csv_columns(m: Metrics) -> list[tuple[str, object]]:
 
 
 def _figure_columns(figure: Figure) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]]
     out = [(figure.key, "" if figure.value is None else figure.value), (f"{figure.key}_n", figure.n)]
     if figure.unit == "ratio" and figure.key != "wasted_spend_share":
         out += [

@@ -67,7 +67,10 @@ class DashboardFilterForm(forms.Form):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["pod"].choices = [("", "All pods"), *Pod.objects.order_by("name").values_list("slug", "name")]
+        self.fields["pod"].choices = [  # type: ignore[attr-defined]  # a ChoiceField
+            ("", "All pods"),
+            *Pod.objects.order_by("name").values_list("slug", "name"),
+        ]
         # "from" is a Python keyword: the fields are added by name
         self.fields["from"] = forms.DateField(
             required=False,
@@ -86,6 +89,7 @@ class DashboardFilterForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
+        assert data is not None  # Form.clean returns cleaned_data
         first, last = data.get("from"), data.get("to")
         if (first or last) and not (first and last):
             raise forms.ValidationError("Give both a from and a to date, or choose 7, 30 or 90 days.")
@@ -107,7 +111,8 @@ class DashboardFilterForm(forms.Form):
 
     def error_text(self) -> str:
         return " ".join(
-            f"{'' if name == '__all__' else name + ': '}{' '.join(errors)}" for name, errors in self.errors.items()
+            f"{'' if name == '__all__' else name + ': '}{' '.join(errors)}"  # type: ignore[arg-type]  # messages: str
+            for name, errors in self.errors.items()
         )
 
 
@@ -203,7 +208,7 @@ class TableRow:
     key: str
     label: str
     cells: list[Cell]
-    accepted: int
+    accepted: float
 
 
 def table_rows(rows: list[Metrics]) -> list[TableRow]:
@@ -257,6 +262,7 @@ def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
         if wants == "csv":
             return HttpResponse(" ".join(problems), status=400, content_type="text/plain; charset=utf-8")
         return render(request, "controlroom/dashboard.html", {"form": form, "problems": problems}, status=400)
+    assert report is not None  # no problems: it was computed
     if wants == "csv":
         return csv_response(report, table)
     query = request.GET.copy()

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
+from typing import Any
 
 from django.apps import apps
 from django.db import transaction
@@ -320,7 +321,7 @@ class _Simulation:
                     return
                 t = resumed
                 continue
-            self.at(t, lambda number=number: self.work(ctx, number))
+            self.at(t, lambda number=number: self.work(ctx, number))  # type: ignore[misc]  # a default binds this number
         t += self.minutes(1, 4)
         if fate == "fail":
             self.at(t, lambda: self.fail(ctx))
@@ -411,6 +412,7 @@ class _Simulation:
         self.result.sessions += 1
 
     def locked(self, ctx: _Ctx) -> AgentSession:
+        assert ctx.session is not None  # the launch (scheduled first) set it
         return AgentSession.objects.select_for_update().get(pk=ctx.session.pk)
 
     def status(self, ctx: _Ctx, to: str, reason: str, **changes) -> None:
@@ -418,6 +420,7 @@ class _Simulation:
             services.set_status(self.locked(ctx), to, reason=reason, agent=True, locked=True, **changes)
 
     def agent(self, ctx: _Ctx, kind: str, provenance: str = "", **payload) -> None:
+        assert ctx.session is not None  # the launch (scheduled first) set it
         services.agent_event_record(
             kind=kind,
             session=ctx.session,
@@ -452,7 +455,7 @@ class _Simulation:
         return tokens_in, tokens_out, cost
 
     def tool(self, ctx: _Ctx, number: int, index: int, tool: str, action: str, **fields) -> None:
-        payload = dict(
+        payload: dict[str, Any] = dict(
             step=number,
             index=index,
             tool=tool,
@@ -474,6 +477,7 @@ class _Simulation:
     def counters(self, ctx: _Ctx) -> None:
         """The session's counters as the runtime keeps them (nobody reads them while the past is
         written, so they are stored when the session next changes status)."""
+        assert ctx.session is not None  # the launch (scheduled first) set it
         AgentSession.objects.filter(pk=ctx.session.pk).update(
             steps=ctx.step,
             tool_calls=ctx.tool_calls,
@@ -521,6 +525,8 @@ class _Simulation:
     def ask(
         self, ctx: _Ctx, number: int, tool: str, action: str, why: str, reason_type: str, rule: str, deny_now: bool
     ) -> None:
+        assert ctx.session is not None  # the launch (scheduled first) set it
+        assert ctx.grant is not None  # the launch (scheduled first) issued it
         with transaction.atomic():
             self.model_call(ctx, number)
             grant = ctx.grant
@@ -572,6 +578,8 @@ class _Simulation:
                 )
 
     def decide(self, ctx: _Ctx, decider: User, decision: str) -> None:
+        assert ctx.session is not None  # the launch (scheduled first) set it
+        assert ctx.escalation is not None  # the ask (scheduled before) opened it
         reasons = {
             "allow-once": "fine for this run",
             "allow-always": "expected for this task",
@@ -581,10 +589,12 @@ class _Simulation:
         ctx.grant = active_grant(session=ctx.session)  # "allow always" issued the next version
 
     def expire(self, ctx: _Ctx) -> None:
+        assert ctx.session is not None  # the launch (scheduled first) set it
         self.counters(ctx)
         services.session_block_expired(session=ctx.session)
 
     def cancel(self, ctx: _Ctx, by: User, reason: str) -> None:
+        assert ctx.session is not None  # the launch (scheduled first) set it
         self.counters(ctx)
         services.session_cancel(session=ctx.session, by=by, reason=reason)
 
@@ -597,6 +607,7 @@ class _Simulation:
             self.status(ctx, Status.FAILED, "model error after 4 attempt(s): upstream 503")
 
     def out_of_budget(self, ctx: _Ctx) -> None:
+        assert ctx.session is not None  # the launch (scheduled first) set it
         self.counters(ctx)
         reason = f"budget: max steps ({ctx.max_steps}) reached"
         services.session_park(
@@ -621,6 +632,7 @@ class _Simulation:
             )
 
     def review(self, ctx: _Ctx, reviewer: User, decision: str) -> None:
+        assert ctx.session is not None  # the launch (scheduled first) set it
         if decision == "approve":
             review_services.review_approve_without_git(session=ctx.session, reviewer=reviewer)
         else:
@@ -631,6 +643,7 @@ class _Simulation:
         self.result.reviews += 1
 
     def revert(self, ctx: _Ctx, reviewer: User) -> None:
+        assert ctx.session is not None  # the launch (scheduled first) set it
         review_services.review_revert_without_git(
             session=ctx.session, reviewer=reviewer, comment="broke the nightly build"
         )

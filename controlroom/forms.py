@@ -57,7 +57,7 @@ class CanvasFilterForm(forms.Form):
     def __init__(self, data, *, user: User):
         super().__init__(data)
         self.user = user
-        self.fields["pod"].queryset = selectors.pods_visible_to(user=user)
+        self.fields["pod"].queryset = selectors.pods_visible_to(user=user)  # type: ignore[attr-defined]  # a ModelChoiceField
 
     def clean_sto(self) -> User | None:
         value = (self.cleaned_data.get("sto") or "").strip()
@@ -83,7 +83,7 @@ class CanvasFilterForm(forms.Form):
 
     def problems(self) -> list[str]:
         self.is_valid()
-        return [f"Filter {name}: {' '.join(messages)} (ignored)" for name, messages in self.errors.items()]
+        return [f"Filter {name}: {' '.join(messages)} (ignored)" for name, messages in self.errors.items()]  # type: ignore[arg-type]  # messages: str
 
 
 # --- launching -----------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ class _SharedLaunchFields(forms.Form):
     def __init__(self, *args, user: User, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["pod"].queryset = launchable_pods(user=user)
+        self.fields["pod"].queryset = launchable_pods(user=user)  # type: ignore[attr-defined]  # a ModelChoiceField
         self.fields["model"].initial = settings.CONTROLROOM["DEFAULT_MODEL"]
 
     def clean(self):
@@ -269,7 +269,7 @@ class LaunchForm(_SharedLaunchFields):
 
     def __init__(self, *args, user: User, **kwargs):
         super().__init__(*args, user=user, **kwargs)
-        self.fields["sto"].queryset = _owner_choices(user)
+        self.fields["sto"].queryset = _owner_choices(user)  # type: ignore[attr-defined]  # a ModelChoiceField
         self.fields["sto"].initial = user.username
 
     def clean_goal(self) -> str:
@@ -358,7 +358,7 @@ class BatchLaunchForm(_SharedLaunchFields):
 
     def __init__(self, *args, user: User, **kwargs):
         super().__init__(*args, user=user, **kwargs)
-        self.fields["sto"].queryset = _owner_choices(user)
+        self.fields["sto"].queryset = _owner_choices(user)  # type: ignore[attr-defined]  # a ModelChoiceField
         self.lines: list[BatchLine] = []
 
     def clean(self):

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from statistics import NormalDist
+from typing import cast
 
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -364,8 +365,8 @@ class Facts:
     def __post_init__(self) -> None:
         for row in self.escalations:
             self.escalations_of.setdefault(row.session_id, []).append(row)
-        for row in self.reviews:
-            self.reviews_of.setdefault(row.session_id, []).append(row)
+        for review in self.reviews:
+            self.reviews_of.setdefault(review.session_id, []).append(review)
 
 
 def human_escalations_q(prefix: str = "") -> Q:
@@ -526,7 +527,7 @@ def _split_status_time(accepted: list[SessionFacts]) -> None:
     by_id = {s.id: s for s in accepted}
     ids = sorted(by_id)
     earliest = min(s.created_at for s in accepted)
-    latest = max(s.approved_at for s in accepted)
+    latest = max(cast(datetime, s.approved_at) for s in accepted)  # accepted: approved
     timelines: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
     for chunk in _chunks(ids):
         events = (
@@ -537,10 +538,11 @@ def _split_status_time(accepted: list[SessionFacts]) -> None:
             .values_list("session_id", "created_at", "payload__to")
         )
         for sid, at, to in events:
-            timelines[sid].append((at, to))
+            timelines[cast(int, sid)].append((at, to))  # session_id__in
     for sid, session in by_id.items():
         running = waiting = queued = 0.0
         status, since = Status.QUEUED.value, session.created_at
+        assert session.approved_at is not None  # accepted: approved
         for at, to in [*timelines.get(sid, []), (session.approved_at, None)]:
             at = min(max(at, session.created_at), session.approved_at)
             seconds = (at - since).total_seconds()
@@ -657,7 +659,7 @@ def compute(
         numerator=n_accepted,
         denominator=window.weeks,
     )
-    lead = [(s.approved_at - s.created_at).total_seconds() for s in accepted]
+    lead = [(cast(datetime, s.approved_at) - s.created_at).total_seconds() for s in accepted]  # approved
     waiting_total = sum(s.waiting_s for s in accepted)
     lead_time = LeadTime(
         total=_spread("lead_time", "Lead time to acceptance", lead, 85),

@@ -13,7 +13,7 @@ import secrets
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 import dj_database_url
 from csp import constants as csp_constants
@@ -189,7 +189,7 @@ def _database() -> dict:
             "TEST": {"NAME": str(DATA_DIR / "test.sqlite3")},
         }
     try:
-        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+        config = cast("dict[str, Any]", dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     except Exception as exc:  # dj-database-url raises bare ValueError/KeyError on bad URLs
         raise ImproperlyConfigured(f"DATABASE_URL: cannot parse it ({exc})") from None
     if not config.get("ENGINE"):

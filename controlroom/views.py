@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from html import escape as _esc
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -36,7 +37,7 @@ from agents.models import (
 )
 from controlroom.forms import BatchLaunchForm, CanvasFilterForm, LaunchForm
 
-STATUS_ICONS = {
+STATUS_ICONS: dict[str, str] = {
     Status.QUEUED: "◷",
     Status.RUNNING: "▶",
     Status.NEEDS_APPROVAL: "⚑",
@@ -174,6 +175,7 @@ def needs_you(*, user: User) -> list[Waiting]:
         if decided[key]:
             mine.append(session)
     # the oldest open escalation of each: where the wait starts, and what its phone link decides
+    escalation: Escalation | None
     first_open: dict[int, Escalation] = {}
     if mine:
         for escalation in (
@@ -220,7 +222,7 @@ def shared_asks(waiting: list[Waiting]) -> SharedAsks:
     ids = [w.session.pk for w in waiting if w.session.status == Status.NEEDS_APPROVAL]
     if not ids:
         return SharedAsks()
-    counts = (
+    counts: Any = (  # a QuerySet, then the list of its values
         Escalation.objects.filter(session__in=ids, state=Escalation.State.OPEN)
         .order_by()
         .values("action_hash")
@@ -329,7 +331,7 @@ def canvas(request: AuthenticatedHttpRequest) -> HttpResponse:
     pods = selectors.pods_visible_to(user=user)
     if filters.value_of("pod"):
         pods = pods.filter(pk=filters.value_of("pod").pk)
-    groups = [(pod, by_pod.get(pod.pk, [])) for pod in pods.order_by("name")]
+    groups: list[tuple] = [(pod, by_pod.get(pod.pk, [])) for pod in pods.order_by("name")]
     drawer_prefix = reverse("session_drawer", args=[0]).removesuffix("0/")
     if view == "map":
         groups = [(pod, tiles, map_cells(tiles, drawer_prefix=drawer_prefix, now=now)) for pod, tiles in groups]

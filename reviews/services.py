@@ -439,11 +439,12 @@ def review_revert(
     except git_ops.GitOpsError as exc:
         _record_git_failure(session=session, reviewer=reviewer, decision="revert", error=str(exc))
         raise ReviewError(f"Not reverted: {exc}") from None
+    assert approval is not None  # without one nothing was merged: refused above
     return _revert_recorded(
         session=session,
         reviewer=reviewer,
         comment=comment,
-        details={**reverted.__dict__, "reverted": merged, "approval": approval.pk},  # type: ignore[union-attr]  # none: refused above
+        details={**reverted.__dict__, "reverted": merged, "approval": approval.pk},
         payload={
             "revert_commit": reverted.revert_commit,
             "base_branch": reverted.base_branch,

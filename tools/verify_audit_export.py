@@ -216,7 +216,7 @@ def _heads(checkpoint: dict):
 
 def verify(path: str, *, key: bytes | None, checkpoint_file: str | None = None) -> dict:
     items = read_lines(path)
-    header = next((i for i in items if i["type"] == "export"), {})
+    header: dict = next((i for i in items if i["type"] == "export"), {})
     partial = header.get("since") is not None
     events: dict = {}
     for item in items:

@@ -139,7 +139,7 @@ def map_tool(name: str, tool_input: dict, worktree: str) -> tuple[str, dict] | N
             "new": str(get("new_string") or ""),
         }
     if name == "MultiEdit":
-        edits: list = get("edits") if isinstance(get("edits"), list) else []  # type: ignore[assignment]  # a list: just checked
+        edits = cast(list, get("edits")) if isinstance(get("edits"), list) else []
         return "edit_file", {
             "path": _relative(get("file_path"), worktree),
             "old": json.dumps([e.get("old_string") for e in edits if isinstance(e, dict)]),
