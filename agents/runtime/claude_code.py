@@ -59,7 +59,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -73,7 +73,8 @@ from django.utils.text import Truncator
 
 from agents import gitcli, services
 from agents.models import AgentSession, AgentStep, Escalation, Grant, Status, ToolCall
-from agents.permissions import CanonicalAction, Decision
+from agents.permissions import CanonicalAction, Decision, canonicalize
+from agents.permissions.masks import Masks, compute_masks, lifted_guards
 from agents.runtime import sandbox
 from agents.runtime.authorize import ToolCallRequest, authorize
 from agents.runtime.loop import StepOutcome, _grant, _looks_like_tests, _sha, _Step, _summarize
@@ -581,6 +582,9 @@ class ClaudeCodeStep(_Step):
         last = ToolCall.objects.filter(step=step_row).aggregate(last=Max("index"))["last"]
         self.index = 0 if last is None else last + 1
         self.pending: dict[str, ToolCall] = {}
+        self.log_from: dict[str, int | None] = {}  # per call in flight: the refusal log's size when allowed
+        self.masks: Masks | None = None  # the grant's masks bound in the run's sandbox (_sandboxed)
+        self.denial_log: str | None = None  # the stubs' refusal log, on the host
         self.stop: tuple[str, str] | None = None  # (kind, reason): approval / block / pause / user / deadline
         self.result: dict | None = None
         self.stderr_tail = ""
@@ -772,6 +776,12 @@ class ClaudeCodeStep(_Step):
             "--",
             *argv,
         ]
+        masks = self._run_masks(env, keep=_own_programs(argv[0], env))
+        denial_log = None
+        if masks.programs:
+            handle, denial_log = tempfile.mkstemp(prefix="controlroom-denied-")
+            os.close(handle)
+        self.masks, self.denial_log = masks, denial_log
         wrapped = sandbox.bwrap_argv(
             bwrap=sandbox.bwrap_path() or "bwrap",
             command="",
@@ -779,17 +789,95 @@ class ClaudeCodeStep(_Step):
             allow_network=False,
             env=env,
             hide_paths=[settings.DATA_DIR],
+            masks=masks,
+            denial_log=denial_log,
             writable=[files.home, broker.socket_dir, *_git_writable(worktree)],
             read_only=[files.control, *pinned, *([pinned_claude] if pinned_claude.is_dir() else [])],
             exec_argv=relayed,
         )
         return wrapped, {"PATH": "/usr/bin:/bin"}
 
+    def _run_masks(self, env: dict[str, str], *, keep: set[str]) -> Masks:
+        """The grant's masks (agents/permissions/masks.py) over the worktree as it is at the run's
+        start, as the built-in loop computes them per command: ``Read`` denies and the secret guard
+        hidden, ``Edit`` denies and the protected paths read-only, denied programs stubbed. The
+        guards of the session's standing human approvals are lifted (so an approved edit of a
+        protected path can happen in the resumed run); deny rules' masks never are. ``keep``: the
+        files the run itself needs (the CLI, the Python that runs the hook and the relay), which a
+        program deny cannot stub without ending the run."""
+        assert self.grant is not None  # a step without a grant is parked before it runs
+        root = os.path.realpath(self.session.worktree_path)
+        masks = compute_masks(tuple(self.grant.deny), root, path=env.get("PATH", ""), lift=self._approved_lift(root))
+        return replace(masks, programs=tuple(p for p in masks.programs if p.path not in keep))
+
+    def _approved_lift(self, root: str) -> tuple[str, ...]:
+        """The guard patterns the session's standing approvals (allowed once and not used yet, or
+        allowed always) name: each approval's tool call mapped and canonicalised again, and its guards
+        lifted only when that gives the approved action itself (the same hash)."""
+        found: list[str] = []
+        approvals = Escalation.objects.filter(
+            standing_approvals_q(), session_id=self.session_id, tool_call__isnull=False
+        ).select_related("tool_call")
+        for escalation in approvals:
+            call = escalation.tool_call
+            assert call is not None  # filtered above
+            for tool, args in self._mapped(call.name, call.arguments if isinstance(call.arguments, dict) else {}):
+                try:
+                    action = canonicalize(tool, args, str(Path(self.session.worktree_path)))
+                except (ValueError, TypeError):
+                    continue
+                if action.hash == escalation.action_hash:
+                    found += lifted_guards(action.resources, action.recursive, root=root)
+        return tuple(dict.fromkeys(found))
+
+    def _mapped(self, name: str, tool_input: dict) -> list[tuple[str, dict]]:  # per CLI (the tools' mapping)
+        """The evaluator's tool calls for one of the CLI's tool calls (none when unmappable)."""
+        mapped = map_tool(name, tool_input, self.session.worktree_path)
+        return [mapped] if mapped else []
+
+    def _release_masks(self) -> None:
+        """After the run: the empty mount points bwrap made for missing protected directories, and
+        the refusal log."""
+        masks, log = self.masks, self.denial_log
+        for path in masks.missing if masks else ():
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        if log:
+            with contextlib.suppress(OSError):
+                os.unlink(log)
+        self.masks, self.denial_log = None, None
+
+    def _sandbox_refusals(self, row: ToolCall, text: str, log_from: int | None) -> None:
+        """``tool.denied_by_sandbox`` for each denied program a tool call tried (the evaluator let it
+        run; a stub refused): the stubs' lines in its output, and the refusal log's lines written
+        while it was the only call running (``log_from``: the log's size when it was allowed)."""
+        masks, log = self.masks, self.denial_log
+        if not masks or not masks.programs:
+            return
+        logged = sandbox.read_denial_log(log, log_from) if log and log_from is not None else []
+        for program, rule in sandbox.denials(masks, logged, text):
+            services.agent_event_record(
+                kind="tool.denied_by_sandbox",
+                session=self.session,
+                grant=self.grant,
+                provenance="rule",
+                payload={
+                    "step": self.number,
+                    "index": row.index,
+                    "tool": row.name,
+                    "action": row.action,
+                    "action_hash": row.action_hash,
+                    "program": program,
+                    "rule": rule,
+                },
+            )
+
     # -- running ----------------------------------------------------------------------------------
     def _run(self, binary: str, broker: Broker, token: str, inbox: queue.Queue) -> StepOutcome:
         try:
             argv, env = self._command(binary, broker, token)
         except (OSError, sandbox.SandboxError) as exc:
+            self._release_masks()
             return self.park(Status.FAILED, f"{self.LABEL}: {exc}", event="session.error", payload={"error": str(exc)})
         self._say_activity(f"{self.LABEL}: starting", force=True)
         stderr = (agent_dirs(self.session_id)[0].parent / f"stderr-{self.number}.log").open("wb")
@@ -850,6 +938,7 @@ class ClaudeCodeStep(_Step):
             _terminate(proc)
             reader.join(timeout=5)
             stderr.close()
+            self._release_masks()
             with contextlib.suppress(OSError):
                 self.stderr_tail = Path(stderr.name).read_bytes()[-2000:].decode("utf-8", "replace")
         # answers still queued (a model call whose usage came after the exit) are metered too
@@ -887,6 +976,7 @@ class ClaudeCodeStep(_Step):
                         payload={"step": self.number, "index": row.index, "tool": row.name, "action": row.action},
                     )
         self.pending.clear()
+        self.log_from.clear()
 
     def _unchecked_calls(self, ran: list[dict]) -> str:  # per CLI: tool calls run without the hook
         return ""
@@ -1030,6 +1120,13 @@ class ClaudeCodeStep(_Step):
             row = self._tool_row(self.step_row, index, call, tool_input, raw_hash, decision, ToolCall.State.INTENDED)
         self.session.current_activity = activity
         self.pending[row.call_id] = row
+        log = self.denial_log
+        # where the refusal log stood when this call was allowed, read back with its result when it
+        # was the only call in flight all along (two calls at once: only their output's stub lines count)
+        alone = len(self.pending) == 1
+        for other in self.log_from:
+            self.log_from[other] = None
+        self.log_from[row.call_id] = os.path.getsize(log) if alone and log and os.path.exists(log) else None
         return {"decision": "allow", "reason": decision.reason}
 
     def _tool_result(self, block: dict, event: dict) -> None:
@@ -1043,6 +1140,7 @@ class ClaudeCodeStep(_Step):
             self.pending.pop(call_id, None)
             or ToolCall.objects.filter(session_id=self.session_id, call_id=call_id).first()
         )
+        log_from = self.log_from.pop(call_id, None)
         if row is None:
             with transaction.atomic():
                 self._append_transcript(role="tool", tool_call_id=call_id, name="", content=text)
@@ -1071,6 +1169,7 @@ class ClaudeCodeStep(_Step):
                 role="tool", tool_call_id=row.call_id, name=row.name, content=text if not is_error else f"error: {text}"
             )
             self._audit_tool(row, provenance=row.reason_type, result=text)
+            self._sandbox_refusals(row, text, log_from)
             command = (row.arguments or {}).get("command", "") if row.name == "Bash" else ""
             if command and _looks_like_tests(command):
                 services.agent_event_record(
@@ -1284,6 +1383,24 @@ class ClaudeCodeStep(_Step):
             event="session.error",
             payload={"error": why[:2000], "exit_code": returncode},
         )
+
+
+def _own_programs(binary: str, env: dict[str, str]) -> set[str]:
+    """The files a CLI's run cannot do without (resolved): the CLI itself (and the interpreter of a
+    launcher script) and the Python that runs the hook and the relay."""
+    keep = {os.path.realpath(sys.executable), os.path.realpath(binary)}
+    first = b""
+    with contextlib.suppress(OSError), open(binary, "rb") as handle:
+        first = handle.read(256).split(b"\n", 1)[0]
+    if first.startswith(b"#!"):
+        words = first[2:].decode("utf-8", "replace").split()
+        if words and os.path.basename(words[0]) == "env":
+            words = [w for w in words[1:] if not w.startswith("-")]
+        if words:
+            found = shutil.which(words[0], path=env.get("PATH", "")) if "/" not in words[0] else words[0]
+            if found:
+                keep.add(os.path.realpath(found))
+    return keep
 
 
 def _shown(name: str, tool_input: dict) -> str:

@@ -364,6 +364,9 @@ class CodexStep(ClaudeCodeStep):
         )
 
     # -- tool calls -------------------------------------------------------------------------------
+    def _mapped(self, name: str, tool_input: dict) -> list[tuple[str, dict]]:
+        return map_tool(name, tool_input, self.session.worktree_path) or []
+
     def _decide(self, name: str, tool_input: dict, switch) -> Decision:
         mapped = map_tool(name, tool_input, self.session.worktree_path)
         if mapped is None:

@@ -318,17 +318,28 @@ def bwrap_argv(
 
 def _denials(masks: Masks, denial_log: str | None, buffer: _CappedBuffer) -> tuple[tuple[str, str], ...]:
     """The masked programs the command tried: from the refusal log, and the stubs' stderr lines
-    (a program that captured its children's stderr still leaves the log). Only rules actually
-    masked count, so output that imitates a stub names nothing new."""
+    (a program that captured its children's stderr still leaves the log)."""
+    return denials(masks, read_denial_log(denial_log) if denial_log else (), buffer.text())
+
+
+def read_denial_log(denial_log: str, offset: int = 0) -> list[str]:
+    """The rules a refusal log names from byte ``offset`` on (at most 64 KiB of it)."""
+    with contextlib.suppress(OSError):
+        with open(denial_log, "rb") as handle:
+            handle.seek(offset)
+            return [line.strip() for line in handle.read(65536).decode("utf-8", "replace").splitlines()]
+    return []
+
+
+def denials(masks: Masks, logged: Sequence[str], output: str) -> tuple[tuple[str, str], ...]:
+    """(program, rule) for each masked program named by the refusal log's lines ``logged`` or by a
+    stub's stderr line in ``output``, in order, once each. Only rules actually masked count, so
+    output that imitates a stub names nothing new."""
     by_rule: dict[str, str] = {}
     for mask in masks.programs:
         by_rule.setdefault(mask.rule, mask.program)
-    named: list[str] = []
-    if denial_log:
-        with contextlib.suppress(OSError):
-            with open(denial_log, encoding="utf-8", errors="replace") as handle:
-                named += [line.strip() for line in handle.read(65536).splitlines()]
-    for line in buffer.text().splitlines():
+    named: list[str] = list(logged)
+    for line in output.splitlines():
         if DENIAL_MARKER in line:
             rest = line.split(DENIAL_MARKER, 1)[1].strip()
             named += [rule for rule in by_rule if rest.startswith(rule + " (")]
