@@ -526,3 +526,149 @@ def test_the_offline_model_drives_claude_code_through_a_demo_task(fleet, worktre
     assert "the tests pass" in session.summary
     assert session.model_calls >= 7 and session.tokens_in > 0
     assert AuditEvent.objects.filter(session_id=session.pk, kind="model.call").count() == session.model_calls
+
+
+# -- deny by effect: the grant's masks inside the CLI's sandbox (agents/permissions/masks.py) ----------
+
+ENV_SECRET = "sk-live-cc-0123456789abcdef"
+WORKFLOW = "on: push  # the real workflow\n"
+
+
+def needs_bwrap() -> None:
+    from agents.runtime.sandbox import sandbox_available
+
+    if not sandbox_available("auto"):
+        pytest.skip("bubblewrap does not work here")
+
+
+def _worktree_of(session: AgentSession) -> Path:
+    """The session's worktree made now (its first step would), so a test can put files in it first."""
+    services.session_worktree_ensure(session=session)
+    return Path(session.worktree_path)
+
+
+def _recorded(session: AgentSession) -> str:
+    """Everything the control room recorded of the session's tool calls: results, transcript, audit."""
+    parts = [str(c.result) for c in ToolCall.objects.filter(session=session)]
+    parts += [str(e.content) for e in TranscriptEntry.objects.filter(session=session)]
+    parts += [json.dumps(e.payload) for e in AuditEvent.objects.filter(session_id=session.pk)]
+    return "\n".join(parts)
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_read_denied_env_is_masked_in_the_claude_code_sandbox_whatever_command_reads_it(
+    fleet, worktrees_dir, anthropic
+):
+    """The evaluator allows a recursive grep (and a script it cannot see into); inside the CLI's
+    sandbox .env is an empty file, so no byte of it reaches the transcript, the tool call or the model."""
+    needs_bwrap()
+    spec = services.GrantSpec(mode="edits", allow=("Bash(*)",), deny=("Read(**/.env)",))
+    server = anthropic([])
+    session = launch(fleet, server, spec=spec, goal="Find the SECRET markers")
+    worktree = _worktree_of(session)
+    (worktree / ".env").write_text(f"SECRET_KEY={ENV_SECRET}\n")  # untracked, as secrets are
+    (worktree / "notes.txt").write_text("the SECRET marker is visible here\n")
+    server.script = [
+        [bash("grep -rn SECRET .")],
+        [bash("bash -c 'cat .env'")],
+        [bash("printf 'cat .env; wc -c < .env\\n' > r.sh && sh r.sh")],
+        [text("Searched.")],
+    ]
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    grep, cat, script = ToolCall.objects.filter(session=session).order_by("index")
+    assert grep.decision == "allow" and grep.state == ToolCall.State.DONE, (grep.state, grep.result)
+    assert "notes.txt" in grep.result and "SECRET marker" in grep.result  # the search ran over the tree
+    assert cat.decision == "deny" and cat.rule == "Read(**/.env)"
+    assert script.decision == "allow" and script.state == ToolCall.State.DONE, (script.state, script.result)
+    assert script.result.strip().splitlines()[-1].strip() == "0", script.result  # .env reads as empty
+    recorded = _recorded(session)
+    assert "notes.txt" in recorded
+    assert ENV_SECRET not in recorded and "SECRET_KEY" not in recorded
+    assert ENV_SECRET not in json.dumps(server.requests)  # nor did the model see it
+    assert ENV_SECRET in (worktree / ".env").read_text()  # the host's file is untouched
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_write_to_a_protected_path_fails_read_only_in_the_claude_code_sandbox(fleet, worktrees_dir, anthropic):
+    """A script the evaluator cannot see into writes .github/workflows/x.yml and creates .husky: both
+    fail with EROFS inside the CLI's sandbox; the empty mount point of .husky is gone after the run."""
+    needs_bwrap()
+    spec = services.GrantSpec(mode="edits", allow=("Bash(*)",))
+    server = anthropic([])
+    session = launch(fleet, server, spec=spec, goal="Fix the workflow")
+    worktree = _worktree_of(session)
+    workflow = worktree / ".github" / "workflows" / "x.yml"
+    workflow.parent.mkdir(parents=True, exist_ok=True)
+    workflow.write_text(WORKFLOW)
+    assert not (worktree / ".husky").exists()
+    script = "echo pwned > .github/workflows/x.yml; mkdir .husky/hooks; echo ok > elsewhere.txt"
+    server.script = [[bash(f"printf '{script}\\n' > w.sh && sh w.sh")], [text("Tried.")]]
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    (call,) = ToolCall.objects.filter(session=session)
+    assert call.decision == "allow", (call.decision, call.reason)
+    assert call.result.count("Read-only file system") == 2, call.result
+    assert workflow.read_text() == WORKFLOW
+    assert (worktree / "elsewhere.txt").read_text() == "ok\n"  # the rest of the worktree is writable
+    assert not (worktree / ".husky").exists()
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_denied_program_is_a_refusing_stub_in_the_claude_code_sandbox_and_each_refusal_is_recorded(
+    fleet, worktrees_dir, anthropic
+):
+    """``Bash(touch)`` denies the bare program name; an absolute path or a wrapper gets past the
+    evaluator, and the stub inside the CLI's sandbox refuses (tool.denied_by_sandbox)."""
+    needs_bwrap()
+    spec = services.GrantSpec(mode="edits", allow=("Bash(*)",), deny=("Bash(touch)",))
+    attempts = ["/usr/bin/touch x", "sh -c 'touch y'"]
+    server = anthropic([[bash(command)] for command in attempts] + [[text("I could not create them.")]])
+    session = drive(launch(fleet, server, spec=spec, goal="Create files named x and y"))
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    worktree = Path(session.worktree_path)
+    assert not (worktree / "x").exists() and not (worktree / "y").exists()
+    calls = list(ToolCall.objects.filter(session=session).order_by("index"))
+    assert [c.decision for c in calls] == ["allow", "allow"], [(c.decision, c.reason) for c in calls]
+    assert all("denied by grant: Bash(touch)" in c.result for c in calls), [c.result for c in calls]
+    refusals = AuditEvent.objects.filter(session_id=session.pk, kind="tool.denied_by_sandbox").order_by("pk")
+    assert [(e.payload["index"], e.payload["program"], e.payload["rule"]) for e in refusals] == [
+        (calls[0].index, "touch", "Bash(touch)"),
+        (calls[1].index, "touch", "Bash(touch)"),
+    ]
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_an_approved_protected_path_edit_happens_in_the_resumed_claude_code_run(fleet, worktrees_dir, anthropic):
+    """The approval's guard is lifted in the resumed run's sandbox; a deny rule's mask never is."""
+    needs_bwrap()
+    spec = services.GrantSpec(mode="edits", allow=("Bash(*)",), deny=("Edit(docs/**)",))
+    server = anthropic([])
+    session = launch(fleet, server, spec=spec, goal="Fix the workflow")
+    worktree = _worktree_of(session)
+    workflow = worktree / ".github" / "workflows" / "x.yml"
+    workflow.parent.mkdir(parents=True, exist_ok=True)
+    workflow.write_text(WORKFLOW)
+    (worktree / "docs").mkdir(exist_ok=True)
+    (worktree / "docs" / "guide.md").write_text("# Guide\n")
+    command = "echo fixed > .github/workflows/x.yml"
+    sneaky = "printf 'echo x > docs/guide.md\\n' > d.sh && sh d.sh"
+    server.script = [[bash(command)], [bash(command)], [bash(sneaky)], [text("Fixed the workflow.")]]
+    session = drive(session)
+    assert session.status == Status.NEEDS_APPROVAL, (session.status, session.status_reason)
+    escalation = Escalation.objects.get(session=session, state=Escalation.State.OPEN)
+    services.escalation_decide(escalation=escalation, by=fleet.sto, decision="allow-once")
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    assert workflow.read_text() == "fixed\n"
+    assert (worktree / "docs" / "guide.md").read_text() == "# Guide\n"
+    denied_edit = ToolCall.objects.get(session=session, arguments__command=sneaky)
+    assert denied_edit.decision == "allow" and "Read-only file system" in denied_edit.result
