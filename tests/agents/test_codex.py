@@ -520,3 +520,32 @@ def test_the_commands_codex_runs_do_not_see_the_runs_secret(fleet, worktrees_dir
     (output,) = server.tool_outputs()
     assert "GIT_CONFIG_VALUE_0" in output["output"]  # the command ran, with the trailers' hook
     assert "CR_HOOK_TOKEN" not in output["output"] and codex.KEY_ENV not in output["output"]
+
+
+@pytest.mark.slow
+@needs_cli
+@pytestmark_db
+def test_a_read_denied_env_is_masked_in_the_codex_sandbox_for_a_recursive_grep(fleet, worktrees_dir, responses):
+    """The evaluator allows ``grep -rn`` over the tree under ``Read(**/.env)``; inside Codex's
+    sandbox .env is an empty file, so none of it reaches the tool call, the transcript or the model."""
+    from agents.runtime.sandbox import sandbox_available
+
+    if not sandbox_available("auto"):
+        pytest.skip("bubblewrap does not work here")
+    secret = "sk-live-codex-0123456789abcdef"
+    server = responses([[shell("grep -rn SECRET .")], [text("Searched.")]])
+    spec = services.GrantSpec(mode="edits", allow=("Bash(*)",), deny=("Read(**/.env)",))
+    session = launch(fleet, server, spec=spec, goal="Find the SECRET markers")
+    services.session_worktree_ensure(session=session)
+    worktree = Path(session.worktree_path)
+    (worktree / ".env").write_text(f"SECRET_KEY={secret}\n")
+    (worktree / "notes.txt").write_text("the SECRET marker is visible here\n")
+    session = drive(session)
+    assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
+    (call,) = ToolCall.objects.filter(session=session)
+    assert call.decision == "allow" and call.state == ToolCall.State.DONE, (call.state, call.result)
+    assert "notes.txt" in call.result
+    recorded = [call.result, *(str(e.content) for e in TranscriptEntry.objects.filter(session=session))]
+    recorded += [json.dumps(e.payload) for e in AuditEvent.objects.filter(session_id=session.pk)]
+    assert not any(secret in part or "SECRET_KEY" in part for part in recorded)
+    assert secret not in json.dumps(server.requests)
