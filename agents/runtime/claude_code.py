@@ -29,7 +29,9 @@ grant, sandbox, budget and audit, one run of the CLI per Celery step.
   for ``--resume``) writable, the git objects and the agents' branch refs writable (so it can
   commit), its settings pinned read-only (the agent cannot switch the hook off), and no network:
   the sandbox has its own network namespace, whose loopback agents/relay.py relays to the broker's
-  Unix socket (bound in), so the model endpoint and the hook are all it reaches. Known limit:
+  Unix socket (bound in), so the model endpoint and the hook are all it reaches. The grant's masks
+  (agents/permissions/masks.py) are bound in it, computed over the worktree at the run's start;
+  standing human approvals lift their guards for the run (``_run_masks``). Known limit:
   ``Net(...)`` rules do not give a Claude Code session network (WebFetch and ``curl`` fail there).
 - **Commits** carry the trailers through a ``prepare-commit-msg`` hook the CLI's git uses
   (``core.hooksPath`` given in the environment, the hook read-only in the sandbox).
