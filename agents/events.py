@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -120,10 +121,10 @@ def watched(group: str) -> bool:
     never received them anyway; it catches up from the database after subscribing
     (controlroom/consumers.py). True when the layer is not the pub/sub one or Redis does not say."""
     global _redis_client
-    layer = settings.CHANNEL_LAYERS.get("default", {})
+    layer: dict[str, Any] = settings.CHANNEL_LAYERS.get("default", {})
     if layer.get("BACKEND") != "channels_redis.pubsub.RedisPubSubChannelLayer":
         return True
-    config = layer.get("CONFIG", {})
+    config: dict[str, Any] = layer.get("CONFIG") or {}
     hosts = config.get("hosts") or []
     if len(hosts) != 1 or not isinstance(hosts[0], str):
         return True
