@@ -21,8 +21,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 from django.template.loader import render_to_string
 
@@ -106,17 +108,55 @@ publisher = _Publisher()
 os.register_at_fork(after_in_child=lambda: setattr(publisher, "_lock", threading.Lock()))
 
 
+_redis_client = None
+_redis_lock = threading.Lock()
+
+
+def watched(group: str) -> bool:
+    """Whether a canvas listens to ``group`` now: the pub/sub layer's subscriber count for it
+    (``PUBSUB NUMSUB``, one Redis round trip). Rendering a tile and its overlaps is most of what a
+    broadcast costs, and overnight, when a hundred agents work, nobody may be watching.
+
+    Nothing is lost by not sending: the layer keeps no messages, so a canvas that subscribes later
+    never received them anyway; it catches up from the database after subscribing
+    (controlroom/consumers.py). True when the layer is not the pub/sub one or Redis does not say."""
+    global _redis_client
+    layer: dict[str, Any] = settings.CHANNEL_LAYERS.get("default", {})
+    if layer.get("BACKEND") != "channels_redis.pubsub.RedisPubSubChannelLayer":
+        return True
+    config: dict[str, Any] = layer.get("CONFIG") or {}
+    hosts = config.get("hosts") or []
+    if len(hosts) != 1 or not isinstance(hosts[0], str):
+        return True
+    try:
+        with _redis_lock:
+            if _redis_client is None:
+                import redis
+
+                _redis_client = redis.Redis.from_url(hosts[0], socket_connect_timeout=2, socket_timeout=2)
+            client = _redis_client
+        channel = f"{config.get('prefix', 'asgi')}__group__{group}"
+        [(_name, count)] = client.pubsub_numsub(channel)
+        return count > 0
+    except Exception:  # best effort, like the broadcast itself: send when unsure
+        return True
+
+
 def broadcast_session(session_id: int) -> None:
-    """Render the session's current face and publish it to its pod group. Never raises."""
+    """Render the session's current face and publish it to its pod group, if a canvas listens to
+    that group (``watched``). Never raises."""
     from agents.models import AgentSession
 
     try:
         from agents.selectors import last_commit_q
 
-        session = AgentSession.objects.select_related("pod", "sto").annotate(**last_commit_q()).get(pk=session_id)
         layer = get_channel_layer()
         if layer is None:
             return
+        pod_id = AgentSession.objects.filter(pk=session_id).values_list("pod_id", flat=True).first()
+        if pod_id is None or not watched(pod_group(pod_id)):
+            return
+        session = AgentSession.objects.select_related("pod", "sto").annotate(**last_commit_q()).get(pk=session_id)
         publisher.group_send(layer, pod_group(session.pod_id), session_update_payload(session))
     except Exception:  # the channel layer is best effort: state is in the database
         logger.warning("live update for session %s not sent", session_id, exc_info=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -157,13 +158,30 @@ def health_report(*, measure_worktrees: bool = True) -> dict[str, Any]:
     }
 
 
+# Anyone may ask for the bare status, and each full check broadcasts a ping to every worker and
+# waits up to CELERY_PING_TIMEOUT_S: the bare answer is reused for a few seconds, and one check at a
+# time makes it, so a flood of anonymous requests costs a check every BARE_STATUS_TTL_S at most.
+BARE_STATUS_TTL_S = 3.0
+_bare_lock = threading.Lock()
+_bare: tuple[float, str] | None = None  # (monotonic time, status)
+
+
+def bare_status() -> str:
+    global _bare
+    with _bare_lock:
+        if _bare is not None and time.monotonic() - _bare[0] < BARE_STATUS_TTL_S:
+            return _bare[1]
+        status = health_report(measure_worktrees=False)["status"]
+        _bare = (time.monotonic(), status)
+        return status
+
+
 @login_not_required
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    details = may_see_health_details(request=request)
-    report = health_report(measure_worktrees=details)  # the disk walk only for who sees its result
-    status = 200 if report["status"] == "ok" else 503
-    if not details:
-        return JsonResponse({"status": report["status"]}, status=status)
-    return JsonResponse(report, status=status)
+    if not may_see_health_details(request=request):
+        status = bare_status()
+        return JsonResponse({"status": status}, status=200 if status == "ok" else 503)
+    report = health_report(measure_worktrees=True)  # the disk walk only for who sees its result
+    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)

@@ -318,6 +318,8 @@ class ControlRoomSettings(TypedDict):
     SANDBOX: str
     CLAUDE_CODE_BIN: str
     ANTHROPIC_API_BASE: str
+    CODEX_BIN: str
+    OPENAI_API_BASE: str
     HEALTHZ_TOKEN: str | None
     PUBLIC_URL: str
     DECISION_LINK_MAX_AGE_S: int

@@ -214,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": {"message": message, "type": code, "code": code}})
 
     def _api_error(self, status: int, message: str) -> None:
-        if self.server.broker.api == "openai":
+        if self.server.broker.api == "openai":  # type: ignore[attr-defined]  # Broker.__init__ sets it on both its servers
             return self._openai_error(status, "api_error", message)
         return self._anthropic_error(status, "api_error", message)
 
@@ -563,7 +563,7 @@ class ClaudeCodeStep(_Step):
     LABEL = "Claude Code"
     API = "anthropic"
     NOT_INSTALLED = "Claude Code is not installed on this worker: pip install 'controlroom[agents]'"
-    broker_class = None  # Broker
+    broker_class: type[Broker] | None = None  # Broker
 
     def binary(self) -> str | None:  # per CLI
         return claude_binary()

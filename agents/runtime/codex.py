@@ -445,12 +445,12 @@ class CodexStep(ClaudeCodeStep):
                 AgentSession.objects.filter(pk=self.session_id).update(agent_ref=ref)
                 self.session.agent_ref = ref
         elif kind in ("item.started", "item.completed"):
-            item = event.get("item") if isinstance(event.get("item"), dict) else {}
+            item = event["item"] if isinstance(event.get("item"), dict) else {}
             self._on_item(kind == "item.completed", item)
         elif kind == "turn.completed":
             self.result = {"subtype": "success", "result": getattr(self, "last_message", "") or "finished"}
         elif kind == "turn.failed":
-            error = event.get("error") if isinstance(event.get("error"), dict) else {}
+            error = event["error"] if isinstance(event.get("error"), dict) else {}
             self.result = {"subtype": "error", "is_error": True, "result": str(error.get("message") or "turn failed")}
         elif kind == "error" and not self.result:
             self.last_error = str(event.get("message") or "")
@@ -510,7 +510,7 @@ class CodexStep(ClaudeCodeStep):
                     {},
                 )
 
-    def _finish(self, returncode: int | None) -> object:
-        if self.result is None and getattr(self, "last_error", ""):
+    def _finish(self, returncode: int | None) -> claude_code.StepOutcome:
+        if self.result is None and getattr(self, "last_error", ""):  # type: ignore[arg-type]  # mypy picks getattr's bool overload from the left operand
             self.result = {"subtype": "error", "is_error": True, "result": self.last_error}
         return super()._finish(returncode)

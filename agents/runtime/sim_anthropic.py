@@ -234,7 +234,7 @@ def decide(body: dict, *, worktree: str, model: str) -> Answer:
     digest = hashlib.sha256(
         f"{tokens_in}|{name}|{json.dumps(tool_input, sort_keys=True)}".encode("utf-8", "surrogatepass")
     ).hexdigest()
-    content = [
+    content: list[dict] = [
         {"type": "text", "text": call.say},
         {"type": "tool_use", "id": f"toolu_sim{digest[:21]}", "name": name, "input": tool_input},
     ]
@@ -286,6 +286,7 @@ def sse_events(answer: Answer, message_id: str) -> list[bytes]:
         )
     ]
     for index, block in enumerate(answer.content):
+        start: dict[str, object]  # a tool_use block starts with a dict input, not only strings
         if block["type"] == "text":
             start, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block["text"]}
         else:

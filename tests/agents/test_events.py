@@ -12,7 +12,7 @@ from channels.layers import get_channel_layer
 from django.db.models import F
 
 from agents import services
-from agents.events import broadcast_session, pod_group, publisher, send_if_still_running
+from agents.events import broadcast_session, pod_group, publisher, send_if_still_running, watched
 from agents.models import AgentSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,3 +108,27 @@ def test_the_publisher_keeps_working_in_a_forked_child(fleet):
     messages = collect(group, fork_and_publish, listen_s=0.5)
     assert [m["version"] for _, m in messages] == [7]
     assert publisher._thread is parent_thread and parent_thread.is_alive() and threading.active_count() >= 2
+
+
+def test_a_group_nobody_subscribed_to_is_not_watched_and_one_with_a_canvas_is(fleet):
+    """Tiles are rendered for groups someone listens to only (PUBSUB NUMSUB on the real Redis)."""
+    group = pod_group(fleet.alpha.pk)
+    other = pod_group(fleet.bravo.pk)
+    assert watched(group) is False and watched(other) is False
+    seen: list[tuple[bool, bool]] = []
+    collect(group, lambda: seen.append((watched(group), watched(other))), listen_s=0.1)
+    assert seen == [(True, False)]
+    assert watched(group) is False  # the canvas left
+
+
+def test_a_broadcast_for_a_pod_nobody_watches_renders_no_tile(fleet, monkeypatch):
+    from agents import events
+
+    session = _session(fleet)
+    rendered: list[int] = []
+    real = events.session_update_payload
+    monkeypatch.setattr(events, "session_update_payload", lambda s: rendered.append(s.pk) or real(s))
+    broadcast_session(session.pk)
+    assert rendered == []
+    messages = collect(pod_group(fleet.alpha.pk), lambda: broadcast_session(session.pk), listen_s=0.3)
+    assert rendered == [session.pk] and [m["session_id"] for _, m in messages] == [session.pk]

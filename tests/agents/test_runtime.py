@@ -311,3 +311,17 @@ def test_two_claims_of_one_step_cannot_both_run(fleet, worktrees_dir):
     assert _claim(session.pk, 1, "worker-a") is None
     second = _claim(session.pk, 1, "worker-b")
     assert second is not None and second.result == "retry"
+
+
+def test_the_lease_is_free_after_every_kind_of_step_end(fleet, worktrees_dir):
+    """A completed step gives the lease back in its own transaction, a retried or parked one in
+    run_step's ``finally``: either way the next step finds the session free at once."""
+    edit = calls([("write_file", {"path": "notes.txt", "content": "one\n"})])
+    with ScriptedModel([{"status": 500}, edit, finish()]) as model:
+        session = scripted(fleet, model)
+        outcomes = []
+        for number in (1, 1, 2):  # a retry (HTTP 500), then two completed steps
+            outcomes.append(run_step(session.pk, number, owner="test").result)
+            row = AgentSession.objects.values("lease_owner", "lease_until").get(pk=session.pk)
+            assert row == {"lease_owner": "", "lease_until": None}, (outcomes, row)
+    assert outcomes == ["retry", "done", "done"]

@@ -28,6 +28,16 @@ def _redis_db_url(url: str, *, db: int) -> str:
     return f"{base}/{db}"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_bare_status():
+    """Each test sees its own state of the world, not the bare status a previous test left cached."""
+    from controlroom import health
+
+    health._bare = None
+    yield
+    health._bare = None
+
+
 @pytest.fixture
 def token_set():
     with override_settings(CONTROLROOM={**settings.CONTROLROOM, "HEALTHZ_TOKEN": TOKEN}):
@@ -248,3 +258,25 @@ def test_it_is_never_cached(client):
         response = client.get("/healthz")
 
     assert "no-cache" in response.headers["Cache-Control"]
+
+
+@pytest.mark.django_db
+def test_anonymous_requests_share_one_check_for_a_few_seconds(client, monkeypatch):
+    """A flood of anonymous readiness checks costs one full check (a ping to every worker) per
+    BARE_STATUS_TTL_S; a caller who sees the details always gets a fresh one."""
+    from controlroom import health
+
+    checks: list[bool] = []
+    real = health.health_report
+
+    def counting(**kwargs):
+        checks.append(kwargs["measure_worktrees"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(health, "health_report", counting)
+    with _dead_redis():
+        answers = [client.get("/healthz").json() for _ in range(5)]
+        assert answers == [{"status": "fail"}] * 5 and checks == [False]
+        health._bare = (time.monotonic() - health.BARE_STATUS_TTL_S - 0.1, "fail")  # the answer has aged
+        client.get("/healthz")
+        assert checks == [False, False]
