@@ -224,7 +224,7 @@ def test_a_denied_touch_never_takes_effect_and_each_refusal_names_the_rule(fleet
 @needs_cli
 @pytestmark_db
 def test_an_ask_parks_the_session_and_allow_once_resumes_the_agent_which_runs_the_command_once(
-    fleet, worktrees_dir, anthropic
+    fleet, worktrees_dir, anthropic, client
 ):
     spec = services.GrantSpec(mode="edits")  # commands ask
     server = anthropic([[bash("touch y")], [bash("touch y")], [text("Created y after the approval.")]])
@@ -236,8 +236,23 @@ def test_an_ask_parks_the_session_and_allow_once_resumes_the_agent_which_runs_th
     assert escalation.tool_call.name == "Bash"
     first_ref = session.agent_ref
     assert first_ref
-    services.escalation_decide(escalation=escalation, by=fleet.sto, decision="allow-once")
-    session = drive(session)
+    # the STO decides from the session's drawer (its allow-once form posts to the decide view)
+    client.force_login(fleet.sto)
+    drawer = client.get(f"/sessions/{session.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    decide_url = f"/escalations/{escalation.pk}/decide"
+    assert decide_url in drawer and 'value="allow-once"' in drawer and "Claude Code" in drawer
+    response = client.post(decide_url, {"decision": "allow-once"}, HTTP_HX_REQUEST="true")
+    assert response.status_code in (200, 204, 302), response.content.decode()[:500]
+    # and the canvas sees the session work live: its tile (with its kind) reaches the pod's group
+    from agents.events import pod_group
+    from tests.agents.test_events import collect
+
+    resumed: list[AgentSession] = []
+    updates = collect(pod_group(session.pod_id), lambda: resumed.append(drive(session)), listen_s=0.5)
+    session = resumed[0]
+    tiles = [m for _, m in updates if m.get("session_id") == session.pk]
+    assert tiles and all("Claude Code" in m["html"] for m in tiles)
+    assert tiles[-1]["status"] == Status.SUCCEEDED
     assert session.status == Status.SUCCEEDED, (session.status, session.status_reason)
     assert (Path(session.worktree_path) / "y").exists()
     ran = ToolCall.objects.filter(session=session, name="Bash", state=ToolCall.State.DONE)
