@@ -142,9 +142,10 @@ def watched(group: str) -> bool:
         return True
 
 
-def broadcast_session(session_id: int) -> None:
+def broadcast_session(session_id: int, pod_id: int | None = None) -> None:
     """Render the session's current face and publish it to its pod group, if a canvas listens to
-    that group (``watched``). Never raises."""
+    that group (``watched``; callers that hold the session pass its ``pod_id``: an unwatched pod
+    then costs no query). Never raises."""
     from agents.models import AgentSession
 
     try:
@@ -153,7 +154,8 @@ def broadcast_session(session_id: int) -> None:
         layer = get_channel_layer()
         if layer is None:
             return
-        pod_id = AgentSession.objects.filter(pk=session_id).values_list("pod_id", flat=True).first()
+        if pod_id is None:
+            pod_id = AgentSession.objects.filter(pk=session_id).values_list("pod_id", flat=True).first()
         if pod_id is None or not watched(pod_group(pod_id)):
             return
         session = AgentSession.objects.select_related("pod", "sto").annotate(**last_commit_q()).get(pk=session_id)
@@ -183,10 +185,10 @@ def is_offline() -> bool:
     return _offline.get()
 
 
-def send_on_commit(session_id: int) -> None:
+def send_on_commit(session_id: int, pod_id: int | None = None) -> None:
     if _offline.get():
         return
-    transaction.on_commit(lambda: broadcast_session(session_id))
+    transaction.on_commit(lambda: broadcast_session(session_id, pod_id))
 
 
 class send_if_still_running:

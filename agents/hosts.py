@@ -163,7 +163,7 @@ def session_move_off_host(*, session: AgentSession, host: WorkerHost, locked: bo
     services.session_update(session, locked=locked, **changes)
     if session.status == Status.RUNNING:
         enqueue_step_on_commit(session_id=session.pk, step=session.steps + 1, priority=session.priority, host="")
-    send_on_commit(session.pk)
+    send_on_commit(session.pk, session.pod_id)
 
 
 GIT_URL = re.compile(r"\A(?:(?:ssh|git|https?|file)://\S+|[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:\S+|/\S*)\Z")

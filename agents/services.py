@@ -154,7 +154,7 @@ def session_update(session: AgentSession, *, locked: bool = False, **changes) ->
     session.save(update_fields=[*changes.keys(), "version", "updated_at"])
     if not locked:
         session.refresh_from_db(fields=["version"])
-    send_on_commit(session.pk)
+    send_on_commit(session.pk, session.pod_id)
 
 
 def set_status(
@@ -368,7 +368,7 @@ def session_launch(
     _issue_grant(session=session, spec=spec, by=by, delegator=delegator or sto, previous=None)
     TranscriptEntry.objects.create(session=session, seq=1, iteration=1, role="system", content=SYSTEM_PROMPT)
     TranscriptEntry.objects.create(session=session, seq=2, iteration=1, role="user", content=initial_brief(session))
-    send_on_commit(session.pk)
+    send_on_commit(session.pk, session.pod_id)
     if start:
         # when its first step went on the queue: the tick re-sends it if no worker ever took it
         # (a worker host lost with the message reserved), see agents.tasks.tick
@@ -1178,7 +1178,7 @@ def session_start_iteration(*, session: AgentSession, reason: str, extra: str = 
             agent=by is None,
             payload={"iteration": iteration, "reason": reason, "extra": extra},
         )
-        send_on_commit(session.pk)
+        send_on_commit(session.pk, session.pod_id)
 
 
 def agent_event_record(

@@ -77,9 +77,9 @@ def bench_overhead(sessions: int) -> None:
     broadcasts: list[float] = []
     real_broadcast = events.broadcast_session
 
-    def timed_broadcast(session_id: int) -> None:
+    def timed_broadcast(session_id: int, pod_id: int | None = None) -> None:
         started = time.perf_counter()
-        real_broadcast(session_id)
+        real_broadcast(session_id, pod_id)
         broadcasts.append(time.perf_counter() - started)
 
     events.broadcast_session = timed_broadcast

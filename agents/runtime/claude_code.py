@@ -634,17 +634,7 @@ class ClaudeCodeStep(_Step):
         # died while it ran): interrupted, never run again (the hook refuses its tool_use_id)
         for call in ToolCall.objects.filter(step=row, state=ToolCall.State.INTENDED):
             with transaction.atomic():
-                ToolCall.objects.filter(pk=call.pk).update(
-                    state=ToolCall.State.INTERRUPTED,
-                    finished_at=timezone.now(),
-                    result="interrupted: the worker stopped while this ran; it was not run again",
-                )
-                services.agent_event_record(
-                    kind="tool.interrupted",
-                    session=session,
-                    grant=self.grant,
-                    payload={"step": self.number, "index": call.index, "tool": call.name, "action": call.action},
-                )
+                self.mark_interrupted(call, "interrupted: the worker stopped while this ran; it was not run again")
         return row
 
     def _prompt(self) -> str:
@@ -965,18 +955,9 @@ class ClaudeCodeStep(_Step):
         why = self.stop[1] if self.stop else "the CLI ended"
         for row in list(self.pending.values()):
             with transaction.atomic():
-                changed = ToolCall.objects.filter(pk=row.pk, state=ToolCall.State.INTENDED).update(
-                    state=ToolCall.State.INTERRUPTED,
-                    finished_at=timezone.now(),
-                    result=f"interrupted: the run was ended while this ran ({why}); it was not run again",
+                self.mark_interrupted(
+                    row, f"interrupted: the run was ended while this ran ({why}); it was not run again"
                 )
-                if changed:
-                    services.agent_event_record(
-                        kind="tool.interrupted",
-                        session=self.session,
-                        grant=self.grant,
-                        payload={"step": self.number, "index": row.index, "tool": row.name, "action": row.action},
-                    )
         self.pending.clear()
         self.log_from.clear()
 

@@ -678,6 +678,22 @@ class _Step:
         self.next_seq += 1
 
     # -- tools --------------------------------------------------------------------------------
+    def mark_interrupted(self, call: ToolCall, result: str) -> bool:
+        """Inside the caller's transaction: a tool call still *intended* (its result never came: the
+        worker died or the run was ended under it) becomes *interrupted*, never run again, with its
+        audit event. False when it was no longer intended."""
+        changed = ToolCall.objects.filter(pk=call.pk, state=ToolCall.State.INTENDED).update(
+            state=ToolCall.State.INTERRUPTED, finished_at=timezone.now(), result=result
+        )
+        if changed:
+            services.agent_event_record(
+                kind="tool.interrupted",
+                session=self.session,
+                grant=self.grant,
+                payload={"step": self.number, "index": call.index, "tool": call.name, "action": call.action},
+            )
+        return bool(changed)
+
     def _tools_and_finish(self, step_row: AgentStep, message: dict) -> StepOutcome:
         calls = message.get("tool_calls") or []
         finished_summary: str | None = None
@@ -708,22 +724,12 @@ class _Step:
             return ("ok", None)
         if existing and existing.state == ToolCall.State.INTENDED:
             with transaction.atomic():
-                ToolCall.objects.filter(pk=existing.pk).update(
-                    state=ToolCall.State.INTERRUPTED,
-                    finished_at=timezone.now(),
-                    result="interrupted: the worker stopped while this ran; it was not run again",
-                )
+                self.mark_interrupted(existing, "interrupted: the worker stopped while this ran; it was not run again")
                 self._append_transcript(
                     role="tool",
                     tool_call_id=existing.call_id,
                     name=existing.name,
                     content="error: interrupted (the worker stopped while this ran); it was not run again. Check the state before retrying.",
-                )
-                services.agent_event_record(
-                    kind="tool.interrupted",
-                    session=self.session,
-                    grant=self.grant,
-                    payload={"step": self.number, "index": index, "tool": existing.name, "action": existing.action},
                 )
             return ("ok", None)
         self.facts = self.read_facts()
