@@ -76,5 +76,5 @@ def session_attest(*, session: AgentSession, by: User, verdict: str, reason: str
             "previous_reason": Truncator(previous_reason).chars(200),
         },
     )
-    send_on_commit(locked.pk)
+    send_on_commit(locked.pk, locked.pod_id)
     return locked

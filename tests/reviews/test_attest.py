@@ -28,7 +28,7 @@ def test_the_sto_accepts_the_work_with_an_audit_event_and_a_live_update(
     fleet, finished, django_capture_on_commit_callbacks, monkeypatch
 ):
     sent = []
-    monkeypatch.setattr("agents.events.broadcast_session", lambda session_id: sent.append(session_id))
+    monkeypatch.setattr("agents.events.broadcast_session", lambda session_id, pod_id=None: sent.append(session_id))
     version = finished.version
     with django_capture_on_commit_callbacks(execute=True):
         session_attest(session=finished, by=fleet.sto, verdict="accepted")
