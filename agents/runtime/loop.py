@@ -208,7 +208,8 @@ def run_step(session_id: int, step: int, *, owner: str | None = None, runner_cla
     runner = None
     try:
         runner = (runner_class or _Step)(session_id, step, owner)
-        runner.timings["lock"] = time.monotonic() - started
+        runner.timings["lock"] = time.monotonic() - started  # the claim and the runner's first read
+        runner.t_start = started  # the step's wall time counts from the claim, and each part once
         return runner.run()
     finally:
         leases.keeper.drop(owner)
@@ -1127,7 +1128,7 @@ class _Step:
                     role="user",
                     content="Use the tools to make progress; call finish with a summary when the goal is met.",
                 )
-            self.timings["total"] = time.monotonic() - self.t_start + self.timings["lock"]
+            self.timings["total"] = time.monotonic() - self.t_start
             AgentStep.objects.filter(pk=step_row.pk).update(
                 state=AgentStep.State.DONE, finished_at=timezone.now(), timings=self.timings
             )

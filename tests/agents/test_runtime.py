@@ -5,6 +5,7 @@ The Celery-driven end-to-end runs (workers, SIGKILL, 100 sessions) are in test_r
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import git
@@ -325,3 +326,28 @@ def test_the_lease_is_free_after_every_kind_of_step_end(fleet, worktrees_dir):
             row = AgentSession.objects.values("lease_owner", "lease_until").get(pk=session.pk)
             assert row == {"lease_owner": "", "lease_until": None}, (outcomes, row)
     assert outcomes == ["retry", "done", "done"]
+
+
+def test_a_steps_recorded_parts_add_up_within_its_wall_time(fleet, worktrees_dir, monkeypatch):
+    """The step's recorded timings (read by the step benchmark and the drawer) count each part
+    once: the claim and the runner's first read ("lock") are inside "total", and "total" is no
+    longer than the wall time of run_step itself, however slow the first read is."""
+    from agents.runtime import loop
+
+    slow = 0.2
+    real_refresh = loop._Step.refresh
+
+    def slow_refresh(self):
+        time.sleep(slow)
+        return real_refresh(self)
+
+    monkeypatch.setattr(loop._Step, "refresh", slow_refresh)
+    session = launch(fleet)
+    started = time.monotonic()
+    outcome = run_step(session.pk, 1, owner="test")
+    wall = time.monotonic() - started
+    assert outcome.result == "done", outcome
+    timings = AgentStep.objects.get(session=session, number=1).timings
+    parts = sum(timings[name] for name in ("lock", "model", "authorize", "tool", "record"))
+    assert timings["lock"] >= slow
+    assert parts <= timings["total"] <= wall, (timings, wall)
