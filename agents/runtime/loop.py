@@ -55,7 +55,7 @@ from agents.runtime.authorize import (
     budget_exhausted,
 )
 from agents.runtime.leases import lease_seconds
-from agents.runtime.prepared import PreparedValues
+from agents.runtime.prepared import PreparedGet, PreparedValues
 from agents.selectors import active_grants, awaiting_review_count, standing_approvals_q
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,9 @@ def _facts_query(session_id: int):
 
 
 _FACTS = PreparedValues(_facts_query)
+# the session as a step reads it first, and under its lock when the step completes
+_SESSION = PreparedGet(lambda pk: AgentSession.objects.select_related("pod", "repository").filter(pk=pk))
+_SESSION_LOCKED = PreparedGet(lambda pk: AgentSession.objects.select_for_update().filter(pk=pk))
 
 # Grants never change once written (a change is a new version; revoking makes another one the
 # active grant), so a worker keeps the ones it has read, keyed by id and issue time.
@@ -240,7 +243,7 @@ class _Step:
 
     # -- helpers --------------------------------------------------------------------------
     def refresh(self) -> AgentSession:
-        self.session: AgentSession = AgentSession.objects.select_related("pod", "repository").get(pk=self.session_id)
+        self.session: AgentSession = _SESSION.get(self.session_id)
         self.facts = self.read_facts()
         return self.session
 
@@ -1118,7 +1121,7 @@ class _Step:
     ) -> StepOutcome:
         t0 = time.monotonic()
         with transaction.atomic():
-            session = AgentSession.objects.select_for_update().get(pk=self.session_id)
+            session = _SESSION_LOCKED.get(self.session_id)
             if session.steps >= self.number:
                 return StepOutcome("stale", detail="step already completed")
             human_stop = session.status in (Status.CANCELLED, Status.PAUSED)
