@@ -48,6 +48,7 @@ from agents.models import (
     User,
 )
 from agents.runtime import worktrees
+from agents.runtime.prepared import PreparedUpdate
 from agents.selectors import active_grant
 from audit.log import record
 
@@ -513,14 +514,33 @@ def tool_call_reserve(*, session_id: int, limit: int | None, activity: str | Non
     ``activity``: also show it as the session's current activity (version + 1, heartbeat) in the
     same statement. No live update is scheduled: the runtime broadcasts only tools that run long.
     """
+    if activity is not None:  # the runtime's case, on every tool call: a prepared statement
+        values = dict(pk=session_id, activity=activity, now=timezone.now())
+        if limit is None:
+            return _RESERVE_UNLIMITED.run(**values) == 1
+        return _RESERVE.run(**values, limit=limit) == 1
     rows = AgentSession.objects.filter(pk=session_id)
     if limit is not None:
         rows = rows.filter(tool_calls__lt=limit)
-    changes = {}
-    if activity is not None:
-        now = timezone.now()
-        changes = dict(current_activity=activity, heartbeat_at=now, updated_at=now, version=F("version") + 1)
-    return rows.update(tool_calls=F("tool_calls") + 1, **changes) == 1
+    return rows.update(tool_calls=F("tool_calls") + 1) == 1
+
+
+def _reserve(v, *, limited: bool):
+    rows = AgentSession.objects.filter(pk=v.pk)
+    if limited:
+        rows = rows.filter(tool_calls__lt=v.limit)
+    changes = dict(
+        tool_calls=F("tool_calls") + 1,
+        current_activity=v.activity,
+        heartbeat_at=v.now,
+        updated_at=v.now,
+        version=F("version") + 1,
+    )
+    return rows, changes
+
+
+_RESERVE = PreparedUpdate(lambda v: _reserve(v, limited=True), pk=int, activity=str, now=datetime, limit=int)
+_RESERVE_UNLIMITED = PreparedUpdate(lambda v: _reserve(v, limited=False), pk=int, activity=str, now=datetime)
 
 
 # --- controls -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ SIZES = {
     "smoke": {
         "audit": ["--events", "300", "--verify-events", "2000", "--repeats", "1"],
         "step": ["--sessions", "2", "--fleet", "0", "--memory-steps", "0", "--sandbox-repeats", "3"],
+        "step_postgres": ["--sessions", "2", "--fleet", "0", "--memory-steps", "0", "--sandbox-repeats", "0"],
         "pages": ["--sessions", "20", "--big", "40", "--events", "2000", "--repeats", "2"],
         "live": ["--sessions", "20", "--updates", "40", "--pages", "1", "--rate", "100", "--viewers", "2"],
         "fleet": ["--sessions", "4", "--latency", "0.5", "--steps", "2"],
@@ -34,6 +35,7 @@ SIZES = {
     "full": {
         "audit": ["--events", "20000", "--verify-events", "1000000", "--repeats", "3"],
         "step": ["--sessions", "20", "--fleet", "100", "--workers", "2"],
+        "step_postgres": ["--sessions", "20", "--fleet", "0", "--memory-steps", "0", "--sandbox-repeats", "0"],
         "pages": ["--sessions", "100", "--big", "1000", "--events", "100000", "--repeats", "10"],
         "live": ["--sessions", "100", "--updates", "2000", "--pages", "20", "--rate", "100", "--big"],
         "fleet": ["--sessions", "100", "--latency", "5", "--steps", "4"],
@@ -115,11 +117,15 @@ def main() -> int:
             rows += run_one(name, sizes[name], env=base_env)
         if "fleet" in selected and not args.no_postgres:
             rows += run_one("fleet", [*sizes["fleet"], "--db", "postgres"], env=base_env)  # its own cluster
-        if "audit" in selected and not args.no_postgres:
+        if ("audit" in selected or "step" in selected) and not args.no_postgres:
             from controlroom.localpg import start_local_postgres
 
             os.chmod(work, 0o711)
             postgres = start_local_postgres(workdir=work / "pg")
+        if "step" in selected and postgres:
+            # the per-step overhead on PostgreSQL (the fleet and memory figures: the fleet benchmark)
+            rows += run_one("step", [*sizes["step_postgres"]], env=dict(base_env, DATABASE_URL=postgres.url))
+        if "audit" in selected and postgres:
             # filling a million events through PostgreSQL round trips takes long: verify over fewer there
             pg_args = list(sizes["audit"])
             at = pg_args.index("--verify-events") + 1

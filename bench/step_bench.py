@@ -95,16 +95,19 @@ def bench_overhead(sessions: int) -> None:
     timings = [
         t for t in AgentStep.objects.filter(session_id__in=ids, state="done").values_list("timings", flat=True) if t
     ]
+    from django.db import connection
+
+    bench = "step overhead" if connection.vendor == "sqlite" else f"step overhead ({connection.vendor})"
     per_phase = {name: [t.get(name, 0.0) * 1000 for t in timings] for name in ("lock", "authorize", "record")}
     per_phase["tool"] = [t.get("tool", 0.0) * 1000 for t in timings]
     per_phase["broadcast"] = [b * 1000 for b in broadcasts]
     overhead = [(t.get("total", 0.0) - t.get("model", 0.0) - t.get("tool", 0.0)) * 1000 for t in timings]
     for name, values in per_phase.items():
         median, p99 = summarize(values)
-        Row("step overhead", name, len(values), median, p99, "ms").emit()
+        Row(bench, name, len(values), median, p99, "ms").emit()
     median, p99 = summarize(overhead)
     Row(
-        "step overhead",
+        bench,
         "total minus model and tool (+broadcast separately)",
         len(overhead),
         median,

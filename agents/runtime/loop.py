@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from agents.runtime.authorize import (
     budget_exhausted,
 )
 from agents.runtime.leases import lease_seconds
-from agents.runtime.prepared import PreparedGet, PreparedValues
+from agents.runtime.prepared import PreparedGet, PreparedUpdate, PreparedValues
 from agents.selectors import active_grants, awaiting_review_count, standing_approvals_q
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,26 @@ _FACTS = PreparedValues(_facts_query)
 _SESSION = PreparedGet(lambda pk: AgentSession.objects.select_related("pod", "repository").filter(pk=pk))
 _SESSION_LOCKED = PreparedGet(lambda pk: AgentSession.objects.select_for_update().filter(pk=pk))
 
+
+def _count_call(v, *, priced: bool):
+    """A model call's tokens (and its cost, or one more call of unknown cost) on the session."""
+    changes: dict[str, Any] = dict(
+        tokens_in=F("tokens_in") + v.tokens_in, tokens_out=F("tokens_out") + v.tokens_out, heartbeat_at=v.now
+    )
+    if priced:
+        changes["cost_usd"] = F("cost_usd") + v.cost
+    else:
+        changes["cost_unknown_calls"] = F("cost_unknown_calls") + 1
+    return AgentSession.objects.filter(pk=v.pk), changes
+
+
+_COUNT_PRICED_CALL = PreparedUpdate(
+    lambda v: _count_call(v, priced=True), pk=int, tokens_in=int, tokens_out=int, now=datetime, cost=Decimal
+)
+_COUNT_UNPRICED_CALL = PreparedUpdate(
+    lambda v: _count_call(v, priced=False), pk=int, tokens_in=int, tokens_out=int, now=datetime
+)
+
 # Grants never change once written (a change is a new version; revoking makes another one the
 # active grant), so a worker keeps the ones it has read, keyed by id and issue time.
 _GRANTS: dict[tuple, Grant] = {}
@@ -153,12 +173,30 @@ class StepOutcome:
     detail: str = ""
 
 
+_CLAIM = PreparedUpdate(
+    lambda v: (
+        AgentSession.objects.filter(pk=v.pk, steps=v.steps, status__in=[Status.QUEUED, Status.RUNNING]).filter(
+            Q(lease_until__isnull=True) | Q(lease_until__lt=v.now)
+        ),
+        dict(lease_owner=v.owner, lease_until=v.until, heartbeat_at=v.now),
+    ),
+    pk=int,
+    steps=int,
+    now=datetime,
+    owner=str,
+    until=datetime,
+)
+_RELEASE = PreparedUpdate(
+    lambda v: (AgentSession.objects.filter(pk=v.pk, lease_owner=v.owner), dict(lease_owner="", lease_until=None)),
+    pk=int,
+    owner=str,
+)
+
+
 def _claim(session_id: int, step: int, owner: str) -> StepOutcome | None:
     now = timezone.now()
-    claimed = (
-        AgentSession.objects.filter(pk=session_id, steps=step - 1, status__in=[Status.QUEUED, Status.RUNNING])
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds()), heartbeat_at=now)
+    claimed = _CLAIM.run(
+        pk=session_id, steps=step - 1, now=now, owner=owner, until=now + timedelta(seconds=lease_seconds())
     )
     if claimed:
         return None
@@ -175,7 +213,7 @@ def _claim(session_id: int, step: int, owner: str) -> StepOutcome | None:
 
 
 def _release(session_id: int, owner: str) -> None:
-    AgentSession.objects.filter(pk=session_id, lease_owner=owner).update(lease_owner="", lease_until=None)
+    _RELEASE.run(pk=session_id, owner=owner)
 
 
 def _hand_back_connection() -> None:
@@ -548,13 +586,13 @@ class _Step:
             self._append_transcript(
                 role="assistant", content=reply.message["content"], tool_calls=reply.message["tool_calls"] or None
             )
-            AgentSession.objects.filter(pk=self.session_id).update(
-                tokens_in=F("tokens_in") + reply.tokens_in,
-                tokens_out=F("tokens_out") + reply.tokens_out,
-                cost_usd=F("cost_usd") + (reply.cost_usd or Decimal(0)),
-                cost_unknown_calls=F("cost_unknown_calls") + (1 if reply.cost_usd is None else 0),
-                heartbeat_at=timezone.now(),
+            counters = dict(
+                pk=self.session_id, tokens_in=reply.tokens_in, tokens_out=reply.tokens_out, now=timezone.now()
             )
+            if reply.cost_usd is None:
+                _COUNT_UNPRICED_CALL.run(**counters)
+            else:
+                _COUNT_PRICED_CALL.run(**counters, cost=reply.cost_usd)
             services.agent_event_record(
                 kind="model.call",
                 session=session,

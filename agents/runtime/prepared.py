@@ -8,17 +8,23 @@ parameters are constants (no times, no user input).
 
 ``PreparedGet`` does the same for a model instance with its ``select_related`` objects: the SQL,
 the column converters and the related populators are worked out once, the way Django's own model
-iterable does on every evaluation.
+iterable does on every evaluation. ``PreparedUpdate`` compiles a one-table ``UPDATE`` of a fixed
+shape (the step's claim, its budget reservation, its token counters) with typed sentinel values and
+afterwards only puts the real values, converted as the ORM converts them, in their places.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
-from django.db import connections
+from django.db import connections, models, transaction
 from django.db.models import Model, QuerySet
 from django.db.models.query import get_related_populators
+from django.db.models.sql import UpdateQuery
 
 SENTINEL = -7_000_000_007
 
@@ -98,3 +104,104 @@ class PreparedGet:
         for populator in compiled.populators:
             populator.populate(row, instance)
         return instance
+
+
+_TYPES = (int, str, datetime, Decimal)
+
+
+def _sentinel(kind: type, index: int, variant: int = 0) -> Any:
+    """A stand-in value for compiling. Small and positive, because Django answers a lookup outside
+    an integer field's range (a negative one on a positive field) with no SQL at all; two variants,
+    because a slot is where the two compilations differ, so a constant that happens to equal a
+    stand-in is never taken for one."""
+    number = 20_001 + 2 * index + variant
+    if kind is int:
+        return number
+    if kind is str:
+        return f"\x00prepared-sentinel-{number}"
+    if kind is datetime:
+        return datetime(1901 + variant, 1, 1, 0, 0, 0, index + 1, tzinfo=UTC)
+    if kind is Decimal:
+        return Decimal(number)
+    raise TypeError(f"a prepared update takes {', '.join(t.__name__ for t in _TYPES)} values, not {kind}")
+
+
+_DATETIME = models.DateTimeField()
+
+
+def _adapt(kind: type, value: Any, connection) -> Any:
+    """The value as the ORM hands it to the database driver for a field or expression of ``kind``."""
+    if value is None:
+        raise ValueError("a prepared update's values cannot be None (the statement's shape would change)")
+    if kind is datetime:
+        return _DATETIME.get_db_prep_value(value, connection)
+    if kind is Decimal:
+        return Decimal(value)
+    return kind(value)
+
+
+def _compile_update(build: Callable, types: dict[str, type], alias: str, variant: int) -> tuple[str, list, dict]:
+    sentinels = {name: _sentinel(kind, index, variant) for index, (name, kind) in enumerate(types.items())}
+    queryset, changes = build(SimpleNamespace(**sentinels))
+    query = queryset.using(alias).query.chain(UpdateQuery)
+    query.add_update_values(changes)
+    query.get_initial_alias()
+    if query.related_updates or query.count_active_tables() != 1:
+        # (the ORM would first select the keys: not one statement)
+        raise ValueError("a prepared update changes one table, filtered on its own columns")
+    sql, params = query.get_compiler(using=alias).as_sql()
+    return sql, list(params), sentinels
+
+
+class _CompiledUpdate:
+    def __init__(self, build: Callable, types: dict[str, type], alias: str) -> None:
+        connection = connections[alias]
+        self.sql, self.params, first = _compile_update(build, types, alias, 0)
+        sql, other_params, second = _compile_update(build, types, alias, 1)
+        if sql != self.sql or len(other_params) != len(self.params):
+            raise ValueError("a prepared update's statement must not depend on its values")
+        # (position, name, type, the driver's wrapper the ORM put around it: psycopg's Int4 on PostgreSQL)
+        self.slots: list[tuple[int, str, type, type | None]] = []
+        for name, kind in types.items():
+            one, two = _adapt(kind, first[name], connection), _adapt(kind, second[name], connection)
+            found = [
+                i
+                for i, (a, b) in enumerate(zip(self.params, other_params, strict=True))
+                if a != b and isinstance(a, type(one)) and a == one and b == two
+            ]
+            if not found:
+                raise ValueError(f"the prepared update does not use its value {name!r}")
+            for i in found:
+                wrapper = type(self.params[i])
+                self.slots.append((i, name, kind, None if wrapper is type(one) else wrapper))
+        if len(self.slots) != sum(a != b for a, b in zip(self.params, other_params, strict=True)):
+            raise ValueError("a prepared update's statement has values it cannot place")
+
+
+class PreparedUpdate:
+    """``build(v)`` returns ``(queryset, changes)`` for ``queryset.update(**changes)``, written with
+    the attributes of ``v`` wherever a value varies; ``types`` names them and their types (int, str,
+    datetime, Decimal). ``run(**values)`` executes it with the real values and returns the number of
+    rows changed, like ``update()``. Constants (status lists, ``F()`` expressions) stay in ``build``;
+    a value that can be None is a different statement (another ``PreparedUpdate``)."""
+
+    def __init__(self, build: Callable[[SimpleNamespace], tuple[QuerySet, dict]], **types: type) -> None:
+        self.build, self.types = build, types
+        for kind in types.values():
+            _sentinel(kind, 0)  # refuses an unsupported type at once
+        self._compiled: dict[str, _CompiledUpdate] = {}
+
+    def run(self, *, using: str = "default", **values: Any) -> int:
+        if values.keys() != self.types.keys():
+            raise TypeError(f"a prepared update needs exactly {sorted(self.types)}, got {sorted(values)}")
+        compiled = self._compiled.get(using)
+        if compiled is None:
+            compiled = self._compiled[using] = _CompiledUpdate(self.build, self.types, using)
+        connection = connections[using]
+        params = list(compiled.params)
+        for position, name, kind, wrapper in compiled.slots:
+            value = _adapt(kind, values[name], connection)
+            params[position] = value if wrapper is None else wrapper(value)
+        with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
+            cursor.execute(compiled.sql, params)
+            return cursor.rowcount
