@@ -13,6 +13,7 @@ The lease (renewed by a heartbeat thread) keeps two workers from running one ses
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -511,7 +512,8 @@ class _Step:
     def _model_turn(self):
         session = self.session
         try:  # a new step (the common case) first: one INSERT; a redelivered one hits the unique key
-            with transaction.atomic():
+            # (one statement needs no transaction of its own; inside a caller's, a savepoint)
+            with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
                 step_row = AgentStep.objects.create(
                     session=session,
                     number=self.number,
