@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from celery import current_app
 from django.conf import settings
@@ -515,7 +516,7 @@ def tool_call_reserve(*, session_id: int, limit: int | None, activity: str | Non
     same statement. No live update is scheduled: the runtime broadcasts only tools that run long.
     """
     if activity is not None:  # the runtime's case, on every tool call: a prepared statement
-        values = dict(pk=session_id, activity=activity, now=timezone.now())
+        values: dict[str, Any] = dict(pk=session_id, activity=activity, now=timezone.now())
         if limit is None:
             return _RESERVE_UNLIMITED.run(**values) == 1
         return _RESERVE.run(**values, limit=limit) == 1

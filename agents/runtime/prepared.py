@@ -19,11 +19,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from django.db import connections, models, transaction
 from django.db.models import Model, QuerySet
-from django.db.models.query import get_related_populators
+from django.db.models.query import get_related_populators  # type: ignore[attr-defined]  # (not in the stubs)
 from django.db.models.sql import UpdateQuery
 
 SENTINEL = -7_000_000_007
@@ -92,7 +92,7 @@ class PreparedGet:
             cursor.execute(compiled.sql, params)
             row = cursor.fetchone()
         if row is None:
-            raise compiled.model.DoesNotExist(f"{compiled.model.__name__} {key} does not exist")
+            raise cast(Any, compiled.model).DoesNotExist(f"{compiled.model.__name__} {key} does not exist")
         if compiled.converters:
             row = list(row)
             for position, (functions, expression) in compiled.converters:
@@ -126,7 +126,7 @@ def _sentinel(kind: type, index: int, variant: int = 0) -> Any:
     raise TypeError(f"a prepared update takes {', '.join(t.__name__ for t in _TYPES)} values, not {kind}")
 
 
-_DATETIME = models.DateTimeField()
+_DATETIME: models.DateTimeField = models.DateTimeField()
 
 
 def _adapt(kind: type, value: Any, connection) -> Any:
