@@ -33,23 +33,24 @@ def collect(group: str, action, *, listen_s: float) -> list[tuple[float, dict]]:
         channel = await layer.new_channel()
         await layer.group_add(group, channel)
         received: list[tuple[float, dict]] = []
+
+        async def receive_forever() -> None:
+            # one receive() at a time, never cancelled until the end: the pub/sub layer drops the
+            # channel's subscription whenever a receive() is cancelled (a timeout), and whatever is
+            # published before the next receive() re-subscribes is lost
+            while True:
+                message = await layer.receive(channel)
+                received.append((time.monotonic(), message))
+
+        receiver = asyncio.ensure_future(receive_forever())
         try:
             await asyncio.sleep(0.1)  # the subscription is in place before anything is published
-            done = asyncio.get_running_loop().run_in_executor(None, action)
-            deadline = None
-            while True:
-                if done.done() and deadline is None:
-                    done.result()
-                    deadline = time.monotonic() + listen_s
-                timeout = 0.05 if deadline is None else deadline - time.monotonic()
-                if deadline is not None and timeout <= 0:
-                    return received
-                try:
-                    message = await asyncio.wait_for(layer.receive(channel), timeout=max(0.01, timeout))
-                except TimeoutError:
-                    continue
-                received.append((time.monotonic(), message))
+            await asyncio.get_running_loop().run_in_executor(None, action)
+            await asyncio.sleep(listen_s)
+            return received
         finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
             await layer.group_discard(group, channel)
             await layer.flush()
 
