@@ -54,7 +54,9 @@ def run_one(name: str, args: list[str], *, env: dict[str, str]) -> list[dict]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     child_env = dict(env, DATA_DIR=str(data_dir), LITELLM_LOCAL_MODEL_COST_MAP="True", SIM_PACING_S="0")
     print(
-        f"▶ {name} {' '.join(args)} [{'postgres' if 'DATABASE_URL' in env else 'sqlite'}]", file=sys.stderr, flush=True
+        f"▶ {name} {' '.join(args)} [{'postgres' if 'DATABASE_URL' in env or 'postgres' in args else 'sqlite'}]",
+        file=sys.stderr,
+        flush=True,
     )
     proc = subprocess.run(
         [sys.executable, "-m", MODULES[name], *args],
