@@ -1085,7 +1085,7 @@ class ClaudeCodeStep(_Step):
     def _allow(self, index: int, call: dict, tool_input: dict, raw_hash: str, decision: Decision) -> dict:
         grant = self.grant
         assert grant is not None  # the hook returned before authorizing without one
-        activity = _summarize(f"{call['name']}: {_shown(call['name'], tool_input)}", 200)
+        activity = _summarize(f"{call['name']}: {_shown(call['name'], tool_input, self.session.worktree_path)}", 200)
         with transaction.atomic():
             if not services.tool_call_reserve(
                 session_id=self.session_id, limit=grant.max_tool_calls, activity=activity
@@ -1199,7 +1199,11 @@ class ClaudeCodeStep(_Step):
             if calls:
                 last = calls[-1]
                 self._say_activity(
-                    _summarize(f"{last['name']}: {_shown(last['name'], json.loads(last['arguments']))}", 200)
+                    _summarize(
+                        f"{last['name']}: "
+                        f"{_shown(last['name'], json.loads(last['arguments']), self.session.worktree_path)}",
+                        200,
+                    )
                 )
             elif text:
                 self._say_activity(_summarize(text, 200))
@@ -1386,12 +1390,20 @@ def _own_programs(binary: str, env: dict[str, str]) -> set[str]:
     return keep
 
 
-def _shown(name: str, tool_input: dict) -> str:
+def _shown(name: str, tool_input: dict, worktree: str | None = None) -> str:
+    """What a tile says a tool call is about: its command, path, pattern or URL. The CLI names
+    files by absolute path; those inside the worktree are shown relative to it, as the built-in
+    loop's are (``Read: src/a.py``, not the host's worktree directory)."""
     if not isinstance(tool_input, dict):
         return ""
     for key in ("command", "file_path", "notebook_path", "pattern", "url", "path"):
         if tool_input.get(key):
-            return str(tool_input[key])
+            shown = str(tool_input[key])
+            if not worktree or key in ("pattern", "url"):
+                return shown
+            if key == "command":
+                return shown.replace(worktree.rstrip("/") + "/", "")
+            return _relative(shown, worktree)
     return ""
 
 

@@ -151,6 +151,20 @@ def test_claude_code_tools_map_onto_the_evaluators_resources():
     assert claude_code.map_tool("mcp__github__create_issue", {"title": "x"}, wt) is None  # unknown: a human decides
 
 
+def test_a_tiles_activity_names_worktree_files_relative_to_the_worktree_as_the_builtin_loop_does():
+    wt = "/w/s1"
+    assert claude_code._shown("Read", {"file_path": "/w/s1/src/a.py"}, wt) == "src/a.py"
+    assert claude_code._shown("LS", {"path": "/w/s1"}, wt) == "."
+    assert claude_code._shown("Bash", {"command": "cat /w/s1/a.py && pytest /w/s1/tests"}, wt) == (
+        "cat a.py && pytest tests"
+    )
+    # outside the worktree, a sibling worktree with the same prefix, and non-paths are shown as given
+    assert claude_code._shown("Read", {"file_path": "/etc/passwd"}, wt) == "/etc/passwd"
+    assert claude_code._shown("Read", {"file_path": "/w/s10/a.py"}, wt) == "/w/s10/a.py"
+    assert claude_code._shown("Grep", {"pattern": "/w/s1/x"}, wt) == "/w/s1/x"
+    assert claude_code._shown("Read", {"file_path": "/w/s1/a.py"}) == "/w/s1/a.py"
+
+
 pytestmark_db = pytest.mark.django_db(transaction=True)
 
 
